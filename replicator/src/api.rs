@@ -1,0 +1,525 @@
+//! The region's HTTP API (axum).
+//!
+//! Client routes need `Authorization: Bearer <cluster.client_token>`;
+//! `POST /v1/peer/rpc` needs the peer secret; `/healthz` and `/readyz` are
+//! open. Every error is JSON `{"error": <code>, "detail": <sentence>}`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::Value;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::entity::Op;
+use crate::error::Error;
+use crate::node::{Node, ReadRequest, WriteRequest, parse_op};
+use crate::protocol::{
+    PeerRequest, ReadConsistency, SessionToken, WriteConsistency, decode, encode,
+};
+use crate::telemetry::{Event, RequestEvent};
+use crate::transport::{FROM_HEADER, PEER_PATH};
+
+/// Header carrying a session token (the query parameter `token` also works).
+pub const TOKEN_HEADER: &str = "x-parallax-token";
+
+/// Shared state of the handlers.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    node: Node,
+    client_token: Arc<str>,
+    admin_token: Arc<str>,
+    peer_secret: Arc<str>,
+}
+
+impl ApiState {
+    /// State for `node`, with the tokens from its config.
+    pub fn new(node: Node) -> ApiState {
+        let c = &node.config().cluster;
+        ApiState {
+            client_token: c.client_token.as_str().into(),
+            admin_token: c.admin_token.as_str().into(),
+            peer_secret: c.peer_secret.as_str().into(),
+            node,
+        }
+    }
+}
+
+/// The region's router: client API, region-to-region endpoint, health.
+pub fn router(node: Node) -> Router {
+    let limits = node.config().limits.clone();
+    let state = ApiState::new(node);
+    let client = Router::new()
+        .route(
+            "/v1/entities/{class}/{key}",
+            get(get_entity).put(put_entity).delete(delete_entity),
+        )
+        .route("/v1/entities/{class}/{key}/ops", post(post_op))
+        .route("/v1/conflicts", get(list_conflicts))
+        .route("/v1/conflicts/log", get(conflict_log))
+        .route("/v1/conflicts/{class}/{key}/resolve", post(resolve))
+        .route("/v1/stats", get(stats))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(limits.request_timeout_ms),
+        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ));
+    let peer = Router::new()
+        .route(PEER_PATH, post(peer_rpc))
+        .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
+    Router::new()
+        .merge(client)
+        .merge(peer)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Query parameters of entity requests.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    consistency: Option<String>,
+    token: Option<String>,
+    max_staleness_ms: Option<String>,
+    home: Option<String>,
+}
+
+struct Meta {
+    op: &'static str,
+    class: String,
+    consistency: String,
+}
+
+/// Turns an [`Error`] into its JSON answer.
+pub fn error_response(e: &Error) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(e.to_api())).into_response()
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn finish(
+    state: &ApiState,
+    meta: Meta,
+    started: Instant,
+    result: Result<(Response, String), Error>,
+) -> Response {
+    let (response, served_by) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status() >= 500 {
+                tracing::warn!(region = %state.node.region(), op = meta.op, class = %meta.class, error = %e, "Request failed.");
+            }
+            (error_response(&e), String::new())
+        }
+    };
+    let node = &state.node;
+    node.telemetry().emit(Event::Request(RequestEvent {
+        ts_us: node.clock().now_us(),
+        region: node.region().to_owned(),
+        op: meta.op.to_owned(),
+        class: meta.class,
+        status: response.status().as_u16(),
+        latency_us: started.elapsed().as_micros() as u64,
+        consistency: meta.consistency,
+        served_by,
+    }));
+    response
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn authorize(headers: &HeaderMap, accepted: &[(&str, &str)]) -> Result<(), Error> {
+    let names: Vec<&str> = accepted.iter().map(|(name, _)| *name).collect();
+    let Some(given) = bearer(headers) else {
+        return Err(Error::Unauthorized(format!(
+            "missing bearer token. Fix: send `Authorization: Bearer <{}>` from the cluster config",
+            names.join("> or <")
+        )));
+    };
+    if accepted
+        .iter()
+        .any(|(_, t)| constant_time_eq(given.as_bytes(), t.as_bytes()))
+    {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized(format!(
+            "the bearer token is not valid here. Fix: send the {} from the cluster config",
+            names.join(" or ")
+        )))
+    }
+}
+
+fn client_auth(state: &ApiState, headers: &HeaderMap) -> Result<(), Error> {
+    authorize(
+        headers,
+        &[
+            ("cluster.client_token", &state.client_token),
+            ("cluster.admin_token", &state.admin_token),
+        ],
+    )
+}
+
+fn path_error(e: PathRejection) -> Error {
+    Error::BadRequest(format!(
+        "the path is not valid: {e}. Fix: use /v1/entities/{{class}}/{{key}} with a URL-encoded key"
+    ))
+}
+
+fn query_error(e: QueryRejection) -> Error {
+    Error::BadRequest(format!(
+        "the query string is not valid: {e}. Fix: use only consistency=, token=, max_staleness_ms= and home="
+    ))
+}
+
+fn body_error(e: BytesRejection, limit: usize) -> Error {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::PayloadTooLarge(limit)
+    } else {
+        Error::BadRequest(format!("cannot read the request body: {e}"))
+    }
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, Error> {
+    if body.is_empty() {
+        return Err(Error::BadRequest(
+            "the request body is empty. Fix: send a JSON value".into(),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Error::BadRequest(format!(
+            "the request body is not valid JSON: {e}. Fix: send a JSON value"
+        ))
+    })
+}
+
+fn session(headers: &HeaderMap, params: &Params) -> Result<Option<SessionToken>, Error> {
+    let text = match headers.get(TOKEN_HEADER) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Error::BadRequest(format!("the {TOKEN_HEADER} header is not text")))?,
+        ),
+        None => params.token.as_deref(),
+    };
+    text.map(str::parse).transpose()
+}
+
+fn staleness(params: &Params) -> Result<Option<u64>, Error> {
+    params
+        .max_staleness_ms
+        .as_deref()
+        .map(|s| {
+            s.parse::<u64>().map_err(|_| {
+                Error::BadRequest(format!(
+                    "max_staleness_ms `{s}` is not a whole number of milliseconds"
+                ))
+            })
+        })
+        .transpose()
+}
+
+async fn get_entity(
+    State(state): State<ApiState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Params>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let mut meta = Meta {
+        op: "get",
+        class: String::new(),
+        consistency: "local".into(),
+    };
+    let result = async {
+        client_auth(&state, &headers)?;
+        let Path((class, key)) = path.map_err(path_error)?;
+        meta.class.clone_from(&class);
+        let Query(params) = query.map_err(query_error)?;
+        let default_bound = state
+            .node
+            .config()
+            .classes
+            .get(&class)
+            .map_or(5_000, |c| c.bounded_staleness_ms);
+        let consistency = ReadConsistency::parse(
+            params.consistency.as_deref(),
+            staleness(&params)?,
+            default_bound,
+        )?;
+        meta.consistency = consistency.name().to_owned();
+        let session = session(&headers, &params)?;
+        let out = state
+            .node
+            .read(
+                ReadRequest {
+                    class,
+                    key,
+                    consistency,
+                    session,
+                },
+                None,
+            )
+            .await?;
+        let served = out.served_by.clone();
+        Ok((json_response(StatusCode::OK, &out), served))
+    }
+    .await;
+    finish(&state, meta, started, result)
+}
+
+async fn write(
+    state: &ApiState,
+    op_name: &'static str,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Params>, QueryRejection>,
+    headers: &HeaderMap,
+    make_op: impl FnOnce(&str) -> Result<Op, Error>,
+) -> Response {
+    let started = Instant::now();
+    let mut meta = Meta {
+        op: op_name,
+        class: String::new(),
+        consistency: "async".into(),
+    };
+    let result = async {
+        client_auth(state, headers)?;
+        let Path((class, key)) = path.map_err(path_error)?;
+        meta.class.clone_from(&class);
+        let Query(params) = query.map_err(query_error)?;
+        let consistency = WriteConsistency::parse(params.consistency.as_deref())?;
+        meta.consistency = consistency.name().to_owned();
+        let session = session(headers, &params)?;
+        let op = make_op(&class)?;
+        meta.op = op.kind().as_str();
+        let out = state
+            .node
+            .write(
+                WriteRequest {
+                    class,
+                    key,
+                    op,
+                    consistency,
+                    session,
+                    home: params.home,
+                },
+                None,
+            )
+            .await?;
+        let served = out.served_by.clone();
+        let mut response = json_response(StatusCode::OK, &out);
+        if let Ok(v) = HeaderValue::from_str(&out.token) {
+            response.headers_mut().insert(TOKEN_HEADER, v);
+        }
+        Ok((response, served))
+    }
+    .await;
+    finish(state, meta, started, result)
+}
+
+async fn put_entity(
+    State(state): State<ApiState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Params>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let limit = state.node.config().limits.max_body_bytes;
+    write(&state, "put", path, query, &headers, |_| {
+        let body = body.map_err(|e| body_error(e, limit))?;
+        Ok(Op::Put(parse_json(&body)?))
+    })
+    .await
+}
+
+async fn delete_entity(
+    State(state): State<ApiState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Params>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    write(&state, "delete", path, query, &headers, |_| Ok(Op::Delete)).await
+}
+
+async fn post_op(
+    State(state): State<ApiState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Params>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let limit = state.node.config().limits.max_body_bytes;
+    write(&state, "op", path, query, &headers, |class| {
+        let body = body.map_err(|e| body_error(e, limit))?;
+        parse_op(&parse_json(&body)?, class)
+    })
+    .await
+}
+
+async fn resolve(
+    State(state): State<ApiState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<Params>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let limit = state.node.config().limits.max_body_bytes;
+    write(&state, "resolve", path, query, &headers, |_| {
+        let body = body.map_err(|e| body_error(e, limit))?;
+        let v = parse_json(&body)?;
+        let usage = "Fix: send {\"value\": <the reconciled value>} or {\"delete\": true}";
+        match (v.get("value"), v.get("delete")) {
+            (Some(value), None) => Ok(Op::Resolve(Some(value.clone()))),
+            (None, Some(Value::Bool(true))) => Ok(Op::Resolve(None)),
+            _ => Err(Error::BadRequest(format!(
+                "a resolution needs exactly one of \"value\" or \"delete\". {usage}"
+            ))),
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    class: Option<String>,
+    limit: Option<usize>,
+    after: Option<u64>,
+}
+
+async fn list_conflicts(
+    State(state): State<ApiState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        client_auth(&state, &headers)?;
+        let Query(p) = query.map_err(|e| {
+            Error::BadRequest(format!("bad query: {e}. Fix: use class= and limit="))
+        })?;
+        let queue = state
+            .node
+            .queue(p.class.as_deref(), p.limit.unwrap_or(1_000))?;
+        Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "region": state.node.region(), "conflicts": queue }),
+        ))
+    })();
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+async fn conflict_log(
+    State(state): State<ApiState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        client_auth(&state, &headers)?;
+        let Query(p) = query.map_err(|e| {
+            Error::BadRequest(format!("bad query: {e}. Fix: use after= and limit="))
+        })?;
+        let records = state
+            .node
+            .conflict_log(p.after.unwrap_or(0), p.limit.unwrap_or(1_000))?;
+        Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "region": state.node.region(), "records": records }),
+        ))
+    })();
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+async fn stats(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    match client_auth(&state, &headers) {
+        Ok(()) => json_response(StatusCode::OK, &state.node.stats()),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ok", "region": state.node.region() }),
+    )
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.node.is_ready() {
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ready", "region": state.node.region() }),
+        )
+    } else {
+        error_response(&Error::ShuttingDown(state.node.region().to_owned()))
+    }
+}
+
+async fn peer_rpc(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(e) = authorize(&headers, &[("cluster.peer_secret", &state.peer_secret)]) {
+        return error_response(&e);
+    }
+    let from = headers
+        .get(FROM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if !state.node.config().regions.contains_key(&from) {
+        return error_response(&Error::BadRequest(format!(
+            "region-to-region request from `{from}`, which is not a declared region"
+        )));
+    }
+    let limit = state.node.config().limits.max_peer_body_bytes;
+    let req: PeerRequest = match body
+        .map_err(|e| body_error(e, limit))
+        .and_then(|b| decode(&b))
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let reply = state.node.handle_peer(&from, req).await;
+    (
+        [(header::CONTENT_TYPE, "application/msgpack")],
+        encode(&reply),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(&Error::NotFoundRoute)
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(&Error::MethodNotAllowed)
+}

@@ -1,0 +1,1178 @@
+//! A region node: the store, the writer, the shippers and the logic of every
+//! client and region-to-region request, independent of HTTP (the
+//! [`crate::api`] module puts HTTP in front of it; simulations call it
+//! directly through [`crate::transport::SimNet`]).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::{ClassConfig, Config, Ownership};
+use crate::entity::{Entity, Op};
+use crate::error::{Error, Result, WireError};
+use crate::protocol::{
+    ForwardedRead, ForwardedWrite, PeerReply, PeerRequest, PeerResponse, ReadConsistency,
+    ReadOutcome, RepairItem, ReplicateAck, ReplicateBatch, SessionToken, SiblingView,
+    WriteConsistency, WriteOutcome,
+};
+use crate::replication::{Replication, ReplicationStats, Shipper};
+use crate::routing::{self, OwnershipView, Route};
+use crate::store::{ConflictRecord, QueuedConflict, Store};
+use crate::telemetry::{Event, EventStats, ReplicationEvent, Stats, Telemetry};
+use crate::transport::{PeerHandler, Transport};
+use crate::writer::{Command, LocalApplied, LocalWrite, Writer};
+
+/// How the writer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterMode {
+    /// On its own OS thread (production).
+    Thread,
+    /// As a task on the current runtime (deterministic simulations).
+    Task,
+}
+
+/// Everything needed to start a node.
+pub struct NodeOptions {
+    /// The cluster config.
+    pub config: Arc<Config>,
+    /// This region's name.
+    pub region: String,
+    /// Directory of the region's store file.
+    pub data_dir: PathBuf,
+    /// Wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// Reaches the other regions.
+    pub transport: Arc<dyn Transport>,
+    /// How the writer runs.
+    pub writer_mode: WriterMode,
+    /// Capacity of the telemetry channel.
+    pub telemetry_capacity: usize,
+    /// Extra consumer of telemetry events (the collector); sent to without blocking.
+    pub subscriber: Option<mpsc::Sender<Event>>,
+    /// Seed of the node's RNG (retry jitter).
+    pub seed: u64,
+    /// Ship the log to the other regions (off only for benchmark baselines).
+    pub replicate: bool,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("region", &self.region)
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl NodeOptions {
+    /// Options with production defaults.
+    pub fn new(
+        config: Arc<Config>,
+        region: &str,
+        data_dir: PathBuf,
+        transport: Arc<dyn Transport>,
+    ) -> NodeOptions {
+        NodeOptions {
+            config,
+            region: region.to_owned(),
+            data_dir,
+            clock: Arc::new(crate::clock::SystemClock),
+            transport,
+            writer_mode: WriterMode::Thread,
+            telemetry_capacity: 65_536,
+            subscriber: None,
+            seed: 0x5eed,
+            replicate: true,
+        }
+    }
+}
+
+/// A client write.
+#[derive(Clone, Debug)]
+pub struct WriteRequest {
+    /// Class.
+    pub class: String,
+    /// Key.
+    pub key: String,
+    /// The operation.
+    pub op: Op,
+    /// Consistency asked for.
+    pub consistency: WriteConsistency,
+    /// Session token sent with it.
+    pub session: Option<SessionToken>,
+    /// Home region for a new home-owned entity.
+    pub home: Option<String>,
+}
+
+/// A client read.
+#[derive(Clone, Debug)]
+pub struct ReadRequest {
+    /// Class.
+    pub class: String,
+    /// Key.
+    pub key: String,
+    /// Consistency asked for.
+    pub consistency: ReadConsistency,
+    /// Session token sent with it.
+    pub session: Option<SessionToken>,
+}
+
+/// A region node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("region", &self.inner.region)
+            .finish()
+    }
+}
+
+struct Inner {
+    region: String,
+    config: Arc<Config>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    transport: Arc<dyn Transport>,
+    telemetry: Telemetry,
+    stats: Arc<Stats>,
+    writer: mpsc::Sender<Command>,
+    writer_done: Mutex<Option<oneshot::Receiver<()>>>,
+    repl: Arc<Replication>,
+    ownership: RwLock<OwnershipView>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    ready: AtomicBool,
+    started_ms: u64,
+}
+
+/// Everything `/v1/stats` shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// This region.
+    pub region: String,
+    /// Milliseconds since the node started.
+    pub uptime_ms: u64,
+    /// Replication state by peer.
+    pub replication: ReplicationStats,
+    /// Counters from the event stream.
+    pub events: EventStats,
+    /// Telemetry events dropped because the channel was full.
+    pub telemetry_dropped: u64,
+    /// Entries in the reconciliation queue.
+    pub reconciliation_queue: u64,
+}
+
+impl Node {
+    /// Opens the store and starts the writer, the shippers and the telemetry consumer.
+    pub async fn start(opts: NodeOptions) -> Result<Node> {
+        let NodeOptions {
+            config,
+            region,
+            data_dir,
+            clock,
+            transport,
+            writer_mode,
+            telemetry_capacity,
+            subscriber,
+            seed,
+            replicate,
+        } = opts;
+        if !config.regions.contains_key(&region) {
+            return Err(Error::Config(format!(
+                "region `{region}` is not declared in the config (declared: {}). Fix: pass --region with one of those",
+                config.region_names().join(", ")
+            )));
+        }
+        let store = Store::open(&data_dir.join(format!("{region}.redb")))?;
+        let meta = store.load_meta()?;
+        let peers: Vec<String> = config
+            .regions
+            .keys()
+            .filter(|r| **r != region)
+            .cloned()
+            .collect();
+        let repl = Arc::new(Replication::new(&meta, &peers, clock.now_ms()));
+        let (telemetry, events) = Telemetry::channel(telemetry_capacity);
+        let stats = Arc::new(Stats::default());
+        let (writer_tx, writer_rx) = mpsc::channel(8_192);
+        let writer = Writer::new(
+            region.clone(),
+            Arc::clone(&config),
+            store.clone(),
+            Arc::clone(&clock),
+            &meta,
+            Arc::clone(&repl),
+            telemetry.clone(),
+            Arc::clone(&stats),
+        );
+        let (done_tx, done_rx) = oneshot::channel();
+        match writer_mode {
+            WriterMode::Thread => {
+                std::thread::Builder::new()
+                    .name(format!("writer-{region}"))
+                    .spawn(move || {
+                        writer.run_blocking(writer_rx);
+                        let _ = done_tx.send(());
+                    })
+                    .map_err(|e| Error::Internal(format!("cannot start the writer thread: {e}")))?;
+            }
+            WriterMode::Task => {
+                tokio::spawn(async move {
+                    writer.run_async(writer_rx).await;
+                    let _ = done_tx.send(());
+                });
+            }
+        }
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            region: region.clone(),
+            config: Arc::clone(&config),
+            store: store.clone(),
+            clock: Arc::clone(&clock),
+            transport: Arc::clone(&transport),
+            telemetry: telemetry.clone(),
+            stats: Arc::clone(&stats),
+            writer: writer_tx.clone(),
+            writer_done: Mutex::new(Some(done_rx)),
+            repl: Arc::clone(&repl),
+            ownership: RwLock::new(OwnershipView::default()),
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+            ready: AtomicBool::new(false),
+            started_ms: clock.now_ms(),
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(consume_events(events, stats, subscriber)));
+        if replicate {
+            for (i, peer) in peers.iter().enumerate() {
+                let shipper = Shipper {
+                    me: region.clone(),
+                    peer: peer.clone(),
+                    config: Arc::clone(&config),
+                    store: store.clone(),
+                    clock: Arc::clone(&clock),
+                    transport: Arc::clone(&transport),
+                    repl: Arc::clone(&repl),
+                    writer: writer_tx.clone(),
+                    telemetry: telemetry.clone(),
+                    seed: seed.wrapping_add(i as u64 + 1),
+                };
+                tasks.push(tokio::spawn(shipper.run(inner.shutdown.subscribe())));
+            }
+        }
+        *inner.tasks.lock().expect("tasks lock") = tasks;
+        inner.ready.store(true, Ordering::Release);
+        tracing::info!(region = %region, head = meta.head, peers = peers.len(), "Region node started.");
+        Ok(Node { inner })
+    }
+
+    /// Stops the shippers, lets the writer commit what is queued, and waits
+    /// (at most `deadline`) for everything to finish.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let inner = &self.inner;
+        inner.ready.store(false, Ordering::Release);
+        inner.shutdown.send_replace(true);
+        let tasks: Vec<JoinHandle<()>> =
+            inner.tasks.lock().expect("tasks lock").drain(..).collect();
+        let _ = inner.writer.send(Command::Stop).await;
+        let done = inner.writer_done.lock().expect("done lock").take();
+        let wait = async {
+            if let Some(done) = done {
+                let _ = done.await;
+            }
+            for t in tasks.iter().skip(1) {
+                while !t.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        if tokio::time::timeout(deadline, wait).await.is_err() {
+            tracing::warn!(region = %inner.region, "Shutdown deadline passed; stopping remaining tasks.");
+        }
+        for t in &tasks {
+            t.abort();
+        }
+        tracing::info!(region = %inner.region, "Region node stopped.");
+    }
+
+    /// Stops everything at once, as a crash would: queued commands that were
+    /// not committed are lost (and were never acknowledged).
+    pub fn crash(&self) {
+        let inner = &self.inner;
+        inner.ready.store(false, Ordering::Release);
+        inner.shutdown.send_replace(true);
+        for t in inner.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+    }
+
+    /// This region's name.
+    pub fn region(&self) -> &str {
+        &self.inner.region
+    }
+
+    /// The cluster config.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.inner.config
+    }
+
+    /// The wall clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The telemetry sender (the HTTP layer reports requests through it).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.inner.telemetry
+    }
+
+    /// Whether the node is serving.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire) && !self.inner.writer.is_closed()
+    }
+
+    /// A handle for a [`crate::transport::SimNet`].
+    pub fn peer_handler(&self) -> Arc<dyn PeerHandler> {
+        Arc::new(self.clone())
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> NodeStats {
+        let now = self.inner.clock.now_ms();
+        NodeStats {
+            region: self.inner.region.clone(),
+            uptime_ms: now.saturating_sub(self.inner.started_ms),
+            replication: self.inner.repl.snapshot(&self.inner.region, now),
+            events: self.inner.stats.snapshot(),
+            telemetry_dropped: self.inner.telemetry.dropped(),
+            reconciliation_queue: self.inner.store.queue_len().unwrap_or(0),
+        }
+    }
+
+    /// The reconciliation queue.
+    pub fn queue(&self, class: Option<&str>, limit: usize) -> Result<Vec<QueuedConflict>> {
+        if let Some(c) = class {
+            self.class(c)?;
+        }
+        self.inner.store.queue(class, limit)
+    }
+
+    /// Recorded conflict outcomes after `after`.
+    pub fn conflict_log(&self, after: u64, limit: usize) -> Result<Vec<ConflictRecord>> {
+        self.inner.store.conflict_log(after, limit)
+    }
+
+    /// The stored version of an entity, tombstones included.
+    pub fn stored(&self, class: &str, key: &str) -> Result<Option<Entity>> {
+        self.inner.store.read_entity(class, key)
+    }
+
+    /// Every stored version of a class (for tests and audits).
+    pub fn scan(
+        &self,
+        class: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Entity)>> {
+        self.inner.store.scan_class(class, after, limit)
+    }
+
+    fn class(&self, name: &str) -> Result<&ClassConfig> {
+        self.inner
+            .config
+            .classes
+            .get(name)
+            .ok_or_else(|| Error::UnknownClass {
+                class: name.to_owned(),
+                declared: self.inner.config.class_names(),
+            })
+    }
+
+    fn check_key(&self, key: &str) -> Result<()> {
+        let max = self.inner.config.limits.max_key_bytes;
+        if key.is_empty() {
+            return Err(Error::BadRequest(
+                "the key is empty. Fix: name the entity in the path, /v1/entities/{class}/{key}"
+                    .into(),
+            ));
+        }
+        if key.len() > max {
+            return Err(Error::BadRequest(format!(
+                "the key is {} bytes, longer than limits.max_key_bytes = {max}. Fix: use a shorter key",
+                key.len()
+            )));
+        }
+        if key.chars().any(char::is_control) {
+            return Err(Error::BadRequest(
+                "the key contains control characters. Fix: use printable characters only".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn region_url(&self, region: &str) -> String {
+        self.inner.config.region_url(region).unwrap_or_default()
+    }
+
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::ShuttingDown(self.inner.region.clone()))?;
+        rx.await
+            .map_err(|_| Error::ShuttingDown(self.inner.region.clone()))?
+    }
+
+    async fn call(&self, to: &str, req: PeerRequest) -> Result<PeerResponse> {
+        let timeout = Duration::from_millis(self.inner.config.replication.peer_timeout_ms);
+        let reply = tokio::time::timeout(timeout, self.inner.transport.call(to, req))
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "region {to} did not answer within {} ms",
+                    timeout.as_millis()
+                ))
+            })?
+            .map_err(|e| Error::Unavailable(format!("region {to} cannot be reached: {e}")))?;
+        reply.result.map_err(Error::from)
+    }
+
+    /// Takes a client write: routes it (rollout stage, ownership), commits
+    /// it, and for `quorum` waits for a majority.
+    pub async fn write(
+        &self,
+        req: WriteRequest,
+        forwarded_from: Option<&str>,
+    ) -> Result<WriteOutcome> {
+        let class = self.class(&req.class)?;
+        self.check_key(&req.key)?;
+        if !class.conflict.accepts(req.op.kind()) {
+            return Err(Error::WrongOp {
+                class: req.class.clone(),
+                policy: class.conflict.as_str().to_owned(),
+                op: req.op.kind().as_str().to_owned(),
+                hint: class.conflict.ops_hint().to_owned(),
+            });
+        }
+        if let Some(h) = &req.home
+            && !self.inner.config.regions.contains_key(h)
+        {
+            return Err(Error::BadRequest(format!(
+                "home `{h}` is not a declared region (declared: {}). Fix: pass ?home= with one of those",
+                self.inner.config.region_names().join(", ")
+            )));
+        }
+        let explicit_home = match (&req.home, class.ownership) {
+            (Some(h), _) => Some(h.clone()),
+            (None, Ownership::Home) => self
+                .inner
+                .store
+                .read_entity(&req.class, &req.key)?
+                .and_then(|e| e.home),
+            _ => None,
+        };
+        let view = self.inner.ownership.read().expect("ownership lock").clone();
+        let route = routing::route_write(
+            &self.inner.config,
+            &self.inner.region,
+            &req.class,
+            class,
+            &req.key,
+            req.op.kind(),
+            explicit_home.as_deref(),
+            &view,
+        )?;
+        let epoch = match route {
+            Route::Local { epoch } => epoch,
+            Route::Remote { to, why } => {
+                return self
+                    .write_elsewhere(req, class, to, why, forwarded_from)
+                    .await;
+            }
+        };
+        let applied: LocalApplied = self
+            .submit(|tx| {
+                Command::Local(
+                    LocalWrite {
+                        class: req.class.clone(),
+                        key: req.key.clone(),
+                        op: req.op.clone(),
+                        owner_epoch: epoch,
+                        home: if class.ownership == Ownership::Home {
+                            explicit_home.clone()
+                        } else {
+                            None
+                        },
+                    },
+                    tx,
+                )
+            })
+            .await?;
+        let mut token = req.session.clone().unwrap_or_default();
+        token.include(&self.inner.region, applied.seq);
+        if req.consistency == WriteConsistency::Quorum {
+            self.await_quorum(&req, applied.seq, &token).await?;
+        }
+        Ok(WriteOutcome {
+            class: req.class,
+            key: req.key,
+            value: applied.entity.value().unwrap_or(Value::Null),
+            hlc: applied.entity.hlc.clone(),
+            version: applied.entity.version.clone(),
+            token: token.to_string(),
+            applied_in: self.acked_by(applied.seq),
+            served_by: self.inner.region.clone(),
+            seq: applied.seq,
+            consistency: req.consistency.name().to_owned(),
+        })
+    }
+
+    async fn write_elsewhere(
+        &self,
+        req: WriteRequest,
+        class: &ClassConfig,
+        to: String,
+        why: String,
+        forwarded_from: Option<&str>,
+    ) -> Result<WriteOutcome> {
+        let misdirected = |why: String| Error::Misdirected(Box::new(crate::error::Misdirected {
+            region: self.inner.region.clone(),
+            class: req.class.clone(),
+            key: req.key.clone(),
+            owner: to.clone(),
+            owner_url: self.region_url(&to),
+            why,
+        }));
+        if let Some(from) = forwarded_from {
+            return Err(misdirected(format!(
+                "{why}; it was already forwarded once, from {from}"
+            )));
+        }
+        if class.foreign_writes == crate::config::ForeignWrites::Refuse {
+            return Err(misdirected(format!("{why} (foreign_writes = \"refuse\")")));
+        }
+        let fw = ForwardedWrite {
+            class: req.class.clone(),
+            key: req.key.clone(),
+            op: req.op.clone(),
+            consistency: req.consistency,
+            session: req.session.clone(),
+            home: req.home.clone(),
+        };
+        match self.call(&to, PeerRequest::Write(fw)).await? {
+            PeerResponse::Written(w) => Ok(w),
+            other => Err(Error::Internal(format!(
+                "region {to} answered a write with {other:?}"
+            ))),
+        }
+    }
+
+    /// Regions known to have applied this region's write `seq`.
+    fn acked_by(&self, seq: u64) -> Vec<String> {
+        let mut regions = vec![self.inner.region.clone()];
+        for (name, p) in self.inner.repl.peers() {
+            if p.acked() >= seq {
+                regions.push(name.clone());
+            }
+        }
+        regions.sort();
+        regions
+    }
+
+    async fn await_quorum(&self, req: &WriteRequest, seq: u64, token: &SessionToken) -> Result<()> {
+        let total = self.inner.config.regions.len();
+        let needed = total / 2 + 1;
+        let timeout_ms = self.inner.config.replication.quorum_timeout_ms;
+        let mut acks = self.inner.repl.subscribe_acks();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            let confirmed = self.acked_by(seq).len();
+            if confirmed >= needed {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = acks.changed() => { if changed.is_err() { break } }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::QuorumTimeout {
+                        class: req.class.clone(),
+                        key: req.key.clone(),
+                        region: self.inner.region.clone(),
+                        token: token.to_string(),
+                        confirmed,
+                        needed,
+                        timeout_ms,
+                    });
+                }
+            }
+        }
+        Err(Error::ShuttingDown(self.inner.region.clone()))
+    }
+
+    /// Serves a client read at the consistency it asks for.
+    pub async fn read(
+        &self,
+        req: ReadRequest,
+        forwarded_from: Option<&str>,
+    ) -> Result<ReadOutcome> {
+        let class = self.class(&req.class)?;
+        self.check_key(&req.key)?;
+        let view = self.inner.ownership.read().expect("ownership lock").clone();
+        if let Route::Remote { to, why } =
+            routing::route_read(&self.inner.config, &self.inner.region, class, &view)
+        {
+            return self
+                .read_elsewhere(req, class, to, why, forwarded_from)
+                .await;
+        }
+        match req.consistency.clone() {
+            ReadConsistency::Local => self.read_local(&req),
+            ReadConsistency::Session => {
+                let token = req.session.clone().unwrap_or_default();
+                if self.session_satisfied(&token) {
+                    return self.read_local(&req);
+                }
+                if forwarded_from.is_some() {
+                    // We were picked as having the writes; wait briefly for
+                    // replication in flight before giving up.
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(1_000);
+                    while tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        if self.session_satisfied(&token) {
+                            return self.read_local(&req);
+                        }
+                    }
+                    return Err(Error::Unavailable(format!(
+                        "region {} has not yet applied the writes of session token {token}",
+                        self.inner.region
+                    )));
+                }
+                let target = self.session_target(&token);
+                self.read_elsewhere(
+                    req,
+                    class,
+                    target,
+                    "the session's writes are not applied here yet".into(),
+                    None,
+                )
+                .await
+            }
+            ReadConsistency::Bounded(bound_ms) => {
+                let lag = self.max_lag_ms();
+                if lag.is_some_and(|l| l <= bound_ms) {
+                    return self.read_local(&req);
+                }
+                let lag_text = lag.map_or("unknown".to_owned(), |l| format!("{l} ms"));
+                let why = format!("lag here is {lag_text}, over the bound of {bound_ms} ms");
+                match self.owner_of(&req, class, &view)? {
+                    Some(owner) if owner != self.inner.region && forwarded_from.is_none() => {
+                        let mut fwd = req.clone();
+                        fwd.consistency = ReadConsistency::Strong;
+                        self.read_elsewhere(fwd, class, owner, why, None).await
+                    }
+                    Some(_) => self.read_local(&req),
+                    None => {
+                        let mut q = req.clone();
+                        q.consistency = ReadConsistency::Quorum;
+                        self.read_merged(&q, false).await
+                    }
+                }
+            }
+            ReadConsistency::Quorum => self.read_merged(&req, false).await,
+            ReadConsistency::Strong => match self.owner_of(&req, class, &view)? {
+                None => self.read_merged(&req, true).await,
+                Some(owner) if owner == self.inner.region => self.read_local(&req),
+                Some(owner) => {
+                    if forwarded_from.is_some() {
+                        return Err(Error::Misdirected(Box::new(crate::error::Misdirected {
+                            region: self.inner.region.clone(),
+                            class: req.class.clone(),
+                            key: req.key.clone(),
+                            owner_url: self.region_url(&owner),
+                            owner,
+                            why: "strong reads are served by the owner".into(),
+                        })));
+                    }
+                    self.read_elsewhere(
+                        req,
+                        class,
+                        owner,
+                        "strong reads are served by the owner".into(),
+                        None,
+                    )
+                    .await
+                }
+            },
+        }
+    }
+
+    fn owner_of(
+        &self,
+        req: &ReadRequest,
+        class: &ClassConfig,
+        view: &OwnershipView,
+    ) -> Result<Option<String>> {
+        let explicit = match class.ownership {
+            Ownership::Home => self
+                .inner
+                .store
+                .read_entity(&req.class, &req.key)?
+                .and_then(|e| e.home),
+            _ => None,
+        };
+        Ok(routing::owner(
+            &self.inner.config,
+            &req.class,
+            class,
+            &req.key,
+            explicit.as_deref(),
+            view,
+        )?
+        .map(|(o, _)| o))
+    }
+
+    async fn read_elsewhere(
+        &self,
+        req: ReadRequest,
+        class: &ClassConfig,
+        to: String,
+        why: String,
+        forwarded_from: Option<&str>,
+    ) -> Result<ReadOutcome> {
+        if forwarded_from.is_some() || class.foreign_writes == crate::config::ForeignWrites::Refuse
+        {
+            return Err(Error::Misdirected(Box::new(crate::error::Misdirected {
+                region: self.inner.region.clone(),
+                class: req.class.clone(),
+                key: req.key.clone(),
+                owner_url: self.region_url(&to),
+                owner: to,
+                why,
+            })));
+        }
+        let fr = ForwardedRead {
+            class: req.class.clone(),
+            key: req.key.clone(),
+            consistency: req.consistency.clone(),
+            session: req.session.clone(),
+        };
+        match self.call(&to, PeerRequest::Read(fr)).await? {
+            PeerResponse::Read(r) => Ok(r),
+            other => Err(Error::Internal(format!(
+                "region {to} answered a read with {other:?}"
+            ))),
+        }
+    }
+
+    fn read_local(&self, req: &ReadRequest) -> Result<ReadOutcome> {
+        let entity = self.inner.store.read_entity(&req.class, &req.key)?;
+        self.outcome(req, entity, &self.inner.region, req.consistency.name())
+    }
+
+    fn outcome(
+        &self,
+        req: &ReadRequest,
+        entity: Option<Entity>,
+        served_by: &str,
+        consistency: &str,
+    ) -> Result<ReadOutcome> {
+        let not_found = || Error::NotFound {
+            class: req.class.clone(),
+            key: req.key.clone(),
+            region: served_by.to_owned(),
+        };
+        let entity = entity.filter(Entity::exists).ok_or_else(not_found)?;
+        let conflicted = entity.is_conflicted();
+        let siblings = if conflicted {
+            entity
+                .siblings()
+                .iter()
+                .map(|s| SiblingView {
+                    value: s.value.clone().unwrap_or(Value::Null),
+                    deleted: s.value.is_none(),
+                    hlc: s.stamp.clone(),
+                    version: s.version.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(ReadOutcome {
+            class: req.class.clone(),
+            key: req.key.clone(),
+            value: entity.value().unwrap_or(Value::Null),
+            siblings,
+            conflicted,
+            applied_in: self.applied_in(&entity),
+            hlc: entity.hlc.clone(),
+            version: entity.version.clone(),
+            served_by: served_by.to_owned(),
+            consistency: consistency.to_owned(),
+            home: entity.home.clone(),
+        })
+    }
+
+    /// Regions known to have applied the latest write of an entity.
+    fn applied_in(&self, entity: &Entity) -> Vec<String> {
+        let origin = &entity.hlc.region;
+        let seq = entity.origin_seq;
+        let repl = &self.inner.repl;
+        let mut regions: Vec<String> = self
+            .inner
+            .config
+            .regions
+            .keys()
+            .filter(|r| {
+                *r == &self.inner.region
+                    || *r == origin
+                    || (origin == &self.inner.region
+                        && repl.peer(r).is_some_and(|p| p.acked() >= seq))
+                    || repl.known_applied(r, origin) >= seq
+            })
+            .cloned()
+            .collect();
+        regions.sort();
+        regions
+    }
+
+    fn session_satisfied(&self, token: &SessionToken) -> bool {
+        token.0.iter().all(|(origin, seq)| {
+            if *origin == self.inner.region {
+                self.inner.repl.head().seq >= *seq
+            } else {
+                self.inner.repl.applied_from(origin) >= *seq
+            }
+        })
+    }
+
+    /// A region that (as far as gossip tells) has every write of the token;
+    /// otherwise the origin of its newest unapplied write.
+    fn session_target(&self, token: &SessionToken) -> String {
+        let repl = &self.inner.repl;
+        for region in self
+            .inner
+            .config
+            .regions
+            .keys()
+            .filter(|r| **r != self.inner.region)
+        {
+            if token
+                .0
+                .iter()
+                .all(|(o, s)| o == region || repl.known_applied(region, o) >= *s)
+            {
+                return region.clone();
+            }
+        }
+        token
+            .0
+            .iter()
+            .filter(|(o, s)| **o != self.inner.region && repl.applied_from(o) < **s)
+            .max_by_key(|(_, s)| **s)
+            .map(|(o, _)| o.clone())
+            .unwrap_or_else(|| self.inner.region.clone())
+    }
+
+    /// The largest lag from any other region (ms), if all have been heard from.
+    fn max_lag_ms(&self) -> Option<u64> {
+        let now = self.inner.clock.now_ms();
+        let mut worst = 0;
+        for (peer, _) in self.inner.repl.peers() {
+            worst = worst.max(self.inner.repl.lag_from(peer, now)?);
+        }
+        Some(worst)
+    }
+
+    /// Reads from a majority (or, with `all`, every region), merges, and
+    /// repairs the regions that were behind.
+    async fn read_merged(&self, req: &ReadRequest, all: bool) -> Result<ReadOutcome> {
+        let total = self.inner.config.regions.len();
+        let needed = if all { total } else { total / 2 + 1 };
+        let local = self.inner.store.read_entity(&req.class, &req.key)?;
+        let mut answers: Vec<(String, Option<Entity>)> = vec![(self.inner.region.clone(), local)];
+        let mut failures = Vec::new();
+        let mut pending: FuturesUnordered<BoxFuture<'_, (String, Result<PeerResponse>)>> = self
+            .inner
+            .config
+            .regions
+            .keys()
+            .filter(|r| **r != self.inner.region)
+            .map(|r| {
+                let r = r.clone();
+                let req = PeerRequest::Fetch {
+                    class: req.class.clone(),
+                    key: req.key.clone(),
+                };
+                Box::pin(async move { (r.clone(), self.call(&r, req).await) }) as BoxFuture<'_, _>
+            })
+            .collect();
+        while answers.len() < needed {
+            let Some((region, result)) = pending.next().await else {
+                break;
+            };
+            match result {
+                Ok(PeerResponse::Fetched(e)) => answers.push((region, e)),
+                Ok(other) => failures.push(format!("{region}: unexpected answer {other:?}")),
+                Err(e) => failures.push(format!("{region}: {e}")),
+            }
+        }
+        drop(pending);
+        if answers.len() < needed {
+            return Err(Error::Unavailable(format!(
+                "a {} read of `{}/{}` needs {needed} of {total} regions; reached {} ({})",
+                req.consistency.name(),
+                req.class,
+                req.key,
+                answers.len(),
+                failures.join("; ")
+            )));
+        }
+        let mut merged: Option<Entity> = None;
+        for (_, e) in &answers {
+            if let Some(e) = e {
+                merged = Some(match merged {
+                    None => e.clone(),
+                    Some(m) => m.join(e)?,
+                });
+            }
+        }
+        if let Some(m) = &merged {
+            for (region, e) in &answers {
+                if e.as_ref() == Some(m) {
+                    continue;
+                }
+                let item = RepairItem {
+                    class: req.class.clone(),
+                    key: req.key.clone(),
+                    entity: m.clone(),
+                };
+                if *region == self.inner.region {
+                    self.submit(|tx| Command::Repair(vec![item], tx)).await?;
+                } else {
+                    let node = self.clone();
+                    let region = region.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = node.call(&region, PeerRequest::Repair(vec![item])).await {
+                            tracing::debug!(peer = %region, error = %e, "Read repair not delivered; anti-entropy will catch up.");
+                        }
+                    });
+                }
+            }
+        }
+        let names: Vec<&str> = answers.iter().map(|(r, _)| r.as_str()).collect();
+        let mut out = self.outcome(req, merged, &names.join("+"), req.consistency.name())?;
+        out.served_by = self.inner.region.clone();
+        Ok(out)
+    }
+
+    /// Handles a request from another region.
+    pub async fn handle_peer(&self, from: &str, req: PeerRequest) -> PeerReply {
+        let result = match req {
+            PeerRequest::Replicate(batch) => self
+                .apply_batch(from, batch)
+                .await
+                .map(PeerResponse::Replicated),
+            PeerRequest::Fetch { class, key } => self
+                .inner
+                .store
+                .read_entity(&class, &key)
+                .map(PeerResponse::Fetched),
+            PeerRequest::Write(fw) => {
+                let req = WriteRequest {
+                    class: fw.class,
+                    key: fw.key,
+                    op: fw.op,
+                    consistency: fw.consistency,
+                    session: fw.session,
+                    home: fw.home,
+                };
+                self.write(req, Some(from)).await.map(PeerResponse::Written)
+            }
+            PeerRequest::Read(fr) => {
+                let req = ReadRequest {
+                    class: fr.class,
+                    key: fr.key,
+                    consistency: fr.consistency,
+                    session: fr.session,
+                };
+                self.read(req, Some(from)).await.map(PeerResponse::Read)
+            }
+            PeerRequest::Repair(items) => self
+                .submit(|tx| Command::Repair(items, tx))
+                .await
+                .map(|()| PeerResponse::Repaired),
+        };
+        PeerReply {
+            wall_ms: self.inner.clock.now_ms(),
+            result: result.map_err(|e| WireError::from(&e)),
+        }
+    }
+
+    async fn apply_batch(&self, from: &str, batch: ReplicateBatch) -> Result<ReplicateAck> {
+        if batch.origin != from
+            || !self.inner.config.regions.contains_key(from)
+            || from == self.inner.region
+        {
+            return Err(Error::BadRequest(format!(
+                "a replication batch from `{from}` claims origin `{}`; regions ship only their own log",
+                batch.origin
+            )));
+        }
+        let now_ms = self.inner.clock.now_ms();
+        let max = self.inner.config.cluster.max_clock_offset_ms;
+        let newest = batch
+            .entries
+            .iter()
+            .map(|e| e.wall_ms)
+            .max()
+            .unwrap_or(0)
+            .max(batch.closed_ms);
+        let offset = self.inner.repl.offset_ms(from);
+        if newest > now_ms + max {
+            self.inner.repl.count_refused_stamp();
+            return Err(Error::ClockSkew {
+                peer: from.to_owned(),
+                region: self.inner.region.clone(),
+                ahead_ms: newest - now_ms,
+                max_ms: max,
+            });
+        }
+        let n = batch.entries.len() as u64;
+        let oldest = batch.entries.first().map(|e| e.wall_ms);
+        let acked = if batch.entries.is_empty() {
+            self.inner.repl.applied_from(from)
+        } else {
+            let origin = from.to_owned();
+            let gap = batch.gap_acknowledged;
+            let entries = batch.entries;
+            match self
+                .submit(|reply| Command::Apply {
+                    origin,
+                    entries,
+                    gap_acknowledged: gap,
+                    reply,
+                })
+                .await
+            {
+                Ok(wm) => wm,
+                Err(e @ Error::ClockSkew { .. }) => {
+                    self.inner.repl.count_refused_stamp();
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // The closed timestamp holds only if we hold everything up to the
+        // origin's head.
+        if acked >= batch.head {
+            self.inner.repl.advance_closed(from, batch.closed_ms);
+        }
+        self.inner.repl.learn_applied(from, &batch.applied);
+        let now_ms = self.inner.clock.now_ms();
+        let lag_ms = match oldest {
+            Some(w) => crate::writer::lag_ms(now_ms, w, offset),
+            None => crate::writer::lag_ms(now_ms, batch.closed_ms, offset),
+        };
+        let backlog_ops = batch.head.saturating_sub(acked);
+        self.inner
+            .telemetry
+            .emit(Event::Replication(ReplicationEvent {
+                ts_us: self.inner.clock.now_us(),
+                src: from.to_owned(),
+                dst: self.inner.region.clone(),
+                lag_ms,
+                backlog_ops,
+                backlog_bytes: batch.backlog_bytes,
+                applied_ops: n,
+            }));
+        Ok(ReplicateAck {
+            acked,
+            applied: self.inner.repl.applied_vector(&self.inner.region),
+        })
+    }
+}
+
+impl PeerHandler for Node {
+    fn handle(&self, from: &str, req: PeerRequest) -> BoxFuture<'static, PeerReply> {
+        let node = self.clone();
+        let from = from.to_owned();
+        Box::pin(async move { node.handle_peer(&from, req).await })
+    }
+}
+
+async fn consume_events(
+    mut rx: mpsc::Receiver<Event>,
+    stats: Arc<Stats>,
+    subscriber: Option<mpsc::Sender<Event>>,
+) {
+    let mut forward_dropped = 0u64;
+    while let Some(event) = rx.recv().await {
+        stats.observe(&event);
+        if let Some(sub) = &subscriber
+            && sub.try_send(event).is_err()
+        {
+            forward_dropped += 1;
+            if forward_dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = forward_dropped,
+                    "Telemetry subscriber is behind; events dropped."
+                );
+            }
+        }
+    }
+}
+
+/// Parses an operation body of `POST .../ops`.
+pub fn parse_op(body: &Value, class_name: &str) -> Result<Op> {
+    let obj = body.as_object().ok_or_else(|| {
+        Error::BadRequest(format!(
+            "the body of an operation on class `{class_name}` must be a JSON object like {{\"op\":\"incr\",\"by\":5}}"
+        ))
+    })?;
+    let op = obj.get("op").and_then(Value::as_str).ok_or_else(|| {
+        Error::BadRequest("the operation has no \"op\" field. Fix: send {\"op\":\"incr\",\"by\":N}, {\"op\":\"add\",\"member\":..} or {\"op\":\"remove\",\"member\":..}".into())
+    })?;
+    let member = || {
+        obj.get("member").cloned().ok_or_else(|| {
+            Error::BadRequest(format!("operation `{op}` needs a \"member\" field, e.g. {{\"op\":\"{op}\",\"member\":\"x\"}}"))
+        })
+    };
+    Ok(match op {
+        "incr" => Op::Incr(match obj.get("by") {
+            None => 1,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                Error::BadRequest(format!("\"by\" must be an integer, not {v}. Fix: send e.g. {{\"op\":\"incr\",\"by\":5}}"))
+            })?,
+        }),
+        "decr" => Op::Incr(-match obj.get("by") {
+            None => 1,
+            Some(v) => v.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
+                Error::BadRequest(format!("\"by\" of decr must be a non-negative integer, not {v}"))
+            })?,
+        }),
+        "add" => Op::Add(member()?),
+        "remove" => Op::Remove(member()?),
+        other => {
+            return Err(Error::BadRequest(format!(
+                "unknown operation `{other}`. Fix: use incr, decr, add or remove"
+            )));
+        }
+    })
+}

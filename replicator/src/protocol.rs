@@ -1,0 +1,368 @@
+//! Messages between regions, and the answers a region gives clients.
+//!
+//! Region-to-region messages travel as MessagePack over
+//! `POST /v1/peer/rpc` (see [`crate::transport`]); answers to clients are JSON.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::Hlc;
+use crate::entity::{Entity, Op};
+use crate::error::{Error, WireError};
+use crate::store::LogEntry;
+use crate::version::VersionVector;
+
+/// Consistency a read asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// Whatever this region has.
+    Local,
+    /// At least the writes named in the session token.
+    Session,
+    /// Local while every region's lag here is under the bound (ms), else from the owner.
+    Bounded(u64),
+    /// Merged from a majority of regions, repairing the stale ones.
+    Quorum,
+    /// From the owner, after it has confirmed ownership (all regions for a global class).
+    Strong,
+}
+
+impl ReadConsistency {
+    /// Parses `consistency=` (with `max_staleness_ms=` for bounded).
+    pub fn parse(
+        s: Option<&str>,
+        max_staleness_ms: Option<u64>,
+        default_bound: u64,
+    ) -> Result<Self, Error> {
+        Ok(match s.unwrap_or("local") {
+            "local" | "eventual" => ReadConsistency::Local,
+            "session" => ReadConsistency::Session,
+            "bounded" => ReadConsistency::Bounded(max_staleness_ms.unwrap_or(default_bound)),
+            "quorum" => ReadConsistency::Quorum,
+            "strong" => ReadConsistency::Strong,
+            other => {
+                return Err(Error::BadRequest(format!(
+                    "consistency `{other}` is not a read consistency level. Fix: use local, session, \
+                     bounded (with max_staleness_ms=N), quorum or strong"
+                )));
+            }
+        })
+    }
+
+    /// The name used in telemetry and answers.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReadConsistency::Local => "local",
+            ReadConsistency::Session => "session",
+            ReadConsistency::Bounded(_) => "bounded",
+            ReadConsistency::Quorum => "quorum",
+            ReadConsistency::Strong => "strong",
+        }
+    }
+}
+
+/// Consistency a write asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteConsistency {
+    /// Acknowledged once durable in the region that took it.
+    Async,
+    /// Acknowledged once a majority of regions have applied it.
+    Quorum,
+}
+
+impl WriteConsistency {
+    /// Parses `consistency=` of a write.
+    pub fn parse(s: Option<&str>) -> Result<Self, Error> {
+        match s.unwrap_or("async") {
+            "async" | "local" => Ok(WriteConsistency::Async),
+            "quorum" => Ok(WriteConsistency::Quorum),
+            other => Err(Error::BadRequest(format!(
+                "consistency `{other}` is not a write consistency level. Fix: use async (the default) or quorum"
+            ))),
+        }
+    }
+
+    /// The name used in telemetry and answers.
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteConsistency::Async => "async",
+            WriteConsistency::Quorum => "quorum",
+        }
+    }
+}
+
+/// A session token: for each origin region, the highest log sequence of a
+/// write this session made (or saw acknowledged) there. Text form:
+/// `us-east:42,eu-west:7`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionToken(pub BTreeMap<String, u64>);
+
+impl SessionToken {
+    /// Adds a write.
+    pub fn include(&mut self, region: &str, seq: u64) {
+        let slot = self.0.entry(region.to_owned()).or_insert(0);
+        *slot = (*slot).max(seq);
+    }
+}
+
+impl fmt::Display for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(r, s)| format!("{r}:{s}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl FromStr for SessionToken {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let mut token = SessionToken::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let parsed = part
+                .rsplit_once(':')
+                .and_then(|(r, n)| Some((r, n.parse::<u64>().ok()?)));
+            let Some((region, seq)) = parsed else {
+                return Err(Error::BadRequest(format!(
+                    "session token part `{part}` is not `region:sequence`. Fix: send back the `token` \
+                     a write returned, unchanged"
+                )));
+            };
+            token.include(region, seq);
+        }
+        Ok(token)
+    }
+}
+
+/// A request from one region to another.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Log entries (or, empty, a heartbeat).
+    Replicate(ReplicateBatch),
+    /// The stored version of an entity, for quorum and strong reads.
+    Fetch {
+        /// Class.
+        class: String,
+        /// Key.
+        key: String,
+    },
+    /// A client write passed on to the region that owns the key.
+    Write(ForwardedWrite),
+    /// A client read passed on.
+    Read(ForwardedRead),
+    /// Merged versions pushed back to a stale region after a quorum read.
+    Repair(Vec<RepairItem>),
+}
+
+/// A batch of one origin's log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicateBatch {
+    /// The origin region.
+    pub origin: String,
+    /// Sequence of the origin's latest write when sent.
+    pub head: u64,
+    /// Every write the origin acknowledged before this time (origin clock,
+    /// ms) is in this batch or an earlier one.
+    pub closed_ms: u64,
+    /// Entries, in sequence order.
+    pub entries: Vec<LogEntry>,
+    /// The origin knows entries before the first one are gone from its log
+    /// (backlog cap); apply anyway, anti-entropy repairs the gap.
+    pub gap_acknowledged: bool,
+    /// The origin's own applied watermarks, by origin (gossip for `applied_in`).
+    pub applied: BTreeMap<String, u64>,
+    /// Approximate bytes still to ship after this batch.
+    pub backlog_bytes: u64,
+}
+
+/// Answer to a [`ReplicateBatch`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicateAck {
+    /// Highest sequence of the origin's log applied here.
+    pub acked: u64,
+    /// The receiver's applied watermarks, by origin.
+    pub applied: BTreeMap<String, u64>,
+}
+
+/// A client write passed to another region.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedWrite {
+    /// Class.
+    pub class: String,
+    /// Key.
+    pub key: String,
+    /// The operation.
+    pub op: Op,
+    /// Consistency asked for.
+    pub consistency: WriteConsistency,
+    /// Session token sent by the client.
+    pub session: Option<SessionToken>,
+    /// Home region given by the client.
+    pub home: Option<String>,
+}
+
+/// A client read passed to another region.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedRead {
+    /// Class.
+    pub class: String,
+    /// Key.
+    pub key: String,
+    /// Consistency asked for.
+    pub consistency: ReadConsistency,
+    /// Session token sent by the client.
+    pub session: Option<SessionToken>,
+}
+
+/// One merged version pushed by read repair.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RepairItem {
+    /// Class.
+    pub class: String,
+    /// Key.
+    pub key: String,
+    /// The version.
+    pub entity: Entity,
+}
+
+/// Answer to a [`PeerRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// For `Replicate`.
+    Replicated(ReplicateAck),
+    /// For `Fetch`: the stored version, tombstones included.
+    Fetched(Option<Entity>),
+    /// For `Write`.
+    Written(WriteOutcome),
+    /// For `Read`.
+    Read(ReadOutcome),
+    /// For `Repair`.
+    Repaired,
+}
+
+/// The envelope of every answer between regions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerReply {
+    /// Responder's wall clock when it handled the request (ms), for clock
+    /// offset estimates.
+    pub wall_ms: u64,
+    /// The answer.
+    pub result: Result<PeerResponse, WireError>,
+}
+
+/// What a write answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    /// Class.
+    pub class: String,
+    /// Key.
+    pub key: String,
+    /// The value after the write (`null` if deleted).
+    pub value: Value,
+    /// HLC stamp of the write.
+    pub hlc: Hlc,
+    /// Version vector after the write.
+    pub version: VersionVector,
+    /// Session token covering this write; send it back with `consistency=session` reads.
+    pub token: String,
+    /// Regions known to have applied the write so far.
+    pub applied_in: Vec<String>,
+    /// Region that took the write.
+    pub served_by: String,
+    /// Its sequence in that region's log.
+    pub seq: u64,
+    /// Consistency the write was acknowledged at.
+    pub consistency: String,
+}
+
+/// One sibling of a conflicted manual entity, as read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiblingView {
+    /// Its value (`null` for a delete).
+    pub value: Value,
+    /// Whether it is a delete.
+    pub deleted: bool,
+    /// Its stamp.
+    pub hlc: Hlc,
+    /// Its version vector.
+    pub version: VersionVector,
+}
+
+/// What a read answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadOutcome {
+    /// Class.
+    pub class: String,
+    /// Key.
+    pub key: String,
+    /// The merged value: a number for counters, an array for sets, the stored
+    /// JSON otherwise; `null` for a conflicted manual entity.
+    pub value: Value,
+    /// The siblings of a conflicted manual entity (empty otherwise).
+    pub siblings: Vec<SiblingView>,
+    /// Whether the entity waits in the reconciliation queue.
+    pub conflicted: bool,
+    /// HLC stamp of the latest write.
+    pub hlc: Hlc,
+    /// Version vector.
+    pub version: VersionVector,
+    /// Regions known to have applied the latest write.
+    pub applied_in: Vec<String>,
+    /// Region whose data answered.
+    pub served_by: String,
+    /// Consistency level served.
+    pub consistency: String,
+    /// Home region, for home-owned entities created with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+}
+
+/// Encodes a region-to-region message.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec(value).expect("peer message encodes")
+}
+
+/// Decodes a region-to-region message.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| Error::BadRequest(format!("undecodable region-to-region message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_token_round_trips_and_merges() {
+        let mut t: SessionToken = "us-east:42,eu-west:7".parse().unwrap();
+        t.include("us-east", 40);
+        t.include("us-west", 1);
+        assert_eq!(t.to_string(), "eu-west:7,us-east:42,us-west:1");
+        assert!(
+            "us-east"
+                .parse::<SessionToken>()
+                .unwrap_err()
+                .to_string()
+                .contains("region:sequence")
+        );
+    }
+
+    #[test]
+    fn consistency_parsing_names_the_choices() {
+        assert_eq!(
+            ReadConsistency::parse(Some("bounded"), Some(250), 5).unwrap(),
+            ReadConsistency::Bounded(250)
+        );
+        let err = ReadConsistency::parse(Some("linearizable"), None, 5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linearizable") && err.contains("quorum"),
+            "{err}"
+        );
+        assert!(WriteConsistency::parse(Some("strong")).is_err());
+    }
+}

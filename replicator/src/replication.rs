@@ -1,0 +1,511 @@
+//! Replication state shared by the writer, the shippers and the request
+//! handlers, and the shipper: one worker per peer that sends the local log
+//! in batches (or a heartbeat when idle), retries with backoff, and advances
+//! the peer's cursor on its acknowledgement.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::protocol::{PeerRequest, PeerResponse, ReplicateBatch};
+use crate::store::{Meta, Store};
+use crate::telemetry::{ClockEvent, Event, Telemetry};
+use crate::transport::Transport;
+use crate::writer::Command;
+
+/// The latest local write, as published by the writer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// Sequence of the latest committed local write.
+    pub(crate) seq: u64,
+    /// Wall time (ms) just after that commit.
+    pub(crate) committed_ms: u64,
+}
+
+/// What this region knows about shipping to one peer.
+#[derive(Debug, Default)]
+pub(crate) struct PeerState {
+    acked: AtomicU64,
+    batches_sent: AtomicU64,
+    entries_sent: AtomicU64,
+    heartbeats_sent: AtomicU64,
+    errors: AtomicU64,
+    consecutive_failures: AtomicU64,
+    last_ok_us: AtomicU64,
+    needs_anti_entropy: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    offset: Mutex<OffsetEstimator>,
+}
+
+impl PeerState {
+    /// Last sequence the peer acknowledged.
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+}
+
+/// Estimates a peer's clock offset from request/response stamps, keeping
+/// the sample with the smallest round trip among the recent ones (the one
+/// least distorted by queueing, as NTP does).
+#[derive(Debug, Default)]
+struct OffsetEstimator {
+    samples: VecDeque<(u64, i64)>,
+}
+
+impl OffsetEstimator {
+    fn add(&mut self, rtt_us: u64, offset_us: i64) {
+        if self.samples.len() == 16 {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((rtt_us, offset_us));
+    }
+
+    fn best(&self) -> Option<(u64, i64)> {
+        self.samples.iter().min_by_key(|(rtt, _)| *rtt).copied()
+    }
+}
+
+/// Replication bookkeeping shared across the node.
+#[derive(Debug)]
+pub(crate) struct Replication {
+    head: watch::Sender<Head>,
+    applied: RwLock<BTreeMap<String, u64>>,
+    peers: BTreeMap<String, PeerState>,
+    known_applied: RwLock<BTreeMap<String, BTreeMap<String, u64>>>,
+    closed: RwLock<BTreeMap<String, u64>>,
+    acks: watch::Sender<u64>,
+    truncated: AtomicU64,
+    avg_entry_bytes: AtomicU64,
+    refused_stamps: AtomicU64,
+}
+
+impl Replication {
+    pub(crate) fn new(meta: &Meta, peers: &[String], now_ms: u64) -> Replication {
+        let peers = peers
+            .iter()
+            .map(|p| {
+                let state = PeerState::default();
+                state
+                    .acked
+                    .store(meta.cursors.get(p).copied().unwrap_or(0), Ordering::Relaxed);
+                state.needs_anti_entropy.store(
+                    meta.needs_anti_entropy.get(p).copied().unwrap_or(false),
+                    Ordering::Relaxed,
+                );
+                (p.clone(), state)
+            })
+            .collect();
+        Replication {
+            head: watch::Sender::new(Head {
+                seq: meta.head,
+                committed_ms: now_ms,
+            }),
+            applied: RwLock::new(meta.applied.clone()),
+            peers,
+            known_applied: RwLock::new(BTreeMap::new()),
+            closed: RwLock::new(BTreeMap::new()),
+            acks: watch::Sender::new(0),
+            truncated: AtomicU64::new(meta.truncated),
+            avg_entry_bytes: AtomicU64::new(256),
+            refused_stamps: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn peers(&self) -> impl Iterator<Item = (&String, &PeerState)> {
+        self.peers.iter()
+    }
+
+    pub(crate) fn peer(&self, name: &str) -> Option<&PeerState> {
+        self.peers.get(name)
+    }
+
+    pub(crate) fn head(&self) -> Head {
+        *self.head.borrow()
+    }
+
+    pub(crate) fn subscribe_head(&self) -> watch::Receiver<Head> {
+        self.head.subscribe()
+    }
+
+    pub(crate) fn publish_head(&self, seq: u64, committed_ms: u64) {
+        self.head.send_replace(Head { seq, committed_ms });
+    }
+
+    pub(crate) fn publish_applied(&self, changed: &BTreeMap<String, u64>) {
+        let mut applied = self.applied.write().expect("applied lock");
+        for (origin, wm) in changed {
+            let slot = applied.entry(origin.clone()).or_insert(0);
+            *slot = (*slot).max(*wm);
+        }
+    }
+
+    /// Per origin, the last sequence applied here (own writes: the head).
+    pub(crate) fn applied_vector(&self, me: &str) -> BTreeMap<String, u64> {
+        let mut v = self.applied.read().expect("applied lock").clone();
+        v.insert(me.to_owned(), self.head().seq);
+        v
+    }
+
+    pub(crate) fn applied_from(&self, origin: &str) -> u64 {
+        self.applied
+            .read()
+            .expect("applied lock")
+            .get(origin)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn set_truncated(&self, upto: u64) {
+        self.truncated.store(upto, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_entry_size(&self, bytes: u64) {
+        let old = self.avg_entry_bytes.load(Ordering::Relaxed);
+        self.avg_entry_bytes
+            .store((old * 7 + bytes) / 8, Ordering::Relaxed);
+    }
+
+    /// What region `region` is known to have applied of `origin`'s log.
+    pub(crate) fn known_applied(&self, region: &str, origin: &str) -> u64 {
+        self.known_applied
+            .read()
+            .expect("known lock")
+            .get(region)
+            .and_then(|v| v.get(origin))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn learn_applied(&self, region: &str, vector: &BTreeMap<String, u64>) {
+        let mut known = self.known_applied.write().expect("known lock");
+        let row = known.entry(region.to_owned()).or_default();
+        for (origin, wm) in vector {
+            let slot = row.entry(origin.clone()).or_insert(0);
+            *slot = (*slot).max(*wm);
+        }
+    }
+
+    /// Records that every write `origin` acknowledged before `closed_ms`
+    /// (origin clock) has been applied here.
+    pub(crate) fn advance_closed(&self, origin: &str, closed_ms: u64) {
+        let mut closed = self.closed.write().expect("closed lock");
+        let slot = closed.entry(origin.to_owned()).or_insert(0);
+        *slot = (*slot).max(closed_ms);
+    }
+
+    /// How far this region trails `origin` now (ms), corrected for clock
+    /// offset; `None` if nothing was ever heard from it.
+    pub(crate) fn lag_from(&self, origin: &str, now_ms: u64) -> Option<u64> {
+        let closed = self
+            .closed
+            .read()
+            .expect("closed lock")
+            .get(origin)
+            .copied()?;
+        Some(crate::writer::lag_ms(
+            now_ms,
+            closed,
+            self.offset_ms(origin),
+        ))
+    }
+
+    /// Estimated clock offset of `peer` (its clock minus ours, ms).
+    pub(crate) fn offset_ms(&self, peer: &str) -> i64 {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.offset.lock().expect("offset lock").best())
+            .map_or(0, |(_, off_us)| off_us / 1_000)
+    }
+
+    pub(crate) fn count_refused_stamp(&self) {
+        self.refused_stamps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Watch that changes whenever a peer acknowledges something.
+    pub(crate) fn subscribe_acks(&self) -> watch::Receiver<u64> {
+        self.acks.subscribe()
+    }
+
+    /// A snapshot for `/v1/stats`.
+    pub(crate) fn snapshot(&self, me: &str, now_ms: u64) -> ReplicationStats {
+        let head = self.head().seq;
+        let avg = self.avg_entry_bytes.load(Ordering::Relaxed);
+        let peers = self
+            .peers
+            .iter()
+            .map(|(name, p)| {
+                let acked = p.acked();
+                let backlog = head.saturating_sub(acked);
+                let (rtt_us, offset_us) = p
+                    .offset
+                    .lock()
+                    .expect("offset lock")
+                    .best()
+                    .unwrap_or((0, 0));
+                (
+                    name.clone(),
+                    PeerStats {
+                        acked,
+                        backlog_ops: backlog,
+                        backlog_bytes: backlog * avg,
+                        batches_sent: p.batches_sent.load(Ordering::Relaxed),
+                        entries_sent: p.entries_sent.load(Ordering::Relaxed),
+                        heartbeats_sent: p.heartbeats_sent.load(Ordering::Relaxed),
+                        errors: p.errors.load(Ordering::Relaxed),
+                        consecutive_failures: p.consecutive_failures.load(Ordering::Relaxed),
+                        last_ok_ms_ago: match p.last_ok_us.load(Ordering::Relaxed) {
+                            0 => None,
+                            us => Some(now_ms.saturating_sub(us / 1_000)),
+                        },
+                        last_error: p.last_error.lock().expect("error lock").clone(),
+                        needs_anti_entropy: p.needs_anti_entropy.load(Ordering::Relaxed),
+                        clock_offset_ms: offset_us / 1_000,
+                        rtt_ms: rtt_us as f64 / 1_000.0,
+                        lag_from_ms: self.lag_from(name, now_ms),
+                        applied_from: self.applied_from(name),
+                    },
+                )
+            })
+            .collect();
+        ReplicationStats {
+            region: me.to_owned(),
+            head,
+            truncated: self.truncated.load(Ordering::Relaxed),
+            refused_stamps: self.refused_stamps.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+}
+
+/// Replication as served by `/v1/stats`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicationStats {
+    /// This region.
+    pub region: String,
+    /// Sequence of the latest local write.
+    pub head: u64,
+    /// Log entries up to here were removed (every peer had them).
+    pub truncated: u64,
+    /// Remote clock stamps refused by the offset guard.
+    pub refused_stamps: u64,
+    /// Per peer.
+    pub peers: BTreeMap<String, PeerStats>,
+}
+
+/// Replication with one peer, both directions.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PeerStats {
+    /// Last sequence of our log the peer acknowledged.
+    pub acked: u64,
+    /// Our entries the peer still lacks.
+    pub backlog_ops: u64,
+    /// Their approximate size (bytes).
+    pub backlog_bytes: u64,
+    /// Batches sent.
+    pub batches_sent: u64,
+    /// Entries sent.
+    pub entries_sent: u64,
+    /// Heartbeats sent.
+    pub heartbeats_sent: u64,
+    /// Failed shipments.
+    pub errors: u64,
+    /// Failed shipments since the last success.
+    pub consecutive_failures: u64,
+    /// Time since the last successful shipment (ms).
+    pub last_ok_ms_ago: Option<u64>,
+    /// The last shipment error.
+    pub last_error: Option<String>,
+    /// The peer's log was dropped (backlog cap); it needs anti-entropy.
+    pub needs_anti_entropy: bool,
+    /// The peer's clock minus ours (ms).
+    pub clock_offset_ms: i64,
+    /// Round trip of the best offset sample (ms).
+    pub rtt_ms: f64,
+    /// How far we trail the peer's writes now (ms); none if never heard from.
+    pub lag_from_ms: Option<u64>,
+    /// Last sequence of the peer's log applied here.
+    pub applied_from: u64,
+}
+
+/// Everything a shipper needs.
+pub(crate) struct Shipper {
+    pub(crate) me: String,
+    pub(crate) peer: String,
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Store,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) repl: Arc<Replication>,
+    pub(crate) writer: tokio::sync::mpsc::Sender<Command>,
+    pub(crate) telemetry: Telemetry,
+    pub(crate) seed: u64,
+}
+
+impl Shipper {
+    /// Ships until `shutdown` turns true.
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let cfg = &self.config.replication;
+        let heartbeat = Duration::from_millis(cfg.heartbeat_interval_ms);
+        let timeout = Duration::from_millis(cfg.peer_timeout_ms);
+        let mut rng = SmallRng::seed_from_u64(self.seed);
+        let mut backoff_ms = cfg.retry_initial_ms;
+        let mut head_rx = self.repl.subscribe_head();
+        let mut last_sent: Option<tokio::time::Instant> = None;
+        let mut last_clock_event_ms = 0u64;
+        let state = self
+            .repl
+            .peer(&self.peer)
+            .expect("shipper for a known peer");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            // Everything acknowledged before `closed` is committed, so it is
+            // in the log at or below the head read next.
+            let closed = self.clock.now_ms();
+            let head = *head_rx.borrow_and_update();
+            let mut acked = state.acked();
+            if head.seq.saturating_sub(acked) > cfg.max_backlog_ops {
+                tracing::warn!(region = %self.me, peer = %self.peer, backlog = head.seq - acked, "Peer is past the backlog cap; dropping its log and marking it for anti-entropy.");
+                state.acked.store(head.seq, Ordering::Release);
+                state.needs_anti_entropy.store(true, Ordering::Relaxed);
+                let _ = self
+                    .writer
+                    .send(Command::MarkAntiEntropy(self.peer.clone()))
+                    .await;
+                acked = head.seq;
+            }
+            let entries = if acked < head.seq {
+                match self
+                    .store
+                    .read_log(acked + 1, cfg.batch_max_ops, cfg.batch_max_bytes)
+                {
+                    Ok(e) => e.into_iter().filter(|e| e.seq <= head.seq).collect(),
+                    Err(e) => {
+                        tracing::error!(region = %self.me, error = %e, "Cannot read the replication log.");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let heartbeat_due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
+            if entries.is_empty() && !heartbeat_due {
+                let wake = last_sent.map_or_else(tokio::time::Instant::now, |t| t + heartbeat);
+                tokio::select! {
+                    _ = head_rx.changed() => {}
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let gap = entries.first().is_some_and(|e| e.seq > acked + 1);
+            if gap && !state.needs_anti_entropy.load(Ordering::Relaxed) {
+                tracing::warn!(region = %self.me, peer = %self.peer, from = acked + 1, to = entries[0].seq - 1, "Log entries the peer needs were already removed; marking it for anti-entropy.");
+                state.needs_anti_entropy.store(true, Ordering::Relaxed);
+                let _ = self
+                    .writer
+                    .send(Command::MarkAntiEntropy(self.peer.clone()))
+                    .await;
+            }
+            let last_seq = entries.last().map_or(acked, |e| e.seq);
+            let closed_ms = if last_seq >= head.seq {
+                closed
+            } else {
+                entries.last().map_or(0, |e| e.wall_ms)
+            };
+            let n = entries.len() as u64;
+            let backlog_after = head.seq.saturating_sub(last_seq);
+            let batch = ReplicateBatch {
+                origin: self.me.clone(),
+                head: head.seq,
+                closed_ms,
+                entries,
+                gap_acknowledged: gap,
+                applied: self.repl.applied_vector(&self.me),
+                backlog_bytes: backlog_after * self.repl.avg_entry_bytes.load(Ordering::Relaxed),
+            };
+            let t0 = self.clock.now_us();
+            let result = tokio::time::timeout(
+                timeout,
+                self.transport
+                    .call(&self.peer, PeerRequest::Replicate(batch)),
+            )
+            .await;
+            let t1 = self.clock.now_us();
+            let failure = match result {
+                Err(_) => Some("no answer within peer_timeout_ms".to_owned()),
+                Ok(Err(e)) => Some(e.to_string()),
+                Ok(Ok(reply)) => {
+                    let rtt = t1.saturating_sub(t0);
+                    let offset_us = (reply.wall_ms * 1_000) as i64 - ((t0 + t1) / 2) as i64;
+                    state
+                        .offset
+                        .lock()
+                        .expect("offset lock")
+                        .add(rtt, offset_us);
+                    match reply.result {
+                        Ok(PeerResponse::Replicated(ack)) => {
+                            state.acked.store(ack.acked, Ordering::Release);
+                            self.repl.learn_applied(&self.peer, &ack.applied);
+                            self.repl.acks.send_modify(|v| *v += 1);
+                            if n > 0 {
+                                state.batches_sent.fetch_add(1, Ordering::Relaxed);
+                                state.entries_sent.fetch_add(n, Ordering::Relaxed);
+                            } else {
+                                state.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None
+                        }
+                        Ok(other) => Some(format!("unexpected answer {other:?}")),
+                        Err(e) => Some(e.error.detail),
+                    }
+                }
+            };
+            let now_ms = self.clock.now_ms();
+            match failure {
+                None => {
+                    state.last_ok_us.store(t1, Ordering::Relaxed);
+                    state.consecutive_failures.store(0, Ordering::Relaxed);
+                    backoff_ms = cfg.retry_initial_ms;
+                    last_sent = Some(tokio::time::Instant::now());
+                    if now_ms.saturating_sub(last_clock_event_ms) >= 1_000 {
+                        last_clock_event_ms = now_ms;
+                        if let Some((rtt_us, off_us)) =
+                            state.offset.lock().expect("offset lock").best()
+                        {
+                            self.telemetry.emit(Event::Clock(ClockEvent {
+                                ts_us: t1,
+                                region: self.me.clone(),
+                                peer: self.peer.clone(),
+                                offset_ms: off_us / 1_000,
+                                rtt_ms: rtt_us / 1_000,
+                            }));
+                        }
+                    }
+                }
+                Some(why) => {
+                    state.errors.fetch_add(1, Ordering::Relaxed);
+                    let streak = state.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    if streak == 1 || streak.is_multiple_of(100) {
+                        tracing::warn!(region = %self.me, peer = %self.peer, failures = streak, error = %why, "Shipping to peer failed; retrying with backoff.");
+                    }
+                    *state.last_error.lock().expect("error lock") = Some(why);
+                    let jitter = rng.random_range(0..=backoff_ms / 2);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(backoff_ms + jitter)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff_ms = (backoff_ms * 2).min(cfg.retry_max_ms);
+                }
+            }
+        }
+    }
+}

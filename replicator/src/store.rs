@@ -1,0 +1,494 @@
+//! The region's embedded, durable store: one redb file per region.
+//!
+//! Tables:
+//! - `entities`: `class \0 key` -> encoded [`Entity`];
+//! - `log`: sequence -> [`LogEntry`], the replication log of local writes;
+//! - `meta`: log head, per-peer cursors, per-origin applied watermarks, the
+//!   last HLC stamp, peers marked for anti-entropy;
+//! - `queue`: `class \0 key` -> first seen (µs): the reconciliation queue;
+//! - `conflict_log`: id -> [`ConflictRecord`], recorded conflict outcomes.
+//!
+//! Only the writer ([`crate::writer`]) writes; anyone reads.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Hlc;
+use crate::entity::Entity;
+use crate::error::{Error, Result};
+
+const ENTITIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("entities");
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const QUEUE: TableDefinition<'_, &[u8], u64> = TableDefinition::new("queue");
+const CONFLICT_LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("conflict_log");
+
+/// Format marker of the store as a whole.
+const STORE_FORMAT: u64 = 1;
+/// Format marker of encoded log entries and conflict records.
+const RECORD_FORMAT: u8 = 1;
+
+/// One entry of the replication log: a local write, with the whole entity
+/// version it produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Sequence in the origin region's log.
+    pub seq: u64,
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// Wall time of the write (its HLC wall part), ms, origin's clock.
+    pub wall_ms: u64,
+    /// The encoded entity version.
+    #[serde(with = "serde_bytes")]
+    pub entity: Vec<u8>,
+}
+
+impl LogEntry {
+    /// Approximate size on the wire.
+    pub fn size(&self) -> usize {
+        self.entity.len() + self.class.len() + self.key.len() + 24
+    }
+}
+
+/// A recorded conflict outcome: what lost, what won, when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictRecord {
+    /// Id, increasing, per region.
+    pub id: u64,
+    /// When it was recorded (µs since epoch).
+    pub ts_us: u64,
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// Conflict policy.
+    pub policy: String,
+    /// Outcome (`lww_winner`, `fenced`, `queued`, `resolved`).
+    pub outcome: String,
+    /// Stamp of the winning version.
+    pub winner: Option<Hlc>,
+    /// Stamp of the losing version.
+    pub loser: Option<Hlc>,
+    /// The losing value as JSON text.
+    pub loser_value: Option<String>,
+    /// Time from the conflict's start to its resolution here (ms).
+    pub resolution_ms: u64,
+}
+
+/// An entry of the reconciliation queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueuedConflict {
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// When this region first saw it conflicted (µs since epoch).
+    pub first_seen_us: u64,
+}
+
+/// Replication bookkeeping loaded at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct Meta {
+    /// Sequence of the last local write.
+    pub head: u64,
+    /// Log entries up to here have been removed.
+    pub truncated: u64,
+    /// Per peer: last sequence it acknowledged.
+    pub cursors: BTreeMap<String, u64>,
+    /// Per origin: last sequence applied here.
+    pub applied: BTreeMap<String, u64>,
+    /// Last HLC stamp issued or observed.
+    pub hlc: Option<Hlc>,
+    /// Peers whose log was dropped (backlog cap) and need anti-entropy.
+    pub needs_anti_entropy: BTreeMap<String, bool>,
+    /// Next conflict record id.
+    pub next_conflict_id: u64,
+}
+
+/// The region's store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+/// The key under which an entity is stored.
+pub fn entity_key(class: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(class.len() + key.len() + 1);
+    k.extend_from_slice(class.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn split_entity_key(k: &[u8]) -> (String, String) {
+    let at = k.iter().position(|&b| b == 0).unwrap_or(k.len());
+    let class = String::from_utf8_lossy(&k[..at]).into_owned();
+    let key = String::from_utf8_lossy(k.get(at + 1..).unwrap_or_default()).into_owned();
+    (class, key)
+}
+
+fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_FORMAT];
+    rmp_serde::encode::write(&mut out, value).expect("record encodes");
+    out
+}
+
+fn decode_record<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT, rest)) => rmp_serde::from_slice(rest)
+            .map_err(|e| Error::Storage(format!("undecodable {what}: {e}"))),
+        Some((v, _)) => Err(Error::Storage(format!(
+            "{what} format {v} is newer than this build understands; upgrade parallax"
+        ))),
+        None => Err(Error::Storage(format!("empty {what}"))),
+    }
+}
+
+fn u64_bytes(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+fn bytes_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[8 - n..].copy_from_slice(&b[b.len() - n..]);
+    u64::from_be_bytes(a)
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Storage(format!(
+                    "cannot create data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let db = Database::builder().set_cache_size(256 << 20).create(path).map_err(|e| {
+            let hint = if matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) {
+                ". Fix: another parallax process uses this data directory; stop it or pass another --data-dir"
+            } else {
+                ""
+            };
+            Error::Storage(format!("cannot open store {}: {e}{hint}", path.display()))
+        })?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(ENTITIES)?;
+            txn.open_table(LOG)?;
+            txn.open_table(QUEUE)?;
+            txn.open_table(CONFLICT_LOG)?;
+            let mut meta = txn.open_table(META)?;
+            let format = meta.get("format")?.map(|v| bytes_u64(v.value()));
+            match format {
+                None => {
+                    meta.insert("format", u64_bytes(STORE_FORMAT).as_slice())?;
+                }
+                Some(STORE_FORMAT) => {}
+                Some(v) => {
+                    return Err(Error::Storage(format!(
+                        "store {} has format {v}, newer than this build ({STORE_FORMAT}); upgrade parallax",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Reads one entity.
+    pub fn read_entity(&self, class: &str, key: &str) -> Result<Option<Entity>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENTITIES)?;
+        match table.get(entity_key(class, key).as_slice())? {
+            Some(v) => Entity::decode(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads log entries with sequence `>= from`, at most `max_ops` of them
+    /// and about `max_bytes`.
+    pub fn read_log(&self, from: u64, max_ops: usize, max_bytes: usize) -> Result<Vec<LogEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOG)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in table.range(from..)? {
+            let (_, v) = item?;
+            let entry: LogEntry = decode_record(v.value(), "log entry")?;
+            bytes += entry.size();
+            out.push(entry);
+            if out.len() >= max_ops || bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads the replication bookkeeping.
+    pub fn load_meta(&self) -> Result<Meta> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        let mut meta = Meta::default();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let (k, v) = (k.value(), v.value());
+            if k == "head" {
+                meta.head = bytes_u64(v);
+            } else if k == "truncated" {
+                meta.truncated = bytes_u64(v);
+            } else if k == "next_conflict_id" {
+                meta.next_conflict_id = bytes_u64(v);
+            } else if k == "hlc" {
+                meta.hlc = Some(decode_record(v, "hlc")?);
+            } else if let Some(peer) = k.strip_prefix("cursor/") {
+                meta.cursors.insert(peer.to_owned(), bytes_u64(v));
+            } else if let Some(origin) = k.strip_prefix("applied/") {
+                meta.applied.insert(origin.to_owned(), bytes_u64(v));
+            } else if let Some(peer) = k.strip_prefix("ae/") {
+                meta.needs_anti_entropy
+                    .insert(peer.to_owned(), v.first() == Some(&1));
+            }
+        }
+        Ok(meta)
+    }
+
+    /// The reconciliation queue, optionally for one class.
+    pub fn queue(&self, class: Option<&str>, limit: usize) -> Result<Vec<QueuedConflict>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(QUEUE)?;
+        let mut out = Vec::new();
+        let prefix = class.map(|c| entity_key(c, ""));
+        let iter = match &prefix {
+            Some(p) => table.range(p.as_slice()..)?,
+            None => table.range::<&[u8]>(..)?,
+        };
+        for item in iter {
+            let (k, v) = item?;
+            if let Some(p) = &prefix
+                && !k.value().starts_with(p)
+            {
+                break;
+            }
+            let (class, key) = split_entity_key(k.value());
+            out.push(QueuedConflict {
+                class,
+                key,
+                first_seen_us: v.value(),
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of entries in the reconciliation queue.
+    pub fn queue_len(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(redb::ReadableTableMetadata::len(&txn.open_table(QUEUE)?)?)
+    }
+
+    /// Recorded conflict outcomes with id `> after`, oldest first.
+    pub fn conflict_log(&self, after: u64, limit: usize) -> Result<Vec<ConflictRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONFLICT_LOG)?;
+        let mut out = Vec::new();
+        for item in table.range(after.saturating_add(1)..)? {
+            let (_, v) = item?;
+            out.push(decode_record(v.value(), "conflict record")?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entity of a class, in key order, from `after` (exclusive), at most `limit`.
+    pub fn scan_class(
+        &self,
+        class: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Entity)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENTITIES)?;
+        let prefix = entity_key(class, "");
+        let start = match after {
+            Some(k) => {
+                let mut s = entity_key(class, k);
+                s.push(0);
+                s
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in table.range(start.as_slice()..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            let (_, key) = split_entity_key(k.value());
+            out.push((key, Entity::decode(v.value())?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts the (single) write transaction.
+    pub(crate) fn begin(&self) -> Result<StoreTxn> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        Ok(StoreTxn { txn })
+    }
+}
+
+/// A write transaction over the store's tables.
+pub(crate) struct StoreTxn {
+    txn: redb::WriteTransaction,
+}
+
+impl StoreTxn {
+    pub(crate) fn get_entity(&self, class: &str, key: &str) -> Result<Option<Entity>> {
+        let table = self.txn.open_table(ENTITIES)?;
+        match table.get(entity_key(class, key).as_slice())? {
+            Some(v) => Entity::decode(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn put_entity(&self, class: &str, key: &str, encoded: &[u8]) -> Result<()> {
+        let mut table = self.txn.open_table(ENTITIES)?;
+        table.insert(entity_key(class, key).as_slice(), encoded)?;
+        Ok(())
+    }
+
+    pub(crate) fn append_log(&self, entry: &LogEntry) -> Result<()> {
+        let mut table = self.txn.open_table(LOG)?;
+        table.insert(entry.seq, encode_record(entry).as_slice())?;
+        Ok(())
+    }
+
+    /// Removes log entries with sequence in `from..=upto`.
+    pub(crate) fn truncate_log(&self, from: u64, upto: u64) -> Result<()> {
+        if upto < from {
+            return Ok(());
+        }
+        let mut table = self.txn.open_table(LOG)?;
+        table.retain_in(from..=upto, |_, _| false)?;
+        Ok(())
+    }
+
+    pub(crate) fn set_u64(&self, key: &str, value: u64) -> Result<()> {
+        let mut table = self.txn.open_table(META)?;
+        table.insert(key, u64_bytes(value).as_slice())?;
+        Ok(())
+    }
+
+    pub(crate) fn set_flag(&self, key: &str, value: bool) -> Result<()> {
+        let mut table = self.txn.open_table(META)?;
+        table.insert(key, [u8::from(value)].as_slice())?;
+        Ok(())
+    }
+
+    pub(crate) fn set_hlc(&self, hlc: &Hlc) -> Result<()> {
+        let mut table = self.txn.open_table(META)?;
+        table.insert("hlc", encode_record(hlc).as_slice())?;
+        Ok(())
+    }
+
+    /// Puts a key in the reconciliation queue unless it is there; returns
+    /// when it was first seen.
+    pub(crate) fn enqueue(&self, class: &str, key: &str, now_us: u64) -> Result<(u64, bool)> {
+        let mut table = self.txn.open_table(QUEUE)?;
+        let k = entity_key(class, key);
+        if let Some(v) = table.get(k.as_slice())? {
+            return Ok((v.value(), false));
+        }
+        table.insert(k.as_slice(), now_us)?;
+        Ok((now_us, true))
+    }
+
+    /// Takes a key out of the queue; returns when it was first seen.
+    pub(crate) fn dequeue(&self, class: &str, key: &str) -> Result<Option<u64>> {
+        let mut table = self.txn.open_table(QUEUE)?;
+        Ok(table
+            .remove(entity_key(class, key).as_slice())?
+            .map(|v| v.value()))
+    }
+
+    pub(crate) fn record_conflict(&self, record: &ConflictRecord, keep: u64) -> Result<()> {
+        let mut table = self.txn.open_table(CONFLICT_LOG)?;
+        table.insert(record.id, encode_record(record).as_slice())?;
+        if record.id > keep && record.id.is_multiple_of(1024) {
+            table.retain_in(..=record.id - keep, |_, _| false)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn commit(self) -> Result<()> {
+        self.txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_keys_split_back() {
+        let k = entity_key("likes", "a:b\u{1}c");
+        assert_eq!(
+            split_entity_key(&k),
+            ("likes".to_owned(), "a:b\u{1}c".to_owned())
+        );
+    }
+
+    #[test]
+    fn u64_codec() {
+        assert_eq!(bytes_u64(&u64_bytes(123_456_789)), 123_456_789);
+    }
+
+    #[test]
+    fn log_and_meta_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let txn = store.begin().unwrap();
+            for seq in 1..=5 {
+                txn.append_log(&LogEntry {
+                    seq,
+                    class: "c".into(),
+                    key: format!("k{seq}"),
+                    wall_ms: seq,
+                    entity: vec![1, 2, 3],
+                })
+                .unwrap();
+            }
+            txn.set_u64("head", 5).unwrap();
+            txn.set_u64("cursor/us", 3).unwrap();
+            txn.truncate_log(1, 2).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let meta = store.load_meta().unwrap();
+        assert_eq!(meta.head, 5);
+        assert_eq!(meta.cursors["us"], 3);
+        let log = store.read_log(0, 10, 1 << 20).unwrap();
+        assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(store.read_log(4, 1, 1 << 20).unwrap()[0].key, "k4");
+    }
+}

@@ -1,0 +1,409 @@
+//! Telemetry: what happens in a region, as plain events on a bounded channel,
+//! and the live counters built from them (served at `GET /v1/stats`).
+//!
+//! Emitting never blocks: when the channel is full the event is dropped and
+//! counted. The collector subscribes to the same events.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// Something that happened in a region.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A client request was answered.
+    Request(RequestEvent),
+    /// A batch (or heartbeat) from another region was applied here.
+    Replication(ReplicationEvent),
+    /// A conflict was detected or resolved here.
+    Conflict(ConflictEvent),
+    /// A clock offset to another region was estimated.
+    Clock(ClockEvent),
+}
+
+/// A client request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestEvent {
+    /// When it finished (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// Region that took it.
+    pub region: String,
+    /// Operation: get, put, delete, incr, add, remove, resolve.
+    pub op: String,
+    /// Entity class (empty when unknown).
+    pub class: String,
+    /// HTTP status answered.
+    pub status: u16,
+    /// Time to answer (µs).
+    pub latency_us: u64,
+    /// Consistency level asked for.
+    pub consistency: String,
+    /// Region that served it, when forwarded.
+    pub served_by: String,
+}
+
+/// A replication batch or heartbeat applied at `dst`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationEvent {
+    /// When it was applied (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// Origin region of the log.
+    pub src: String,
+    /// Region that applied it.
+    pub dst: String,
+    /// How far `dst` trails `src` (ms): for a batch, the age of its oldest
+    /// entry; for a heartbeat, the age of the origin's closed timestamp.
+    /// Corrected for the estimated clock offset.
+    pub lag_ms: u64,
+    /// Entries the origin still had to ship to `dst` when it sent this.
+    pub backlog_ops: u64,
+    /// Their approximate size (bytes).
+    pub backlog_bytes: u64,
+    /// Entries applied (0 for a heartbeat).
+    pub applied_ops: u64,
+}
+
+/// A conflict detected or resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictEvent {
+    /// When (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// Region that saw it.
+    pub region: String,
+    /// Entity class.
+    pub class: String,
+    /// Entity key.
+    pub key: String,
+    /// Conflict policy.
+    pub policy: String,
+    /// `lww_winner`, `fenced`, `merged`, `queued` or `resolved`.
+    pub outcome: String,
+    /// From the conflict's start to its resolution here (ms); for `queued`, 0.
+    pub resolution_ms: u64,
+}
+
+/// A clock offset estimate between two regions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClockEvent {
+    /// When (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// Region that measured.
+    pub region: String,
+    /// The other region.
+    pub peer: String,
+    /// Peer clock minus local clock (ms).
+    pub offset_ms: i64,
+    /// Round trip of the best sample (ms).
+    pub rtt_ms: u64,
+}
+
+/// The sending side of the telemetry channel.
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    tx: mpsc::Sender<Event>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Telemetry {
+    /// A channel holding at most `capacity` events.
+    pub fn channel(capacity: usize) -> (Telemetry, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Telemetry {
+                tx,
+                dropped: Arc::new(AtomicU64::new(0)),
+            },
+            rx,
+        )
+    }
+
+    /// Sends an event, or drops and counts it if the channel is full.
+    pub fn emit(&self, event: Event) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Percentiles of a histogram.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+/// A latency histogram (values in any unit, up to one hour in µs).
+#[derive(Debug, Clone)]
+pub struct Hist(Histogram<u64>);
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist(Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"))
+    }
+}
+
+impl Hist {
+    /// Records a value.
+    pub fn record(&mut self, v: u64) {
+        self.0.saturating_record(v.max(1));
+    }
+
+    /// Percentiles.
+    pub fn summary(&self) -> Summary {
+        if self.0.is_empty() {
+            return Summary::default();
+        }
+        Summary {
+            count: self.0.len(),
+            p50: self.0.value_at_quantile(0.50),
+            p90: self.0.value_at_quantile(0.90),
+            p99: self.0.value_at_quantile(0.99),
+            max: self.0.max(),
+        }
+    }
+}
+
+/// Live counters of a region, built from its events.
+#[derive(Debug, Default)]
+pub struct Stats {
+    inner: Mutex<StatsInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    requests: BTreeMap<(String, u16), u64>,
+    request_latency_us: BTreeMap<String, Hist>,
+    incoming: BTreeMap<String, Incoming>,
+    conflicts: BTreeMap<(String, String, String), u64>,
+    resolution_ms: BTreeMap<String, Hist>,
+    clock: BTreeMap<String, ClockEvent>,
+    events_seen: u64,
+}
+
+#[derive(Debug, Default)]
+struct Incoming {
+    batches: u64,
+    heartbeats: u64,
+    applied_ops: u64,
+    last_lag_ms: u64,
+    backlog_ops: u64,
+    entry_lag_ms: Hist,
+}
+
+/// Replication from one origin into this region, as served by `/v1/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IncomingStats {
+    /// Batches applied.
+    pub batches: u64,
+    /// Heartbeats received.
+    pub heartbeats: u64,
+    /// Entries applied.
+    pub applied_ops: u64,
+    /// Lag reported by the last batch or heartbeat (ms).
+    pub last_lag_ms: u64,
+    /// Backlog at the origin when it last sent (entries).
+    pub backlog_ops: u64,
+    /// Per-entry lag, write at origin to apply here (ms).
+    pub entry_lag_ms: Summary,
+}
+
+/// Counts of conflicts by class, policy and outcome.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConflictCount {
+    /// Entity class.
+    pub class: String,
+    /// Conflict policy.
+    pub policy: String,
+    /// Outcome.
+    pub outcome: String,
+    /// How many.
+    pub count: u64,
+}
+
+/// Counts of requests by operation and status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestCount {
+    /// Operation.
+    pub op: String,
+    /// HTTP status.
+    pub status: u16,
+    /// How many.
+    pub count: u64,
+}
+
+/// What the event stream has shown so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventStats {
+    /// Requests by operation and status.
+    pub requests: Vec<RequestCount>,
+    /// Request latency by operation (µs).
+    pub request_latency_us: BTreeMap<String, Summary>,
+    /// Replication into this region, by origin.
+    pub incoming: BTreeMap<String, IncomingStats>,
+    /// Conflicts by class, policy and outcome.
+    pub conflicts: Vec<ConflictCount>,
+    /// Conflict resolution time by class (ms).
+    pub resolution_ms: BTreeMap<String, Summary>,
+    /// Latest clock offset estimate by peer.
+    pub clock: BTreeMap<String, ClockEvent>,
+    /// Events consumed.
+    pub events_seen: u64,
+}
+
+impl Stats {
+    /// Takes one event into the counters.
+    pub fn observe(&self, event: &Event) {
+        let mut s = self.inner.lock().expect("stats lock");
+        s.events_seen += 1;
+        match event {
+            Event::Request(r) => {
+                *s.requests.entry((r.op.clone(), r.status)).or_insert(0) += 1;
+                s.request_latency_us
+                    .entry(r.op.clone())
+                    .or_default()
+                    .record(r.latency_us);
+            }
+            Event::Replication(r) => {
+                let inc = s.incoming.entry(r.src.clone()).or_default();
+                if r.applied_ops == 0 {
+                    inc.heartbeats += 1;
+                } else {
+                    inc.batches += 1;
+                    inc.applied_ops += r.applied_ops;
+                }
+                inc.last_lag_ms = r.lag_ms;
+                inc.backlog_ops = r.backlog_ops;
+            }
+            Event::Conflict(c) => {
+                *s.conflicts
+                    .entry((c.class.clone(), c.policy.clone(), c.outcome.clone()))
+                    .or_insert(0) += 1;
+                if c.outcome != "queued" {
+                    s.resolution_ms
+                        .entry(c.class.clone())
+                        .or_default()
+                        .record(c.resolution_ms);
+                }
+            }
+            Event::Clock(c) => {
+                s.clock.insert(c.peer.clone(), c.clone());
+            }
+        }
+    }
+
+    /// Records the lag of individual applied entries from `origin` (ms).
+    pub fn record_entry_lags(&self, origin: &str, lags_ms: &[u64]) {
+        let mut s = self.inner.lock().expect("stats lock");
+        let inc = s.incoming.entry(origin.to_owned()).or_default();
+        for &lag in lags_ms {
+            inc.entry_lag_ms.record(lag);
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn snapshot(&self) -> EventStats {
+        let s = self.inner.lock().expect("stats lock");
+        EventStats {
+            requests: s
+                .requests
+                .iter()
+                .map(|((op, status), count)| RequestCount {
+                    op: op.clone(),
+                    status: *status,
+                    count: *count,
+                })
+                .collect(),
+            request_latency_us: s
+                .request_latency_us
+                .iter()
+                .map(|(k, h)| (k.clone(), h.summary()))
+                .collect(),
+            incoming: s
+                .incoming
+                .iter()
+                .map(|(k, i)| {
+                    (
+                        k.clone(),
+                        IncomingStats {
+                            batches: i.batches,
+                            heartbeats: i.heartbeats,
+                            applied_ops: i.applied_ops,
+                            last_lag_ms: i.last_lag_ms,
+                            backlog_ops: i.backlog_ops,
+                            entry_lag_ms: i.entry_lag_ms.summary(),
+                        },
+                    )
+                })
+                .collect(),
+            conflicts: s
+                .conflicts
+                .iter()
+                .map(|((class, policy, outcome), count)| ConflictCount {
+                    class: class.clone(),
+                    policy: policy.clone(),
+                    outcome: outcome.clone(),
+                    count: *count,
+                })
+                .collect(),
+            resolution_ms: s
+                .resolution_ms
+                .iter()
+                .map(|(k, h)| (k.clone(), h.summary()))
+                .collect(),
+            clock: s.clock.clone(),
+            events_seen: s.events_seen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_channel_drops_and_counts_without_blocking() {
+        let (t, mut rx) = Telemetry::channel(2);
+        for i in 0..5 {
+            t.emit(Event::Clock(ClockEvent {
+                ts_us: i,
+                region: "a".into(),
+                peer: "b".into(),
+                offset_ms: 0,
+                rtt_ms: 1,
+            }));
+        }
+        assert_eq!(t.dropped(), 3);
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn histogram_summary() {
+        let mut h = Hist::default();
+        for v in 1..=100 {
+            h.record(v);
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 100);
+        assert!((49..=51).contains(&s.p50), "{s:?}");
+        assert!((98..=100).contains(&s.p99), "{s:?}");
+    }
+}

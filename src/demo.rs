@@ -1,0 +1,507 @@
+//! `parallax demo`: three regions on loopback with WAN latency, a write load
+//! over every conflict policy, then a convergence check and a summary.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use parallax_replicator::config::Config;
+use parallax_replicator::{Node, NodeStats};
+use rand_like::Rng;
+use serde_json::{Value, json};
+
+use crate::region::{self, RunningRegion};
+
+/// The built-in demo configuration.
+pub(crate) const EXAMPLE_CONFIG: &str = include_str!("../deploy/examples/three-regions.toml");
+
+/// Arguments of `parallax demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Directory for the regions' stores (default: a temporary directory, removed at the end).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// How long the write load runs (seconds).
+    #[arg(long, default_value_t = 20)]
+    pub(crate) duration: u64,
+    /// Client operations per second, across all regions.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) rate: u64,
+    /// Run this config instead of the built-in three-region example.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Do not delay region-to-region traffic by the config's latency table.
+    #[arg(long)]
+    pub(crate) no_wan: bool,
+    /// Seed of the load generator (default: from the clock; printed).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+}
+
+/// `parallax demo`.
+pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
+    let config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::from_toml(
+            EXAMPLE_CONFIG,
+            "deploy/examples/three-regions.toml (built in)",
+        )?,
+    };
+    let config = Arc::new(config);
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("parallax-demo-")
+                .tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let seed = args.seed.unwrap_or_else(|| {
+        parallax_replicator::clock::Clock::now_us(&parallax_replicator::clock::SystemClock)
+    });
+    println!(
+        "parallax demo: {} regions, data in {}, seed {seed}",
+        config.regions.len(),
+        data_dir.display()
+    );
+    let mut regions = Vec::new();
+    for name in config.regions.keys() {
+        let r = region::start(Arc::clone(&config), name, &data_dir, !args.no_wan).await?;
+        println!(
+            "  region {name:<8} http://{}   (one-way WAN latency simulated: {})",
+            r.addr,
+            if args.no_wan { "off" } else { "on" }
+        );
+        regions.push((name.clone(), r));
+    }
+    let token = config.cluster.client_token.clone();
+    let first = &regions[0].1;
+    println!(
+        "\nTry:  curl -s -H 'Authorization: Bearer {token}' http://{}/v1/entities/likes/post-1\n      \
+         curl -s -H 'Authorization: Bearer {token}' http://{}/v1/stats\n",
+        first.addr, first.addr
+    );
+
+    let load = Load::new(&config, &regions, seed);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut report = Instant::now();
+    let mut inflight = tokio::task::JoinSet::new();
+    let interrupted = loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = region::shutdown_signal() => break true,
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        while inflight.len() > 256 {
+            inflight.join_next().await;
+        }
+        let worker = Arc::clone(&load);
+        inflight.spawn(async move { worker.one().await });
+        if report.elapsed() >= Duration::from_secs(5) {
+            report = Instant::now();
+            let lags = regions
+                .iter()
+                .map(|(_, r)| worst_lag(&r.node.stats()))
+                .max()
+                .unwrap_or(0);
+            println!(
+                "  t={:>3}s  ops acknowledged {:>6}  failed {:>4}  worst lag now {lags} ms",
+                started.elapsed().as_secs(),
+                load.ok.load(Ordering::Relaxed),
+                load.failed.load(Ordering::Relaxed)
+            );
+        }
+    };
+    while inflight.join_next().await.is_some() {}
+    if interrupted {
+        println!("  interrupted; stopping the load");
+    }
+
+    println!("\nWaiting for replication to drain...");
+    let converged = wait_converged(&config, &regions, Duration::from_secs(30)).await?;
+    print_summary(&config, &regions, &load);
+    let likes_expected = load.likes.load(Ordering::Relaxed);
+    let likes_seen = total_counter(&regions[0].1.node, "likes")?;
+    println!(
+        "\nlikes: {likes_expected} increments acknowledged, counters sum to {likes_seen} in every region"
+    );
+    let ok = converged && (likes_expected == likes_seen || !config.classes.contains_key("likes"));
+    println!(
+        "{}",
+        if ok {
+            "converged: every region holds identical data"
+        } else {
+            "NOT converged: see above"
+        }
+    );
+    for (_, r) in regions {
+        r.stop().await;
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn worst_lag(stats: &NodeStats) -> u64 {
+    stats
+        .replication
+        .peers
+        .values()
+        .filter_map(|p| p.lag_from_ms)
+        .max()
+        .unwrap_or(0)
+}
+
+/// A tiny RNG so the load is reproducible from its seed (xorshift*).
+mod rand_like {
+    pub(crate) struct Rng(u64);
+    impl Rng {
+        pub(crate) fn new(seed: u64) -> Rng {
+            Rng(seed | 1)
+        }
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+        }
+    }
+}
+
+struct Load {
+    client: reqwest::Client,
+    urls: Vec<String>,
+    token: String,
+    classes: Vec<String>,
+    rng: std::sync::Mutex<Rng>,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    likes: AtomicI64,
+}
+
+impl Load {
+    fn new(config: &Config, regions: &[(String, RunningRegion)], seed: u64) -> Arc<Load> {
+        Arc::new(Load {
+            client: reqwest::Client::new(),
+            urls: regions
+                .iter()
+                .map(|(_, r)| format!("http://{}", r.addr))
+                .collect(),
+            token: config.cluster.client_token.clone(),
+            classes: config.classes.keys().cloned().collect(),
+            rng: std::sync::Mutex::new(Rng::new(seed)),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            likes: AtomicI64::new(0),
+        })
+    }
+
+    fn pick(&self, n: u64) -> u64 {
+        self.rng.lock().expect("rng lock").below(n)
+    }
+
+    async fn send(
+        &self,
+        region: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<Value> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.urls[region]))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                r.json().await.ok()
+            }
+            _ => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// One client operation on a random class, from a random region.
+    async fn one(&self) {
+        let region = self.pick(self.urls.len() as u64) as usize;
+        let class = self.classes[self.pick(self.classes.len() as u64) as usize].clone();
+        let post = reqwest::Method::POST;
+        let put = reqwest::Method::PUT;
+        match class.as_str() {
+            "likes" => {
+                let key = format!("post-{}", self.pick(20));
+                if self
+                    .send(
+                        region,
+                        post,
+                        &format!("/v1/entities/likes/{key}/ops"),
+                        Some(json!({"op": "incr", "by": 1})),
+                    )
+                    .await
+                    .is_some()
+                {
+                    self.likes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            "stock" => {
+                let by = self.pick(11) as i64 - 5;
+                let key = format!("sku-{}", self.pick(10));
+                self.send(
+                    region,
+                    post,
+                    &format!("/v1/entities/stock/{key}/ops"),
+                    Some(json!({"op": "incr", "by": by})),
+                )
+                .await;
+            }
+            "carts" => {
+                let key = format!("cart-{}", self.pick(30));
+                let op = if self.pick(3) == 0 { "remove" } else { "add" };
+                let item = format!("item-{}", self.pick(8));
+                self.send(
+                    region,
+                    post,
+                    &format!("/v1/entities/carts/{key}/ops"),
+                    Some(json!({"op": op, "member": item})),
+                )
+                .await;
+            }
+            "profiles" => {
+                let key = format!("user-{}", self.pick(25));
+                let path = format!("/v1/entities/profiles/{key}");
+                let logins = self
+                    .send(region, reqwest::Method::GET, &path, None)
+                    .await
+                    .and_then(|v| v["value"]["logins"].as_i64())
+                    .unwrap_or(0);
+                let now = parallax_replicator::clock::Clock::now_ms(
+                    &parallax_replicator::clock::SystemClock,
+                );
+                let body = json!({
+                    "name": format!("user {} v{}", key, self.pick(100)),
+                    "last_seen": now, "first_seen": now,
+                    "tags": [format!("t{}", self.pick(6))],
+                    "logins": logins + 1,
+                });
+                self.send(region, put, &path, Some(body)).await;
+            }
+            "settings" => {
+                let key = format!("flag-{}", self.pick(5));
+                self.send(
+                    region,
+                    put,
+                    &format!("/v1/entities/settings/{key}"),
+                    Some(json!({"enabled": self.pick(2) == 1})),
+                )
+                .await;
+            }
+            "balances" => {
+                let prefix = ["us-", "usw-", "eu-"][self.pick(3) as usize];
+                let key = format!("{prefix}{}", self.pick(10));
+                self.send(
+                    region,
+                    put,
+                    &format!("/v1/entities/balances/{key}"),
+                    Some(json!({"cents": self.pick(100_000)})),
+                )
+                .await;
+            }
+            "tickets" => {
+                // Two regions edit the same ticket at once: a conflict for the queue.
+                let key = format!("ticket-{}", self.pick(6));
+                let path = format!("/v1/entities/tickets/{key}");
+                let other = (region + 1) % self.urls.len();
+                let a = self.send(
+                    region,
+                    put.clone(),
+                    &path,
+                    Some(json!({"status": "open", "by": region})),
+                );
+                let b = self.send(
+                    other,
+                    put,
+                    &path,
+                    Some(json!({"status": "closed", "by": other})),
+                );
+                let (ra, _) = tokio::join!(a, b);
+                if ra.is_none() && self.pick(2) == 0 {
+                    // Conflicted already: an operator resolves it.
+                    let resolve = format!("/v1/conflicts/tickets/{key}/resolve");
+                    self.send(
+                        region,
+                        post,
+                        &resolve,
+                        Some(json!({"value": {"status": "reviewed"}})),
+                    )
+                    .await;
+                }
+            }
+            other => {
+                let key = format!("k-{}", self.pick(10));
+                self.send(
+                    region,
+                    reqwest::Method::GET,
+                    &format!("/v1/entities/{other}/{key}"),
+                    None,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// Waits until every region has shipped everything and holds the same
+/// entities; reports whether they converged.
+async fn wait_converged(
+    config: &Config,
+    regions: &[(String, RunningRegion)],
+    limit: Duration,
+) -> Result<bool> {
+    let start = Instant::now();
+    loop {
+        let drained = regions.iter().all(|(_, r)| {
+            r.node
+                .stats()
+                .replication
+                .peers
+                .values()
+                .all(|p| p.backlog_ops == 0)
+        });
+        if drained {
+            let differing = differing_entities(config, regions)?;
+            if differing.is_empty() {
+                println!(
+                    "  drained and identical after {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+                return Ok(true);
+            }
+            if start.elapsed() > limit {
+                println!(
+                    "  {} entities still differ, e.g. {:?}",
+                    differing.len(),
+                    &differing[..differing.len().min(5)]
+                );
+                return Ok(false);
+            }
+        } else if start.elapsed() > limit {
+            println!("  replication did not drain within {} s", limit.as_secs());
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn differing_entities(config: &Config, regions: &[(String, RunningRegion)]) -> Result<Vec<String>> {
+    let mut differing = Vec::new();
+    for class in config.classes.keys() {
+        let mut views = Vec::new();
+        for (_, r) in regions {
+            let all: BTreeMap<String, _> =
+                r.node.scan(class, None, usize::MAX)?.into_iter().collect();
+            views.push(all);
+        }
+        let keys: std::collections::BTreeSet<&String> =
+            views.iter().flat_map(|v| v.keys()).collect();
+        for key in keys {
+            let first = views[0].get(key);
+            if views.iter().any(|v| v.get(key) != first) {
+                differing.push(format!("{class}/{key}"));
+            }
+        }
+    }
+    Ok(differing)
+}
+
+fn total_counter(node: &Node, class: &str) -> Result<i64> {
+    let mut total = 0;
+    for (_, e) in node.scan(class, None, usize::MAX).context("scan")? {
+        total += e.value().and_then(|v| v.as_i64()).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+fn print_summary(config: &Config, regions: &[(String, RunningRegion)], load: &Load) {
+    println!(
+        "\nLoad: {} operations acknowledged, {} failed",
+        load.ok.load(Ordering::Relaxed),
+        load.failed.load(Ordering::Relaxed)
+    );
+    println!("\nReplication lag, write at origin -> applied (ms):");
+    println!(
+        "  {:<20} {:>8} {:>8} {:>8} {:>8}",
+        "origin -> region", "entries", "p50", "p99", "max"
+    );
+    for (name, r) in regions {
+        let stats = r.node.stats();
+        for (origin, inc) in &stats.events.incoming {
+            let s = &inc.entry_lag_ms;
+            println!(
+                "  {:<20} {:>8} {:>8} {:>8} {:>8}",
+                format!("{origin} -> {name}"),
+                s.count,
+                s.p50,
+                s.p99,
+                s.max
+            );
+        }
+    }
+    println!("\nConflicts seen, by region (class/outcome: count):");
+    for (name, r) in regions {
+        let stats = r.node.stats();
+        let parts: Vec<String> = stats
+            .events
+            .conflicts
+            .iter()
+            .map(|c| format!("{}/{}: {}", c.class, c.outcome, c.count))
+            .collect();
+        println!(
+            "  {name:<8} {}",
+            if parts.is_empty() {
+                "none".to_owned()
+            } else {
+                parts.join(", ")
+            }
+        );
+        println!(
+            "  {:<8} reconciliation queue: {} entities",
+            "", stats.reconciliation_queue
+        );
+    }
+    let critical: Vec<&String> = config
+        .classes
+        .iter()
+        .filter(|(_, c)| c.critical)
+        .map(|(n, _)| n)
+        .collect();
+    if !critical.is_empty() {
+        println!(
+            "\nCritical classes: {}",
+            critical
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
