@@ -573,6 +573,7 @@ impl Entity {
                     Op::Put(v) => Some(v.clone()),
                     Op::Delete if exists => None,
                     Op::Delete => return Err(not_found()),
+                    Op::Resolve(_) if siblings <= 1 && !exists => return Err(not_found()),
                     Op::Resolve(_) if siblings <= 1 => {
                         return Err(Error::NotConflicted {
                             class: ctx.class_name.to_owned(),

@@ -154,6 +154,7 @@ struct Inner {
     ownership: RwLock<OwnershipView>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
     ready: AtomicBool,
     started_ms: u64,
 }
@@ -219,6 +220,7 @@ impl Node {
             Arc::clone(&stats),
         );
         let (done_tx, done_rx) = oneshot::channel();
+        let mut writer_task = None;
         match writer_mode {
             WriterMode::Thread => {
                 std::thread::Builder::new()
@@ -230,10 +232,10 @@ impl Node {
                     .map_err(|e| Error::Internal(format!("cannot start the writer thread: {e}")))?;
             }
             WriterMode::Task => {
-                tokio::spawn(async move {
+                writer_task = Some(tokio::spawn(async move {
                     writer.run_async(writer_rx).await;
                     let _ = done_tx.send(());
-                });
+                }));
             }
         }
         let (shutdown, _) = watch::channel(false);
@@ -251,6 +253,7 @@ impl Node {
             ownership: RwLock::new(OwnershipView::default()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
+            writer_task: Mutex::new(writer_task),
             ready: AtomicBool::new(false),
             started_ms: clock.now_ms(),
         });
@@ -315,6 +318,9 @@ impl Node {
         inner.ready.store(false, Ordering::Release);
         inner.shutdown.send_replace(true);
         for t in inner.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+        if let Some(t) = inner.writer_task.lock().expect("writer lock").take() {
             t.abort();
         }
     }
@@ -553,14 +559,16 @@ impl Node {
         why: String,
         forwarded_from: Option<&str>,
     ) -> Result<WriteOutcome> {
-        let misdirected = |why: String| Error::Misdirected(Box::new(crate::error::Misdirected {
-            region: self.inner.region.clone(),
-            class: req.class.clone(),
-            key: req.key.clone(),
-            owner: to.clone(),
-            owner_url: self.region_url(&to),
-            why,
-        }));
+        let misdirected = |why: String| {
+            Error::Misdirected(Box::new(crate::error::Misdirected {
+                region: self.inner.region.clone(),
+                class: req.class.clone(),
+                key: req.key.clone(),
+                owner: to.clone(),
+                owner_url: self.region_url(&to),
+                why,
+            }))
+        };
         if let Some(from) = forwarded_from {
             return Err(misdirected(format!(
                 "{why}; it was already forwarded once, from {from}"

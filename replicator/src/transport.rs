@@ -123,7 +123,7 @@ impl Transport for HttpTransport {
                     if e.is_timeout() {
                         TransportError::Timeout
                     } else {
-                        TransportError::Unreachable(format!("{url}: {e}"))
+                        TransportError::Unreachable(format!("{url}: {}", error_chain(&e)))
                     }
                 })?;
             let status = resp.status();
@@ -150,6 +150,21 @@ impl Transport for HttpTransport {
             Ok(reply)
         })
     }
+}
+
+/// An error and its causes, e.g. "error sending request: connection refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Something that answers region-to-region requests: a node.

@@ -1,0 +1,577 @@
+//! Deterministic network simulation of three regions.
+//!
+//! Each seed runs the real nodes (store, writer, shippers, merges) on one
+//! thread with paused tokio time, connected by an in-process network that
+//! injects latency, partitions, one-way partitions and crashes. A seed
+//! replays exactly; a failure prints it. Set `PARALLAX_SIM_SEEDS=N` for more
+//! seeds and `PARALLAX_SIM_SEED=S` to replay one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parallax_replicator::clock::{Clock, Hlc, SkewedClock, TokioClock};
+use parallax_replicator::config::Config;
+use parallax_replicator::entity::{Entity, Op, State};
+use parallax_replicator::protocol::{ReadConsistency, WriteConsistency};
+use parallax_replicator::transport::{PeerHandler, SimNet};
+use parallax_replicator::version::{Causality, VersionVector};
+use parallax_replicator::{Error, Node, NodeOptions, ReadRequest, WriteRequest, WriterMode};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+const REGIONS: [&str; 3] = ["eu-west", "us-east", "us-west"];
+
+const CONFIG: &str = r#"
+[cluster]
+client_token = "c"
+admin_token = "a"
+peer_secret = "p"
+primary = "us-east"
+max_clock_offset_ms = 500
+
+[regions.us-east]
+listen = "127.0.0.1:1"
+location = { lat = 38.9, lon = -77.4 }
+[regions.us-west]
+listen = "127.0.0.1:2"
+location = { lat = 45.6, lon = -121.2 }
+[regions.eu-west]
+listen = "127.0.0.1:3"
+location = { lat = 53.3, lon = -6.3 }
+
+[replication]
+heartbeat_interval_ms = 1000
+retry_max_ms = 2000
+
+[classes.likes]
+conflict = "gcounter"
+[classes.stock]
+conflict = "pncounter"
+[classes.carts]
+conflict = "orset"
+[classes.profiles]
+conflict = "merge"
+fields = { visits = "sum", best = "max", tags = "union" }
+[classes.settings]
+conflict = "lww"
+[classes.tickets]
+conflict = "manual"
+[classes.balances]
+conflict = "lww"
+ownership = "home"
+home_prefixes = { "eu-" = "eu-west", "us-" = "us-east" }
+default_home = "us-west"
+"#;
+
+type SimResult = Result<(), String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// One acknowledged LWW write.
+#[derive(Clone, Debug)]
+struct Acked {
+    hlc: Hlc,
+    version: VersionVector,
+}
+
+struct Sim {
+    seed: u64,
+    net: Arc<SimNet>,
+    config: Arc<Config>,
+    dir: tempfile::TempDir,
+    base: Arc<dyn Clock>,
+    nodes: BTreeMap<String, Node>,
+    handlers: BTreeMap<String, Arc<dyn PeerHandler>>,
+    skew_ms: BTreeMap<String, i64>,
+    rng: SmallRng,
+    increments: BTreeMap<(String, String), i64>,
+    lww: BTreeMap<String, Vec<Acked>>,
+    unknown_outcome: BTreeSet<String>,
+    acked_writes: u64,
+    refused_writes: u64,
+}
+
+impl Sim {
+    async fn new(seed: u64) -> Sim {
+        let config = Arc::new(Config::from_toml(CONFIG, "sim.toml").expect("sim config"));
+        let mut sim = Sim {
+            seed,
+            net: SimNet::new(seed, 5, 40, 0.0),
+            config,
+            dir: tempfile::tempdir().expect("tempdir"),
+            base: Arc::new(TokioClock::new(1_800_000_000_000)),
+            nodes: BTreeMap::new(),
+            handlers: BTreeMap::new(),
+            skew_ms: BTreeMap::new(),
+            rng: SmallRng::seed_from_u64(seed ^ 0xA5A5),
+            increments: BTreeMap::new(),
+            lww: BTreeMap::new(),
+            unknown_outcome: BTreeSet::new(),
+            acked_writes: 0,
+            refused_writes: 0,
+        };
+        for r in REGIONS {
+            sim.start(r).await;
+        }
+        sim
+    }
+
+    async fn start(&mut self, region: &str) {
+        let skew = self.skew_ms.get(region).copied().unwrap_or(0);
+        let clock: Arc<dyn Clock> = Arc::new(SkewedClock::new(Arc::clone(&self.base), skew));
+        let mut attempts = 0;
+        let node = loop {
+            let mut opts = NodeOptions::new(
+                Arc::clone(&self.config),
+                region,
+                self.dir.path().to_owned(),
+                self.net.transport(region),
+            );
+            opts.clock = Arc::clone(&clock);
+            opts.writer_mode = WriterMode::Task;
+            opts.seed = self.seed ^ region.len() as u64;
+            match Node::start(opts).await {
+                Ok(n) => break n,
+                // The crashed instance's last references are still being
+                // dropped by tasks finishing their current step.
+                Err(e) if attempts < 200 => {
+                    attempts += 1;
+                    if attempts == 200 {
+                        panic!("seed {}: cannot restart {region}: {e}", self.seed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("seed {}: cannot start {region}: {e}", self.seed),
+            }
+        };
+        let handler = node.peer_handler();
+        self.net.register(region, Arc::downgrade(&handler));
+        self.handlers.insert(region.to_owned(), handler);
+        self.nodes.insert(region.to_owned(), node);
+    }
+
+    fn crash(&mut self, region: &str) {
+        self.net.unregister(region);
+        self.handlers.remove(region);
+        if let Some(node) = self.nodes.remove(region) {
+            node.crash();
+        }
+    }
+
+    fn up(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    /// One random client operation at a random live region.
+    async fn random_op(&mut self) {
+        let up = self.up();
+        let region = up[self.rng.random_range(0..up.len())].clone();
+        let node = self.nodes[&region].clone();
+        let kind = self.rng.random_range(0..7);
+        let key = format!("k{}", self.rng.random_range(0..6));
+        let (class, op) = match kind {
+            0 => ("likes", Op::Incr(self.rng.random_range(1..5))),
+            1 => ("stock", Op::Incr(self.rng.random_range(-4..5))),
+            2 => {
+                let m = json!(format!("item{}", self.rng.random_range(0..4)));
+                (
+                    "carts",
+                    if self.rng.random_bool(0.3) {
+                        Op::Remove(m)
+                    } else {
+                        Op::Add(m)
+                    },
+                )
+            }
+            3 => (
+                "profiles",
+                Op::Put(json!({
+                    "visits": self.rng.random_range(0..50),
+                    "best": self.rng.random_range(0..1000),
+                    "tags": [format!("t{}", self.rng.random_range(0..5))],
+                    "name": format!("{region}-{}", self.acked_writes),
+                })),
+            ),
+            4 => (
+                "settings",
+                Op::Put(json!({ "by": region, "n": self.acked_writes })),
+            ),
+            5 => (
+                "tickets",
+                Op::Put(json!({ "by": region, "n": self.acked_writes })),
+            ),
+            _ => {
+                let prefix = ["eu-", "us-", "xx-"][self.rng.random_range(0..3)];
+                let key = format!("{prefix}{}", self.rng.random_range(0..4));
+                let cents = self.acked_writes;
+                return self
+                    .write(&node, "balances", &key, Op::Put(json!({ "cents": cents })))
+                    .await;
+            }
+        };
+        self.write(&node, class, &key, op).await;
+    }
+
+    async fn write(&mut self, node: &Node, class: &str, key: &str, op: Op) {
+        let req = WriteRequest {
+            class: class.to_owned(),
+            key: key.to_owned(),
+            op: op.clone(),
+            consistency: WriteConsistency::Async,
+            session: None,
+            home: None,
+        };
+        match node.write(req, None).await {
+            Ok(out) => {
+                self.acked_writes += 1;
+                if let Op::Incr(by) = op {
+                    *self
+                        .increments
+                        .entry((class.to_owned(), key.to_owned()))
+                        .or_insert(0) += by;
+                }
+                if class == "settings" || class == "balances" {
+                    self.lww
+                        .entry(format!("{class}/{key}"))
+                        .or_default()
+                        .push(Acked {
+                            hlc: out.hlc,
+                            version: out.version,
+                        });
+                }
+            }
+            // A forwarded write whose answer was lost may have been applied.
+            Err(Error::Unavailable(_)) => {
+                self.refused_writes += 1;
+                self.unknown_outcome.insert(format!("{class}/{key}"));
+            }
+            Err(
+                Error::Conflicted { .. }
+                | Error::NotFound { .. }
+                | Error::ShuttingDown(_)
+                | Error::Remote(_),
+            ) => self.refused_writes += 1,
+            Err(e) => panic!("seed {}: unexpected write error: {e}", self.seed),
+        }
+    }
+
+    /// Runs `ops` random operations spread over `over` of simulated time.
+    async fn load(&mut self, ops: usize, over: Duration) {
+        let step = over / ops.max(1) as u32;
+        for _ in 0..ops {
+            self.random_op().await;
+            let jitter = self.rng.random_range(0..=step.as_millis() as u64);
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+    }
+
+    /// Waits (simulated time) until every live region has shipped
+    /// everything to every other and they all hold the same entities.
+    async fn converge(&self, limit: Duration) -> SimResult {
+        let start = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let drained = self.nodes.values().all(|n| {
+                let s = n.stats();
+                s.replication.peers.values().all(|p| p.backlog_ops == 0)
+            });
+            if drained && self.differences().is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                let diffs = self.differences();
+                return Err(format!(
+                    "no convergence after {limit:?} (drained: {drained}); {} differing entities, e.g. {:?}",
+                    diffs.len(),
+                    &diffs[..diffs.len().min(3)]
+                ));
+            }
+        }
+    }
+
+    fn snapshot(&self, region: &str) -> BTreeMap<String, Entity> {
+        let node = &self.nodes[region];
+        let mut all = BTreeMap::new();
+        for class in self.config.classes.keys() {
+            for (key, e) in node.scan(class, None, usize::MAX).expect("scan") {
+                all.insert(format!("{class}/{key}"), e);
+            }
+        }
+        all
+    }
+
+    fn differences(&self) -> Vec<String> {
+        let views: Vec<BTreeMap<String, Entity>> =
+            self.nodes.keys().map(|r| self.snapshot(r)).collect();
+        let keys: BTreeSet<&String> = views.iter().flat_map(|v| v.keys()).collect();
+        keys.into_iter()
+            .filter(|k| views.iter().any(|v| v.get(*k) != views[0].get(*k)))
+            .cloned()
+            .collect()
+    }
+
+    /// The invariants that must hold once the regions converged.
+    fn check_invariants(&self) -> SimResult {
+        let region = REGIONS[0];
+        let state = self.snapshot(region);
+        // Counters equal the sum of acknowledged increments, exactly.
+        for ((class, key), sum) in &self.increments {
+            let got = state.get(&format!("{class}/{key}")).and_then(Entity::value);
+            ensure!(
+                got == Some(json!(sum)) || (*sum == 0 && got.is_none()),
+                "{class}/{key}: counter is {got:?}, acknowledged increments sum to {sum}"
+            );
+        }
+        // Every acknowledged LWW write is the final value, a recorded
+        // loser of a counted conflict, or was overwritten by a write that had seen it.
+        let mut losers: BTreeSet<(String, Hlc)> = BTreeSet::new();
+        for node in self.nodes.values() {
+            for r in node.conflict_log(0, usize::MAX).expect("conflict log") {
+                if let Some(l) = r.loser {
+                    losers.insert((format!("{}/{}", r.class, r.key), l));
+                }
+            }
+        }
+        for (key, writes) in &self.lww {
+            let Some(entity) = state.get(key) else {
+                return Err(format!("{key}: acknowledged writes but no entity"));
+            };
+            let State::Lww(lww) = &entity.state else {
+                return Err(format!("{key}: not an LWW entity"));
+            };
+            for w in writes {
+                let is_final = lww.stamp == w.hlc;
+                let is_loser = losers.contains(&(key.clone(), w.hlc.clone()));
+                // Overwritten by an acknowledged write that had seen it, or
+                // (where a forwarded write's outcome is unknown) by some later write.
+                let superseded = writes
+                    .iter()
+                    .any(|o| o.version.compare(&w.version) == Causality::After)
+                    || (self.unknown_outcome.contains(key)
+                        && entity.version.compare(&w.version) == Causality::After);
+                ensure!(
+                    is_final || is_loser || superseded,
+                    "{key}: acknowledged write {} was silently lost (final {})",
+                    w.hlc,
+                    lww.stamp
+                );
+            }
+        }
+        // Conflicted manual entities are in every region's reconciliation queue, and only they.
+        for (region, node) in &self.nodes {
+            let queued: BTreeSet<String> = node
+                .queue(None, usize::MAX)
+                .expect("queue")
+                .into_iter()
+                .map(|q| format!("{}/{}", q.class, q.key))
+                .collect();
+            let conflicted: BTreeSet<String> = self
+                .snapshot(region)
+                .into_iter()
+                .filter(|(_, e)| e.is_conflicted())
+                .map(|(k, _)| k)
+                .collect();
+            ensure!(
+                queued == conflicted,
+                "{region}: queue {queued:?} but conflicted {conflicted:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads every region's value of one key at every consistency level
+    /// that needs no other region; checks they agree after convergence.
+    async fn reads_agree(&self) -> SimResult {
+        let mut values = Vec::new();
+        for node in self.nodes.values() {
+            let req = ReadRequest {
+                class: "likes".into(),
+                key: "k0".into(),
+                consistency: ReadConsistency::Local,
+                session: None,
+            };
+            values.push(node.read(req, None).await.ok().map(|o| o.value));
+        }
+        ensure!(
+            values.windows(2).all(|w| w[0] == w[1]),
+            "local reads differ after convergence: {values:?}"
+        );
+        Ok(())
+    }
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(s) = std::env::var("PARALLAX_SIM_SEED") {
+        return vec![s.parse().expect("PARALLAX_SIM_SEED is a number")];
+    }
+    let n: u64 = std::env::var("PARALLAX_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    (1..=n).collect()
+}
+
+/// Runs a scenario over every seed, each on a fresh single-threaded runtime
+/// with paused time; panics naming the first failing seed.
+fn run_seeds<F>(name: &str, scenario: F)
+where
+    F: Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = SimResult>>>,
+{
+    for seed in seeds() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let result = rt.block_on(scenario(seed));
+        if let Err(e) = result {
+            panic!(
+                "{name} failed with seed {seed} (replay: PARALLAX_SIM_SEED={seed} cargo test -p parallax-replicator --test simulation {name}): {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn partition_one_region_then_heal_converges_and_loses_nothing() {
+    run_seeds(
+        "partition_one_region_then_heal_converges_and_loses_nothing",
+        |seed| {
+            Box::pin(async move {
+                let mut sim = Sim::new(seed).await;
+                sim.load(60, Duration::from_secs(6)).await;
+                let isolated = REGIONS[(seed % 3) as usize];
+                for other in REGIONS.iter().filter(|r| **r != isolated) {
+                    sim.net.partition(isolated, other);
+                }
+                sim.load(150, Duration::from_secs(20)).await;
+                ensure!(
+                    !sim.differences().is_empty() || sim.acked_writes < 10,
+                    "a partitioned region cannot be identical"
+                );
+                sim.net.heal();
+                sim.load(30, Duration::from_secs(3)).await;
+                sim.converge(Duration::from_secs(120)).await?;
+                sim.check_invariants()?;
+                sim.reads_agree().await?;
+                ensure!(
+                    sim.acked_writes > 100,
+                    "too few acknowledged writes ({})",
+                    sim.acked_writes
+                );
+                Ok(())
+            })
+        },
+    );
+}
+
+#[test]
+fn one_way_partition_converges_after_heal() {
+    run_seeds("one_way_partition_converges_after_heal", |seed| {
+        Box::pin(async move {
+            let mut sim = Sim::new(seed).await;
+            sim.load(40, Duration::from_secs(4)).await;
+            let a = REGIONS[(seed % 3) as usize];
+            let b = REGIONS[((seed + 1) % 3) as usize];
+            // a's messages to b are lost; b's requests reach a but a's answers are lost.
+            sim.net.partition_oneway(a, b);
+            sim.load(120, Duration::from_secs(15)).await;
+            let stats = sim.nodes[b].stats();
+            ensure!(
+                stats.replication.peers[a].errors > 0,
+                "{b} shipping to {a} should time out while {a}'s answers are lost"
+            );
+            sim.net.heal();
+            sim.converge(Duration::from_secs(120)).await?;
+            sim.check_invariants()?;
+            Ok(())
+        })
+    });
+}
+
+#[test]
+fn crash_mid_stream_and_restart_loses_no_acknowledged_write() {
+    run_seeds(
+        "crash_mid_stream_and_restart_loses_no_acknowledged_write",
+        |seed| {
+            Box::pin(async move {
+                let mut sim = Sim::new(seed).await;
+                sim.load(80, Duration::from_secs(5)).await;
+                let victim = REGIONS[(seed % 3) as usize];
+                // Crash while writes and shipments are in flight.
+                sim.crash(victim);
+                sim.load(80, Duration::from_secs(8)).await;
+                sim.start(victim).await;
+                let restarted = sim.nodes[victim].stats();
+                ensure!(
+                    restarted.replication.head > 0,
+                    "{victim} lost its log head on restart"
+                );
+                let resumed: Vec<u64> = restarted
+                    .replication
+                    .peers
+                    .values()
+                    .map(|p| p.acked)
+                    .collect();
+                ensure!(
+                    resumed.iter().any(|&c| c > 0),
+                    "{victim} restarted without its durable cursors: {resumed:?}"
+                );
+                ensure!(
+                    restarted
+                        .replication
+                        .peers
+                        .values()
+                        .any(|p| p.applied_from > 0),
+                    "{victim} restarted without its applied watermarks"
+                );
+                sim.load(60, Duration::from_secs(5)).await;
+                sim.converge(Duration::from_secs(120)).await?;
+                sim.check_invariants()?;
+                Ok(())
+            })
+        },
+    );
+}
+
+#[test]
+fn clock_skew_beyond_the_guard_is_refused_and_counted() {
+    run_seeds(
+        "clock_skew_beyond_the_guard_is_refused_and_counted",
+        |seed| {
+            Box::pin(async move {
+                let mut sim = Sim::new(seed).await;
+                let fast = REGIONS[(seed % 3) as usize];
+                sim.crash(fast);
+                sim.skew_ms.insert(fast.to_owned(), 2_000);
+                sim.start(fast).await;
+                sim.load(60, Duration::from_secs(6)).await;
+                let others: Vec<&str> = REGIONS.iter().copied().filter(|r| *r != fast).collect();
+                let refused: u64 = others
+                    .iter()
+                    .map(|r| sim.nodes[*r].stats().replication.refused_stamps)
+                    .sum();
+                ensure!(
+                    refused > 0,
+                    "stamps 2 s ahead must be refused by a 500 ms guard"
+                );
+                // Within the guard, replication flows and converges.
+                sim.crash(fast);
+                sim.skew_ms.insert(fast.to_owned(), 300);
+                sim.start(fast).await;
+                sim.load(30, Duration::from_secs(4)).await;
+                sim.converge(Duration::from_secs(120)).await?;
+                sim.check_invariants()?;
+                Ok(())
+            })
+        },
+    );
+}

@@ -1,0 +1,400 @@
+//! End to end: three `parallax region` processes on free loopback ports,
+//! driven over HTTP the way a user does.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const REGIONS: [&str; 3] = ["us-east", "us-west", "eu-west"];
+const TOKEN: &str = "e2e-client";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
+        let mut toml = format!(
+            "[cluster]\nclient_token = \"{TOKEN}\"\nadmin_token = \"e2e-admin\"\npeer_secret = \"e2e-peer\"\n\n\
+             [replication]\nheartbeat_interval_ms = 200\nretry_max_ms = 500\n\n"
+        );
+        for (r, p) in REGIONS.iter().zip(&ports) {
+            toml.push_str(&format!("[regions.{r}]\nlisten = \"127.0.0.1:{p}\"\nlocation = {{ lat = 0.0, lon = 0.0 }}\n\n"));
+        }
+        toml.push_str(
+            "[classes.likes]\nconflict = \"gcounter\"\n\n[classes.settings]\nconflict = \"lww\"\n\n\
+             [classes.carts]\nconflict = \"orset\"\n",
+        );
+        let config = dir.path().join("parallax.toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut c = Cluster {
+            dir,
+            config,
+            ports,
+            children: vec![None, None, None],
+        };
+        for i in 0..REGIONS.len() {
+            c.spawn(i);
+        }
+        c
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let child = Command::new(env!("CARGO_BIN_EXE_parallax"))
+            .args(["region", "--config"])
+            .arg(&self.config)
+            .args(["--region", REGIONS[i], "--data-dir"])
+            .arg(self.data_dir())
+            .env("PARALLAX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.children[i] = Some(child);
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    async fn wait_ready(&self, i: usize) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", self.url(i))).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not become ready",
+                REGIONS[i]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill9(&mut self, i: usize) {
+        let mut child = self.children[i].take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    async fn terminate_all(&mut self) -> Vec<i32> {
+        let mut codes = Vec::new();
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    codes.push(status.code().unwrap_or(-1));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    child.kill().unwrap();
+                    codes.push(-9);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        codes
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> Option<Value> {
+    let mut req = client
+        .request(method, url)
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(5));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().await.ok()
+}
+
+/// Writes a burst to every live region; returns the increments acknowledged
+/// and the keys written.
+async fn burst(
+    c: &Cluster,
+    live: &[usize],
+    round: usize,
+    acked: &mut i64,
+    keys: &mut Vec<(String, Value)>,
+) {
+    let client = reqwest::Client::new();
+    for n in 0..40 {
+        let i = live[n % live.len()];
+        let url = c.url(i);
+        if send(
+            &client,
+            reqwest::Method::POST,
+            format!("{url}/v1/entities/likes/post-{}/ops", n % 5),
+            Some(json!({"op":"incr","by":1})),
+        )
+        .await
+        .is_some()
+        {
+            *acked += 1;
+        }
+        let key = format!("r{round}-n{n}-{}", REGIONS[i]);
+        let value = json!({ "round": round, "n": n });
+        if send(
+            &client,
+            reqwest::Method::PUT,
+            format!("{url}/v1/entities/settings/{key}"),
+            Some(value.clone()),
+        )
+        .await
+        .is_some()
+        {
+            keys.push((key, value));
+        }
+    }
+}
+
+async fn likes_total(client: &reqwest::Client, url: &str) -> i64 {
+    let mut total = 0;
+    for k in 0..5 {
+        if let Some(v) = send(
+            client,
+            reqwest::Method::GET,
+            format!("{url}/v1/entities/likes/post-{k}"),
+            None,
+        )
+        .await
+        {
+            total += v["value"].as_i64().unwrap_or(0);
+        }
+    }
+    total
+}
+
+async fn converged(
+    c: &Cluster,
+    expected_likes: i64,
+    keys: &[(String, Value)],
+) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    for (i, region) in REGIONS.iter().enumerate() {
+        let total = likes_total(&client, &c.url(i)).await;
+        if total != expected_likes {
+            return Err(format!(
+                "{}: likes sum to {total}, {expected_likes} increments were acknowledged",
+                region
+            ));
+        }
+        for (key, value) in keys {
+            let got = send(
+                &client,
+                reqwest::Method::GET,
+                format!("{}/v1/entities/settings/{key}", c.url(i)),
+                None,
+            )
+            .await;
+            if got.as_ref().map(|g| &g["value"]) != Some(value) {
+                return Err(format!(
+                    "{}: settings/{key} is {got:?}, expected {value}",
+                    region
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn wait_converged(c: &Cluster, expected_likes: i64, keys: &[(String, Value)]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match converged(c, expected_likes, keys).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("regions did not converge: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_a_region_restart_it_and_nothing_acknowledged_is_lost() {
+    let mut c = Cluster::new();
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    let mut acked = 0i64;
+    let mut keys = Vec::new();
+    burst(&c, &[0, 1, 2], 0, &mut acked, &mut keys).await;
+    // Writes acknowledged by us-west just before it dies.
+    burst(&c, &[1], 1, &mut acked, &mut keys).await;
+    c.kill9(1);
+    burst(&c, &[0, 2], 2, &mut acked, &mut keys).await;
+    c.spawn(1);
+    c.wait_ready(1).await;
+    burst(&c, &[0, 1, 2], 3, &mut acked, &mut keys).await;
+    assert!(
+        acked >= 150,
+        "most writes should be acknowledged, got {acked}"
+    );
+    wait_converged(&c, acked, &keys).await;
+    let codes = c.terminate_all().await;
+    assert_eq!(codes, vec![0, 0, 0], "regions exit cleanly on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_that_was_down_catches_up_on_restart() {
+    let mut c = Cluster::new();
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    c.kill9(2);
+    let mut acked = 0i64;
+    let mut keys = Vec::new();
+    burst(&c, &[0, 1], 0, &mut acked, &mut keys).await;
+    burst(&c, &[0, 1], 1, &mut acked, &mut keys).await;
+    c.spawn(2);
+    c.wait_ready(2).await;
+    wait_converged(&c, acked, &keys).await;
+    // The restarted region reports the others' lag once it hears from them.
+    let client = reqwest::Client::new();
+    let stats = send(
+        &client,
+        reqwest::Method::GET,
+        format!("{}/v1/stats", c.url(2)),
+        None,
+    )
+    .await
+    .unwrap();
+    for peer in ["us-east", "us-west"] {
+        assert!(
+            stats["replication"]["peers"][peer]["applied_from"]
+                .as_u64()
+                .unwrap()
+                > 0,
+            "{stats}"
+        );
+    }
+}
+
+fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_parallax"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn a_bad_config_is_refused_naming_the_file_the_field_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[cluster]\nclient_token = \"c\"\nadmin_token = \"a\"\npeer_secret = \"p\"\n\
+         [regions.a]\nlisten = \"127.0.0.1:1\"\nlocation = { lat = 0.0, lon = 0.0 }\n\
+         [classes.x]\nconflict = \"lww\"\nownerhsip = \"home\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        &[
+            "region",
+            "--config",
+            path.to_str().unwrap(),
+            "--region",
+            "a",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml")
+            && err.contains("ownerhsip")
+            && err.contains("ownership")
+            && err.contains("Fix"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &[
+            "region",
+            "--config",
+            path.with_extension("nope").to_str().unwrap(),
+            "--region",
+            "a",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("bad.nope") && err.contains("--config"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_explains_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, _) = run(&["--help"], dir.path());
+    assert_eq!(code, 0);
+    for cmd in [
+        "region",
+        "demo",
+        "get",
+        "put",
+        "incr",
+        "conflicts",
+        "resolve",
+        "bench",
+    ] {
+        assert!(out.contains(cmd), "--help should list {cmd}: {out}");
+    }
+    let (_, out, _) = run(&["region", "--help"], dir.path());
+    for flag in ["--config", "--region", "--data-dir"] {
+        assert!(out.contains(flag), "{out}");
+    }
+}
