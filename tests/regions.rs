@@ -223,8 +223,7 @@ async fn converged(
         let total = likes_total(&client, &c.url(i)).await;
         if total != expected_likes {
             return Err(format!(
-                "{}: likes sum to {total}, {expected_likes} increments were acknowledged",
-                region
+                "{region}: likes sum to {total}, {expected_likes} increments were acknowledged"
             ));
         }
         for (key, value) in keys {
@@ -237,8 +236,7 @@ async fn converged(
             .await;
             if got.as_ref().map(|g| &g["value"]) != Some(value) {
                 return Err(format!(
-                    "{}: settings/{key} is {got:?}, expected {value}",
-                    region
+                    "{region}: settings/{key} is {got:?}, expected {value}"
                 ));
             }
         }
