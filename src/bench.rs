@@ -364,9 +364,21 @@ async fn replicate(a: ReplicateArgs) -> Result<ExitCode> {
             );
         }
     }
-    println!("\n  peak memory per region (MiB, replicated full load)");
-    for (r, m) in &mem {
-        println!("  {r:<22} {m:>10.1}");
+    println!("\n  per region at full load: peak memory, group commit");
+    println!(
+        "  {:<22} {:>10} {:>12} {:>14} {:>14}",
+        "region", "peak MiB", "commits", "cmds/commit", "ms/commit"
+    );
+    for s in &full_stats {
+        let r = &s.replication;
+        println!(
+            "  {:<22} {:>10.1} {:>12} {:>14.1} {:>14.2}",
+            s.region,
+            mem.get(&s.region).copied().unwrap_or(0.0),
+            r.commits,
+            r.committed_commands as f64 / r.commits.max(1) as f64,
+            r.commit_us_total as f64 / 1000.0 / r.commits.max(1) as f64
+        );
     }
     let worst_p99 = half_stats
         .iter()

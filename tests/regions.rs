@@ -31,7 +31,8 @@ impl Cluster {
         let ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
         let mut toml = format!(
             "[cluster]\nclient_token = \"{TOKEN}\"\nadmin_token = \"e2e-admin\"\npeer_secret = \"e2e-peer\"\n\n\
-             [replication]\nheartbeat_interval_ms = 200\nretry_max_ms = 500\n\n"
+             [replication]\nheartbeat_interval_ms = 200\nretry_max_ms = 500\n\n\
+             [storage]\ncheckpoint_interval_ms = 3600000\n\n"
         );
         for (r, p) in REGIONS.iter().zip(&ports) {
             toml.push_str(&format!("[regions.{r}]\nlisten = \"127.0.0.1:{p}\"\nlocation = {{ lat = 0.0, lon = 0.0 }}\n\n"));
@@ -270,6 +271,22 @@ async fn kill_9_a_region_restart_it_and_nothing_acknowledged_is_lost() {
     burst(&c, &[0, 2], 2, &mut acked, &mut keys).await;
     c.spawn(1);
     c.wait_ready(1).await;
+    // Checkpoints are an hour apart here, so every write us-west took was
+    // recovered from its write-ahead log.
+    let client = reqwest::Client::new();
+    let stats = send(
+        &client,
+        reqwest::Method::GET,
+        format!("{}/v1/stats", c.url(1)),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        stats["replication"]["replayed_at_start"].as_u64().unwrap() >= 40,
+        "{}",
+        stats["replication"]
+    );
     burst(&c, &[0, 1, 2], 3, &mut acked, &mut keys).await;
     assert!(
         acked >= 150,

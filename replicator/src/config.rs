@@ -40,6 +40,32 @@ pub struct Config {
     /// Request limits of the HTTP API.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// How the region's store makes writes durable.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: durability of the region's store.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// How often the entity store is checkpointed (synced) in milliseconds.
+    /// Every acknowledged write is durable at once in the write-ahead log;
+    /// a checkpoint lets old log files go and bounds the replay after a crash.
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    /// Size at which a write-ahead log file is closed and a new one started (bytes).
+    #[serde(default = "default_wal_segment_bytes")]
+    pub wal_segment_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            checkpoint_interval_ms: default_checkpoint_interval_ms(),
+            wal_segment_bytes: default_wal_segment_bytes(),
+        }
+    }
 }
 
 /// `[cluster]`: settings every region shares.
@@ -429,6 +455,12 @@ impl Default for LimitsConfig {
     }
 }
 
+fn default_checkpoint_interval_ms() -> u64 {
+    1_000
+}
+fn default_wal_segment_bytes() -> u64 {
+    64 << 20
+}
 fn default_cluster_name() -> String {
     "parallax".to_owned()
 }
@@ -698,6 +730,12 @@ impl Config {
                 "replication.batch_max_ops",
                 "and group_commit_max_ops must be at least 1. Fix: use the defaults (1000, 2048)"
                     .into(),
+            );
+        }
+        if self.storage.checkpoint_interval_ms == 0 || self.storage.wal_segment_bytes < 4096 {
+            return fail(
+                "storage.checkpoint_interval_ms",
+                "must be at least 1 and storage.wal_segment_bytes at least 4096. Fix: use the defaults (1000, 67108864)".into(),
             );
         }
         if self.replication.heartbeat_interval_ms == 0 {

@@ -28,6 +28,7 @@ pub mod store;
 pub mod telemetry;
 pub mod transport;
 pub mod version;
+mod wal;
 mod writer;
 
 pub use error::{ApiError, Error, Result};

@@ -29,7 +29,8 @@ use crate::routing::{self, OwnershipView, Route};
 use crate::store::{ConflictRecord, QueuedConflict, Store};
 use crate::telemetry::{Event, EventStats, ReplicationEvent, Stats, Telemetry};
 use crate::transport::{PeerHandler, Transport};
-use crate::writer::{Command, LocalApplied, LocalWrite, Writer};
+use crate::wal::Wal;
+use crate::writer::{ApplyAck, Command, LocalApplied, LocalWrite, Writer, WriterParts};
 
 /// How the writer runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +200,11 @@ impl Node {
         }
         let store = Store::open(&data_dir.join(format!("{region}.redb")))?;
         let meta = store.load_meta()?;
+        let (wal, replay) = Wal::open(
+            &data_dir.join(format!("{region}.wal")),
+            meta.checkpoint,
+            config.storage.wal_segment_bytes,
+        )?;
         let peers: Vec<String> = config
             .regions
             .keys()
@@ -209,16 +215,20 @@ impl Node {
         let (telemetry, events) = Telemetry::channel(telemetry_capacity);
         let stats = Arc::new(Stats::default());
         let (writer_tx, writer_rx) = mpsc::channel(8_192);
-        let writer = Writer::new(
-            region.clone(),
-            Arc::clone(&config),
-            store.clone(),
-            Arc::clone(&clock),
+        let writer = Writer::recover(
+            WriterParts {
+                region: region.clone(),
+                config: Arc::clone(&config),
+                store: store.clone(),
+                wal,
+                clock: Arc::clone(&clock),
+                repl: Arc::clone(&repl),
+                telemetry: telemetry.clone(),
+                stats: Arc::clone(&stats),
+            },
             &meta,
-            Arc::clone(&repl),
-            telemetry.clone(),
-            Arc::clone(&stats),
-        );
+            replay,
+        )?;
         let (done_tx, done_rx) = oneshot::channel();
         let mut writer_task = None;
         match writer_mode {
@@ -242,7 +252,7 @@ impl Node {
         let inner = Arc::new(Inner {
             region: region.clone(),
             config: Arc::clone(&config),
-            store: store.clone(),
+            store,
             clock: Arc::clone(&clock),
             transport: Arc::clone(&transport),
             telemetry: telemetry.clone(),
@@ -259,13 +269,17 @@ impl Node {
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(consume_events(events, stats, subscriber)));
+        tasks.push(tokio::spawn(checkpoints(
+            writer_tx.clone(),
+            Duration::from_millis(config.storage.checkpoint_interval_ms),
+            inner.shutdown.subscribe(),
+        )));
         if replicate {
             for (i, peer) in peers.iter().enumerate() {
                 let shipper = Shipper {
                     me: region.clone(),
                     peer: peer.clone(),
                     config: Arc::clone(&config),
-                    store: store.clone(),
                     clock: Arc::clone(&clock),
                     transport: Arc::clone(&transport),
                     repl: Arc::clone(&repl),
@@ -278,7 +292,7 @@ impl Node {
         }
         *inner.tasks.lock().expect("tasks lock") = tasks;
         inner.ready.store(true, Ordering::Release);
-        tracing::info!(region = %region, head = meta.head, peers = peers.len(), "Region node started.");
+        tracing::info!(region = %region, head = repl.head().seq, peers = peers.len(), "Region node started.");
         Ok(Node { inner })
     }
 
@@ -605,14 +619,25 @@ impl Node {
         regions
     }
 
+    /// Regions holding this region's write `seq` durably (this one always does).
+    fn durable_in(&self, seq: u64) -> usize {
+        1 + self
+            .inner
+            .repl
+            .peers()
+            .filter(|(_, p)| p.durable() >= seq)
+            .count()
+    }
+
     async fn await_quorum(&self, req: &WriteRequest, seq: u64, token: &SessionToken) -> Result<()> {
         let total = self.inner.config.regions.len();
         let needed = total / 2 + 1;
         let timeout_ms = self.inner.config.replication.quorum_timeout_ms;
         let mut acks = self.inner.repl.subscribe_acks();
+        self.inner.repl.want_durable(seq);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         loop {
-            let confirmed = self.acked_by(seq).len();
+            let confirmed = self.durable_in(seq);
             if confirmed >= needed {
                 return Ok(());
             }
@@ -1064,22 +1089,38 @@ impl Node {
         }
         let n = batch.entries.len() as u64;
         let oldest = batch.entries.first().map(|e| e.wall_ms);
-        let acked = if batch.entries.is_empty() {
-            self.inner.repl.applied_from(from)
+        let ack: ApplyAck = if batch.entries.is_empty() {
+            if batch.durable_now
+                && self.inner.repl.applied_from(from) > self.inner.repl.durable_from(from)
+            {
+                let (tx, rx) = oneshot::channel();
+                self.inner
+                    .writer
+                    .send(Command::Checkpoint(Some(tx)))
+                    .await
+                    .map_err(|_| Error::ShuttingDown(self.inner.region.clone()))?;
+                let _ = rx.await;
+            }
+            ApplyAck {
+                applied: self.inner.repl.applied_from(from),
+                durable: self.inner.repl.durable_from(from),
+            }
         } else {
             let origin = from.to_owned();
             let gap = batch.gap_acknowledged;
+            let durable = batch.durable_now;
             let entries = batch.entries;
             match self
                 .submit(|reply| Command::Apply {
                     origin,
                     entries,
                     gap_acknowledged: gap,
+                    durable,
                     reply,
                 })
                 .await
             {
-                Ok(wm) => wm,
+                Ok(ack) => ack,
                 Err(e @ Error::ClockSkew { .. }) => {
                     self.inner.repl.count_refused_stamp();
                     return Err(e);
@@ -1087,6 +1128,7 @@ impl Node {
                 Err(e) => return Err(e),
             }
         };
+        let acked = ack.applied;
         // The closed timestamp holds only if we hold everything up to the
         // origin's head.
         if acked >= batch.head {
@@ -1112,6 +1154,7 @@ impl Node {
             }));
         Ok(ReplicateAck {
             acked,
+            durable: ack.durable,
             applied: self.inner.repl.applied_vector(&self.inner.region),
         })
     }
@@ -1122,6 +1165,26 @@ impl PeerHandler for Node {
         let node = self.clone();
         let from = from.to_owned();
         Box::pin(async move { node.handle_peer(&from, req).await })
+    }
+}
+
+/// Asks the writer for a checkpoint every `every` (it skips it if nothing changed).
+async fn checkpoints(
+    writer: mpsc::Sender<Command>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if writer.send(Command::Checkpoint(None)).await.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -176,6 +176,8 @@ pub struct ReplicateBatch {
     pub applied: BTreeMap<String, u64>,
     /// Approximate bytes still to ship after this batch.
     pub backlog_bytes: u64,
+    /// Checkpoint at once after applying (a quorum write is waiting).
+    pub durable_now: bool,
 }
 
 /// Answer to a [`ReplicateBatch`].
@@ -183,6 +185,9 @@ pub struct ReplicateBatch {
 pub struct ReplicateAck {
     /// Highest sequence of the origin's log applied here.
     pub acked: u64,
+    /// Highest sequence of the origin's log held durably here (survives a
+    /// crash); the origin keeps its log until every peer holds it durably.
+    pub durable: u64,
     /// The receiver's applied watermarks, by origin.
     pub applied: BTreeMap<String, u64>,
 }

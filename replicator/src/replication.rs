@@ -15,9 +15,10 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::protocol::{PeerRequest, PeerResponse, ReplicateBatch};
-use crate::store::{Meta, Store};
+use crate::store::{LogEntry, Meta};
 use crate::telemetry::{ClockEvent, Event, Telemetry};
 use crate::transport::Transport;
+use crate::wal::WalReader;
 use crate::writer::Command;
 
 /// The latest local write, as published by the writer.
@@ -33,6 +34,7 @@ pub(crate) struct Head {
 #[derive(Debug, Default)]
 pub(crate) struct PeerState {
     acked: AtomicU64,
+    durable: AtomicU64,
     batches_sent: AtomicU64,
     entries_sent: AtomicU64,
     heartbeats_sent: AtomicU64,
@@ -48,6 +50,11 @@ impl PeerState {
     /// Last sequence the peer acknowledged.
     pub(crate) fn acked(&self) -> u64 {
         self.acked.load(Ordering::Acquire)
+    }
+
+    /// Last sequence the peer holds durably (checkpointed).
+    pub(crate) fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 }
 
@@ -84,7 +91,25 @@ pub(crate) struct Replication {
     truncated: AtomicU64,
     avg_entry_bytes: AtomicU64,
     refused_stamps: AtomicU64,
+    commits: AtomicU64,
+    committed_commands: AtomicU64,
+    commit_us: AtomicU64,
+    durable_applied: RwLock<BTreeMap<String, u64>>,
+    recent: Mutex<RecentLog>,
+    wal_reader: RwLock<Arc<WalReader>>,
+    quorum_wanted: AtomicU64,
+    replayed: AtomicU64,
 }
+
+/// The newest log entries, in memory, so shippers rarely read the files.
+#[derive(Debug, Default)]
+struct RecentLog {
+    entries: VecDeque<LogEntry>,
+    bytes: usize,
+}
+
+/// Most bytes of log entries kept in memory for shippers.
+const RECENT_LOG_BYTES: usize = 64 << 20;
 
 impl Replication {
     pub(crate) fn new(meta: &Meta, peers: &[String], now_ms: u64) -> Replication {
@@ -104,7 +129,7 @@ impl Replication {
             .collect();
         Replication {
             head: watch::Sender::new(Head {
-                seq: meta.head,
+                seq: meta.checkpoint,
                 committed_ms: now_ms,
             }),
             applied: RwLock::new(meta.applied.clone()),
@@ -112,9 +137,17 @@ impl Replication {
             known_applied: RwLock::new(BTreeMap::new()),
             closed: RwLock::new(BTreeMap::new()),
             acks: watch::Sender::new(0),
-            truncated: AtomicU64::new(meta.truncated),
+            truncated: AtomicU64::new(0),
             avg_entry_bytes: AtomicU64::new(256),
             refused_stamps: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            committed_commands: AtomicU64::new(0),
+            commit_us: AtomicU64::new(0),
+            durable_applied: RwLock::new(meta.applied.clone()),
+            recent: Mutex::new(RecentLog::default()),
+            wal_reader: RwLock::new(Arc::new(WalReader::empty())),
+            quorum_wanted: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
         }
     }
 
@@ -160,6 +193,86 @@ impl Replication {
             .get(origin)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Publishes the per-origin watermarks that the last checkpoint made durable.
+    pub(crate) fn publish_durable(&self, durable: &BTreeMap<String, u64>) {
+        *self.durable_applied.write().expect("durable lock") = durable.clone();
+    }
+
+    /// Last sequence of `origin`'s log held durably here.
+    pub(crate) fn durable_from(&self, origin: &str) -> u64 {
+        self.durable_applied
+            .read()
+            .expect("durable lock")
+            .get(origin)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Keeps newly logged entries in memory for the shippers.
+    pub(crate) fn remember(&self, entries: Vec<LogEntry>) {
+        let mut recent = self.recent.lock().expect("recent lock");
+        for e in entries {
+            recent.bytes += e.size();
+            recent.entries.push_back(e);
+        }
+        while recent.bytes > RECENT_LOG_BYTES {
+            match recent.entries.pop_front() {
+                Some(e) => recent.bytes -= e.size(),
+                None => break,
+            }
+        }
+    }
+
+    pub(crate) fn set_wal_reader(&self, reader: WalReader) {
+        *self.wal_reader.write().expect("reader lock") = Arc::new(reader);
+    }
+
+    /// Log entries with sequence in `from..=upto`, from memory when they are
+    /// recent, else from the write-ahead log files.
+    pub(crate) fn read_log(
+        &self,
+        from: u64,
+        upto: u64,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> crate::Result<Vec<LogEntry>> {
+        {
+            let recent = self.recent.lock().expect("recent lock");
+            if let Some(front) = recent.entries.front()
+                && front.seq <= from
+            {
+                let skip = (from - front.seq) as usize;
+                let mut out = Vec::new();
+                let mut bytes = 0;
+                for e in recent
+                    .entries
+                    .iter()
+                    .skip(skip)
+                    .take_while(|e| e.seq <= upto)
+                {
+                    bytes += e.size();
+                    out.push(e.clone());
+                    if out.len() >= max_ops || bytes >= max_bytes {
+                        break;
+                    }
+                }
+                return Ok(out);
+            }
+        }
+        let reader = Arc::clone(&self.wal_reader.read().expect("reader lock"));
+        reader.read(from, upto, max_ops, max_bytes)
+    }
+
+    /// Records how many log entries were replayed at start-up.
+    pub(crate) fn set_replayed(&self, n: u64) {
+        self.replayed.store(n, Ordering::Relaxed);
+    }
+
+    /// Asks shippers to have peers checkpoint entries up to `seq` at once.
+    pub(crate) fn want_durable(&self, seq: u64) {
+        self.quorum_wanted.fetch_max(seq, Ordering::Relaxed);
     }
 
     pub(crate) fn set_truncated(&self, upto: u64) {
@@ -224,6 +337,14 @@ impl Replication {
             .map_or(0, |(_, off_us)| off_us / 1_000)
     }
 
+    /// Counts one group commit of `commands` commands that took `us`.
+    pub(crate) fn count_commit(&self, commands: u64, us: u64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.committed_commands
+            .fetch_add(commands, Ordering::Relaxed);
+        self.commit_us.fetch_add(us, Ordering::Relaxed);
+    }
+
     pub(crate) fn count_refused_stamp(&self) {
         self.refused_stamps.fetch_add(1, Ordering::Relaxed);
     }
@@ -279,6 +400,10 @@ impl Replication {
             head,
             truncated: self.truncated.load(Ordering::Relaxed),
             refused_stamps: self.refused_stamps.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            committed_commands: self.committed_commands.load(Ordering::Relaxed),
+            commit_us_total: self.commit_us.load(Ordering::Relaxed),
+            replayed_at_start: self.replayed.load(Ordering::Relaxed),
             peers,
         }
     }
@@ -295,6 +420,14 @@ pub struct ReplicationStats {
     pub truncated: u64,
     /// Remote clock stamps refused by the offset guard.
     pub refused_stamps: u64,
+    /// Group commits (transactions) so far.
+    pub commits: u64,
+    /// Commands (local writes, replicated batches, repairs) in those commits.
+    pub committed_commands: u64,
+    /// Time spent in those commits, fsync included (µs).
+    pub commit_us_total: u64,
+    /// Write-ahead log entries replayed at start-up (after an unclean stop).
+    pub replayed_at_start: u64,
     /// Per peer.
     pub peers: BTreeMap<String, PeerStats>,
 }
@@ -339,7 +472,6 @@ pub(crate) struct Shipper {
     pub(crate) me: String,
     pub(crate) peer: String,
     pub(crate) config: Arc<Config>,
-    pub(crate) store: Store,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) repl: Arc<Replication>,
@@ -375,6 +507,7 @@ impl Shipper {
             if head.seq.saturating_sub(acked) > cfg.max_backlog_ops {
                 tracing::warn!(region = %self.me, peer = %self.peer, backlog = head.seq - acked, "Peer is past the backlog cap; dropping its log and marking it for anti-entropy.");
                 state.acked.store(head.seq, Ordering::Release);
+                state.durable.store(head.seq, Ordering::Release);
                 state.needs_anti_entropy.store(true, Ordering::Relaxed);
                 let _ = self
                     .writer
@@ -383,11 +516,13 @@ impl Shipper {
                 acked = head.seq;
             }
             let entries = if acked < head.seq {
-                match self
-                    .store
-                    .read_log(acked + 1, cfg.batch_max_ops, cfg.batch_max_bytes)
-                {
-                    Ok(e) => e.into_iter().filter(|e| e.seq <= head.seq).collect(),
+                match self.repl.read_log(
+                    acked + 1,
+                    head.seq,
+                    cfg.batch_max_ops,
+                    cfg.batch_max_bytes,
+                ) {
+                    Ok(e) => e,
                     Err(e) => {
                         tracing::error!(region = %self.me, error = %e, "Cannot read the replication log.");
                         Vec::new()
@@ -397,7 +532,9 @@ impl Shipper {
                 Vec::new()
             };
             let heartbeat_due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
-            if entries.is_empty() && !heartbeat_due {
+            let durable_wanted = self.repl.quorum_wanted.load(Ordering::Relaxed) > state.durable()
+                && state.acked() > state.durable();
+            if entries.is_empty() && !heartbeat_due && !durable_wanted {
                 let wake = last_sent.map_or_else(tokio::time::Instant::now, |t| t + heartbeat);
                 tokio::select! {
                     _ = head_rx.changed() => {}
@@ -423,7 +560,9 @@ impl Shipper {
             };
             let n = entries.len() as u64;
             let backlog_after = head.seq.saturating_sub(last_seq);
+            let durable_now = self.repl.quorum_wanted.load(Ordering::Relaxed) > state.durable();
             let batch = ReplicateBatch {
+                durable_now,
                 origin: self.me.clone(),
                 head: head.seq,
                 closed_ms,
@@ -454,6 +593,9 @@ impl Shipper {
                     match reply.result {
                         Ok(PeerResponse::Replicated(ack)) => {
                             state.acked.store(ack.acked, Ordering::Release);
+                            state
+                                .durable
+                                .store(ack.durable.min(ack.acked), Ordering::Release);
                             self.repl.learn_applied(&self.peer, &ack.applied);
                             self.repl.acks.send_modify(|v| *v += 1);
                             if n > 0 {

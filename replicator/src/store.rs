@@ -2,12 +2,13 @@
 //!
 //! Tables:
 //! - `entities`: `class \0 key` -> encoded [`Entity`];
-//! - `log`: sequence -> [`LogEntry`], the replication log of local writes;
-//! - `meta`: log head, per-peer cursors, per-origin applied watermarks, the
-//!   last HLC stamp, peers marked for anti-entropy;
+//! - `meta`: the checkpoint (last log sequence included), per-peer cursors,
+//!   per-origin applied watermarks, the last HLC stamp, peers marked for
+//!   anti-entropy;
 //! - `queue`: `class \0 key` -> first seen (µs): the reconciliation queue;
 //! - `conflict_log`: id -> [`ConflictRecord`], recorded conflict outcomes.
 //!
+//! The replication log itself lives in the write-ahead log ([`crate::wal`]).
 //! Only the writer ([`crate::writer`]) writes; anyone reads.
 
 use std::collections::BTreeMap;
@@ -22,14 +23,13 @@ use crate::entity::Entity;
 use crate::error::{Error, Result};
 
 const ENTITIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("entities");
-const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const QUEUE: TableDefinition<'_, &[u8], u64> = TableDefinition::new("queue");
 const CONFLICT_LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("conflict_log");
 
 /// Format marker of the store as a whole.
 const STORE_FORMAT: u64 = 1;
-/// Format marker of encoded log entries and conflict records.
+/// Format marker of encoded conflict records.
 const RECORD_FORMAT: u8 = 1;
 
 /// One entry of the replication log: a local write, with the whole entity
@@ -95,10 +95,8 @@ pub struct QueuedConflict {
 /// Replication bookkeeping loaded at start-up.
 #[derive(Clone, Debug, Default)]
 pub struct Meta {
-    /// Sequence of the last local write.
-    pub head: u64,
-    /// Log entries up to here have been removed.
-    pub truncated: u64,
+    /// Last local log sequence included in the durable checkpoint.
+    pub checkpoint: u64,
     /// Per peer: last sequence it acknowledged.
     pub cursors: BTreeMap<String, u64>,
     /// Per origin: last sequence applied here.
@@ -183,7 +181,6 @@ impl Store {
         let txn = db.begin_write()?;
         {
             txn.open_table(ENTITIES)?;
-            txn.open_table(LOG)?;
             txn.open_table(QUEUE)?;
             txn.open_table(CONFLICT_LOG)?;
             let mut meta = txn.open_table(META)?;
@@ -215,25 +212,6 @@ impl Store {
         }
     }
 
-    /// Reads log entries with sequence `>= from`, at most `max_ops` of them
-    /// and about `max_bytes`.
-    pub fn read_log(&self, from: u64, max_ops: usize, max_bytes: usize) -> Result<Vec<LogEntry>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(LOG)?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for item in table.range(from..)? {
-            let (_, v) = item?;
-            let entry: LogEntry = decode_record(v.value(), "log entry")?;
-            bytes += entry.size();
-            out.push(entry);
-            if out.len() >= max_ops || bytes >= max_bytes {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
     /// Loads the replication bookkeeping.
     pub fn load_meta(&self) -> Result<Meta> {
         let txn = self.db.begin_read()?;
@@ -242,10 +220,8 @@ impl Store {
         for item in table.iter()? {
             let (k, v) = item?;
             let (k, v) = (k.value(), v.value());
-            if k == "head" {
-                meta.head = bytes_u64(v);
-            } else if k == "truncated" {
-                meta.truncated = bytes_u64(v);
+            if k == "checkpoint" {
+                meta.checkpoint = bytes_u64(v);
             } else if k == "next_conflict_id" {
                 meta.next_conflict_id = bytes_u64(v);
             } else if k == "hlc" {
@@ -346,10 +322,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Starts the (single) write transaction.
-    pub(crate) fn begin(&self) -> Result<StoreTxn> {
+    /// Starts the (single) write transaction; `durable` makes its commit a
+    /// checkpoint that survives a crash (with fast repair on reopen).
+    pub(crate) fn begin(&self, durable: bool) -> Result<StoreTxn> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
+        if durable {
+            txn.set_durability(redb::Durability::Immediate)?;
+            txn.set_quick_repair(true);
+        } else {
+            txn.set_durability(redb::Durability::None)?;
+        }
         Ok(StoreTxn { txn })
     }
 }
@@ -371,22 +353,6 @@ impl StoreTxn {
     pub(crate) fn put_entity(&self, class: &str, key: &str, encoded: &[u8]) -> Result<()> {
         let mut table = self.txn.open_table(ENTITIES)?;
         table.insert(entity_key(class, key).as_slice(), encoded)?;
-        Ok(())
-    }
-
-    pub(crate) fn append_log(&self, entry: &LogEntry) -> Result<()> {
-        let mut table = self.txn.open_table(LOG)?;
-        table.insert(entry.seq, encode_record(entry).as_slice())?;
-        Ok(())
-    }
-
-    /// Removes log entries with sequence in `from..=upto`.
-    pub(crate) fn truncate_log(&self, from: u64, upto: u64) -> Result<()> {
-        if upto < from {
-            return Ok(());
-        }
-        let mut table = self.txn.open_table(LOG)?;
-        table.retain_in(from..=upto, |_, _| false)?;
         Ok(())
     }
 
@@ -462,33 +428,23 @@ mod tests {
     }
 
     #[test]
-    fn log_and_meta_survive_reopen() {
+    fn meta_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.redb");
         {
             let store = Store::open(&path).unwrap();
-            let txn = store.begin().unwrap();
-            for seq in 1..=5 {
-                txn.append_log(&LogEntry {
-                    seq,
-                    class: "c".into(),
-                    key: format!("k{seq}"),
-                    wall_ms: seq,
-                    entity: vec![1, 2, 3],
-                })
-                .unwrap();
-            }
-            txn.set_u64("head", 5).unwrap();
+            let txn = store.begin(true).unwrap();
+            txn.set_u64("checkpoint", 5).unwrap();
             txn.set_u64("cursor/us", 3).unwrap();
-            txn.truncate_log(1, 2).unwrap();
+            txn.set_u64("applied/eu", 9).unwrap();
+            txn.set_flag("ae/us", true).unwrap();
             txn.commit().unwrap();
         }
         let store = Store::open(&path).unwrap();
         let meta = store.load_meta().unwrap();
-        assert_eq!(meta.head, 5);
+        assert_eq!(meta.checkpoint, 5);
         assert_eq!(meta.cursors["us"], 3);
-        let log = store.read_log(0, 10, 1 << 20).unwrap();
-        assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
-        assert_eq!(store.read_log(4, 1, 1 << 20).unwrap()[0].key, "k4");
+        assert_eq!(meta.applied["eu"], 9);
+        assert!(meta.needs_anti_entropy["us"]);
     }
 }

@@ -1,14 +1,24 @@
 //! The single writer of a region's store, with group commit.
 //!
 //! Local writes, replicated batches and read repairs queue up as commands;
-//! the writer takes every command waiting (up to `group_commit_max_ops`),
-//! runs them in ONE transaction, commits it with one fsync, and only then
-//! answers them. A local write and its replication-log entry are always in
-//! the same transaction, so an acknowledged write is never lost and is
-//! always shipped.
+//! the writer takes every command waiting (up to `group_commit_max_ops`)
+//! and runs them as one group:
+//!
+//! 1. the store's entities are updated in one redb transaction;
+//! 2. the group's local writes are appended to the write-ahead log and
+//!    synced with one `fdatasync` (this is what makes them durable);
+//! 3. the transaction commits (without a sync, except at a checkpoint);
+//! 4. only then are the commands answered.
+//!
+//! A checkpoint (every `storage.checkpoint_interval_ms`, on demand, and on
+//! shutdown) commits with a sync and records the last log sequence it
+//! includes and, per origin, the replicated entries it holds; only those
+//! are acknowledged to the origin as durable, so an origin keeps shipping
+//! (and keeps in its log) whatever a crash here could lose.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -21,6 +31,7 @@ use crate::protocol::RepairItem;
 use crate::replication::Replication;
 use crate::store::{ConflictRecord, LogEntry, Meta, Store, StoreTxn};
 use crate::telemetry::{ConflictEvent, Event, Stats, Telemetry};
+use crate::wal::Wal;
 
 /// A local write for the writer.
 #[derive(Debug)]
@@ -39,46 +50,41 @@ pub(crate) struct LocalApplied {
     pub(crate) seq: u64,
 }
 
+/// Watermarks of one origin's log here after an apply.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ApplyAck {
+    /// Last sequence applied.
+    pub(crate) applied: u64,
+    /// Last sequence applied and checkpointed (survives a crash).
+    pub(crate) durable: u64,
+}
+
 /// What the writer is asked to do.
 #[derive(Debug)]
 pub(crate) enum Command {
     Local(LocalWrite, oneshot::Sender<Result<LocalApplied>>),
-    /// Entries of `origin`'s log; answers the new applied watermark.
+    /// Entries of `origin`'s log.
     Apply {
         origin: String,
         entries: Vec<LogEntry>,
         gap_acknowledged: bool,
-        reply: oneshot::Sender<Result<u64>>,
+        /// Checkpoint in this group (a quorum write waits on it).
+        durable: bool,
+        reply: oneshot::Sender<Result<ApplyAck>>,
     },
     Repair(Vec<RepairItem>, oneshot::Sender<Result<()>>),
     /// `peer`'s log was dropped: remember that it needs anti-entropy.
     MarkAntiEntropy(String),
+    /// Checkpoint now (if anything changed); answers when durable.
+    Checkpoint(Option<oneshot::Sender<()>>),
     Stop,
 }
 
 enum Done {
     Local(oneshot::Sender<Result<LocalApplied>>, Box<LocalApplied>),
-    Apply(oneshot::Sender<Result<u64>>, u64),
+    Apply(oneshot::Sender<Result<ApplyAck>>, String),
     Repair(oneshot::Sender<Result<()>>),
-}
-
-impl Done {
-    fn fail(self, e: &Error) {
-        let err = || Error::Storage(e.to_string());
-        match self {
-            Done::Local(tx, _) => drop(tx.send(Err(err()))),
-            Done::Apply(tx, _) => drop(tx.send(Err(err()))),
-            Done::Repair(tx) => drop(tx.send(Err(err()))),
-        }
-    }
-
-    fn succeed(self) {
-        match self {
-            Done::Local(tx, v) => drop(tx.send(Ok(*v))),
-            Done::Apply(tx, v) => drop(tx.send(Ok(v))),
-            Done::Repair(tx) => drop(tx.send(Ok(()))),
-        }
-    }
+    Checkpoint(oneshot::Sender<()>),
 }
 
 /// The writer's state.
@@ -86,17 +92,24 @@ pub(crate) struct Writer {
     region: String,
     config: Arc<Config>,
     store: Store,
+    wal: Wal,
     clock: Arc<dyn Clock>,
     hlc: HlcClock,
     head: u64,
-    truncated: u64,
+    checkpoint: u64,
     applied: BTreeMap<String, u64>,
+    durable: BTreeMap<String, u64>,
     cursors: BTreeMap<String, u64>,
+    marks: BTreeSet<String>,
     next_conflict_id: u64,
+    dirty: bool,
+    last_checkpoint: Instant,
+    checkpoint_every: Duration,
+    wal_files: usize,
     repl: Arc<Replication>,
     telemetry: Telemetry,
     stats: Arc<Stats>,
-    last_maintenance_us: u64,
+    broken: Option<String>,
 }
 
 /// Scratch state of one group.
@@ -107,40 +120,105 @@ struct Group {
     events: Vec<Event>,
     lags: BTreeMap<String, Vec<u64>>,
     done: Vec<Done>,
-    log_bytes: u64,
-    log_entries: u64,
+    log: Vec<LogEntry>,
+    changed: bool,
+}
+
+/// What the writer starts from.
+pub(crate) struct WriterParts {
+    pub(crate) region: String,
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Store,
+    pub(crate) wal: Wal,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) repl: Arc<Replication>,
+    pub(crate) telemetry: Telemetry,
+    pub(crate) stats: Arc<Stats>,
 }
 
 impl Writer {
-    pub(crate) fn new(
-        region: String,
-        config: Arc<Config>,
-        store: Store,
-        clock: Arc<dyn Clock>,
+    /// A writer over a store at its checkpoint `meta`; replays `replay`
+    /// (the log entries after the checkpoint) and checkpoints again.
+    pub(crate) fn recover(
+        parts: WriterParts,
         meta: &Meta,
-        repl: Arc<Replication>,
-        telemetry: Telemetry,
-        stats: Arc<Stats>,
-    ) -> Writer {
+        replay: Vec<LogEntry>,
+    ) -> Result<Writer> {
+        let WriterParts {
+            region,
+            config,
+            store,
+            wal,
+            clock,
+            repl,
+            telemetry,
+            stats,
+        } = parts;
         let mut hlc = HlcClock::new(region.clone(), config.cluster.max_clock_offset_ms);
         if let Some(last) = &meta.hlc {
             hlc.restore(last);
         }
-        Writer {
+        let checkpoint_every = Duration::from_millis(config.storage.checkpoint_interval_ms);
+        let wal_files = wal.files();
+        let mut w = Writer {
             region,
             config,
             store,
+            wal,
             clock,
             hlc,
-            head: meta.head,
-            truncated: meta.truncated,
+            head: meta.checkpoint,
+            checkpoint: meta.checkpoint,
             applied: meta.applied.clone(),
+            durable: meta.applied.clone(),
             cursors: meta.cursors.clone(),
+            marks: BTreeSet::new(),
             next_conflict_id: meta.next_conflict_id.max(1),
+            dirty: false,
+            last_checkpoint: Instant::now(),
+            checkpoint_every,
+            wal_files,
             repl,
             telemetry,
             stats,
-            last_maintenance_us: 0,
+            broken: None,
+        };
+        let replayed = replay.len();
+        let now_us = w.clock.now_us();
+        let txn = w.store.begin(true)?;
+        let mut g = w.group();
+        for entry in replay {
+            let entity = Entity::decode(&entry.entity)?;
+            w.hlc.restore(&entity.hlc);
+            w.merge_in(&txn, &mut g, &entry.class, &entry.key, &entity, now_us)?;
+            g.head = g.head.max(entry.seq);
+        }
+        g.head = g.head.max(w.wal.last_seq());
+        w.write_checkpoint_meta(&txn, &g)?;
+        txn.commit()?;
+        w.head = g.head;
+        w.checkpoint = g.head;
+        w.next_conflict_id = g.next_conflict_id;
+        w.repl.publish_head(w.head, w.clock.now_ms());
+        w.repl.publish_durable(&w.durable);
+        w.repl.set_wal_reader(w.wal.reader());
+        w.repl.set_replayed(replayed as u64);
+        if replayed > 0 {
+            tracing::info!(region = %w.region, replayed, head = w.head, "Replayed the write-ahead log after an unclean stop.");
+        }
+        Ok(w)
+    }
+
+    fn group(&self) -> Group {
+        Group {
+            head: self.head,
+            applied: BTreeMap::new(),
+            next_conflict_id: self.next_conflict_id,
+            events: Vec::new(),
+            lags: BTreeMap::new(),
+            done: Vec::new(),
+            log: Vec::new(),
+            changed: false,
         }
     }
 
@@ -153,7 +231,6 @@ impl Writer {
                 break;
             }
         }
-        self.final_maintenance();
     }
 
     /// Runs as a task (simulations: deterministic, single-threaded).
@@ -166,42 +243,42 @@ impl Writer {
             }
             tokio::task::yield_now().await;
         }
-        self.final_maintenance();
     }
 
-    fn final_maintenance(&mut self) {
-        let Ok(txn) = self.store.begin() else { return };
-        let mut scratch = 0u64;
-        if self.maintain(&txn, u64::MAX, &mut scratch).is_ok() && txn.commit().is_ok() {
-            self.truncated = scratch.max(self.truncated);
-        }
-    }
-
-    /// Runs one group of commands in one transaction. Returns true on `Stop`.
+    /// Runs one group of commands. Returns true on `Stop`.
     fn process(&mut self, cmds: Vec<Command>) -> bool {
+        if let Some(why) = &self.broken {
+            let e = Error::Storage(format!(
+                "the store stopped taking writes after an earlier failure: {why}"
+            ));
+            let stop = cmds.iter().any(|c| matches!(c, Command::Stop));
+            for c in cmds {
+                fail_command(c, &e);
+            }
+            return stop;
+        }
+        let started = Instant::now();
         let now_us = self.clock.now_us();
-        let mut stop = false;
-        let txn = match self.store.begin() {
+        let n_cmds = cmds.len() as u64;
+        let stop = cmds.iter().any(|c| matches!(c, Command::Stop));
+        let forced = cmds.iter().any(|c| {
+            matches!(
+                c,
+                Command::Stop | Command::Checkpoint(_) | Command::Apply { durable: true, .. }
+            )
+        });
+        let checkpoint = forced || self.last_checkpoint.elapsed() >= self.checkpoint_every;
+        let txn = match self.store.begin(checkpoint) {
             Ok(t) => t,
             Err(e) => {
                 for c in cmds {
                     fail_command(c, &e);
                 }
-                return false;
+                return stop;
             }
         };
-        let mut g = Group {
-            head: self.head,
-            applied: BTreeMap::new(),
-            next_conflict_id: self.next_conflict_id,
-            events: Vec::new(),
-            lags: BTreeMap::new(),
-            done: Vec::with_capacity(cmds.len()),
-            log_bytes: 0,
-            log_entries: 0,
-        };
+        let mut g = self.group();
         let mut fatal: Option<Error> = None;
-        let mut marks = Vec::new();
         for cmd in cmds {
             if let Some(e) = &fatal {
                 fail_command(cmd, e);
@@ -226,10 +303,11 @@ impl Writer {
                     origin,
                     entries,
                     gap_acknowledged,
+                    durable: _,
                     reply,
                 } => match self.apply(&txn, &mut g, &origin, entries, gap_acknowledged, now_us) {
-                    Ok(wm) => {
-                        g.done.push(Done::Apply(reply, wm));
+                    Ok(()) => {
+                        g.done.push(Done::Apply(reply, origin));
                         Ok(())
                     }
                     Err(e @ Error::Storage(_)) => {
@@ -268,95 +346,148 @@ impl Writer {
                     }
                 }
                 Command::MarkAntiEntropy(peer) => {
-                    marks.push(peer);
+                    self.marks.insert(peer);
+                    g.changed = true;
                     Ok(())
                 }
-                Command::Stop => {
-                    stop = true;
+                Command::Checkpoint(reply) => {
+                    if let Some(r) = reply {
+                        g.done.push(Done::Checkpoint(r));
+                    }
                     Ok(())
                 }
+                Command::Stop => Ok(()),
             };
             if let Err(e) = result {
                 fatal = Some(e);
             }
         }
-        let mut truncated = self.truncated;
-        let commit = match fatal {
+        let needs_commit =
+            g.changed || (checkpoint && (self.dirty || self.head != self.checkpoint));
+        let outcome = match fatal {
             Some(e) => Err(e),
+            None if !needs_commit => {
+                drop(txn);
+                Ok(false)
+            }
             None => (|| {
-                for peer in &marks {
-                    txn.set_flag(&format!("ae/{peer}"), true)?;
+                // Durable first: the log entries of local writes.
+                self.wal.append(&g.log)?;
+                if checkpoint {
+                    self.write_checkpoint_meta(&txn, &g)?;
                 }
-                if g.head != self.head {
-                    txn.set_u64("head", g.head)?;
-                }
-                for (origin, wm) in &g.applied {
-                    txn.set_u64(&format!("applied/{origin}"), *wm)?;
-                }
-                if g.next_conflict_id != self.next_conflict_id {
-                    txn.set_u64("next_conflict_id", g.next_conflict_id)?;
-                }
-                txn.set_hlc(&self.hlc.last())?;
-                if now_us.saturating_sub(self.last_maintenance_us) >= 1_000_000 {
-                    self.last_maintenance_us = now_us;
-                    self.maintain(&txn, now_us, &mut truncated)?;
-                }
-                txn.commit()
+                txn.commit()?;
+                Ok(checkpoint)
             })(),
         };
-        match commit {
+        match outcome {
             Err(e) => {
-                tracing::error!(region = %self.region, error = %e, "Commit failed; the group's writes were not acknowledged.");
+                tracing::error!(region = %self.region, error = %e, "A group commit failed; its writes were not acknowledged and the region stops taking writes.");
+                self.broken = Some(e.to_string());
+                let err = Error::Storage(e.to_string());
                 for d in g.done {
-                    d.fail(&e);
+                    fail_done(d, &err);
                 }
             }
-            Ok(()) => {
-                self.truncated = truncated;
-                self.next_conflict_id = g.next_conflict_id;
-                if !g.applied.is_empty() {
-                    self.applied
-                        .extend(g.applied.iter().map(|(k, v)| (k.clone(), *v)));
-                    self.repl.publish_applied(&g.applied);
+            Ok(checkpointed) => {
+                if needs_commit {
+                    self.repl
+                        .count_commit(n_cmds, started.elapsed().as_micros() as u64);
                 }
-                if let Some(avg) = g.log_bytes.checked_div(g.log_entries) {
-                    self.repl.note_entry_size(avg);
-                }
-                if g.head != self.head {
-                    self.head = g.head;
-                    self.repl.publish_head(g.head, self.clock.now_ms());
-                }
-                self.repl.set_truncated(self.truncated);
-                for d in g.done {
-                    d.succeed();
-                }
-                for (origin, lags) in &g.lags {
-                    self.stats.record_entry_lags(origin, lags);
-                }
-                for e in g.events {
-                    self.telemetry.emit(e);
-                }
+                self.finish(g, checkpointed);
             }
         }
         stop
     }
 
-    /// Persists peer cursors and drops log entries every peer has.
-    fn maintain(&mut self, txn: &StoreTxn, _now_us: u64, truncated: &mut u64) -> Result<()> {
-        let mut min_acked = self.head;
-        for (peer, state) in self.repl.peers() {
-            let acked = state.acked();
-            if self.cursors.get(peer) != Some(&acked) {
-                txn.set_u64(&format!("cursor/{peer}"), acked)?;
-                self.cursors.insert(peer.clone(), acked);
+    /// Publishes what a committed group changed and answers its commands.
+    fn finish(&mut self, g: Group, checkpointed: bool) {
+        self.next_conflict_id = g.next_conflict_id;
+        if g.changed {
+            self.dirty = true;
+        }
+        if !g.applied.is_empty() {
+            self.applied
+                .extend(g.applied.iter().map(|(k, v)| (k.clone(), *v)));
+            self.repl.publish_applied(&g.applied);
+        }
+        if !g.log.is_empty() {
+            let bytes: usize = g.log.iter().map(LogEntry::size).sum();
+            self.repl.note_entry_size((bytes / g.log.len()) as u64);
+            self.repl.remember(g.log);
+        }
+        if g.head != self.head {
+            self.head = g.head;
+            self.repl.publish_head(g.head, self.clock.now_ms());
+        }
+        if checkpointed {
+            self.checkpoint = self.head;
+            self.durable = self.applied.clone();
+            self.dirty = false;
+            self.last_checkpoint = Instant::now();
+            self.repl.publish_durable(&self.durable);
+            self.marks.clear();
+            self.truncate_log();
+        }
+        for d in g.done {
+            match d {
+                Done::Local(tx, v) => drop(tx.send(Ok(*v))),
+                Done::Apply(tx, origin) => {
+                    let ack = ApplyAck {
+                        applied: self.applied.get(&origin).copied().unwrap_or(0),
+                        durable: self.durable.get(&origin).copied().unwrap_or(0),
+                    };
+                    drop(tx.send(Ok(ack)));
+                }
+                Done::Repair(tx) => drop(tx.send(Ok(()))),
+                Done::Checkpoint(tx) => drop(tx.send(())),
             }
-            min_acked = min_acked.min(acked);
         }
-        if min_acked > self.truncated {
-            txn.truncate_log(self.truncated + 1, min_acked)?;
-            txn.set_u64("truncated", min_acked)?;
-            *truncated = min_acked;
+        for (origin, lags) in &g.lags {
+            self.stats.record_entry_lags(origin, lags);
         }
+        for e in g.events {
+            self.telemetry.emit(e);
+        }
+    }
+
+    /// Removes log files every peer holds durably and the checkpoint covers.
+    fn truncate_log(&mut self) {
+        let mut upto = self.checkpoint;
+        for (_, state) in self.repl.peers() {
+            upto = upto.min(state.durable());
+        }
+        if let Err(e) = self.wal.truncate(upto) {
+            tracing::warn!(region = %self.region, error = %e, "Cannot remove old write-ahead log files.");
+        }
+        self.repl.set_truncated(
+            self.wal
+                .first_seq()
+                .map_or(self.head, |f| f.saturating_sub(1)),
+        );
+        if self.wal.files() != self.wal_files {
+            self.wal_files = self.wal.files();
+            self.repl.set_wal_reader(self.wal.reader());
+        }
+    }
+
+    fn write_checkpoint_meta(&mut self, txn: &StoreTxn, g: &Group) -> Result<()> {
+        txn.set_u64("checkpoint", g.head)?;
+        for (origin, wm) in self.applied.iter().chain(g.applied.iter()) {
+            txn.set_u64(&format!("applied/{origin}"), *wm)?;
+        }
+        for (peer, state) in self.repl.peers() {
+            let durable = state.durable();
+            if self.cursors.get(peer) != Some(&durable) {
+                txn.set_u64(&format!("cursor/{peer}"), durable)?;
+                self.cursors.insert(peer.clone(), durable);
+            }
+        }
+        for peer in &self.marks {
+            txn.set_flag(&format!("ae/{peer}"), true)?;
+        }
+        txn.set_u64("next_conflict_id", g.next_conflict_id)?;
+        txn.set_hlc(&self.hlc.last())?;
         Ok(())
     }
 
@@ -391,17 +522,15 @@ impl Writer {
         let entity = Entity::apply_local(existing.as_ref(), &req.op, &ctx)?;
         let bytes = entity.encode();
         txn.put_entity(&req.class, &req.key, &bytes)?;
-        let entry = LogEntry {
+        g.log.push(LogEntry {
             seq,
             class: req.class.clone(),
             key: req.key.clone(),
             wall_ms: stamp.wall_ms,
             entity: bytes,
-        };
-        g.log_bytes += entry.size() as u64;
-        g.log_entries += 1;
-        txn.append_log(&entry)?;
+        });
         g.head = seq;
+        g.changed = true;
         if matches!(req.op, Op::Resolve(_)) {
             let first_seen = txn.dequeue(&req.class, &req.key)?;
             let resolution_ms = first_seen.map_or(0, |f| now_us.saturating_sub(f) / 1_000);
@@ -427,7 +556,7 @@ impl Writer {
         entries: Vec<LogEntry>,
         gap_acknowledged: bool,
         now_us: u64,
-    ) -> Result<u64> {
+    ) -> Result<()> {
         let mut wm = g
             .applied
             .get(origin)
@@ -436,12 +565,12 @@ impl Writer {
             .unwrap_or(0);
         let fresh: Vec<&LogEntry> = entries.iter().filter(|e| e.seq > wm).collect();
         let Some(first) = fresh.first() else {
-            return Ok(wm);
+            return Ok(());
         };
         if first.seq > wm + 1 && !gap_acknowledged {
-            // Something between our watermark and this batch is missing: ask
-            // the origin to resend from the watermark.
-            return Ok(wm);
+            // Something between our watermark and this batch is missing: the
+            // answer (our watermark) asks the origin to resend from there.
+            return Ok(());
         }
         // Decode and check everything before changing anything, so a bad
         // batch changes nothing.
@@ -472,7 +601,8 @@ impl Writer {
             self.merge_in(txn, g, &e.class, &e.key, &remote, now_us)?;
         }
         g.applied.insert(origin.to_owned(), wm);
-        Ok(wm)
+        g.changed = true;
+        Ok(())
     }
 
     /// Merges a remote version into the stored one, handling conflicts.
@@ -502,6 +632,7 @@ impl Writer {
         };
         if local.as_ref() != Some(&merged.entity) {
             txn.put_entity(class, key, &merged.entity.encode())?;
+            g.changed = true;
         }
         let manual = matches!(merged.entity.state, crate::entity::State::Manual(_));
         if manual {
@@ -572,6 +703,7 @@ impl Writer {
             };
             g.next_conflict_id += 1;
             txn.record_conflict(&record, self.config.replication.conflict_log_max)?;
+            g.changed = true;
         }
         g.events.push(Event::Conflict(ConflictEvent {
             ts_us: now_us,
@@ -602,12 +734,22 @@ fn drain(first: Command, rx: &mut mpsc::Receiver<Command>, max: usize) -> Vec<Co
     cmds
 }
 
+fn fail_done(d: Done, e: &Error) {
+    let err = || Error::Storage(e.to_string());
+    match d {
+        Done::Local(tx, _) => drop(tx.send(Err(err()))),
+        Done::Apply(tx, _) => drop(tx.send(Err(err()))),
+        Done::Repair(tx) => drop(tx.send(Err(err()))),
+        Done::Checkpoint(tx) => drop(tx),
+    }
+}
+
 fn fail_command(cmd: Command, e: &Error) {
     let err = || Error::Storage(e.to_string());
     match cmd {
         Command::Local(_, tx) => drop(tx.send(Err(err()))),
         Command::Apply { reply, .. } => drop(reply.send(Err(err()))),
         Command::Repair(_, tx) => drop(tx.send(Err(err()))),
-        Command::MarkAntiEntropy(_) | Command::Stop => {}
+        Command::MarkAntiEntropy(_) | Command::Checkpoint(_) | Command::Stop => {}
     }
 }
