@@ -97,8 +97,21 @@ pub(crate) struct ConflictsArgs {
     pub(crate) class: Option<String>,
 }
 
+/// Arguments of `parallax failover`.
+#[derive(Debug, Args)]
+pub(crate) struct FailoverArgs {
+    #[command(flatten)]
+    pub(crate) target: RegionTarget,
+    /// The region whose keys change owner (by config, their home or hash owner).
+    #[arg(long)]
+    pub(crate) from: String,
+    /// The region that takes them; the same as --from hands them back.
+    #[arg(long)]
+    pub(crate) to: String,
+}
+
 impl RegionTarget {
-    fn resolve(&self) -> Result<(String, String)> {
+    fn resolve_with(&self, admin: bool) -> Result<(String, String)> {
         let config = match &self.config {
             Some(path) => Some(Config::load(path)?),
             None => None,
@@ -123,6 +136,7 @@ impl RegionTarget {
         };
         let token = match (&self.token, &config) {
             (Some(t), _) => t.clone(),
+            (None, Some(c)) if admin => c.cluster.admin_token.clone(),
             (None, Some(c)) => c.cluster.client_token.clone(),
             (None, None) => bail!("no client token. Fix: pass --config parallax.toml, or --token"),
         };
@@ -153,7 +167,18 @@ async fn send(
     body: Option<Value>,
     session: Option<&str>,
 ) -> Result<ExitCode> {
-    let (url, token) = target.resolve()?;
+    send_as(target, false, method, path_and_query, body, session).await
+}
+
+async fn send_as(
+    target: &RegionTarget,
+    admin: bool,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<Value>,
+    session: Option<&str>,
+) -> Result<ExitCode> {
+    let (url, token) = target.resolve_with(admin)?;
     let client = reqwest::Client::new();
     let mut req = client
         .request(method, format!("{url}{path_and_query}"))
@@ -294,4 +319,31 @@ pub(crate) async fn conflicts(a: ConflictsArgs) -> Result<ExitCode> {
 /// `parallax stats`.
 pub(crate) async fn stats(target: RegionTarget) -> Result<ExitCode> {
     send(&target, reqwest::Method::GET, "/v1/stats", None, None).await
+}
+
+/// `parallax failover`.
+pub(crate) async fn failover(a: FailoverArgs) -> Result<ExitCode> {
+    let body = serde_json::json!({ "region": a.from, "delegate": a.to });
+    send_as(
+        &a.target,
+        true,
+        reqwest::Method::POST,
+        "/v1/admin/ownership",
+        Some(body),
+        None,
+    )
+    .await
+}
+
+/// `parallax ownership`.
+pub(crate) async fn ownership(target: RegionTarget) -> Result<ExitCode> {
+    send_as(
+        &target,
+        true,
+        reqwest::Method::GET,
+        "/v1/admin/ownership",
+        None,
+        None,
+    )
+    .await
 }

@@ -51,6 +51,11 @@ enum Command {
     Resolve(client::PutArgs),
     /// Show a region's live counters (replication, conflicts, requests).
     Stats(client::RegionTarget),
+    /// Move ownership of a region's keys to another region (after that region
+    /// failed), under a new epoch that fences writes the old owner still takes.
+    Failover(client::FailoverArgs),
+    /// Show the ownership delegations in force and who owns each region's keys.
+    Ownership(client::RegionTarget),
     /// Benchmarks (run them with --release).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -82,6 +87,8 @@ fn main() -> ExitCode {
             Command::Conflicts(a) => client::conflicts(a).await,
             Command::Resolve(a) => client::put(a, true).await,
             Command::Stats(a) => client::stats(a).await,
+            Command::Failover(a) => client::failover(a).await,
+            Command::Ownership(a) => client::ownership(a).await,
             Command::Bench(b) => bench::run(b).await,
         }
     });

@@ -66,6 +66,10 @@ pub fn router(node: Node) -> Router {
         .route("/v1/conflicts/log", get(conflict_log))
         .route("/v1/conflicts/{class}/{key}/resolve", post(resolve))
         .route("/v1/stats", get(stats))
+        .route(
+            "/v1/admin/ownership",
+            get(get_ownership).post(move_ownership),
+        )
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -462,6 +466,65 @@ async fn stats(State(state): State<ApiState>, headers: HeaderMap) -> Response {
         Ok(()) => json_response(StatusCode::OK, &state.node.stats()),
         Err(e) => error_response(&e),
     }
+}
+
+fn admin_auth(state: &ApiState, headers: &HeaderMap) -> Result<(), Error> {
+    authorize(headers, &[("cluster.admin_token", &state.admin_token)])
+}
+
+fn ownership_body(state: &ApiState, view: &crate::routing::OwnershipView) -> Value {
+    let owners: serde_json::Map<String, Value> = state
+        .node
+        .config()
+        .regions
+        .keys()
+        .map(|r| {
+            let (owner, epoch) = view.effective(r);
+            (
+                r.clone(),
+                serde_json::json!({ "owner": owner, "epoch": epoch }),
+            )
+        })
+        .collect();
+    serde_json::json!({ "region": state.node.region(), "delegations": view.delegations, "owners": owners })
+}
+
+async fn get_ownership(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    match admin_auth(&state, &headers) {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            &ownership_body(&state, &state.node.ownership()),
+        ),
+        Err(e) => error_response(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveOwnership {
+    region: String,
+    delegate: String,
+}
+
+async fn move_ownership(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let limit = state.node.config().limits.max_body_bytes;
+    let result = async {
+        admin_auth(&state, &headers)?;
+        let body = body.map_err(|e| body_error(e, limit))?;
+        let req: MoveOwnership = serde_json::from_value(parse_json(&body)?).map_err(|e| {
+            Error::BadRequest(format!(
+                "{e}. Fix: send {{\"region\": <the region whose keys move>, \"delegate\": <the region taking them>}}"
+            ))
+        })?;
+        let view = state.node.move_ownership(&req.region, &req.delegate).await?;
+        Ok(json_response(StatusCode::OK, &ownership_body(&state, &view)))
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e))
 }
 
 async fn healthz(State(state): State<ApiState>) -> Response {

@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 /// Names of system classes start with this; user classes may not.
 pub const SYSTEM_CLASS_PREFIX: char = '_';
 
+/// The system class holding ownership delegations (failovers), one LWW
+/// entity per original owner region, replicated like any other class.
+pub const OWNERSHIP_CLASS: &str = "_ownership";
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -170,6 +174,28 @@ pub struct ClassConfig {
     /// `max_staleness_ms`, in milliseconds.
     #[serde(default = "default_bounded_staleness_ms")]
     pub bounded_staleness_ms: u64,
+}
+
+impl ClassConfig {
+    /// A global, active-active LWW class for system data.
+    pub fn system_lww() -> ClassConfig {
+        ClassConfig {
+            conflict: Policy::Lww,
+            ownership: Ownership::Global,
+            rollout: Rollout::ActiveActive,
+            critical: true,
+            primary: None,
+            limited_ops: Vec::new(),
+            foreign_writes: ForeignWrites::Forward,
+            home_prefixes: BTreeMap::new(),
+            home_tenants: BTreeMap::new(),
+            tenant_separator: default_tenant_separator(),
+            default_home: None,
+            fields: BTreeMap::new(),
+            default_field_rule: FieldRule::Lww,
+            bounded_staleness_ms: default_bounded_staleness_ms(),
+        }
+    }
 }
 
 /// Conflict policy of a class.
@@ -548,7 +574,11 @@ impl Config {
                 e.message().trim_end_matches('.')
             ))
         })?;
+        let mut config = config;
         config.validate(origin)?;
+        config
+            .classes
+            .insert(OWNERSHIP_CLASS.to_owned(), ClassConfig::system_lww());
         Ok(config)
     }
 
@@ -786,7 +816,12 @@ impl Config {
 
     /// The declared user classes, comma-separated, for error messages.
     pub fn class_names(&self) -> String {
-        let names: Vec<&str> = self.classes.keys().map(String::as_str).collect();
+        let names: Vec<&str> = self
+            .classes
+            .keys()
+            .filter(|n| !n.starts_with(SYSTEM_CLASS_PREFIX))
+            .map(String::as_str)
+            .collect();
         if names.is_empty() {
             "none".to_owned()
         } else {

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -152,7 +152,6 @@ struct Inner {
     writer: mpsc::Sender<Command>,
     writer_done: Mutex<Option<oneshot::Receiver<()>>>,
     repl: Arc<Replication>,
-    ownership: RwLock<OwnershipView>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
@@ -260,7 +259,6 @@ impl Node {
             writer: writer_tx.clone(),
             writer_done: Mutex::new(Some(done_rx)),
             repl: Arc::clone(&repl),
-            ownership: RwLock::new(OwnershipView::default()),
             shutdown,
             tasks: Mutex::new(Vec::new()),
             writer_task: Mutex::new(writer_task),
@@ -410,15 +408,91 @@ impl Node {
         self.inner.store.scan_class(class, after, limit)
     }
 
+    /// A user class (system classes are not reachable through the client API).
     fn class(&self, name: &str) -> Result<&ClassConfig> {
         self.inner
             .config
             .classes
             .get(name)
+            .filter(|_| !name.starts_with(crate::config::SYSTEM_CLASS_PREFIX))
             .ok_or_else(|| Error::UnknownClass {
                 class: name.to_owned(),
                 declared: self.inner.config.class_names(),
             })
+    }
+
+    /// The ownership delegations in force, as this region knows them.
+    pub fn ownership(&self) -> OwnershipView {
+        self.inner.repl.ownership()
+    }
+
+    /// Moves ownership of what `region` owns by config to `delegate` (a
+    /// failover; `delegate == region` moves it back), under a new epoch
+    /// higher than any before. The change replicates like any write.
+    pub async fn move_ownership(&self, region: &str, delegate: &str) -> Result<OwnershipView> {
+        for (what, r) in [("region", region), ("delegate", delegate)] {
+            if !self.inner.config.regions.contains_key(r) {
+                return Err(Error::BadRequest(format!(
+                    "{what} `{r}` is not a declared region (declared: {}). Fix: name one of those",
+                    self.inner.config.region_names().join(", ")
+                )));
+            }
+        }
+        let epoch = self.inner.repl.ownership().max_epoch() + 1;
+        let value = serde_json::json!({ "delegate": delegate, "epoch": epoch });
+        self.submit(|tx| {
+            Command::Local(
+                LocalWrite {
+                    class: crate::config::OWNERSHIP_CLASS.to_owned(),
+                    key: region.to_owned(),
+                    op: Op::Put(value),
+                    owner_epoch: epoch,
+                    home: None,
+                },
+                tx,
+            )
+        })
+        .await?;
+        tracing::warn!(region = %self.inner.region, from = region, to = delegate, epoch, "Ownership moved.");
+        Ok(self.inner.repl.ownership())
+    }
+
+    /// For a strong read: checks with a majority of regions that no newer
+    /// delegation moved the key away from `owner`; returns the owner after that check.
+    async fn confirm_owner(
+        &self,
+        req: &ReadRequest,
+        class: &ClassConfig,
+        owner: String,
+    ) -> Result<String> {
+        let by_config = match class.ownership {
+            Ownership::Home => {
+                let explicit = self
+                    .inner
+                    .store
+                    .read_entity(&req.class, &req.key)?
+                    .and_then(|e| e.home);
+                routing::home_of(&req.class, class, &req.key, explicit.as_deref())?
+            }
+            Ownership::Hash => routing::hash_owner(self.inner.config.regions.keys(), &req.key),
+            Ownership::Global => return Ok(owner),
+        };
+        let probe = ReadRequest {
+            class: crate::config::OWNERSHIP_CLASS.to_owned(),
+            key: by_config,
+            consistency: ReadConsistency::Quorum,
+            session: None,
+        };
+        match self.read_merged(&probe, false).await {
+            // Read repair has stored the merged delegation here; recompute.
+            Ok(_) | Err(Error::NotFound { .. }) => {
+                let view = self.inner.repl.ownership();
+                Ok(self.owner_of(req, class, &view)?.unwrap_or(owner))
+            }
+            Err(e) => Err(Error::Unavailable(format!(
+                "a strong read must confirm ownership with a majority of regions: {e}"
+            ))),
+        }
     }
 
     fn check_key(&self, key: &str) -> Result<()> {
@@ -509,7 +583,7 @@ impl Node {
                 .and_then(|e| e.home),
             _ => None,
         };
-        let view = self.inner.ownership.read().expect("ownership lock").clone();
+        let view = self.inner.repl.ownership();
         let route = routing::route_write(
             &self.inner.config,
             &self.inner.region,
@@ -667,7 +741,7 @@ impl Node {
     ) -> Result<ReadOutcome> {
         let class = self.class(&req.class)?;
         self.check_key(&req.key)?;
-        let view = self.inner.ownership.read().expect("ownership lock").clone();
+        let view = self.inner.repl.ownership();
         if let Route::Remote { to, why } =
             routing::route_read(&self.inner.config, &self.inner.region, class, &view)
         {
@@ -731,7 +805,20 @@ impl Node {
             ReadConsistency::Quorum => self.read_merged(&req, false).await,
             ReadConsistency::Strong => match self.owner_of(&req, class, &view)? {
                 None => self.read_merged(&req, true).await,
-                Some(owner) if owner == self.inner.region => self.read_local(&req),
+                Some(owner) if owner == self.inner.region => {
+                    let confirmed = self.confirm_owner(&req, class, owner).await?;
+                    if confirmed == self.inner.region {
+                        return self.read_local(&req);
+                    }
+                    if forwarded_from.is_some() {
+                        return Err(Error::Unavailable(format!(
+                            "ownership of `{}/{}` moved to {confirmed} while the read was being forwarded; retry",
+                            req.class, req.key
+                        )));
+                    }
+                    self.read_elsewhere(req, class, confirmed, "ownership moved".into(), None)
+                        .await
+                }
                 Some(owner) => {
                     if forwarded_from.is_some() {
                         return Err(Error::Misdirected(Box::new(crate::error::Misdirected {

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::protocol::{PeerRequest, PeerResponse, ReplicateBatch};
+use crate::routing::OwnershipView;
 use crate::store::{LogEntry, Meta};
 use crate::telemetry::{ClockEvent, Event, Telemetry};
 use crate::transport::Transport;
@@ -99,6 +100,7 @@ pub(crate) struct Replication {
     wal_reader: RwLock<Arc<WalReader>>,
     quorum_wanted: AtomicU64,
     replayed: AtomicU64,
+    ownership: RwLock<OwnershipView>,
 }
 
 /// The newest log entries, in memory, so shippers rarely read the files.
@@ -148,6 +150,7 @@ impl Replication {
             wal_reader: RwLock::new(Arc::new(WalReader::empty())),
             quorum_wanted: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            ownership: RwLock::new(OwnershipView::default()),
         }
     }
 
@@ -263,6 +266,15 @@ impl Replication {
         }
         let reader = Arc::clone(&self.wal_reader.read().expect("reader lock"));
         reader.read(from, upto, max_ops, max_bytes)
+    }
+
+    /// The ownership delegations in force.
+    pub(crate) fn ownership(&self) -> OwnershipView {
+        self.ownership.read().expect("ownership lock").clone()
+    }
+
+    pub(crate) fn set_ownership(&self, view: OwnershipView) {
+        *self.ownership.write().expect("ownership lock") = view;
     }
 
     /// Records how many log entries were replayed at start-up.

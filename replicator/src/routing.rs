@@ -37,6 +37,30 @@ impl OwnershipView {
         }
     }
 
+    /// The view stored as `_ownership` entities: key = original owner,
+    /// value = `{"delegate": region, "epoch": n}`.
+    pub fn from_values<'a>(
+        values: impl Iterator<Item = (&'a str, serde_json::Value)>,
+    ) -> OwnershipView {
+        let delegations = values
+            .filter_map(|(region, v)| {
+                let delegate = v.get("delegate")?.as_str()?.to_owned();
+                let epoch = v.get("epoch")?.as_u64()?;
+                Some((region.to_owned(), Delegation { delegate, epoch }))
+            })
+            .collect();
+        OwnershipView { delegations }
+    }
+
+    /// The highest epoch in the view.
+    pub fn max_epoch(&self) -> u64 {
+        self.delegations
+            .values()
+            .map(|d| d.epoch)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Joins another view: per region, the higher epoch wins.
     pub fn join(&mut self, other: &OwnershipView) {
         for (region, d) in &other.delegations {

@@ -24,11 +24,12 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, HlcClock};
-use crate::config::Config;
+use crate::config::{Config, OWNERSHIP_CLASS};
 use crate::entity::{ConflictOutcome, Entity, Merged, Op, WriteContext};
 use crate::error::{Error, Result};
 use crate::protocol::RepairItem;
 use crate::replication::Replication;
+use crate::routing::OwnershipView;
 use crate::store::{ConflictRecord, LogEntry, Meta, Store, StoreTxn};
 use crate::telemetry::{ConflictEvent, Event, Stats, Telemetry};
 use crate::wal::Wal;
@@ -122,6 +123,7 @@ struct Group {
     done: Vec<Done>,
     log: Vec<LogEntry>,
     changed: bool,
+    ownership_changed: bool,
 }
 
 /// What the writer starts from.
@@ -202,6 +204,7 @@ impl Writer {
         w.repl.publish_head(w.head, w.clock.now_ms());
         w.repl.publish_durable(&w.durable);
         w.repl.set_wal_reader(w.wal.reader());
+        w.load_ownership();
         w.repl.set_replayed(replayed as u64);
         if replayed > 0 {
             tracing::info!(region = %w.region, replayed, head = w.head, "Replayed the write-ahead log after an unclean stop.");
@@ -219,6 +222,7 @@ impl Writer {
             done: Vec::new(),
             log: Vec::new(),
             changed: false,
+            ownership_changed: false,
         }
     }
 
@@ -400,8 +404,28 @@ impl Writer {
         stop
     }
 
+    /// Reads the ownership delegations from the store and publishes them.
+    fn load_ownership(&self) {
+        match self.store.scan_class(OWNERSHIP_CLASS, None, usize::MAX) {
+            Ok(entries) => {
+                let view = OwnershipView::from_values(
+                    entries
+                        .iter()
+                        .filter_map(|(k, e)| Some((k.as_str(), e.value()?))),
+                );
+                self.repl.set_ownership(view);
+            }
+            Err(e) => {
+                tracing::error!(region = %self.region, error = %e, "Cannot read the ownership delegations.")
+            }
+        }
+    }
+
     /// Publishes what a committed group changed and answers its commands.
     fn finish(&mut self, g: Group, checkpointed: bool) {
+        if g.ownership_changed {
+            self.load_ownership();
+        }
         self.next_conflict_id = g.next_conflict_id;
         if g.changed {
             self.dirty = true;
@@ -531,6 +555,7 @@ impl Writer {
         });
         g.head = seq;
         g.changed = true;
+        g.ownership_changed |= req.class == OWNERSHIP_CLASS;
         if matches!(req.op, Op::Resolve(_)) {
             let first_seen = txn.dequeue(&req.class, &req.key)?;
             let resolution_ms = first_seen.map_or(0, |f| now_us.saturating_sub(f) / 1_000);
@@ -633,6 +658,7 @@ impl Writer {
         if local.as_ref() != Some(&merged.entity) {
             txn.put_entity(class, key, &merged.entity.encode())?;
             g.changed = true;
+            g.ownership_changed |= class == OWNERSHIP_CLASS;
         }
         let manual = matches!(merged.entity.state, crate::entity::State::Manual(_));
         if manual {

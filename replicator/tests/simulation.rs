@@ -63,6 +63,12 @@ conflict = "lww"
 ownership = "home"
 home_prefixes = { "eu-" = "eu-west", "us-" = "us-east" }
 default_home = "us-west"
+[classes.flags]
+conflict = "lww"
+rollout = "read-local"
+[classes.ledger]
+conflict = "lww"
+rollout = "active-passive"
 "#;
 
 type SimResult = Result<(), String>;
@@ -574,4 +580,339 @@ fn clock_skew_beyond_the_guard_is_refused_and_counted() {
             })
         },
     );
+}
+
+fn write_req(class: &str, key: &str, op: Op, consistency: WriteConsistency) -> WriteRequest {
+    WriteRequest {
+        class: class.into(),
+        key: key.into(),
+        op,
+        consistency,
+        session: None,
+        home: None,
+    }
+}
+
+fn read_req(class: &str, key: &str, consistency: ReadConsistency) -> ReadRequest {
+    ReadRequest {
+        class: class.into(),
+        key: key.into(),
+        consistency,
+        session: None,
+    }
+}
+
+#[test]
+fn failover_moves_ownership_and_fences_the_old_owner() {
+    run_seeds(
+        "failover_moves_ownership_and_fences_the_old_owner",
+        |seed| {
+            Box::pin(async move {
+                let mut sim = Sim::new(seed).await;
+                let (eu, us) = ("eu-west", "us-east");
+                let first = sim.nodes[us]
+                    .write(
+                        write_req(
+                            "balances",
+                            "eu-1",
+                            Op::Put(json!("v1")),
+                            WriteConsistency::Async,
+                        ),
+                        None,
+                    )
+                    .await;
+                ensure!(
+                    first.as_ref().is_ok_and(|w| w.served_by == eu),
+                    "a write to eu-1 is forwarded to its home: {first:?}"
+                );
+                sim.converge(Duration::from_secs(30)).await?;
+                // eu-west is cut off; the operator moves its keys to us-east.
+                sim.net.partition(eu, us);
+                sim.net.partition(eu, "us-west");
+                let view = sim.nodes[us]
+                    .move_ownership(eu, us)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ensure!(
+                    view.effective(eu) == (us.to_owned(), 1),
+                    "delegation: {view:?}"
+                );
+                let new_owner = sim.nodes[us]
+                    .write(
+                        write_req(
+                            "balances",
+                            "eu-1",
+                            Op::Put(json!("from the new owner")),
+                            WriteConsistency::Async,
+                        ),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ensure!(
+                    new_owner.served_by == us,
+                    "us-east takes eu-1 after the failover"
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                // The isolated old owner still believes it owns eu-1 and takes a
+                // later write (a higher clock) from a client that reaches it.
+                let stale = sim.nodes[eu]
+                    .write(
+                        write_req(
+                            "balances",
+                            "eu-1",
+                            Op::Put(json!("from the old owner")),
+                            WriteConsistency::Async,
+                        ),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ensure!(
+                    stale.hlc > new_owner.hlc,
+                    "the stale write has the later stamp"
+                );
+                sim.lww.entry("balances/eu-1".into()).or_default().extend([
+                    Acked {
+                        hlc: new_owner.hlc.clone(),
+                        version: new_owner.version.clone(),
+                    },
+                    Acked {
+                        hlc: stale.hlc.clone(),
+                        version: stale.version.clone(),
+                    },
+                ]);
+                sim.net.heal();
+                sim.converge(Duration::from_secs(60)).await?;
+                for (region, node) in &sim.nodes {
+                    let v = node
+                        .read(read_req("balances", "eu-1", ReadConsistency::Local), None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    ensure!(
+                        v.value == json!("from the new owner"),
+                        "{region}: the newer epoch must win, got {}",
+                        v.value
+                    );
+                }
+                let fenced = sim
+                    .nodes
+                    .values()
+                    .flat_map(|n| n.conflict_log(0, usize::MAX).unwrap())
+                    .any(|r| r.outcome == "fenced" && r.loser.as_ref() == Some(&stale.hlc));
+                ensure!(fenced, "the old owner's write is recorded as fenced");
+                sim.check_invariants()?;
+                // eu-west learned the delegation: its writes to eu- keys now go to us-east.
+                let after = sim.nodes[eu]
+                    .write(
+                        write_req(
+                            "balances",
+                            "eu-2",
+                            Op::Put(json!(1)),
+                            WriteConsistency::Async,
+                        ),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ensure!(after.served_by == us, "served by {}", after.served_by);
+                // Failing back hands the keys to eu-west under a newer epoch.
+                let view = sim.nodes[eu]
+                    .move_ownership(eu, eu)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ensure!(view.effective(eu) == (eu.to_owned(), 2), "{view:?}");
+                Ok(())
+            })
+        },
+    );
+}
+
+#[test]
+fn consistency_levels_behave_as_documented() {
+    run_seeds("consistency_levels_behave_as_documented", |seed| {
+        Box::pin(async move {
+            let mut sim = Sim::new(seed).await;
+            let (a, b, c) = ("us-east", "us-west", "eu-west");
+            sim.load(20, Duration::from_secs(2)).await;
+            sim.converge(Duration::from_secs(30)).await?;
+
+            // Session: read-your-writes from another region, at once.
+            let w = sim.nodes[a]
+                .write(
+                    write_req(
+                        "settings",
+                        "s1",
+                        Op::Put(json!("mine")),
+                        WriteConsistency::Async,
+                    ),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut r = read_req("settings", "s1", ReadConsistency::Session);
+            r.session = Some(w.token.parse().map_err(|e: Error| e.to_string())?);
+            let got = sim.nodes[b]
+                .read(r, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                got.value == json!("mine"),
+                "session read at {b} returned {}",
+                got.value
+            );
+
+            // Quorum write: a majority holds it durably when acknowledged.
+            let q = sim.nodes[a]
+                .write(
+                    write_req(
+                        "settings",
+                        "q1",
+                        Op::Put(json!(1)),
+                        WriteConsistency::Quorum,
+                    ),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                q.applied_in.len() >= 2,
+                "quorum write applied in {:?}",
+                q.applied_in
+            );
+
+            // Strong read of a home-owned key from a region that is not its home.
+            sim.nodes[c]
+                .write(
+                    write_req(
+                        "balances",
+                        "eu-7",
+                        Op::Put(json!(70)),
+                        WriteConsistency::Async,
+                    ),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let strong = sim.nodes[b]
+                .read(read_req("balances", "eu-7", ReadConsistency::Strong), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                strong.value == json!(70) && strong.served_by == c,
+                "strong read: {strong:?}"
+            );
+
+            // Rollout: read-local classes write at the primary, read anywhere.
+            let flag = sim.nodes[b]
+                .write(
+                    write_req("flags", "f", Op::Put(json!(true)), WriteConsistency::Async),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                flag.served_by == a,
+                "read-local writes go to the primary, got {}",
+                flag.served_by
+            );
+            sim.nodes[a]
+                .write(
+                    write_req("ledger", "l", Op::Put(json!(5)), WriteConsistency::Async),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let ledger = sim.nodes[c]
+                .read(read_req("ledger", "l", ReadConsistency::Local), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                ledger.served_by == a,
+                "active-passive reads are served by the primary, got {}",
+                ledger.served_by
+            );
+
+            // b is cut off from a; c still reaches both.
+            sim.net.partition(a, b);
+            sim.nodes[a]
+                .write(
+                    write_req(
+                        "settings",
+                        "b1",
+                        Op::Put(json!("fresh")),
+                        WriteConsistency::Async,
+                    ),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let local = sim.nodes[b]
+                .read(read_req("settings", "b1", ReadConsistency::Local), None)
+                .await;
+            ensure!(
+                matches!(local, Err(Error::NotFound { .. })),
+                "b has not seen it locally: {local:?}"
+            );
+            let bounded = sim.nodes[b]
+                .read(
+                    read_req("settings", "b1", ReadConsistency::Bounded(1_000)),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                bounded.value == json!("fresh"),
+                "a bounded read over the bound must not be stale: {bounded:?}"
+            );
+            let quorum = sim.nodes[b]
+                .read(read_req("settings", "b1", ReadConsistency::Quorum), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(quorum.value == json!("fresh"), "quorum read: {quorum:?}");
+            // Read repair brought the value to b.
+            let repaired = sim.nodes[b]
+                .read(read_req("settings", "b1", ReadConsistency::Local), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                repaired.value == json!("fresh"),
+                "read repair: {repaired:?}"
+            );
+
+            // a alone cannot reach a majority: a quorum write times out but is durable at a.
+            sim.net.partition(a, c);
+            let lonely = sim.nodes[a]
+                .write(
+                    write_req(
+                        "settings",
+                        "lonely",
+                        Op::Put(json!(1)),
+                        WriteConsistency::Quorum,
+                    ),
+                    None,
+                )
+                .await;
+            ensure!(
+                matches!(lonely, Err(Error::QuorumTimeout { .. })),
+                "quorum write without a majority: {lonely:?}"
+            );
+            let here = sim.nodes[a]
+                .read(read_req("settings", "lonely", ReadConsistency::Local), None)
+                .await;
+            ensure!(
+                here.is_ok(),
+                "the timed-out quorum write is durable where it was taken"
+            );
+            sim.net.heal();
+            sim.converge(Duration::from_secs(60)).await?;
+            let there = sim.nodes[c]
+                .read(read_req("settings", "lonely", ReadConsistency::Local), None)
+                .await;
+            ensure!(there.is_ok(), "and it replicates after the partition heals");
+            sim.check_invariants()?;
+            Ok(())
+        })
+    });
 }
