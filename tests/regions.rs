@@ -413,3 +413,70 @@ fn help_explains_every_command() {
         assert!(out.contains(flag), "{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_writes_reads_and_moves_ownership() {
+    let c = Cluster::new();
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    let cfg = c.config.to_str().unwrap().to_owned();
+    let dir = c.dir.path().to_owned();
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--config", cfg.as_str()]);
+        run(&all, &dir)
+    };
+    let (code, out, err) = cli(&[
+        "put",
+        "settings",
+        "theme",
+        r#"{"dark":true}"#,
+        "--region",
+        "us-east",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"dark\": true") && out.contains("\"token\""),
+        "{out}"
+    );
+    let (code, _, err) = cli(&["incr", "likes", "post-9", "3", "--region", "us-west"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&[
+        "get",
+        "likes",
+        "post-9",
+        "--region",
+        "eu-west",
+        "--consistency",
+        "quorum",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"value\": 3"), "{out}");
+    let (code, _, err) = cli(&["get", "settings", "missing", "--region", "eu-west"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404") && err.contains("missing"), "{err}");
+    let (code, _, err) = cli(&["put", "settings", "x", "not json"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not JSON"), "{err}");
+    let (code, out, err) = cli(&[
+        "failover", "--region", "us-east", "--from", "eu-west", "--to", "us-east",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"epoch\": 1"), "{out}");
+    // The move replicates: us-west learns it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = cli(&["ownership", "--region", "us-west"]);
+        assert_eq!(code, 0, "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        if v["owners"]["eu-west"]["owner"] == "us-east" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "us-west never learned the failover: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
