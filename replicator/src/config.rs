@@ -407,6 +407,10 @@ pub struct ReplicationConfig {
     /// Most bytes of log entries in one batch.
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
+    /// Batches sent to a peer before the first is acknowledged; more hides
+    /// long round trips (the peer still applies them in order).
+    #[serde(default = "default_max_inflight_batches")]
+    pub max_inflight_batches: usize,
     /// A peer further behind than this many log entries loses its cursor
     /// (the log is not kept for it) and is marked for anti-entropy.
     #[serde(default = "default_max_backlog_ops")]
@@ -437,6 +441,7 @@ impl Default for ReplicationConfig {
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             batch_max_ops: default_batch_max_ops(),
             batch_max_bytes: default_batch_max_bytes(),
+            max_inflight_batches: default_max_inflight_batches(),
             max_backlog_ops: default_max_backlog_ops(),
             retry_initial_ms: default_retry_initial_ms(),
             retry_max_ms: default_retry_max_ms(),
@@ -507,6 +512,9 @@ fn default_batch_max_ops() -> usize {
 }
 fn default_batch_max_bytes() -> usize {
     4 << 20
+}
+fn default_max_inflight_batches() -> usize {
+    4
 }
 fn default_max_backlog_ops() -> u64 {
     10_000_000

@@ -1193,6 +1193,13 @@ impl Node {
                 durable: self.inner.repl.durable_from(from),
             }
         } else {
+            // Batches travel on several connections at once; one may arrive
+            // before the batch it follows. Give that one a moment to land.
+            let first = batch.entries[0].seq;
+            if !batch.gap_acknowledged && first > self.inner.repl.applied_from(from) + 1 {
+                let wait = Duration::from_millis(self.inner.config.replication.peer_timeout_ms / 4);
+                self.inner.repl.wait_applied(from, first - 1, wait).await;
+            }
             let origin = from.to_owned();
             let gap = batch.gap_acknowledged;
             let durable = batch.durable_now;

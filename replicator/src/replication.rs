@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -85,6 +87,7 @@ impl OffsetEstimator {
 pub(crate) struct Replication {
     head: watch::Sender<Head>,
     applied: RwLock<BTreeMap<String, u64>>,
+    applied_changed: watch::Sender<u64>,
     peers: BTreeMap<String, PeerState>,
     known_applied: RwLock<BTreeMap<String, BTreeMap<String, u64>>>,
     closed: RwLock<BTreeMap<String, u64>>,
@@ -135,6 +138,7 @@ impl Replication {
                 committed_ms: now_ms,
             }),
             applied: RwLock::new(meta.applied.clone()),
+            applied_changed: watch::Sender::new(0),
             peers,
             known_applied: RwLock::new(BTreeMap::new()),
             closed: RwLock::new(BTreeMap::new()),
@@ -175,10 +179,29 @@ impl Replication {
     }
 
     pub(crate) fn publish_applied(&self, changed: &BTreeMap<String, u64>) {
-        let mut applied = self.applied.write().expect("applied lock");
-        for (origin, wm) in changed {
-            let slot = applied.entry(origin.clone()).or_insert(0);
-            *slot = (*slot).max(*wm);
+        {
+            let mut applied = self.applied.write().expect("applied lock");
+            for (origin, wm) in changed {
+                let slot = applied.entry(origin.clone()).or_insert(0);
+                *slot = (*slot).max(*wm);
+            }
+        }
+        self.applied_changed.send_modify(|v| *v += 1);
+    }
+
+    /// Waits (at most `limit`) until `origin`'s log is applied up to `seq`;
+    /// returns whether it is.
+    pub(crate) async fn wait_applied(&self, origin: &str, seq: u64, limit: Duration) -> bool {
+        let mut changes = self.applied_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.applied_from(origin) >= seq {
+                return true;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return false },
+                _ = tokio::time::sleep_until(deadline) => return self.applied_from(origin) >= seq,
+            }
         }
     }
 
@@ -492,12 +515,30 @@ pub(crate) struct Shipper {
     pub(crate) seed: u64,
 }
 
+/// How long a batch waits for its answer before the shipper sends the next
+/// one anyway.
+const PIPELINE_AFTER: Duration = Duration::from_millis(5);
+
+/// What one shipment came back with.
+struct Shipped {
+    /// First and last sequence of the batch (`last < first` for a heartbeat).
+    first: u64,
+    last: u64,
+    t0_us: u64,
+    t1_us: u64,
+    result: Result<crate::protocol::PeerReply, String>,
+}
+
 impl Shipper {
-    /// Ships until `shutdown` turns true.
+    /// Ships until `shutdown` turns true: keeps up to `max_inflight_batches`
+    /// batches in flight (the peer applies them in order), a heartbeat when
+    /// idle, and on any failure starts again from the peer's watermark after
+    /// a backoff.
     pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let cfg = &self.config.replication;
         let heartbeat = Duration::from_millis(cfg.heartbeat_interval_ms);
         let timeout = Duration::from_millis(cfg.peer_timeout_ms);
+        let window = cfg.max_inflight_batches.max(1);
         let mut rng = SmallRng::seed_from_u64(self.seed);
         let mut backoff_ms = cfg.retry_initial_ms;
         let mut head_rx = self.repl.subscribe_head();
@@ -507,96 +548,140 @@ impl Shipper {
             .repl
             .peer(&self.peer)
             .expect("shipper for a known peer");
+        let mut sent = state.acked();
+        let mut inflight: FuturesUnordered<BoxFuture<'static, Shipped>> = FuturesUnordered::new();
+        let mut sent_times: VecDeque<tokio::time::Instant> = VecDeque::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            // Everything acknowledged before `closed` is committed, so it is
-            // in the log at or below the head read next.
-            let closed = self.clock.now_ms();
-            let head = *head_rx.borrow_and_update();
-            let mut acked = state.acked();
-            if head.seq.saturating_sub(acked) > cfg.max_backlog_ops {
-                tracing::warn!(region = %self.me, peer = %self.peer, backlog = head.seq - acked, "Peer is past the backlog cap; dropping its log and marking it for anti-entropy.");
-                state.acked.store(head.seq, Ordering::Release);
-                state.durable.store(head.seq, Ordering::Release);
-                state.needs_anti_entropy.store(true, Ordering::Relaxed);
-                let _ = self
-                    .writer
-                    .send(Command::MarkAntiEntropy(self.peer.clone()))
-                    .await;
-                acked = head.seq;
-            }
-            let entries = if acked < head.seq {
-                match self.repl.read_log(
-                    acked + 1,
-                    head.seq,
-                    cfg.batch_max_ops,
-                    cfg.batch_max_bytes,
-                ) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::error!(region = %self.me, error = %e, "Cannot read the replication log.");
-                        Vec::new()
+            // Fill the window.
+            while inflight.len() < window {
+                // Everything acknowledged before `closed` is committed, so it
+                // is in the log at or below the head read next.
+                let closed = self.clock.now_ms();
+                let head = *head_rx.borrow_and_update();
+                let acked = state.acked();
+                if head.seq.saturating_sub(acked) > cfg.max_backlog_ops {
+                    tracing::warn!(region = %self.me, peer = %self.peer, backlog = head.seq - acked, "Peer is past the backlog cap; dropping its log and marking it for anti-entropy.");
+                    state.acked.store(head.seq, Ordering::Release);
+                    state.durable.store(head.seq, Ordering::Release);
+                    state.needs_anti_entropy.store(true, Ordering::Relaxed);
+                    let _ = self
+                        .writer
+                        .send(Command::MarkAntiEntropy(self.peer.clone()))
+                        .await;
+                    sent = head.seq;
+                }
+                sent = sent.max(state.acked());
+                // A second batch goes out only when the first has been
+                // waiting a while (a long round trip to hide) or enough has
+                // piled up; on a fast link one batch at a time batches better.
+                let pending = head.seq.saturating_sub(sent);
+                if !inflight.is_empty()
+                    && pending < (cfg.batch_max_ops as u64 / 4).max(1)
+                    && sent_times
+                        .front()
+                        .is_some_and(|t: &tokio::time::Instant| t.elapsed() < PIPELINE_AFTER)
+                {
+                    break;
+                }
+                let entries = if sent < head.seq {
+                    match self.repl.read_log(
+                        sent + 1,
+                        head.seq,
+                        cfg.batch_max_ops,
+                        cfg.batch_max_bytes,
+                    ) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::error!(region = %self.me, error = %e, "Cannot read the replication log.");
+                            Vec::new()
+                        }
                     }
+                } else {
+                    Vec::new()
+                };
+                let durable_wanted = self.repl.quorum_wanted.load(Ordering::Relaxed)
+                    > state.durable()
+                    && state.acked() > state.durable();
+                let heartbeat_due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
+                if entries.is_empty() && !(inflight.is_empty() && (heartbeat_due || durable_wanted))
+                {
+                    break;
                 }
-            } else {
-                Vec::new()
-            };
-            let heartbeat_due = last_sent.is_none_or(|t| t.elapsed() >= heartbeat);
-            let durable_wanted = self.repl.quorum_wanted.load(Ordering::Relaxed) > state.durable()
-                && state.acked() > state.durable();
-            if entries.is_empty() && !heartbeat_due && !durable_wanted {
-                let wake = last_sent.map_or_else(tokio::time::Instant::now, |t| t + heartbeat);
-                tokio::select! {
-                    _ = head_rx.changed() => {}
-                    _ = tokio::time::sleep_until(wake) => {}
-                    _ = shutdown.changed() => {}
+                let gap = entries.first().is_some_and(|e| e.seq > sent + 1);
+                if gap && !state.needs_anti_entropy.load(Ordering::Relaxed) {
+                    tracing::warn!(region = %self.me, peer = %self.peer, from = sent + 1, to = entries[0].seq - 1, "Log entries the peer needs were already removed; marking it for anti-entropy.");
+                    state.needs_anti_entropy.store(true, Ordering::Relaxed);
+                    let _ = self
+                        .writer
+                        .send(Command::MarkAntiEntropy(self.peer.clone()))
+                        .await;
                 }
-                continue;
+                let first = entries.first().map_or(sent + 1, |e| e.seq);
+                let last = entries.last().map_or(sent, |e| e.seq);
+                let closed_ms = if last >= head.seq {
+                    closed
+                } else {
+                    entries.last().map_or(0, |e| e.wall_ms)
+                };
+                let backlog_after = head.seq.saturating_sub(last);
+                let batch = ReplicateBatch {
+                    durable_now: self.repl.quorum_wanted.load(Ordering::Relaxed) > state.durable(),
+                    origin: self.me.clone(),
+                    head: head.seq,
+                    closed_ms,
+                    entries,
+                    gap_acknowledged: gap,
+                    applied: self.repl.applied_vector(&self.me),
+                    backlog_bytes: backlog_after
+                        * self.repl.avg_entry_bytes.load(Ordering::Relaxed),
+                };
+                sent = last;
+                last_sent = Some(tokio::time::Instant::now());
+                sent_times.push_back(tokio::time::Instant::now());
+                let call = self
+                    .transport
+                    .call(&self.peer, PeerRequest::Replicate(batch));
+                let clock = Arc::clone(&self.clock);
+                inflight.push(Box::pin(async move {
+                    let t0_us = clock.now_us();
+                    let result = match tokio::time::timeout(timeout, call).await {
+                        Err(_) => Err("no answer within peer_timeout_ms".to_owned()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Ok(Ok(reply)) => Ok(reply),
+                    };
+                    Shipped {
+                        first,
+                        last,
+                        t0_us,
+                        t1_us: clock.now_us(),
+                        result,
+                    }
+                }));
+                if last < first {
+                    break;
+                }
             }
-            let gap = entries.first().is_some_and(|e| e.seq > acked + 1);
-            if gap && !state.needs_anti_entropy.load(Ordering::Relaxed) {
-                tracing::warn!(region = %self.me, peer = %self.peer, from = acked + 1, to = entries[0].seq - 1, "Log entries the peer needs were already removed; marking it for anti-entropy.");
-                state.needs_anti_entropy.store(true, Ordering::Relaxed);
-                let _ = self
-                    .writer
-                    .send(Command::MarkAntiEntropy(self.peer.clone()))
-                    .await;
-            }
-            let last_seq = entries.last().map_or(acked, |e| e.seq);
-            let closed_ms = if last_seq >= head.seq {
-                closed
-            } else {
-                entries.last().map_or(0, |e| e.wall_ms)
+            let wake = last_sent.map_or_else(tokio::time::Instant::now, |t| t + heartbeat);
+            let pipeline_at = sent_times.front().map(|t| *t + PIPELINE_AFTER);
+            let more_waiting = head_rx.borrow().seq > sent;
+            let shipped = tokio::select! {
+                Some(done) = inflight.next(), if !inflight.is_empty() => done,
+                _ = head_rx.changed(), if inflight.len() < window => continue,
+                _ = tokio::time::sleep_until(wake), if inflight.is_empty() => continue,
+                _ = tokio::time::sleep_until(pipeline_at.unwrap_or(wake)),
+                    if more_waiting && inflight.len() < window && pipeline_at.is_some() => continue,
+                _ = shutdown.changed() => break,
             };
-            let n = entries.len() as u64;
-            let backlog_after = head.seq.saturating_sub(last_seq);
-            let durable_now = self.repl.quorum_wanted.load(Ordering::Relaxed) > state.durable();
-            let batch = ReplicateBatch {
-                durable_now,
-                origin: self.me.clone(),
-                head: head.seq,
-                closed_ms,
-                entries,
-                gap_acknowledged: gap,
-                applied: self.repl.applied_vector(&self.me),
-                backlog_bytes: backlog_after * self.repl.avg_entry_bytes.load(Ordering::Relaxed),
-            };
-            let t0 = self.clock.now_us();
-            let result = tokio::time::timeout(
-                timeout,
-                self.transport
-                    .call(&self.peer, PeerRequest::Replicate(batch)),
-            )
-            .await;
-            let t1 = self.clock.now_us();
-            let failure = match result {
-                Err(_) => Some("no answer within peer_timeout_ms".to_owned()),
-                Ok(Err(e)) => Some(e.to_string()),
-                Ok(Ok(reply)) => {
-                    let rtt = t1.saturating_sub(t0);
-                    let offset_us = (reply.wall_ms * 1_000) as i64 - ((t0 + t1) / 2) as i64;
+            sent_times.pop_front();
+            let failure = match shipped.result {
+                Err(e) => Some(e),
+                Ok(reply) => {
+                    let rtt = shipped.t1_us.saturating_sub(shipped.t0_us);
+                    let offset_us = (reply.wall_ms * 1_000) as i64
+                        - ((shipped.t0_us + shipped.t1_us) / 2) as i64;
                     state
                         .offset
                         .lock()
@@ -604,17 +689,30 @@ impl Shipper {
                         .add(rtt, offset_us);
                     match reply.result {
                         Ok(PeerResponse::Replicated(ack)) => {
-                            state.acked.store(ack.acked, Ordering::Release);
+                            if ack.acked + 1 < shipped.first {
+                                // The peer lacks what precedes this batch (it
+                                // restarted from a checkpoint): start over from there.
+                                state.acked.store(ack.acked, Ordering::Release);
+                            } else {
+                                // Answers to batches in flight can arrive in any order.
+                                state.acked.fetch_max(ack.acked, Ordering::AcqRel);
+                            }
                             state
                                 .durable
-                                .store(ack.durable.min(ack.acked), Ordering::Release);
+                                .store(ack.durable.min(state.acked()), Ordering::Release);
                             self.repl.learn_applied(&self.peer, &ack.applied);
                             self.repl.acks.send_modify(|v| *v += 1);
-                            if n > 0 {
+                            if shipped.last >= shipped.first {
                                 state.batches_sent.fetch_add(1, Ordering::Relaxed);
-                                state.entries_sent.fetch_add(n, Ordering::Relaxed);
+                                state
+                                    .entries_sent
+                                    .fetch_add(shipped.last + 1 - shipped.first, Ordering::Relaxed);
                             } else {
                                 state.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if ack.acked < shipped.last {
+                                // The peer did not take (all of) it: resend from its watermark.
+                                sent = sent.min(ack.acked);
                             }
                             None
                         }
@@ -623,20 +721,19 @@ impl Shipper {
                     }
                 }
             };
-            let now_ms = self.clock.now_ms();
             match failure {
                 None => {
-                    state.last_ok_us.store(t1, Ordering::Relaxed);
+                    state.last_ok_us.store(shipped.t1_us, Ordering::Relaxed);
                     state.consecutive_failures.store(0, Ordering::Relaxed);
                     backoff_ms = cfg.retry_initial_ms;
-                    last_sent = Some(tokio::time::Instant::now());
+                    let now_ms = shipped.t1_us / 1_000;
                     if now_ms.saturating_sub(last_clock_event_ms) >= 1_000 {
                         last_clock_event_ms = now_ms;
                         if let Some((rtt_us, off_us)) =
                             state.offset.lock().expect("offset lock").best()
                         {
                             self.telemetry.emit(Event::Clock(ClockEvent {
-                                ts_us: t1,
+                                ts_us: shipped.t1_us,
                                 region: self.me.clone(),
                                 peer: self.peer.clone(),
                                 offset_ms: off_us / 1_000,
@@ -652,11 +749,21 @@ impl Shipper {
                         tracing::warn!(region = %self.me, peer = %self.peer, failures = streak, error = %why, "Shipping to peer failed; retrying with backoff.");
                     }
                     *state.last_error.lock().expect("error lock") = Some(why);
+                    // Let what is in flight finish, then start again from
+                    // what the peer has acknowledged.
                     let jitter = rng.random_range(0..=backoff_ms / 2);
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(backoff_ms + jitter)) => {}
-                        _ = shutdown.changed() => {}
+                    let pause = tokio::time::sleep(Duration::from_millis(backoff_ms + jitter));
+                    tokio::pin!(pause);
+                    loop {
+                        tokio::select! {
+                            _ = &mut pause => break,
+                            _ = shutdown.changed() => break,
+                            Some(_) = inflight.next(), if !inflight.is_empty() => {}
+                        }
                     }
+                    inflight.clear();
+                    sent_times.clear();
+                    sent = state.acked();
                     backoff_ms = (backoff_ms * 2).min(cfg.retry_max_ms);
                 }
             }
