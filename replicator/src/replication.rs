@@ -551,6 +551,7 @@ impl Shipper {
         let mut sent = state.acked();
         let mut inflight: FuturesUnordered<BoxFuture<'static, Shipped>> = FuturesUnordered::new();
         let mut sent_times: VecDeque<tokio::time::Instant> = VecDeque::new();
+        let mut hole = false;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -572,6 +573,9 @@ impl Shipper {
                         .send(Command::MarkAntiEntropy(self.peer.clone()))
                         .await;
                     sent = head.seq;
+                    // The peer's watermark is below the dropped entries: the
+                    // next batch tells it to accept the hole.
+                    hole = true;
                 }
                 sent = sent.max(state.acked());
                 // A second batch goes out only when the first has been
@@ -610,8 +614,9 @@ impl Shipper {
                 {
                     break;
                 }
-                let gap = entries.first().is_some_and(|e| e.seq > sent + 1);
-                if gap && !state.needs_anti_entropy.load(Ordering::Relaxed) {
+                let truncated = entries.first().is_some_and(|e| e.seq > sent + 1);
+                let gap = truncated || hole;
+                if truncated && !state.needs_anti_entropy.load(Ordering::Relaxed) {
                     tracing::warn!(region = %self.me, peer = %self.peer, from = sent + 1, to = entries[0].seq - 1, "Log entries the peer needs were already removed; marking it for anti-entropy.");
                     state.needs_anti_entropy.store(true, Ordering::Relaxed);
                     let _ = self
@@ -689,7 +694,10 @@ impl Shipper {
                         .add(rtt, offset_us);
                     match reply.result {
                         Ok(PeerResponse::Replicated(ack)) => {
-                            if ack.acked + 1 < shipped.first {
+                            if shipped.last >= shipped.first && ack.acked >= shipped.last {
+                                hole = false;
+                            }
+                            if ack.acked + 1 < shipped.first && !hole {
                                 // The peer lacks what precedes this batch (it
                                 // restarted from a checkpoint): start over from there.
                                 state.acked.store(ack.acked, Ordering::Release);
@@ -697,9 +705,11 @@ impl Shipper {
                                 // Answers to batches in flight can arrive in any order.
                                 state.acked.fetch_max(ack.acked, Ordering::AcqRel);
                             }
-                            state
-                                .durable
-                                .store(ack.durable.min(state.acked()), Ordering::Release);
+                            if !hole {
+                                state
+                                    .durable
+                                    .store(ack.durable.min(state.acked()), Ordering::Release);
+                            }
                             self.repl.learn_applied(&self.peer, &ack.applied);
                             self.repl.acks.send_modify(|v| *v += 1);
                             if shipped.last >= shipped.first {
@@ -710,7 +720,7 @@ impl Shipper {
                             } else {
                                 state.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
                             }
-                            if ack.acked < shipped.last {
+                            if ack.acked < shipped.last && !hole {
                                 // The peer did not take (all of) it: resend from its watermark.
                                 sent = sent.min(ack.acked);
                             }

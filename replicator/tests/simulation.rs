@@ -107,7 +107,11 @@ struct Sim {
 
 impl Sim {
     async fn new(seed: u64) -> Sim {
-        let config = Arc::new(Config::from_toml(CONFIG, "sim.toml").expect("sim config"));
+        Sim::with_config(seed, CONFIG).await
+    }
+
+    async fn with_config(seed: u64, text: &str) -> Sim {
+        let config = Arc::new(Config::from_toml(text, "sim.toml").expect("sim config"));
         let mut sim = Sim {
             seed,
             net: SimNet::new(seed, 5, 40, 0.0),
@@ -915,4 +919,94 @@ fn consistency_levels_behave_as_documented() {
             Ok(())
         })
     });
+}
+
+#[test]
+fn a_peer_past_the_backlog_cap_is_marked_for_anti_entropy_and_replication_resumes() {
+    run_seeds(
+        "a_peer_past_the_backlog_cap_is_marked_for_anti_entropy_and_replication_resumes",
+        |seed| {
+            Box::pin(async move {
+                let text = CONFIG.replace(
+                    "retry_max_ms = 2000",
+                    "retry_max_ms = 2000\nmax_backlog_ops = 40",
+                );
+                let mut sim = Sim::with_config(seed, &text).await;
+                let (a, b) = ("us-east", "eu-west");
+                sim.net.partition(a, b);
+                for i in 0..100 {
+                    sim.nodes[a]
+                        .write(
+                            write_req(
+                                "settings",
+                                &format!("k{i}"),
+                                Op::Put(json!(i)),
+                                WriteConsistency::Async,
+                            ),
+                            None,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    // Paced so that a peer that is up keeps within the cap.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let stats = sim.nodes[a].stats();
+                ensure!(
+                    stats.replication.peers[b].needs_anti_entropy,
+                    "{b} is 100 entries behind a cap of 40: {stats:?}"
+                );
+                ensure!(
+                    !stats.replication.peers["us-west"].needs_anti_entropy,
+                    "us-west kept up"
+                );
+                sim.net.heal();
+                // New writes flow again; the dropped ones wait for anti-entropy.
+                sim.nodes[a]
+                    .write(
+                        write_req(
+                            "settings",
+                            "after",
+                            Op::Put(json!("heal")),
+                            WriteConsistency::Async,
+                        ),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    if sim.nodes[b]
+                        .read(read_req("settings", "after", ReadConsistency::Local), None)
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                    ensure!(
+                        tokio::time::Instant::now() < deadline,
+                        "replication to {b} did not resume"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let missing = (0..100)
+                    .filter(|i| {
+                        sim.nodes[b]
+                            .stored("settings", &format!("k{i}"))
+                            .unwrap()
+                            .is_none()
+                    })
+                    .count();
+                ensure!(missing > 0, "entries past the cap were dropped for {b}");
+                // The mark survives a restart.
+                sim.crash(a);
+                sim.start(a).await;
+                ensure!(
+                    sim.nodes[a].stats().replication.peers[b].needs_anti_entropy,
+                    "the mark is durable"
+                );
+                Ok(())
+            })
+        },
+    );
 }
