@@ -76,6 +76,9 @@ pub(crate) struct IncrArgs {
     /// Amount to add (negative decrements a pncounter).
     #[arg(default_value_t = 1, allow_negative_numbers = true)]
     pub(crate) by: i64,
+    /// Write consistency: async or quorum.
+    #[arg(long, default_value = "async")]
+    pub(crate) consistency: String,
 }
 
 /// Arguments of `parallax add` and `parallax remove`.
@@ -276,10 +279,15 @@ pub(crate) async fn delete(a: KeyArgs) -> Result<ExitCode> {
 /// `parallax incr`.
 pub(crate) async fn incr(a: IncrArgs) -> Result<ExitCode> {
     let body = serde_json::json!({ "op": "incr", "by": a.by });
+    let p = format!(
+        "{}/ops?consistency={}",
+        path(&a.key.class, &a.key.key),
+        encode(&a.consistency)
+    );
     send(
         &a.key.target,
         reqwest::Method::POST,
-        &format!("{}/ops", path(&a.key.class, &a.key.key)),
+        &p,
         Some(body),
         a.key.session.as_deref(),
     )

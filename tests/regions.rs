@@ -440,7 +440,16 @@ async fn the_cli_writes_reads_and_moves_ownership() {
         out.contains("\"dark\": true") && out.contains("\"token\""),
         "{out}"
     );
-    let (code, _, err) = cli(&["incr", "likes", "post-9", "3", "--region", "us-west"]);
+    let (code, _, err) = cli(&[
+        "incr",
+        "likes",
+        "post-9",
+        "3",
+        "--region",
+        "us-west",
+        "--consistency",
+        "quorum",
+    ]);
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = cli(&[
         "get",
