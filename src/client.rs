@@ -355,3 +355,57 @@ pub(crate) async fn ownership(target: RegionTarget) -> Result<ExitCode> {
     )
     .await
 }
+
+/// Arguments of `parallax anti-entropy`.
+#[derive(Debug, Args)]
+pub(crate) struct AntiEntropyArgs {
+    #[command(flatten)]
+    pub(crate) target: RegionTarget,
+    /// Only with this peer (default: every other region).
+    #[arg(long)]
+    pub(crate) peer: Option<String>,
+}
+
+/// `parallax anti-entropy`.
+pub(crate) async fn anti_entropy(a: AntiEntropyArgs) -> Result<ExitCode> {
+    let body = match a.peer {
+        Some(p) => serde_json::json!({ "peer": p }),
+        None => serde_json::json!({}),
+    };
+    send_as(
+        &a.target,
+        true,
+        reqwest::Method::POST,
+        "/v1/admin/anti-entropy",
+        Some(body),
+        None,
+    )
+    .await
+}
+
+/// Arguments of `parallax fault`.
+#[derive(Debug, Args)]
+pub(crate) struct FaultArgs {
+    #[command(flatten)]
+    pub(crate) target: RegionTarget,
+    /// Entity class.
+    pub(crate) class: String,
+    /// Entity key.
+    pub(crate) key: String,
+    /// corrupt (same version, other content), drop (remove it) or rollback (an older version).
+    pub(crate) action: String,
+}
+
+/// `parallax fault`.
+pub(crate) async fn fault(a: FaultArgs) -> Result<ExitCode> {
+    let body = serde_json::json!({ "class": a.class, "key": a.key, "action": a.action });
+    send_as(
+        &a.target,
+        true,
+        reqwest::Method::POST,
+        "/v1/admin/fault",
+        Some(body),
+        None,
+    )
+    .await
+}

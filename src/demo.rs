@@ -73,7 +73,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     );
     let mut regions = Vec::new();
     for name in config.regions.keys() {
-        let r = region::start(Arc::clone(&config), name, &data_dir, !args.no_wan).await?;
+        let r = region::start(Arc::clone(&config), name, &data_dir, !args.no_wan, true).await?;
         println!(
             "  region {name:<8} http://{}   (one-way WAN latency simulated: {})",
             r.addr,

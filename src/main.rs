@@ -3,6 +3,7 @@
 //!
 //! This file parses arguments and wires the crates; see `parallax --help`.
 
+mod audit;
 mod bench;
 mod client;
 mod demo;
@@ -56,6 +57,16 @@ enum Command {
     Failover(client::FailoverArgs),
     /// Show the ownership delegations in force and who owns each region's keys.
     Ownership(client::RegionTarget),
+    /// Compare every region's copy of the critical classes: which keys
+    /// differ, and whether replication explains it. Exits 0 when nothing
+    /// diverges, 1 when something does, 2 on error.
+    Audit(audit::AuditArgs),
+    /// Run anti-entropy now: compare this region's Merkle trees with the
+    /// others' and exchange what differs.
+    AntiEntropy(client::AntiEntropyArgs),
+    /// Change a stored entity without replicating it, on a region started
+    /// with --allow-fault-injection (divergence drills).
+    Fault(client::FaultArgs),
     /// Benchmarks (run them with --release).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -89,6 +100,9 @@ fn main() -> ExitCode {
             Command::Stats(a) => client::stats(a).await,
             Command::Failover(a) => client::failover(a).await,
             Command::Ownership(a) => client::ownership(a).await,
+            Command::Audit(a) => audit::run(a).await,
+            Command::AntiEntropy(a) => client::anti_entropy(a).await,
+            Command::Fault(a) => client::fault(a).await,
             Command::Bench(b) => bench::run(b).await,
         }
     });

@@ -31,6 +31,10 @@ pub(crate) struct RegionArgs {
     /// rehearse WAN behaviour on one machine.
     #[arg(long)]
     pub(crate) simulate_wan: bool,
+    /// Serve POST /v1/admin/fault, which changes stored entities without
+    /// replicating them, to rehearse divergence. Never in production.
+    #[arg(long)]
+    pub(crate) allow_fault_injection: bool,
 }
 
 /// A region node serving HTTP.
@@ -58,6 +62,7 @@ pub(crate) async fn start(
     region: &str,
     data_dir: &Path,
     simulate_wan: bool,
+    allow_fault_injection: bool,
 ) -> Result<RunningRegion> {
     let region_cfg = config.regions.get(region).with_context(|| {
         format!(
@@ -97,14 +102,16 @@ pub(crate) async fn start(
         )
     })?;
     let addr = listener.local_addr()?;
-    let node = Node::start(NodeOptions::new(
+    let mut opts = NodeOptions::new(
         Arc::clone(&config),
         region,
         data_dir.to_owned(),
         Arc::new(transport),
-    ))
-    .await
-    .with_context(|| format!("cannot start region {region}"))?;
+    );
+    opts.allow_fault_injection = allow_fault_injection;
+    let node = Node::start(opts)
+        .await
+        .with_context(|| format!("cannot start region {region}"))?;
     let app = parallax_replicator::api::router(node.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -129,7 +136,14 @@ pub(crate) async fn start(
 /// `parallax region`.
 pub(crate) async fn run(args: RegionArgs) -> Result<ExitCode> {
     let config = Arc::new(Config::load(&args.config)?);
-    let running = start(config, &args.region, &args.data_dir, args.simulate_wan).await?;
+    let running = start(
+        config,
+        &args.region,
+        &args.data_dir,
+        args.simulate_wan,
+        args.allow_fault_injection,
+    )
+    .await?;
     tracing::info!(region = %args.region, addr = %running.addr, data_dir = %args.data_dir.display(), "Serving.");
     shutdown_signal().await;
     tracing::info!(region = %args.region, "Shutting down.");

@@ -1,4 +1,553 @@
-//! The parallax auditor: compares the regions' Merkle trees of every critical
-//! entity class and tells replication still in flight from true divergence.
+//! The parallax auditor: compares every region's Merkle trees of the
+//! critical classes and tells replication still in flight from true
+//! divergence.
 //!
-//! Not built yet (issue 3); the crate exists so the workspace layering is fixed.
+//! An audit asks every region for its trees' roots; where they differ it
+//! descends, level by level, to the keys that differ (see
+//! [`parallax_replicator::sync`]), fetches those keys' versions and each
+//! region's replication watermarks, and [`classify`]s each key. Keys found
+//! in flight are checked again once the lag bound has passed, so a
+//! difference replication explains is never reported as divergence. With
+//! `repair`, divergent keys get the merged version (or, for corruption, the
+//! majority's copy) and the audit runs again.
+//!
+//! Regions are reached through [`Target`]s: over HTTP ([`HttpRegion`],
+//! `POST /v1/audit` with the admin token) or in the same process
+//! ([`NodeRegion`], for simulations).
+
+pub mod classify;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use parallax_replicator::clock::Clock;
+use parallax_replicator::entity::Entity;
+use parallax_replicator::protocol::{
+    AuditRequest, AuditResponse, RepairItem, TreeRequest, TreeResponse,
+};
+use parallax_replicator::sync::{DiffOptions, TreeSource, diff_classes};
+use parallax_replicator::{Error, Node, Result};
+use serde::{Deserialize, Serialize};
+
+pub use classify::{Verdict, classify};
+
+/// A region as the auditor sees it.
+pub trait Target: TreeSource {
+    /// Merges versions into the region's store.
+    fn repair(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>>;
+    /// Overwrites the region's stored versions.
+    fn replace(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>>;
+}
+
+/// A region reached over HTTP.
+#[derive(Debug, Clone)]
+pub struct HttpRegion {
+    name: String,
+    url: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl HttpRegion {
+    /// Region `name` at base URL `url`, asked with the admin token.
+    pub fn new(name: &str, url: &str, token: &str, timeout: Duration) -> HttpRegion {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .expect("HTTP client builds");
+        HttpRegion {
+            name: name.to_owned(),
+            url: url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            client,
+        }
+    }
+
+    async fn send(&self, req: AuditRequest) -> Result<(AuditResponse, u64)> {
+        let body = rmp_serde::to_vec(&req).expect("audit request encodes");
+        let sent = body.len() as u64;
+        let url = format!("{}/v1/audit", self.url);
+        let resp = self
+            .client
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/msgpack")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "region {} at {url} cannot be reached: {e}",
+                    self.name
+                ))
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Unavailable(format!("region {}: {e}", self.name)))?;
+        if !status.is_success() {
+            return Err(Error::Unavailable(format!(
+                "region {} answered HTTP {status}: {}",
+                self.name,
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+            )));
+        }
+        let answer: std::result::Result<AuditResponse, parallax_replicator::error::WireError> =
+            rmp_serde::from_slice(&bytes).map_err(|e| {
+                Error::Internal(format!("region {}: undecodable answer: {e}", self.name))
+            })?;
+        Ok((answer.map_err(Error::from)?, sent + bytes.len() as u64))
+    }
+}
+
+impl TreeSource for HttpRegion {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>> {
+        Box::pin(async move {
+            match self.send(AuditRequest::Tree(req)).await? {
+                (AuditResponse::Tree(t), n) => Ok((t, n)),
+                (other, _) => Err(Error::Internal(format!(
+                    "region {}: unexpected answer {other:?}",
+                    self.name
+                ))),
+            }
+        })
+    }
+}
+
+impl Target for HttpRegion {
+    fn repair(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.send(AuditRequest::Repair(items)).await.map(|_| ()) })
+    }
+
+    fn replace(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.send(AuditRequest::Replace(items)).await.map(|_| ()) })
+    }
+}
+
+/// A region node in the same process (simulations and tests).
+#[derive(Debug, Clone)]
+pub struct NodeRegion(pub Node);
+
+impl TreeSource for NodeRegion {
+    fn name(&self) -> &str {
+        self.0.region()
+    }
+
+    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>> {
+        Box::pin(async move { self.0.handle_tree(req).map(|r| (r, 0)) })
+    }
+}
+
+impl Target for NodeRegion {
+    fn repair(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.0.repair(items))
+    }
+
+    fn replace(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.0.replace(items))
+    }
+}
+
+/// How to audit.
+#[derive(Clone, Debug)]
+pub struct AuditOptions {
+    /// Classes to audit.
+    pub classes: Vec<String>,
+    /// A difference younger than this (ms) may be replication in flight.
+    pub lag_bound_ms: u64,
+    /// Check keys found in flight again after the lag bound.
+    pub recheck: bool,
+    /// Show progress on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+/// One differing key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Class.
+    pub class: String,
+    /// Key.
+    pub key: String,
+    /// Regions involved.
+    pub regions: Vec<String>,
+    /// Why.
+    pub reason: String,
+    /// Age of the newest version involved when classified (ms).
+    #[serde(default)]
+    pub age_ms: u64,
+}
+
+fn newest_age(v: &BTreeMap<String, Option<Entity>>, now_ms: u64) -> u64 {
+    v.values()
+        .flatten()
+        .map(|e| now_ms.saturating_sub(e.hlc.wall_ms))
+        .min()
+        .unwrap_or(0)
+}
+
+/// The audit of one class: the `audits` table row.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When the audit finished (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// The audit run.
+    pub audit_id: String,
+    /// Class.
+    pub class: String,
+    /// Regions compared.
+    pub regions: Vec<String>,
+    /// Entities in the largest copy.
+    pub entities: u64,
+    /// Keys whose copies differ.
+    pub differing: u64,
+    /// Of those, explained by replication in flight.
+    pub in_flight: u64,
+    /// Of those, divergent.
+    pub divergent: u64,
+    /// Round trips of the tree comparisons.
+    pub round_trips: u32,
+    /// Bytes exchanged with the regions.
+    pub bytes: u64,
+    /// Time taken (ms).
+    pub duration_ms: u64,
+}
+
+/// One divergent or in-flight key: the `divergence` table row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DivergenceRecord {
+    /// When (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// The audit run.
+    pub audit_id: String,
+    /// Class.
+    pub class: String,
+    /// Key.
+    pub key: String,
+    /// Regions involved.
+    pub regions: Vec<String>,
+    /// `divergent` or `in_flight`, with the reason after a colon.
+    pub state: String,
+    /// Age of the newest version involved (ms).
+    pub age_ms: u64,
+}
+
+/// The result of an audit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// Identifies the run.
+    pub audit_id: String,
+    /// One record per class.
+    pub audits: Vec<AuditRecord>,
+    /// Keys that diverge.
+    pub divergent: Vec<Finding>,
+    /// Keys replication is still bringing together.
+    pub in_flight: Vec<Finding>,
+    /// One record per key found.
+    pub records: Vec<DivergenceRecord>,
+}
+
+struct Progress {
+    on: bool,
+}
+
+impl Progress {
+    fn show(&self, text: &str) {
+        if self.on {
+            eprint!("\r\x1b[2K{text}");
+        }
+    }
+    fn done(&self) {
+        if self.on {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+async fn versions_of(
+    targets: &[Box<dyn Target>],
+    class: &str,
+    keys: &[String],
+) -> Result<Vec<BTreeMap<String, Option<Entity>>>> {
+    let mut out: Vec<BTreeMap<String, Option<Entity>>> = vec![BTreeMap::new(); keys.len()];
+    for chunk_start in (0..keys.len()).step_by(1_000) {
+        let chunk = &keys[chunk_start..(chunk_start + 1_000).min(keys.len())];
+        let asks = targets.iter().map(|t| {
+            t.ask(TreeRequest::Versions {
+                class: class.to_owned(),
+                keys: chunk.to_vec(),
+            })
+        });
+        for (t, answer) in targets.iter().zip(futures::future::join_all(asks).await) {
+            let TreeResponse::Versions(vs) = answer?.0 else {
+                return Err(Error::Internal(format!(
+                    "region {} did not answer with versions",
+                    t.name()
+                )));
+            };
+            for (i, v) in vs.into_iter().enumerate() {
+                out[chunk_start + i].insert(t.name().to_owned(), v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn applied_of(targets: &[Box<dyn Target>]) -> Result<classify::Applied> {
+    let mut out = classify::Applied::new();
+    let answers =
+        futures::future::join_all(targets.iter().map(|t| t.ask(TreeRequest::Applied))).await;
+    for (t, a) in targets.iter().zip(answers) {
+        let TreeResponse::Applied(v) = a?.0 else {
+            return Err(Error::Internal(format!(
+                "region {} did not answer with its watermarks",
+                t.name()
+            )));
+        };
+        out.insert(t.name().to_owned(), v);
+    }
+    Ok(out)
+}
+
+/// Audits `opts.classes` across `targets` (at least two regions).
+pub async fn audit(
+    targets: &[Box<dyn Target>],
+    opts: &AuditOptions,
+    clock: &dyn Clock,
+) -> Result<AuditReport> {
+    if targets.len() < 2 {
+        return Err(Error::BadRequest(
+            "an audit compares at least two regions".into(),
+        ));
+    }
+    let progress = Progress {
+        on: opts.progress && std::io::stderr().is_terminal(),
+    };
+    let audit_id = format!("audit-{}", clock.now_us());
+    let regions: Vec<String> = targets.iter().map(|t| t.name().to_owned()).collect();
+    let mut report = AuditReport {
+        audit_id: audit_id.clone(),
+        ..AuditReport::default()
+    };
+    let mut pending: Vec<(String, String)> = Vec::new();
+    for class in &opts.classes {
+        let started = clock.now_us();
+        progress.show(&format!(
+            "auditing {class}: comparing trees of {} regions",
+            regions.len()
+        ));
+        let mut keys = BTreeSet::new();
+        let mut record = AuditRecord {
+            audit_id: audit_id.clone(),
+            class: class.clone(),
+            regions: regions.clone(),
+            ..Default::default()
+        };
+        for (i, other) in targets.iter().enumerate().skip(1) {
+            progress.show(&format!(
+                "auditing {class}: {} vs {} ({i}/{})",
+                targets[0].name(),
+                other.name(),
+                targets.len() - 1
+            ));
+            let diff = diff_classes(
+                targets[0].as_ref(),
+                other.as_ref(),
+                std::slice::from_ref(class),
+                DiffOptions::default(),
+            )
+            .await?;
+            let d = &diff[0];
+            record.entities = record.entities.max(d.entries.0).max(d.entries.1);
+            record.round_trips = record.round_trips.max(d.round_trips);
+            record.bytes += d.bytes;
+            keys.extend(d.keys.iter().cloned());
+        }
+        let keys: Vec<String> = keys.into_iter().collect();
+        record.differing = keys.len() as u64;
+        if !keys.is_empty() {
+            progress.show(&format!(
+                "auditing {class}: classifying {} differing keys",
+                keys.len()
+            ));
+            let versions = versions_of(targets, class, &keys).await?;
+            let applied = applied_of(targets).await?;
+            let now = clock.now_ms();
+            for (key, v) in keys.iter().zip(&versions) {
+                match classify(v, &applied, now, opts.lag_bound_ms) {
+                    Verdict::Agree => {}
+                    Verdict::InFlight { .. } => pending.push((class.clone(), key.clone())),
+                    Verdict::Divergent { regions, reason } => report.divergent.push(Finding {
+                        class: class.clone(),
+                        key: key.clone(),
+                        regions,
+                        reason,
+                        age_ms: newest_age(v, now),
+                    }),
+                }
+            }
+        }
+        record.duration_ms = clock.now_us().saturating_sub(started) / 1_000;
+        report.audits.push(record);
+    }
+    if opts.recheck && !pending.is_empty() {
+        progress.show(&format!(
+            "{} keys in flight: checking again after the lag bound ({} ms)",
+            pending.len(),
+            opts.lag_bound_ms
+        ));
+        tokio::time::sleep(Duration::from_millis(opts.lag_bound_ms + 100)).await;
+    }
+    let mut by_class: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (class, key) in pending {
+        by_class.entry(class).or_default().push(key);
+    }
+    for (class, keys) in by_class {
+        let versions = versions_of(targets, &class, &keys).await?;
+        let applied = applied_of(targets).await?;
+        let now = clock.now_ms();
+        for (key, v) in keys.iter().zip(&versions) {
+            match classify(
+                v,
+                &applied,
+                now,
+                if opts.recheck {
+                    opts.lag_bound_ms
+                } else {
+                    u64::MAX
+                },
+            ) {
+                Verdict::Agree => {}
+                Verdict::InFlight { regions, reason } => report.in_flight.push(Finding {
+                    class: class.clone(),
+                    key: key.clone(),
+                    regions,
+                    reason,
+                    age_ms: newest_age(v, now),
+                }),
+                Verdict::Divergent { regions, reason } => report.divergent.push(Finding {
+                    class: class.clone(),
+                    key: key.clone(),
+                    regions,
+                    reason,
+                    age_ms: newest_age(v, now),
+                }),
+            }
+        }
+    }
+    progress.done();
+    let ts_us = clock.now_us();
+    for a in &mut report.audits {
+        a.ts_us = ts_us;
+        a.divergent = report
+            .divergent
+            .iter()
+            .filter(|f| f.class == a.class)
+            .count() as u64;
+        a.in_flight = report
+            .in_flight
+            .iter()
+            .filter(|f| f.class == a.class)
+            .count() as u64;
+    }
+    for (state, list) in [
+        ("divergent", &report.divergent),
+        ("in_flight", &report.in_flight),
+    ] {
+        for f in list {
+            report.records.push(DivergenceRecord {
+                ts_us,
+                audit_id: audit_id.clone(),
+                class: f.class.clone(),
+                key: f.key.clone(),
+                regions: f.regions.clone(),
+                state: format!("{state}: {}", f.reason),
+                age_ms: f.age_ms,
+            });
+        }
+    }
+    report
+        .divergent
+        .sort_by(|a, b| (&a.class, &a.key).cmp(&(&b.class, &b.key)));
+    report
+        .in_flight
+        .sort_by(|a, b| (&a.class, &a.key).cmp(&(&b.class, &b.key)));
+    Ok(report)
+}
+
+/// Repairs the divergent keys of a report: every region gets the merged
+/// version, except for corruption, where the copy most regions hold
+/// replaces the others (a merge cannot tell the good copy from the bad).
+/// Returns the number of keys repaired.
+pub async fn repair(targets: &[Box<dyn Target>], report: &AuditReport) -> Result<usize> {
+    let mut by_class: BTreeMap<&str, Vec<&Finding>> = BTreeMap::new();
+    for f in &report.divergent {
+        by_class.entry(&f.class).or_default().push(f);
+    }
+    let mut repaired = 0;
+    for (class, findings) in by_class {
+        let keys: Vec<String> = findings.iter().map(|f| f.key.clone()).collect();
+        let versions = versions_of(targets, class, &keys).await?;
+        let mut merges: BTreeMap<String, Vec<RepairItem>> = BTreeMap::new();
+        let mut replaces: BTreeMap<String, Vec<RepairItem>> = BTreeMap::new();
+        for ((finding, key), v) in findings.iter().zip(&keys).zip(&versions) {
+            let corruption = finding.reason.starts_with("corruption");
+            let good = if corruption {
+                majority(v)
+            } else {
+                classify::merged(v)
+            };
+            let Some(good) = good else { continue };
+            for (region, mine) in v {
+                if mine.as_ref() == Some(&good) {
+                    continue;
+                }
+                let item = RepairItem {
+                    class: class.to_owned(),
+                    key: key.clone(),
+                    entity: good.clone(),
+                };
+                if corruption {
+                    &mut replaces
+                } else {
+                    &mut merges
+                }
+                .entry(region.clone())
+                .or_default()
+                .push(item);
+            }
+            repaired += 1;
+        }
+        for t in targets {
+            if let Some(items) = merges.remove(t.name()) {
+                t.repair(items).await?;
+            }
+            if let Some(items) = replaces.remove(t.name()) {
+                t.replace(items).await?;
+            }
+        }
+    }
+    Ok(repaired)
+}
+
+/// The version most regions hold (ties broken by the merged version).
+fn majority(versions: &BTreeMap<String, Option<Entity>>) -> Option<Entity> {
+    let present: Vec<&Entity> = versions.values().flatten().collect();
+    let mut best: Option<(&Entity, usize)> = None;
+    for e in &present {
+        let n = present.iter().filter(|o| **o == *e).count();
+        if best.is_none_or(|(_, m)| n > m) {
+            best = Some((e, n));
+        }
+    }
+    match best {
+        Some((e, n)) if n * 2 > present.len() => Some(e.clone()),
+        _ => classify::merged(versions),
+    }
+}

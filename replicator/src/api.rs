@@ -70,6 +70,9 @@ pub fn router(node: Node) -> Router {
             "/v1/admin/ownership",
             get(get_ownership).post(move_ownership),
         )
+        .route("/v1/admin/fault", post(inject_fault))
+        .route("/v1/admin/anti-entropy", post(anti_entropy))
+        .route("/v1/tree/{class}", get(tree_json))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -80,6 +83,7 @@ pub fn router(node: Node) -> Router {
         ));
     let peer = Router::new()
         .route(PEER_PATH, post(peer_rpc))
+        .route("/v1/audit", post(audit_rpc))
         .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
     Router::new()
         .merge(client)
@@ -525,6 +529,194 @@ async fn move_ownership(
     }
     .await;
     result.unwrap_or_else(|e| error_response(&e))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultBody {
+    class: String,
+    key: String,
+    action: crate::writer::Fault,
+}
+
+async fn inject_fault(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !state.node.fault_injection_allowed() {
+        return error_response(&Error::NotFoundRoute);
+    }
+    let limit = state.node.config().limits.max_body_bytes;
+    let result = async {
+        admin_auth(&state, &headers)?;
+        let body = body.map_err(|e| body_error(e, limit))?;
+        let f: FaultBody = serde_json::from_value(parse_json(&body)?).map_err(|e| {
+            Error::BadRequest(format!(
+                "{e}. Fix: send {{\"class\": .., \"key\": .., \"action\": \"corrupt\" | \"drop\" | \"rollback\"}}"
+            ))
+        })?;
+        state.node.inject_fault(&f.class, &f.key, f.action).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "region": state.node.region(), "class": f.class, "key": f.key, "action": f.action }),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AntiEntropyBody {
+    peer: Option<String>,
+}
+
+async fn anti_entropy(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let limit = state.node.config().limits.max_body_bytes;
+    let result = async {
+        admin_auth(&state, &headers)?;
+        let body = body.map_err(|e| body_error(e, limit))?;
+        let req: AntiEntropyBody = if body.is_empty() {
+            AntiEntropyBody::default()
+        } else {
+            serde_json::from_value(parse_json(&body)?).map_err(|e| {
+                Error::BadRequest(format!("{e}. Fix: send {{}} or {{\"peer\": <region>}}"))
+            })?
+        };
+        let reports = state.node.run_anti_entropy(req.peer.as_deref()).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "region": state.node.region(), "reports": reports }),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreeParams {
+    level: Option<u32>,
+    index: Option<u32>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A class's Merkle tree, one node at a time, for humans.
+async fn tree_json(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<TreeParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        admin_auth(&state, &headers)?;
+        let Path(class) = path.map_err(path_error)?;
+        let Query(p) = query.map_err(|e| {
+            Error::BadRequest(format!("bad query: {e}. Fix: use level= and index="))
+        })?;
+        let node = crate::merkle::NodeId {
+            level: p.level.unwrap_or(0),
+            index: p.index.unwrap_or(0),
+        };
+        let (req, entries) = if node.level < crate::merkle::DEPTH {
+            (
+                crate::protocol::TreeRequest::Children {
+                    class: class.clone(),
+                    nodes: vec![node],
+                    small: 0,
+                },
+                false,
+            )
+        } else {
+            (
+                crate::protocol::TreeRequest::Entries {
+                    class: class.clone(),
+                    nodes: vec![node],
+                },
+                true,
+            )
+        };
+        let roots = state
+            .node
+            .handle_tree(crate::protocol::TreeRequest::Roots {
+                classes: vec![class.clone()],
+            })?;
+        let body = state.node.handle_tree(req)?;
+        let mut out =
+            serde_json::json!({ "region": state.node.region(), "class": class, "node": node });
+        if let crate::protocol::TreeResponse::Roots(r) = roots {
+            out["root"] = Value::from(hex(&r[0].root));
+            out["entities"] = Value::from(r[0].count);
+        }
+        if let crate::protocol::TreeResponse::Nodes(n) = body {
+            match n.into_iter().next() {
+                Some(crate::protocol::NodeBody::Children(c)) if !entries => {
+                    out["children"] = c
+                        .chunks(crate::merkle::FINGERPRINT_BYTES)
+                        .enumerate()
+                        .map(|(i, fp)| serde_json::json!({ "index": node.child(i).index, "fingerprint": hex(fp) }))
+                        .collect();
+                }
+                Some(crate::protocol::NodeBody::Entries(e)) => {
+                    out["entries"] = e
+                        .iter()
+                        .map(|e| serde_json::json!({ "key": e.key, "fingerprint": hex(&e.fp) }))
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+        Ok(json_response(StatusCode::OK, &out))
+    })();
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+async fn audit_rpc(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(e) = authorize(
+        &headers,
+        &[
+            ("cluster.admin_token", &state.admin_token),
+            ("cluster.peer_secret", &state.peer_secret),
+        ],
+    ) {
+        return error_response(&e);
+    }
+    let limit = state.node.config().limits.max_peer_body_bytes;
+    let req: crate::protocol::AuditRequest = match body
+        .map_err(|e| body_error(e, limit))
+        .and_then(|b| decode(&b))
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    use crate::protocol::{AuditRequest, AuditResponse};
+    let result = match req {
+        AuditRequest::Tree(t) => state.node.handle_tree(t).map(AuditResponse::Tree),
+        AuditRequest::Repair(items) => state.node.repair(items).await.map(|()| AuditResponse::Done),
+        AuditRequest::Replace(items) => state
+            .node
+            .replace(items)
+            .await
+            .map(|()| AuditResponse::Done),
+    };
+    let wire: Result<AuditResponse, crate::error::WireError> = result.map_err(|e| (&e).into());
+    (
+        [(header::CONTENT_TYPE, "application/msgpack")],
+        encode(&wire),
+    )
+        .into_response()
 }
 
 async fn healthz(State(state): State<ApiState>) -> Response {

@@ -47,6 +47,32 @@ pub struct Config {
     /// How the region's store makes writes durable.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Merkle-tree anti-entropy between regions.
+    #[serde(default)]
+    pub anti_entropy: AntiEntropyConfig,
+}
+
+/// `[anti_entropy]`: repairing what replication missed.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AntiEntropyConfig {
+    /// Every this often (ms), each region compares its trees with every
+    /// other region's and exchanges what differs. A peer marked for
+    /// anti-entropy (its log was dropped) is repaired at once.
+    #[serde(default = "default_anti_entropy_interval_ms")]
+    pub interval_ms: u64,
+    /// Most differing keys exchanged per second, per region.
+    #[serde(default = "default_anti_entropy_max_keys_per_sec")]
+    pub max_keys_per_sec: u64,
+}
+
+impl Default for AntiEntropyConfig {
+    fn default() -> Self {
+        AntiEntropyConfig {
+            interval_ms: default_anti_entropy_interval_ms(),
+            max_keys_per_sec: default_anti_entropy_max_keys_per_sec(),
+        }
+    }
 }
 
 /// `[storage]`: durability of the region's store.
@@ -486,6 +512,12 @@ impl Default for LimitsConfig {
     }
 }
 
+fn default_anti_entropy_interval_ms() -> u64 {
+    600_000
+}
+fn default_anti_entropy_max_keys_per_sec() -> u64 {
+    20_000
+}
 fn default_checkpoint_interval_ms() -> u64 {
     1_000
 }

@@ -606,6 +606,67 @@ impl Entity {
     }
 }
 
+impl Entity {
+    /// The same version (version vector and stamp) with different content:
+    /// what a flipped bit on disk looks like. For fault-injection drills.
+    pub fn corrupted(&self) -> Entity {
+        let mut e = self.clone();
+        match &mut e.state {
+            State::Lww(s) => s.value = Some(serde_json::json!({ "corrupted": s.value.take() })),
+            State::Counter(c) => *c.p.entry(self.hlc.region.clone()).or_insert(0) += 1_000,
+            State::OrSet(s) => {
+                s.members.insert(
+                    canonical(&Value::from("corrupted")),
+                    BTreeSet::from([(self.hlc.region.clone(), 0)]),
+                );
+            }
+            State::Merge(m) => {
+                m.fields.insert(
+                    "corrupted".into(),
+                    Field::Lww {
+                        stamp: self.hlc.clone(),
+                        value: Value::Bool(true),
+                    },
+                );
+            }
+            State::Manual(m) => {
+                for s in &mut m.siblings {
+                    s.value = Some(serde_json::json!({ "corrupted": s.value.take() }));
+                }
+            }
+        }
+        e
+    }
+
+    /// An older version this one dominates (its latest write undone, an hour
+    /// earlier): what a restore from an old backup looks like. For drills.
+    pub fn rolled_back(&self) -> Entity {
+        let mut e = self.clone();
+        let origin = self.hlc.region.clone();
+        if let Some(c) = e.version.0.get_mut(&origin) {
+            *c = c.saturating_sub(1);
+        }
+        e.hlc.wall_ms = e.hlc.wall_ms.saturating_sub(3_600_000);
+        e.origin_seq = e.origin_seq.saturating_sub(1);
+        match &mut e.state {
+            State::Lww(s) => s.stamp = e.hlc.clone(),
+            State::Counter(c) => {
+                if let Some(p) = c.p.get_mut(&origin) {
+                    *p = p.saturating_sub(1);
+                }
+            }
+            State::Manual(m) => {
+                for s in &mut m.siblings {
+                    s.version = e.version.clone();
+                    s.stamp = e.hlc.clone();
+                }
+            }
+            State::OrSet(_) | State::Merge(_) => {}
+        }
+        e
+    }
+}
+
 impl State {
     /// Name of the state's kind, for errors.
     pub fn kind(&self) -> &'static str {

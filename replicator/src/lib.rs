@@ -13,6 +13,8 @@
 //! - [`store`]: the embedded redb store.
 //! - [`node`]: a region node: writes, reads, replication, consistency.
 //! - [`transport`]: region-to-region calls (HTTP, or in-process with faults).
+//! - [`merkle`]: Merkle trees over a class's entities (pure).
+//! - [`sync`]: comparing two regions' trees; anti-entropy.
 //! - [`api`]: the HTTP API.
 
 pub mod api;
@@ -20,11 +22,13 @@ pub mod clock;
 pub mod config;
 pub mod entity;
 pub mod error;
+pub mod merkle;
 pub mod node;
 pub mod protocol;
 mod replication;
 pub mod routing;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod transport;
 pub mod version;
@@ -33,4 +37,5 @@ mod writer;
 
 pub use error::{ApiError, Error, Result};
 pub use node::{Node, NodeOptions, NodeStats, ReadRequest, WriteRequest, WriterMode};
-pub use replication::{PeerStats, ReplicationStats};
+pub use replication::{AntiEntropyStats, PeerStats, ReplicationStats};
+pub use writer::Fault;

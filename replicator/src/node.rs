@@ -19,6 +19,8 @@ use crate::clock::Clock;
 use crate::config::{ClassConfig, Config, Ownership};
 use crate::entity::{Entity, Op};
 use crate::error::{Error, Result, WireError};
+use crate::merkle::{self, NodeId};
+use crate::protocol::{ClassRoot, NodeBody, TreeEntry, TreeRequest, TreeResponse};
 use crate::protocol::{
     ForwardedRead, ForwardedWrite, PeerReply, PeerRequest, PeerResponse, ReadConsistency,
     ReadOutcome, RepairItem, ReplicateAck, ReplicateBatch, SessionToken, SiblingView,
@@ -63,6 +65,9 @@ pub struct NodeOptions {
     pub seed: u64,
     /// Ship the log to the other regions (off only for benchmark baselines).
     pub replicate: bool,
+    /// Serve `POST /v1/admin/fault`, which changes stored entities without
+    /// replicating them (for drills; never in production).
+    pub allow_fault_injection: bool,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -93,6 +98,7 @@ impl NodeOptions {
             subscriber: None,
             seed: 0x5eed,
             replicate: true,
+            allow_fault_injection: false,
         }
     }
 }
@@ -157,6 +163,8 @@ struct Inner {
     writer_task: Mutex<Option<JoinHandle<()>>>,
     ready: AtomicBool,
     started_ms: u64,
+    allow_fault_injection: bool,
+    ae_lock: tokio::sync::Mutex<()>,
 }
 
 /// Everything `/v1/stats` shows.
@@ -172,6 +180,8 @@ pub struct NodeStats {
     pub events: EventStats,
     /// Telemetry events dropped because the channel was full.
     pub telemetry_dropped: u64,
+    /// Anti-entropy: the pass under way and the last pass with each peer.
+    pub anti_entropy: crate::replication::AntiEntropyStats,
     /// Entries in the reconciliation queue.
     pub reconciliation_queue: u64,
 }
@@ -190,6 +200,7 @@ impl Node {
             subscriber,
             seed,
             replicate,
+            allow_fault_injection,
         } = opts;
         if !config.regions.contains_key(&region) {
             return Err(Error::Config(format!(
@@ -264,6 +275,8 @@ impl Node {
             writer_task: Mutex::new(writer_task),
             ready: AtomicBool::new(false),
             started_ms: clock.now_ms(),
+            allow_fault_injection,
+            ae_lock: tokio::sync::Mutex::new(()),
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(consume_events(events, stats, subscriber)));
@@ -287,6 +300,15 @@ impl Node {
                 };
                 tasks.push(tokio::spawn(shipper.run(inner.shutdown.subscribe())));
             }
+        }
+        if replicate && !peers.is_empty() {
+            let node = Node {
+                inner: Arc::clone(&inner),
+            };
+            tasks.push(tokio::spawn(anti_entropy_worker(
+                node,
+                inner.shutdown.subscribe(),
+            )));
         }
         *inner.tasks.lock().expect("tasks lock") = tasks;
         inner.ready.store(true, Ordering::Release);
@@ -376,6 +398,7 @@ impl Node {
             replication: self.inner.repl.snapshot(&self.inner.region, now),
             events: self.inner.stats.snapshot(),
             telemetry_dropped: self.inner.telemetry.dropped(),
+            anti_entropy: self.inner.repl.ae_stats(),
             reconciliation_queue: self.inner.store.queue_len().unwrap_or(0),
         }
     }
@@ -1138,11 +1161,244 @@ impl Node {
                 .submit(|tx| Command::Repair(items, tx))
                 .await
                 .map(|()| PeerResponse::Repaired),
+            PeerRequest::Tree(req) => self.handle_tree(req).map(PeerResponse::Tree),
         };
         PeerReply {
             wall_ms: self.inner.clock.now_ms(),
             result: result.map_err(|e| WireError::from(&e)),
         }
+    }
+
+    /// Sends a request to another region and waits for its answer.
+    pub async fn call_peer(&self, to: &str, req: PeerRequest) -> Result<PeerResponse> {
+        self.call(to, req).await
+    }
+
+    /// Merges versions into the store through their class's policy (read
+    /// repair, anti-entropy). Not replicated: the versions came from elsewhere.
+    pub async fn repair(&self, items: Vec<RepairItem>) -> Result<()> {
+        self.submit(|tx| Command::Repair(items, tx)).await
+    }
+
+    /// Overwrites stored versions as given, without merging or replicating:
+    /// the auditor's repair of corruption, where a merge could keep the bad copy.
+    pub async fn replace(&self, items: Vec<RepairItem>) -> Result<()> {
+        self.submit(|tx| Command::Replace(items, tx)).await
+    }
+
+    /// Whether this region serves fault injection.
+    pub fn fault_injection_allowed(&self) -> bool {
+        self.inner.allow_fault_injection
+    }
+
+    /// Changes a stored entity without replicating it (drills only).
+    pub async fn inject_fault(
+        &self,
+        class: &str,
+        key: &str,
+        fault: crate::writer::Fault,
+    ) -> Result<()> {
+        if !self.inner.allow_fault_injection {
+            return Err(Error::NotFoundRoute);
+        }
+        if !self.inner.config.classes.contains_key(class) {
+            return Err(Error::UnknownClass {
+                class: class.to_owned(),
+                declared: self.inner.config.class_names(),
+            });
+        }
+        let (class, key) = (class.to_owned(), key.to_owned());
+        self.submit(|reply| Command::Fault {
+            class,
+            key,
+            fault,
+            reply,
+        })
+        .await
+    }
+
+    /// Classes in the order anti-entropy and audits take them: critical first.
+    pub fn classes_by_priority(&self) -> Vec<String> {
+        let mut classes: Vec<(&String, &ClassConfig)> = self.inner.config.classes.iter().collect();
+        classes.sort_by_key(|(name, c)| (!c.critical, (*name).clone()));
+        classes.into_iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Runs anti-entropy now with `peer` (or every peer, those marked for it
+    /// first); one report per peer. One pass runs at a time.
+    pub async fn run_anti_entropy(
+        &self,
+        peer: Option<&str>,
+    ) -> Result<Vec<crate::sync::AntiEntropyReport>> {
+        let peers: Vec<String> = match peer {
+            Some(p) if self.inner.repl.peer(p).is_some() => vec![p.to_owned()],
+            Some(p) => {
+                return Err(Error::BadRequest(format!(
+                    "`{p}` is not another region of this cluster (declared: {})",
+                    self.inner.config.region_names().join(", ")
+                )));
+            }
+            None => {
+                let marked = self.inner.repl.peers_needing_anti_entropy();
+                let mut all: Vec<String> = marked.clone();
+                all.extend(
+                    self.inner
+                        .repl
+                        .peers()
+                        .map(|(n, _)| n.clone())
+                        .filter(|n| !marked.contains(n)),
+                );
+                all
+            }
+        };
+        let _one_at_a_time = self.inner.ae_lock.lock().await;
+        let classes = self.classes_by_priority();
+        let max = self.inner.config.anti_entropy.max_keys_per_sec;
+        let mut reports = Vec::new();
+        for peer in peers {
+            self.inner.repl.ae_running(Some(peer.clone()));
+            let was_marked = self.inner.repl.peers_needing_anti_entropy().contains(&peer);
+            let report = match crate::sync::anti_entropy(self, &peer, &classes, max).await {
+                Ok(r) => {
+                    if was_marked {
+                        self.inner.repl.clear_anti_entropy(&peer);
+                        let _ = self
+                            .inner
+                            .writer
+                            .send(Command::MarkAntiEntropy(peer.clone(), false))
+                            .await;
+                    }
+                    let repaired: u64 = r.classes.iter().map(|c| c.pulled + c.pushed).sum();
+                    if repaired > 0 {
+                        tracing::info!(region = %self.inner.region, peer = %peer, repaired, "Anti-entropy repaired differences.");
+                    }
+                    r
+                }
+                Err(e) => crate::sync::AntiEntropyReport {
+                    peer: peer.clone(),
+                    finished_us: self.inner.clock.now_us(),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                },
+            };
+            self.inner.repl.ae_done(report.clone());
+            reports.push(report);
+        }
+        self.inner.repl.ae_running(None);
+        Ok(reports)
+    }
+
+    /// Answers a question about this region's Merkle trees.
+    pub fn handle_tree(&self, req: TreeRequest) -> Result<TreeResponse> {
+        let check_class = |class: &str| -> Result<()> {
+            if self.inner.config.classes.contains_key(class) {
+                Ok(())
+            } else {
+                Err(Error::UnknownClass {
+                    class: class.to_owned(),
+                    declared: self.inner.config.class_names(),
+                })
+            }
+        };
+        let check_node = |node: &NodeId, inner: bool| -> Result<()> {
+            let max_level = if inner {
+                merkle::DEPTH - 1
+            } else {
+                merkle::DEPTH
+            };
+            if node.level > max_level
+                || u64::from(node.index) >= 1u64 << (merkle::FANOUT_BITS * node.level)
+            {
+                return Err(Error::BadRequest(format!(
+                    "tree node {node:?} does not exist (levels 0..={max_level}, {} children per node)",
+                    merkle::FANOUT
+                )));
+            }
+            Ok(())
+        };
+        let repl = &self.inner.repl;
+        match req {
+            TreeRequest::Roots { classes } => {
+                let mut out = Vec::with_capacity(classes.len());
+                for class in classes {
+                    check_class(&class)?;
+                    out.push(repl.with_tree(&class, |t| ClassRoot {
+                        root: merkle::fingerprint(&t.root()).to_vec(),
+                        count: t.len(),
+                        children: pack(&t.children(NodeId::ROOT)),
+                        class: class.clone(),
+                    }));
+                }
+                Ok(TreeResponse::Roots(out))
+            }
+            TreeRequest::Children {
+                class,
+                nodes,
+                small,
+            } => {
+                check_class(&class)?;
+                let mut out = Vec::with_capacity(nodes.len());
+                for node in nodes {
+                    check_node(&node, true)?;
+                    let (count, children) = repl.with_tree(&class, |t| {
+                        let count = t.count(node);
+                        (
+                            count,
+                            if count > small {
+                                Some(t.children(node))
+                            } else {
+                                None
+                            },
+                        )
+                    });
+                    out.push(match children {
+                        Some(c) => NodeBody::Children(pack(&c)),
+                        None if count == 0 => NodeBody::Entries(Vec::new()),
+                        None => NodeBody::Entries(self.tree_entries(&class, node)?),
+                    });
+                }
+                Ok(TreeResponse::Nodes(out))
+            }
+            TreeRequest::Entries { class, nodes } => {
+                check_class(&class)?;
+                let mut out = Vec::with_capacity(nodes.len());
+                for node in nodes {
+                    check_node(&node, false)?;
+                    let count = repl.with_tree(&class, |t| t.count(node));
+                    if count > MAX_TREE_ENTRIES {
+                        return Err(Error::BadRequest(format!(
+                            "tree node {node:?} of `{class}` holds {count} entries, more than {MAX_TREE_ENTRIES} in one answer; ask for its children"
+                        )));
+                    }
+                    out.push(NodeBody::Entries(self.tree_entries(&class, node)?));
+                }
+                Ok(TreeResponse::Nodes(out))
+            }
+            TreeRequest::Versions { class, keys } => {
+                check_class(&class)?;
+                let out = keys
+                    .iter()
+                    .map(|k| self.inner.store.read_entity(&class, k))
+                    .collect::<Result<_>>()?;
+                Ok(TreeResponse::Versions(out))
+            }
+            TreeRequest::Applied => Ok(TreeResponse::Applied(
+                repl.applied_vector(&self.inner.region),
+            )),
+        }
+    }
+
+    fn tree_entries(&self, class: &str, node: NodeId) -> Result<Vec<TreeEntry>> {
+        Ok(self
+            .inner
+            .store
+            .scan_buckets(class, node.buckets(), usize::MAX)?
+            .into_iter()
+            .map(|(key, bytes)| {
+                let fp = merkle::fingerprint(&merkle::entry_hash(class, &key, &bytes)).to_vec();
+                TreeEntry { key, fp }
+            })
+            .collect())
     }
 
     async fn apply_batch(&self, from: &str, batch: ReplicateBatch) -> Result<ReplicateAck> {
@@ -1263,6 +1519,42 @@ impl PeerHandler for Node {
 }
 
 /// Asks the writer for a checkpoint every `every` (it skips it if nothing changed).
+/// Runs anti-entropy on a timer, and soon after a peer is marked for it.
+async fn anti_entropy_worker(node: Node, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(node.inner.config.anti_entropy.interval_ms);
+    let mut next_full = tokio::time::Instant::now() + every;
+    let mut last_marked_try = tokio::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = tokio::time::Instant::now();
+        if now >= next_full {
+            next_full = now + every;
+            let _ = node.run_anti_entropy(None).await;
+        } else if !node.inner.repl.peers_needing_anti_entropy().is_empty()
+            && now.duration_since(last_marked_try) >= Duration::from_secs(10)
+        {
+            last_marked_try = now;
+            for peer in node.inner.repl.peers_needing_anti_entropy() {
+                let _ = node.run_anti_entropy(Some(&peer)).await;
+            }
+        }
+    }
+}
+
+/// Most entries one tree answer may carry.
+const MAX_TREE_ENTRIES: u64 = 1_000_000;
+
+/// Packs children fingerprints into one byte string.
+fn pack(children: &[(merkle::Fingerprint, u64)]) -> Vec<u8> {
+    children
+        .iter()
+        .flat_map(|(fp, _)| fp.iter().copied())
+        .collect()
+}
+
 async fn checkpoints(
     writer: mpsc::Sender<Command>,
     every: Duration,

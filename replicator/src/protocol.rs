@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::clock::Hlc;
 use crate::entity::{Entity, Op};
 use crate::error::{Error, WireError};
+use crate::merkle::NodeId;
 use crate::store::LogEntry;
 use crate::version::VersionVector;
 
@@ -155,6 +156,8 @@ pub enum PeerRequest {
     Read(ForwardedRead),
     /// Merged versions pushed back to a stale region after a quorum read.
     Repair(Vec<RepairItem>),
+    /// Merkle tree questions (anti-entropy).
+    Tree(TreeRequest),
 }
 
 /// A batch of one origin's log.
@@ -246,6 +249,8 @@ pub enum PeerResponse {
     Read(ReadOutcome),
     /// For `Repair`.
     Repaired,
+    /// For `Tree`.
+    Tree(TreeResponse),
 }
 
 /// The envelope of every answer between regions.
@@ -323,6 +328,112 @@ pub struct ReadOutcome {
     /// Home region, for home-owned entities created with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home: Option<String>,
+}
+
+/// A question about a region's Merkle trees. Asked by other regions
+/// (anti-entropy) and by the auditor, over `POST /v1/peer/rpc` or
+/// `POST /v1/tree`, in MessagePack with fingerprints packed as bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TreeRequest {
+    /// Per class: the root fingerprint, the entry count, and the root's children.
+    Roots {
+        /// Classes asked about.
+        classes: Vec<String>,
+    },
+    /// The children of each node; for a node with at most `small` entries,
+    /// its entries instead (a small subtree is cheaper sent than descended).
+    Children {
+        /// Class.
+        class: String,
+        /// Inner nodes.
+        nodes: Vec<NodeId>,
+        /// Subtrees with at most this many entries come back as entries.
+        small: u64,
+    },
+    /// The entries (key, fingerprint of the entry hash) under each node.
+    Entries {
+        /// Class.
+        class: String,
+        /// Nodes (usually buckets).
+        nodes: Vec<NodeId>,
+    },
+    /// The region's applied watermark per origin (its own: its log head).
+    Applied,
+    /// The stored versions of some keys.
+    Versions {
+        /// Class.
+        class: String,
+        /// Keys.
+        keys: Vec<String>,
+    },
+}
+
+/// One class's tree, summarised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassRoot {
+    /// Class.
+    pub class: String,
+    /// Root fingerprint.
+    #[serde(with = "serde_bytes")]
+    pub root: Vec<u8>,
+    /// Entries in the tree.
+    pub count: u64,
+    /// The root's children fingerprints, packed ([`crate::merkle::FANOUT`] × 12 bytes).
+    #[serde(with = "serde_bytes")]
+    pub children: Vec<u8>,
+}
+
+/// What a node is made of, as answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum NodeBody {
+    /// Children fingerprints, packed.
+    Children(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Entries: key and fingerprint of its entry hash.
+    Entries(Vec<TreeEntry>),
+}
+
+/// One entry of a tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeEntry {
+    /// Key.
+    pub key: String,
+    /// Fingerprint of the entry hash.
+    #[serde(with = "serde_bytes")]
+    pub fp: Vec<u8>,
+}
+
+/// Answer to a [`TreeRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TreeResponse {
+    /// For `Roots`.
+    Roots(Vec<ClassRoot>),
+    /// For `Children` and `Entries`: one body per node asked, in order.
+    Nodes(Vec<NodeBody>),
+    /// For `Versions`: one per key asked, in order.
+    Versions(Vec<Option<Entity>>),
+    /// For `Applied`.
+    Applied(BTreeMap<String, u64>),
+}
+
+/// A request of the auditor to one region (`POST /v1/audit`, admin token,
+/// MessagePack).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AuditRequest {
+    /// A tree question.
+    Tree(TreeRequest),
+    /// Merge these versions through their class's policy.
+    Repair(Vec<RepairItem>),
+    /// Overwrite with these versions (repairing corruption by majority).
+    Replace(Vec<RepairItem>),
+}
+
+/// Answer to an [`AuditRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum AuditResponse {
+    /// For `Tree`.
+    Tree(TreeResponse),
+    /// For `Repair` and `Replace`.
+    Done,
 }
 
 /// Encodes a region-to-region message.

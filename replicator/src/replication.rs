@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::merkle::{Digest, MerkleTree};
 use crate::protocol::{PeerRequest, PeerResponse, ReplicateBatch};
 use crate::routing::OwnershipView;
 use crate::store::{LogEntry, Meta};
@@ -104,6 +105,19 @@ pub(crate) struct Replication {
     quorum_wanted: AtomicU64,
     replayed: AtomicU64,
     ownership: RwLock<OwnershipView>,
+    trees: Mutex<BTreeMap<String, MerkleTree>>,
+    ae: Mutex<AntiEntropyStats>,
+}
+
+/// Anti-entropy as served by `/v1/stats`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AntiEntropyStats {
+    /// The pass under way ("peer" while it runs).
+    pub running: Option<String>,
+    /// Passes finished.
+    pub passes: u64,
+    /// The last pass with each peer.
+    pub last: BTreeMap<String, crate::sync::AntiEntropyReport>,
 }
 
 /// The newest log entries, in memory, so shippers rarely read the files.
@@ -155,6 +169,8 @@ impl Replication {
             quorum_wanted: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             ownership: RwLock::new(OwnershipView::default()),
+            trees: Mutex::new(BTreeMap::new()),
+            ae: Mutex::new(AntiEntropyStats::default()),
         }
     }
 
@@ -289,6 +305,59 @@ impl Replication {
         }
         let reader = Arc::clone(&self.wal_reader.read().expect("reader lock"));
         reader.read(from, upto, max_ops, max_bytes)
+    }
+
+    pub(crate) fn ae_running(&self, what: Option<String>) {
+        self.ae.lock().expect("ae lock").running = what;
+    }
+
+    pub(crate) fn ae_done(&self, report: crate::sync::AntiEntropyReport) {
+        let mut ae = self.ae.lock().expect("ae lock");
+        ae.passes += 1;
+        ae.last.insert(report.peer.clone(), report);
+    }
+
+    pub(crate) fn ae_stats(&self) -> AntiEntropyStats {
+        self.ae.lock().expect("ae lock").clone()
+    }
+
+    /// Peers marked for anti-entropy.
+    pub(crate) fn peers_needing_anti_entropy(&self) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.needs_anti_entropy.load(Ordering::Relaxed))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    pub(crate) fn clear_anti_entropy(&self, peer: &str) {
+        if let Some(p) = self.peers.get(peer) {
+            p.needs_anti_entropy.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn set_trees(&self, trees: BTreeMap<String, MerkleTree>) {
+        *self.trees.lock().expect("trees lock") = trees;
+    }
+
+    /// Applies entry changes (class, bucket, old hash, new hash) to the trees.
+    pub(crate) fn update_trees(
+        &self,
+        deltas: impl Iterator<Item = (String, u32, Option<Digest>, Option<Digest>)>,
+    ) {
+        let mut trees = self.trees.lock().expect("trees lock");
+        for (class, bucket, old, new) in deltas {
+            trees
+                .entry(class)
+                .or_default()
+                .update(bucket, old.as_ref(), new.as_ref());
+        }
+    }
+
+    /// Runs `f` on a class's tree (an empty one if the class has no entity).
+    pub(crate) fn with_tree<T>(&self, class: &str, f: impl FnOnce(&mut MerkleTree) -> T) -> T {
+        let mut trees = self.trees.lock().expect("trees lock");
+        f(trees.entry(class.to_owned()).or_default())
     }
 
     /// The ownership delegations in force.
@@ -570,7 +639,7 @@ impl Shipper {
                     state.needs_anti_entropy.store(true, Ordering::Relaxed);
                     let _ = self
                         .writer
-                        .send(Command::MarkAntiEntropy(self.peer.clone()))
+                        .send(Command::MarkAntiEntropy(self.peer.clone(), true))
                         .await;
                     sent = head.seq;
                     // The peer's watermark is below the dropped entries: the
@@ -621,7 +690,7 @@ impl Shipper {
                     state.needs_anti_entropy.store(true, Ordering::Relaxed);
                     let _ = self
                         .writer
-                        .send(Command::MarkAntiEntropy(self.peer.clone()))
+                        .send(Command::MarkAntiEntropy(self.peer.clone(), true))
                         .await;
                 }
                 let first = entries.first().map_or(sent + 1, |e| e.seq);

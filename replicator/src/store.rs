@@ -115,16 +115,40 @@ pub struct Store {
     db: Arc<Database>,
 }
 
-/// The key under which an entity is stored.
+/// The key under which an entity is stored: class, NUL, the first four
+/// bytes of BLAKE3(key), key. Entities are thus ordered by Merkle bucket, so
+/// the entries of a bucket are one range scan.
 pub fn entity_key(class: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(class.len() + key.len() + 1);
+    let mut k = Vec::with_capacity(class.len() + key.len() + 5);
     k.extend_from_slice(class.as_bytes());
     k.push(0);
+    k.extend_from_slice(&crate::merkle::key_prefix(key));
     k.extend_from_slice(key.as_bytes());
     k
 }
 
+fn class_prefix(class: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(class.len() + 1);
+    k.extend_from_slice(class.as_bytes());
+    k.push(0);
+    k
+}
+
 fn split_entity_key(k: &[u8]) -> (String, String) {
+    let at = k.iter().position(|&b| b == 0).unwrap_or(k.len());
+    let class = String::from_utf8_lossy(&k[..at]).into_owned();
+    let key = String::from_utf8_lossy(k.get(at + 5..).unwrap_or_default()).into_owned();
+    (class, key)
+}
+
+/// The key of a reconciliation queue entry: class, NUL, key.
+fn queue_key(class: &str, key: &str) -> Vec<u8> {
+    let mut k = class_prefix(class);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn split_queue_key(k: &[u8]) -> (String, String) {
     let at = k.iter().position(|&b| b == 0).unwrap_or(k.len());
     let class = String::from_utf8_lossy(&k[..at]).into_owned();
     let key = String::from_utf8_lossy(k.get(at + 1..).unwrap_or_default()).into_owned();
@@ -243,7 +267,7 @@ impl Store {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(QUEUE)?;
         let mut out = Vec::new();
-        let prefix = class.map(|c| entity_key(c, ""));
+        let prefix = class.map(class_prefix);
         let iter = match &prefix {
             Some(p) => table.range(p.as_slice()..)?,
             None => table.range::<&[u8]>(..)?,
@@ -255,7 +279,7 @@ impl Store {
             {
                 break;
             }
-            let (class, key) = split_entity_key(k.value());
+            let (class, key) = split_queue_key(k.value());
             out.push(QueuedConflict {
                 class,
                 key,
@@ -298,7 +322,7 @@ impl Store {
     ) -> Result<Vec<(String, Entity)>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ENTITIES)?;
-        let prefix = entity_key(class, "");
+        let prefix = class_prefix(class);
         let start = match after {
             Some(k) => {
                 let mut s = entity_key(class, k);
@@ -322,6 +346,70 @@ impl Store {
         Ok(out)
     }
 
+    /// Reads the stored bytes of one entity.
+    pub fn read_raw(&self, class: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENTITIES)?;
+        Ok(table
+            .get(entity_key(class, key).as_slice())?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// The entities of a class whose Merkle bucket is in `buckets`, as
+    /// (key, stored bytes), in bucket order; at most `limit`.
+    pub fn scan_buckets(
+        &self,
+        class: &str,
+        buckets: std::ops::Range<u32>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let shift = 32 - crate::merkle::BUCKET_BITS;
+        let bound = |b: u32| {
+            let mut k = class_prefix(class);
+            match b
+                .checked_shl(shift)
+                .filter(|_| u64::from(b) < u64::from(crate::merkle::BUCKETS))
+            {
+                Some(p) => k.extend_from_slice(&p.to_be_bytes()),
+                // Past the last bucket: everything of the class.
+                None => {
+                    k.pop();
+                    k.push(1);
+                }
+            }
+            k
+        };
+        let (start, end) = (bound(buckets.start), bound(buckets.end));
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENTITIES)?;
+        let mut out = Vec::new();
+        for item in table.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = item?;
+            let (_, key) = split_entity_key(k.value());
+            out.push((key, v.value().to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Calls `f(key, stored bytes)` for every entity of a class, in bucket order.
+    pub fn for_each_raw(&self, class: &str, mut f: impl FnMut(&str, &[u8])) -> Result<()> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENTITIES)?;
+        let prefix = class_prefix(class);
+        for item in table.range(prefix.as_slice()..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            let (_, key) = split_entity_key(k.value());
+            f(&key, v.value());
+        }
+        Ok(())
+    }
+
     /// Starts the (single) write transaction; `durable` makes its commit a
     /// checkpoint that survives a crash (with fast repair on reopen).
     pub(crate) fn begin(&self, durable: bool) -> Result<StoreTxn> {
@@ -342,12 +430,17 @@ pub(crate) struct StoreTxn {
 }
 
 impl StoreTxn {
-    pub(crate) fn get_entity(&self, class: &str, key: &str) -> Result<Option<Entity>> {
+    pub(crate) fn get_raw(&self, class: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let table = self.txn.open_table(ENTITIES)?;
-        match table.get(entity_key(class, key).as_slice())? {
-            Some(v) => Entity::decode(v.value()).map(Some),
-            None => Ok(None),
-        }
+        Ok(table
+            .get(entity_key(class, key).as_slice())?
+            .map(|v| v.value().to_vec()))
+    }
+
+    pub(crate) fn remove_entity(&self, class: &str, key: &str) -> Result<()> {
+        let mut table = self.txn.open_table(ENTITIES)?;
+        table.remove(entity_key(class, key).as_slice())?;
+        Ok(())
     }
 
     pub(crate) fn put_entity(&self, class: &str, key: &str, encoded: &[u8]) -> Result<()> {
@@ -378,7 +471,7 @@ impl StoreTxn {
     /// when it was first seen.
     pub(crate) fn enqueue(&self, class: &str, key: &str, now_us: u64) -> Result<(u64, bool)> {
         let mut table = self.txn.open_table(QUEUE)?;
-        let k = entity_key(class, key);
+        let k = queue_key(class, key);
         if let Some(v) = table.get(k.as_slice())? {
             return Ok((v.value(), false));
         }
@@ -390,7 +483,7 @@ impl StoreTxn {
     pub(crate) fn dequeue(&self, class: &str, key: &str) -> Result<Option<u64>> {
         let mut table = self.txn.open_table(QUEUE)?;
         Ok(table
-            .remove(entity_key(class, key).as_slice())?
+            .remove(queue_key(class, key).as_slice())?
             .map(|v| v.value()))
     }
 

@@ -16,7 +16,7 @@
 //! are acknowledged to the origin as durable, so an origin keeps shipping
 //! (and keeps in its log) whatever a crash here could lose.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use crate::clock::{Clock, HlcClock};
 use crate::config::{Config, OWNERSHIP_CLASS};
 use crate::entity::{ConflictOutcome, Entity, Merged, Op, WriteContext};
 use crate::error::{Error, Result};
+use crate::merkle::{self, Digest, MerkleTree};
 use crate::protocol::RepairItem;
 use crate::replication::Replication;
 use crate::routing::OwnershipView;
@@ -74,8 +75,19 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<ApplyAck>>,
     },
     Repair(Vec<RepairItem>, oneshot::Sender<Result<()>>),
-    /// `peer`'s log was dropped: remember that it needs anti-entropy.
-    MarkAntiEntropy(String),
+    /// Remember whether `peer` needs anti-entropy (its log was dropped, or
+    /// a pass repaired it).
+    MarkAntiEntropy(String, bool),
+    /// Overwrite stored versions as they are (a repair of corruption, where
+    /// a merge cannot tell the good copy from the bad). Not replicated.
+    Replace(Vec<RepairItem>, oneshot::Sender<Result<()>>),
+    /// Change a stored entity without replicating it (fault-injection drills).
+    Fault {
+        class: String,
+        key: String,
+        fault: Fault,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Checkpoint now (if anything changed); answers when durable.
     Checkpoint(Option<oneshot::Sender<()>>),
     Stop,
@@ -86,6 +98,18 @@ enum Done {
     Apply(oneshot::Sender<Result<ApplyAck>>, String),
     Repair(oneshot::Sender<Result<()>>),
     Checkpoint(oneshot::Sender<()>),
+}
+
+/// A drill fault: how to change a stored entity without replicating it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// Same version, different content.
+    Corrupt,
+    /// Remove the entity.
+    Drop,
+    /// Replace it by an older version.
+    Rollback,
 }
 
 /// The writer's state.
@@ -101,7 +125,7 @@ pub(crate) struct Writer {
     applied: BTreeMap<String, u64>,
     durable: BTreeMap<String, u64>,
     cursors: BTreeMap<String, u64>,
-    marks: BTreeSet<String>,
+    marks: BTreeMap<String, bool>,
     next_conflict_id: u64,
     dirty: bool,
     last_checkpoint: Instant,
@@ -124,6 +148,27 @@ struct Group {
     log: Vec<LogEntry>,
     changed: bool,
     ownership_changed: bool,
+    tree: Vec<TreeDelta>,
+}
+
+/// One entry's change in a class's Merkle tree.
+struct TreeDelta {
+    class: String,
+    bucket: u32,
+    old: Option<Digest>,
+    new: Option<Digest>,
+}
+
+impl Group {
+    /// Notes that the stored bytes of `class/key` went from `old` to `new`.
+    fn tree(&mut self, class: &str, key: &str, old: Option<&[u8]>, new: Option<&[u8]>) {
+        self.tree.push(TreeDelta {
+            class: class.to_owned(),
+            bucket: merkle::bucket_of(key),
+            old: old.map(|b| merkle::entry_hash(class, key, b)),
+            new: new.map(|b| merkle::entry_hash(class, key, b)),
+        });
+    }
 }
 
 /// What the writer starts from.
@@ -174,7 +219,7 @@ impl Writer {
             applied: meta.applied.clone(),
             durable: meta.applied.clone(),
             cursors: meta.cursors.clone(),
-            marks: BTreeSet::new(),
+            marks: BTreeMap::new(),
             next_conflict_id: meta.next_conflict_id.max(1),
             dirty: false,
             last_checkpoint: Instant::now(),
@@ -205,6 +250,7 @@ impl Writer {
         w.repl.publish_durable(&w.durable);
         w.repl.set_wal_reader(w.wal.reader());
         w.load_ownership();
+        w.rebuild_trees()?;
         w.repl.set_replayed(replayed as u64);
         if replayed > 0 {
             tracing::info!(region = %w.region, replayed, head = w.head, "Replayed the write-ahead log after an unclean stop.");
@@ -223,6 +269,7 @@ impl Writer {
             log: Vec::new(),
             changed: false,
             ownership_changed: false,
+            tree: Vec::new(),
         }
     }
 
@@ -349,11 +396,51 @@ impl Writer {
                         }
                     }
                 }
-                Command::MarkAntiEntropy(peer) => {
-                    self.marks.insert(peer);
+                Command::MarkAntiEntropy(peer, needed) => {
+                    self.marks.insert(peer, needed);
                     g.changed = true;
                     Ok(())
                 }
+                Command::Replace(items, reply) => {
+                    let mut res = Ok(());
+                    for item in items {
+                        if let Err(e) =
+                            self.replace(&txn, &mut g, &item.class, &item.key, Some(&item.entity))
+                        {
+                            res = Err(e);
+                            break;
+                        }
+                    }
+                    match res {
+                        Ok(()) => {
+                            g.done.push(Done::Repair(reply));
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(Error::Storage(e.to_string())));
+                            Err(e)
+                        }
+                    }
+                }
+                Command::Fault {
+                    class,
+                    key,
+                    fault,
+                    reply,
+                } => match self.fault(&txn, &mut g, &class, &key, fault) {
+                    Ok(()) => {
+                        g.done.push(Done::Repair(reply));
+                        Ok(())
+                    }
+                    Err(e @ Error::Storage(_)) => {
+                        let _ = reply.send(Err(Error::Storage(e.to_string())));
+                        Err(e)
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        Ok(())
+                    }
+                },
                 Command::Checkpoint(reply) => {
                     if let Some(r) = reply {
                         g.done.push(Done::Checkpoint(r));
@@ -404,6 +491,27 @@ impl Writer {
         stop
     }
 
+    /// Builds every class's Merkle tree from the store.
+    fn rebuild_trees(&self) -> Result<()> {
+        let started = Instant::now();
+        let mut trees = BTreeMap::new();
+        let mut entries = 0u64;
+        for class in self.config.classes.keys() {
+            let mut items = Vec::new();
+            self.store.for_each_raw(class, |key, bytes| {
+                items.push((
+                    merkle::bucket_of(key),
+                    merkle::entry_hash(class, key, bytes),
+                ));
+            })?;
+            entries += items.len() as u64;
+            trees.insert(class.clone(), MerkleTree::build(items));
+        }
+        self.repl.set_trees(trees);
+        tracing::info!(region = %self.region, entries, ms = started.elapsed().as_millis() as u64, "Built the Merkle trees.");
+        Ok(())
+    }
+
     /// Reads the ownership delegations from the store and publishes them.
     fn load_ownership(&self) {
         match self.store.scan_class(OWNERSHIP_CLASS, None, usize::MAX) {
@@ -422,7 +530,14 @@ impl Writer {
     }
 
     /// Publishes what a committed group changed and answers its commands.
-    fn finish(&mut self, g: Group, checkpointed: bool) {
+    fn finish(&mut self, mut g: Group, checkpointed: bool) {
+        if !g.tree.is_empty() {
+            self.repl.update_trees(
+                std::mem::take(&mut g.tree)
+                    .into_iter()
+                    .map(|d| (d.class, d.bucket, d.old, d.new)),
+            );
+        }
         if g.ownership_changed {
             self.load_ownership();
         }
@@ -507,8 +622,8 @@ impl Writer {
                 self.cursors.insert(peer.clone(), durable);
             }
         }
-        for peer in &self.marks {
-            txn.set_flag(&format!("ae/{peer}"), true)?;
+        for (peer, needed) in &self.marks {
+            txn.set_flag(&format!("ae/{peer}"), *needed)?;
         }
         txn.set_u64("next_conflict_id", g.next_conflict_id)?;
         txn.set_hlc(&self.hlc.last())?;
@@ -530,7 +645,8 @@ impl Writer {
                 class: req.class.clone(),
                 declared: self.config.class_names(),
             })?;
-        let existing = txn.get_entity(&req.class, &req.key)?;
+        let existing_raw = txn.get_raw(&req.class, &req.key)?;
+        let existing = existing_raw.as_deref().map(Entity::decode).transpose()?;
         let stamp = self.hlc.now(now_us / 1_000);
         let seq = g.head + 1;
         let ctx = WriteContext {
@@ -546,6 +662,7 @@ impl Writer {
         let entity = Entity::apply_local(existing.as_ref(), &req.op, &ctx)?;
         let bytes = entity.encode();
         txn.put_entity(&req.class, &req.key, &bytes)?;
+        g.tree(&req.class, &req.key, existing_raw.as_deref(), Some(&bytes));
         g.log.push(LogEntry {
             seq,
             class: req.class.clone(),
@@ -630,6 +747,57 @@ impl Writer {
         Ok(())
     }
 
+    /// Overwrites (or with `None` removes) a stored entity, without a log entry.
+    fn replace(
+        &mut self,
+        txn: &StoreTxn,
+        g: &mut Group,
+        class: &str,
+        key: &str,
+        entity: Option<&Entity>,
+    ) -> Result<()> {
+        let old = txn.get_raw(class, key)?;
+        match entity {
+            Some(e) => {
+                let bytes = e.encode();
+                txn.put_entity(class, key, &bytes)?;
+                g.tree(class, key, old.as_deref(), Some(&bytes));
+            }
+            None => {
+                txn.remove_entity(class, key)?;
+                g.tree(class, key, old.as_deref(), None);
+            }
+        }
+        g.changed = true;
+        g.ownership_changed |= class == OWNERSHIP_CLASS;
+        Ok(())
+    }
+
+    fn fault(
+        &mut self,
+        txn: &StoreTxn,
+        g: &mut Group,
+        class: &str,
+        key: &str,
+        fault: Fault,
+    ) -> Result<()> {
+        let Some(raw) = txn.get_raw(class, key)? else {
+            return Err(Error::NotFound {
+                class: class.to_owned(),
+                key: key.to_owned(),
+                region: self.region.clone(),
+            });
+        };
+        let entity = Entity::decode(&raw)?;
+        let changed = match fault {
+            Fault::Corrupt => Some(entity.corrupted()),
+            Fault::Drop => None,
+            Fault::Rollback => Some(entity.rolled_back()),
+        };
+        tracing::warn!(region = %self.region, class, key, ?fault, "Fault injected: a stored entity was changed without replicating.");
+        self.replace(txn, g, class, key, changed.as_ref())
+    }
+
     /// Merges a remote version into the stored one, handling conflicts.
     fn merge_in(
         &mut self,
@@ -640,7 +808,8 @@ impl Writer {
         remote: &Entity,
         now_us: u64,
     ) -> Result<()> {
-        let local = txn.get_entity(class, key)?;
+        let local_raw = txn.get_raw(class, key)?;
+        let local = local_raw.as_deref().map(Entity::decode).transpose()?;
         let merged = match &local {
             None => Merged {
                 entity: remote.clone(),
@@ -656,7 +825,9 @@ impl Writer {
             },
         };
         if local.as_ref() != Some(&merged.entity) {
-            txn.put_entity(class, key, &merged.entity.encode())?;
+            let bytes = merged.entity.encode();
+            txn.put_entity(class, key, &bytes)?;
+            g.tree(class, key, local_raw.as_deref(), Some(&bytes));
             g.changed = true;
             g.ownership_changed |= class == OWNERSHIP_CLASS;
         }
@@ -776,6 +947,7 @@ fn fail_command(cmd: Command, e: &Error) {
         Command::Local(_, tx) => drop(tx.send(Err(err()))),
         Command::Apply { reply, .. } => drop(reply.send(Err(err()))),
         Command::Repair(_, tx) => drop(tx.send(Err(err()))),
-        Command::MarkAntiEntropy(_) | Command::Checkpoint(_) | Command::Stop => {}
+        Command::Replace(_, tx) | Command::Fault { reply: tx, .. } => drop(tx.send(Err(err()))),
+        Command::MarkAntiEntropy(..) | Command::Checkpoint(_) | Command::Stop => {}
     }
 }

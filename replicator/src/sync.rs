@@ -1,0 +1,442 @@
+//! Comparing two regions' Merkle trees, and anti-entropy.
+//!
+//! [`diff_classes`] walks two trees level by level: one round trip for the
+//! roots (and the roots' children) of every class, then one per level for
+//! every differing node of that level at once, then one for the entries of
+//! the differing buckets. Subtrees with few entries come back as entry lists
+//! at once instead of being descended. So the round trips are bounded by the
+//! depth (at most 5), and the bytes grow with the number of differences, not
+//! with the number of entities.
+//!
+//! The two sides are [`TreeSource`]s: this region's own tree
+//! ([`LocalTree`]), another region over the peer transport ([`PeerTree`]),
+//! or (in the auditor) a region over HTTP.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::entity::Entity;
+use crate::error::{Error, Result};
+use crate::merkle::{self, DEPTH, FINGERPRINT_BYTES, NodeId};
+use crate::node::Node;
+use crate::protocol::{
+    NodeBody, PeerRequest, PeerResponse, RepairItem, TreeEntry, TreeRequest, TreeResponse, encode,
+};
+
+/// Something that answers tree questions: a region.
+pub trait TreeSource: Send + Sync {
+    /// The region's name.
+    fn name(&self) -> &str;
+    /// Asks; answers with the bytes that crossed the network (0 when local).
+    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>>;
+}
+
+/// This region's own trees.
+#[derive(Debug, Clone)]
+pub struct LocalTree(pub Node);
+
+impl TreeSource for LocalTree {
+    fn name(&self) -> &str {
+        self.0.region()
+    }
+
+    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>> {
+        Box::pin(async move { self.0.handle_tree(req).map(|r| (r, 0)) })
+    }
+}
+
+/// Another region's trees, over the region-to-region transport.
+#[derive(Debug, Clone)]
+pub struct PeerTree {
+    /// The asking region.
+    pub node: Node,
+    /// The region asked.
+    pub peer: String,
+}
+
+impl TreeSource for PeerTree {
+    fn name(&self) -> &str {
+        &self.peer
+    }
+
+    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>> {
+        Box::pin(async move {
+            let sent = encode(&PeerRequest::Tree(req.clone())).len() as u64;
+            match self
+                .node
+                .call_peer(&self.peer, PeerRequest::Tree(req))
+                .await?
+            {
+                PeerResponse::Tree(t) => {
+                    let received = encode(&t).len() as u64;
+                    Ok((t, sent + received))
+                }
+                other => Err(Error::Internal(format!(
+                    "region {} answered a tree question with {other:?}",
+                    self.peer
+                ))),
+            }
+        })
+    }
+}
+
+/// Tuning of a diff.
+#[derive(Clone, Copy, Debug)]
+pub struct DiffOptions {
+    /// Subtrees with at most this many entries are sent as entries.
+    pub small: u64,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        DiffOptions { small: 32 }
+    }
+}
+
+/// The keys in which two regions' copies of a class differ.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassDiff {
+    /// Class.
+    pub class: String,
+    /// Entries on each side.
+    pub entries: (u64, u64),
+    /// Keys whose entries differ (or exist on one side only).
+    pub keys: BTreeSet<String>,
+    /// Round trips taken (the roots' round trip is shared by all classes).
+    pub round_trips: u32,
+    /// Bytes exchanged with remote sides.
+    pub bytes: u64,
+}
+
+fn unpack(packed: &[u8]) -> Vec<&[u8]> {
+    packed.chunks(FINGERPRINT_BYTES).collect()
+}
+
+fn differing_children(a: &[u8], b: &[u8]) -> Vec<usize> {
+    let (a, b) = (unpack(a), unpack(b));
+    (0..merkle::FANOUT)
+        .filter(|&i| a.get(i) != b.get(i))
+        .collect()
+}
+
+fn compare_entries(a: &[TreeEntry], b: &[TreeEntry], out: &mut BTreeSet<String>) {
+    let am: BTreeMap<&str, &[u8]> = a
+        .iter()
+        .map(|e| (e.key.as_str(), e.fp.as_slice()))
+        .collect();
+    let bm: BTreeMap<&str, &[u8]> = b
+        .iter()
+        .map(|e| (e.key.as_str(), e.fp.as_slice()))
+        .collect();
+    for k in am.keys().chain(bm.keys()) {
+        if am.get(k) != bm.get(k) {
+            out.insert((*k).to_owned());
+        }
+    }
+}
+
+async fn ask(
+    src: &dyn TreeSource,
+    req: Option<TreeRequest>,
+) -> Result<Option<(TreeResponse, u64)>> {
+    match req {
+        Some(r) => src.ask(r).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn both(
+    a: &dyn TreeSource,
+    b: &dyn TreeSource,
+    req: TreeRequest,
+) -> Result<(TreeResponse, TreeResponse, u64)> {
+    let (ra, rb) = futures::join!(a.ask(req.clone()), b.ask(req));
+    let ((ra, ba), (rb, bb)) = (ra?, rb?);
+    Ok((ra, rb, ba + bb))
+}
+
+fn nodes(r: TreeResponse, n: usize, who: &str) -> Result<Vec<NodeBody>> {
+    match r {
+        TreeResponse::Nodes(v) if v.len() == n => Ok(v),
+        other => Err(Error::Internal(format!(
+            "region {who} answered with {other:?} where {n} nodes were expected"
+        ))),
+    }
+}
+
+/// Compares two regions' trees of `classes`; one [`ClassDiff`] per class.
+pub async fn diff_classes(
+    a: &dyn TreeSource,
+    b: &dyn TreeSource,
+    classes: &[String],
+    opts: DiffOptions,
+) -> Result<Vec<ClassDiff>> {
+    let (ra, rb, bytes) = both(
+        a,
+        b,
+        TreeRequest::Roots {
+            classes: classes.to_vec(),
+        },
+    )
+    .await?;
+    let (TreeResponse::Roots(ra), TreeResponse::Roots(rb)) = (ra, rb) else {
+        return Err(Error::Internal(
+            "a region did not answer a roots question with roots".into(),
+        ));
+    };
+    let mut out = Vec::with_capacity(classes.len());
+    for (i, class) in classes.iter().enumerate() {
+        let (Some(x), Some(y)) = (ra.get(i), rb.get(i)) else {
+            return Err(Error::Internal(format!(
+                "a region left class {class} out of its roots"
+            )));
+        };
+        let mut diff = ClassDiff {
+            class: class.clone(),
+            entries: (x.count, y.count),
+            round_trips: 1,
+            bytes: if i == 0 { bytes } else { 0 },
+            ..ClassDiff::default()
+        };
+        if x.root != y.root {
+            let frontier = differing_children(&x.children, &y.children)
+                .into_iter()
+                .map(|c| NodeId::ROOT.child(c))
+                .collect();
+            descend(a, b, class, frontier, opts, &mut diff).await?;
+        }
+        out.push(diff);
+    }
+    Ok(out)
+}
+
+/// A node whose entries are wanted, with those already had from either side.
+type Wanted = (NodeId, Option<Vec<TreeEntry>>, Option<Vec<TreeEntry>>);
+
+/// Walks down from `frontier` (differing nodes of one level).
+async fn descend(
+    a: &dyn TreeSource,
+    b: &dyn TreeSource,
+    class: &str,
+    mut frontier: Vec<NodeId>,
+    opts: DiffOptions,
+    diff: &mut ClassDiff,
+) -> Result<()> {
+    // Nodes whose entries are wanted, with the entries already had from either side.
+    let mut wanted: Vec<Wanted> = Vec::new();
+    while !frontier.is_empty() || !wanted.is_empty() {
+        let (inner, buckets): (Vec<NodeId>, Vec<NodeId>) =
+            frontier.drain(..).partition(|n| n.level < DEPTH);
+        wanted.extend(buckets.into_iter().map(|n| (n, None, None)));
+        let need_a: Vec<NodeId> = wanted
+            .iter()
+            .filter(|w| w.1.is_none())
+            .map(|w| w.0)
+            .collect();
+        let need_b: Vec<NodeId> = wanted
+            .iter()
+            .filter(|w| w.2.is_none())
+            .map(|w| w.0)
+            .collect();
+        let children_req = (!inner.is_empty()).then(|| TreeRequest::Children {
+            class: class.to_owned(),
+            nodes: inner.clone(),
+            small: opts.small,
+        });
+        let entries = |nodes: Vec<NodeId>| {
+            (!nodes.is_empty()).then(|| TreeRequest::Entries {
+                class: class.to_owned(),
+                nodes,
+            })
+        };
+        // One round trip: every question of this round, to both sides at once.
+        let (ca, cb, ea, eb) = futures::join!(
+            ask(a, children_req.clone()),
+            ask(b, children_req),
+            ask(a, entries(need_a.clone())),
+            ask(b, entries(need_b.clone()))
+        );
+        diff.round_trips += 1;
+        let mut next = Vec::new();
+        if let (Some((ca, x)), Some((cb, y))) = (ca?, cb?) {
+            diff.bytes += x + y;
+            let (ca, cb) = (
+                nodes(ca, inner.len(), a.name())?,
+                nodes(cb, inner.len(), b.name())?,
+            );
+            for ((node, ba), bb) in inner.iter().zip(ca).zip(cb) {
+                match (ba, bb) {
+                    (NodeBody::Children(x), NodeBody::Children(y)) => {
+                        next.extend(
+                            differing_children(&x, &y)
+                                .into_iter()
+                                .map(|c| node.child(c)),
+                        );
+                    }
+                    (NodeBody::Entries(x), NodeBody::Entries(y)) => {
+                        compare_entries(&x, &y, &mut diff.keys)
+                    }
+                    (NodeBody::Entries(x), NodeBody::Children(_)) => {
+                        wanted.push((*node, Some(x), None))
+                    }
+                    (NodeBody::Children(_), NodeBody::Entries(y)) => {
+                        wanted.push((*node, None, Some(y)))
+                    }
+                }
+            }
+        }
+        for (answer, need, side_a) in [(ea?, need_a, true), (eb?, need_b, false)] {
+            let Some((resp, n)) = answer else { continue };
+            diff.bytes += n;
+            let bodies = nodes(resp, need.len(), if side_a { a.name() } else { b.name() })?;
+            for (node, body) in need.iter().zip(bodies) {
+                let NodeBody::Entries(e) = body else {
+                    return Err(Error::Internal(
+                        "entries were asked for and children came back".into(),
+                    ));
+                };
+                if let Some(w) = wanted.iter_mut().find(|w| w.0 == *node) {
+                    if side_a { w.1 = Some(e) } else { w.2 = Some(e) }
+                }
+            }
+        }
+        wanted.retain(|(_, x, y)| match (x, y) {
+            (Some(x), Some(y)) => {
+                compare_entries(x, y, &mut diff.keys);
+                false
+            }
+            _ => true,
+        });
+        frontier = next;
+    }
+    Ok(())
+}
+
+/// What one anti-entropy pass with one peer did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AntiEntropyReport {
+    /// The peer.
+    pub peer: String,
+    /// When it finished (µs since epoch).
+    pub finished_us: u64,
+    /// How long it took (ms).
+    pub duration_ms: u64,
+    /// Per class.
+    pub classes: Vec<ClassRepair>,
+    /// The error that stopped it, if any.
+    pub error: Option<String>,
+}
+
+/// What anti-entropy did for one class.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassRepair {
+    /// Class.
+    pub class: String,
+    /// Keys that differed.
+    pub differing: u64,
+    /// Versions taken from the peer and merged here.
+    pub pulled: u64,
+    /// Versions pushed to the peer.
+    pub pushed: u64,
+    /// Round trips of the diff.
+    pub round_trips: u32,
+    /// Bytes of the diff.
+    pub bytes: u64,
+}
+
+/// Keys exchanged per request.
+const CHUNK: usize = 500;
+
+/// Compares this region's trees of `classes` with `peer`'s and exchanges
+/// the differing entities both ways through the class's merge, at most
+/// `max_keys_per_sec` keys per second.
+pub async fn anti_entropy(
+    node: &Node,
+    peer: &str,
+    classes: &[String],
+    max_keys_per_sec: u64,
+) -> Result<AntiEntropyReport> {
+    let started = Instant::now();
+    let local = LocalTree(node.clone());
+    let remote = PeerTree {
+        node: node.clone(),
+        peer: peer.to_owned(),
+    };
+    let diffs = diff_classes(&local, &remote, classes, DiffOptions::default()).await?;
+    let mut report = AntiEntropyReport {
+        peer: peer.to_owned(),
+        ..Default::default()
+    };
+    let mut budget_start = Instant::now();
+    let mut budget_used = 0u64;
+    for diff in diffs {
+        let mut class = ClassRepair {
+            class: diff.class.clone(),
+            differing: diff.keys.len() as u64,
+            round_trips: diff.round_trips,
+            bytes: diff.bytes,
+            ..ClassRepair::default()
+        };
+        let keys: Vec<String> = diff.keys.into_iter().collect();
+        for chunk in keys.chunks(CHUNK) {
+            // Rate limit: at most max_keys_per_sec keys per second.
+            budget_used += chunk.len() as u64;
+            let allowed =
+                Duration::from_secs_f64(budget_used as f64 / max_keys_per_sec.max(1) as f64);
+            if let Some(wait) = allowed.checked_sub(budget_start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+            if budget_start.elapsed() > Duration::from_secs(60) {
+                budget_start = Instant::now();
+                budget_used = 0;
+            }
+            let req = TreeRequest::Versions {
+                class: diff.class.clone(),
+                keys: chunk.to_vec(),
+            };
+            let (theirs, _) = remote.ask(req.clone()).await?;
+            let (mine, _) = local.ask(req).await?;
+            let (TreeResponse::Versions(theirs), TreeResponse::Versions(mine)) = (theirs, mine)
+            else {
+                return Err(Error::Internal(
+                    "versions were asked for and something else came back".into(),
+                ));
+            };
+            let mut pull = Vec::new();
+            let mut push = Vec::new();
+            for ((key, t), m) in chunk.iter().zip(theirs).zip(mine) {
+                let item = |entity: Entity| RepairItem {
+                    class: diff.class.clone(),
+                    key: key.clone(),
+                    entity,
+                };
+                match (t, m) {
+                    (Some(t), Some(m)) if t != m => {
+                        pull.push(item(t));
+                        push.push(item(m));
+                    }
+                    (Some(t), None) => pull.push(item(t)),
+                    (None, Some(m)) => push.push(item(m)),
+                    _ => {}
+                }
+            }
+            class.pulled += pull.len() as u64;
+            class.pushed += push.len() as u64;
+            if !pull.is_empty() {
+                node.repair(pull).await?;
+            }
+            if !push.is_empty() {
+                node.call_peer(peer, PeerRequest::Repair(push)).await?;
+            }
+        }
+        report.classes.push(class);
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report.finished_us = node.clock().now_us();
+    Ok(report)
+}

@@ -1,0 +1,149 @@
+//! `parallax audit`: compare the regions' copies of the critical classes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use parallax_auditor::{AuditOptions, AuditReport, HttpRegion, Target};
+use parallax_replicator::clock::SystemClock;
+use parallax_replicator::config::Config;
+
+/// Arguments of `parallax audit`.
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// The cluster config file: the regions to compare and the admin token.
+    #[arg(long, env = "PARALLAX_CONFIG")]
+    pub(crate) config: PathBuf,
+    /// Audit only this class (default: every critical class).
+    #[arg(long)]
+    pub(crate) class: Option<String>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Repair what diverges (merged version; for corruption, the majority's
+    /// copy), then audit again.
+    #[arg(long)]
+    pub(crate) repair: bool,
+    /// A difference younger than this may be replication in flight; such
+    /// keys are checked again once it has passed (ms).
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) lag_bound_ms: u64,
+}
+
+/// `parallax audit`: exit 0 when nothing diverges, 1 when something does, 2 on error.
+pub(crate) async fn run(a: AuditArgs) -> Result<ExitCode> {
+    let config = Config::load(&a.config)?;
+    let classes: Vec<String> = match &a.class {
+        Some(c) if config.classes.contains_key(c) && !c.starts_with('_') => vec![c.clone()],
+        Some(c) => bail!(
+            "class `{c}` is not declared in {} (declared: {}). Fix: pass --class with one of those",
+            a.config.display(),
+            config.class_names()
+        ),
+        None => config
+            .classes
+            .iter()
+            .filter(|(n, c)| c.critical && !n.starts_with('_'))
+            .map(|(n, _)| n.clone())
+            .collect(),
+    };
+    if classes.is_empty() {
+        bail!(
+            "no class in {} is critical. Fix: set `critical = true` on the classes to audit, or pass --class",
+            a.config.display()
+        );
+    }
+    let targets: Vec<Box<dyn Target>> = config
+        .regions
+        .keys()
+        .map(|r| {
+            let url = config.region_url(r).unwrap_or_default();
+            Box::new(HttpRegion::new(
+                r,
+                &url,
+                &config.cluster.admin_token,
+                Duration::from_secs(60),
+            )) as Box<dyn Target>
+        })
+        .collect();
+    let opts = AuditOptions {
+        classes,
+        lag_bound_ms: a.lag_bound_ms,
+        recheck: true,
+        progress: !a.json,
+    };
+    let clock = SystemClock;
+    let mut report = parallax_auditor::audit(&targets, &opts, &clock).await?;
+    let mut repaired = None;
+    let mut before = None;
+    if a.repair && !report.divergent.is_empty() {
+        let n = parallax_auditor::repair(&targets, &report).await?;
+        repaired = Some(n);
+        before = Some(report.divergent.clone());
+        report = parallax_auditor::audit(&targets, &opts, &clock).await?;
+    }
+    if a.json {
+        let mut out = serde_json::to_value(&report)?;
+        if let Some(n) = repaired {
+            out["repaired"] = serde_json::json!(n);
+            out["divergent_before_repair"] = serde_json::to_value(&before)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_table(&report, repaired);
+    }
+    Ok(if report.divergent.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_table(report: &AuditReport, repaired: Option<usize>) {
+    if let Some(n) = repaired {
+        println!("repaired {n} divergent keys; audited again:\n");
+    }
+    println!(
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>8}",
+        "class", "entities", "differing", "in flight", "divergent", "round trips", "bytes", "ms"
+    );
+    for a in &report.audits {
+        println!(
+            "{:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>8}",
+            a.class,
+            a.entities,
+            a.differing,
+            a.in_flight,
+            a.divergent,
+            a.round_trips,
+            a.bytes,
+            a.duration_ms
+        );
+    }
+    for (title, list) in [
+        ("divergent", &report.divergent),
+        ("in flight", &report.in_flight),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        println!("\n{title}:");
+        for f in list.iter().take(100) {
+            println!(
+                "  {}/{}  regions {}  {}",
+                f.class,
+                f.key,
+                f.regions.join(","),
+                f.reason
+            );
+        }
+        if list.len() > 100 {
+            println!("  ... and {} more (use --json for all)", list.len() - 100);
+        }
+    }
+    if report.divergent.is_empty() {
+        println!("\nno divergence");
+    }
+}
