@@ -1,141 +1,13 @@
 //! End to end: three `parallax region` processes on free loopback ports,
 //! driven over HTTP the way a user does.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{Cluster, REGIONS, TOKEN, run};
+
 use serde_json::{Value, json};
-
-const REGIONS: [&str; 3] = ["us-east", "us-west", "eu-west"];
-const TOKEN: &str = "e2e-client";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    ports: Vec<u16>,
-    children: Vec<Option<Child>>,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
-        let mut toml = format!(
-            "[cluster]\nclient_token = \"{TOKEN}\"\nadmin_token = \"e2e-admin\"\npeer_secret = \"e2e-peer\"\n\n\
-             [replication]\nheartbeat_interval_ms = 200\nretry_max_ms = 500\n\n\
-             [storage]\ncheckpoint_interval_ms = 3600000\n\n"
-        );
-        for (r, p) in REGIONS.iter().zip(&ports) {
-            toml.push_str(&format!("[regions.{r}]\nlisten = \"127.0.0.1:{p}\"\nlocation = {{ lat = 0.0, lon = 0.0 }}\n\n"));
-        }
-        toml.push_str(
-            "[classes.likes]\nconflict = \"gcounter\"\n\n[classes.settings]\nconflict = \"lww\"\n\n\
-             [classes.carts]\nconflict = \"orset\"\n",
-        );
-        let config = dir.path().join("parallax.toml");
-        std::fs::write(&config, toml).unwrap();
-        let mut c = Cluster {
-            dir,
-            config,
-            ports,
-            children: vec![None, None, None],
-        };
-        for i in 0..REGIONS.len() {
-            c.spawn(i);
-        }
-        c
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let child = Command::new(env!("CARGO_BIN_EXE_parallax"))
-            .args(["region", "--config"])
-            .arg(&self.config)
-            .args(["--region", REGIONS[i], "--data-dir"])
-            .arg(self.data_dir())
-            .env("PARALLAX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        self.children[i] = Some(child);
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i])
-    }
-
-    async fn wait_ready(&self, i: usize) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{}/readyz", self.url(i))).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not become ready",
-                REGIONS[i]
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill9(&mut self, i: usize) {
-        let mut child = self.children[i].take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    async fn terminate_all(&mut self) -> Vec<i32> {
-        let mut codes = Vec::new();
-        for child in self.children.iter_mut().filter_map(Option::take) {
-            let mut child = child;
-            Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    codes.push(status.code().unwrap_or(-1));
-                    break;
-                }
-                if Instant::now() > deadline {
-                    child.kill().unwrap();
-                    codes.push(-9);
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        codes
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.children.iter_mut().filter_map(Option::take) {
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 async fn send(
     client: &reqwest::Client,
@@ -330,19 +202,6 @@ async fn a_region_that_was_down_catches_up_on_restart() {
             "{stats}"
         );
     }
-}
-
-fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_parallax"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 #[test]

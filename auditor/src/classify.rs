@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use parallax_replicator::entity::Entity;
+use parallax_replicator::protocol::ReplicationState;
 use parallax_replicator::version::Causality;
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +41,9 @@ pub enum Verdict {
 /// A key's version in each region (`None`: the region does not hold it).
 pub type Versions = BTreeMap<String, Option<Entity>>;
 
-/// Per region, the last sequence of each origin's log it has applied.
-pub type Applied = BTreeMap<String, BTreeMap<String, u64>>;
+/// Per region, what it has applied of each origin's log, and which peers
+/// its own log is no longer kept for.
+pub type Applied = BTreeMap<String, ReplicationState>;
 
 /// The merged version of everything the regions hold.
 pub fn merged(versions: &Versions) -> Option<Entity> {
@@ -120,13 +122,16 @@ pub fn classify(versions: &Versions, applied: &Applied, now_ms: u64, lag_bound_m
         let explained = lacking.iter().all(|e| {
             let origin = &e.hlc.region;
             let young = now_ms.saturating_sub(e.hlc.wall_ms) < lag_bound_ms;
-            let in_log = origin != region
-                && applied
-                    .get(region)
-                    .and_then(|a| a.get(origin))
-                    .copied()
-                    .unwrap_or(0)
-                    < e.origin_seq;
+            let not_applied = applied
+                .get(region)
+                .and_then(|a| a.applied.get(origin))
+                .copied()
+                .unwrap_or(0)
+                < e.origin_seq;
+            let dropped = applied
+                .get(origin)
+                .is_some_and(|o| o.log_dropped_for.contains(region));
+            let in_log = origin != region && not_applied && !dropped;
             young || in_log
         });
         if explained {
@@ -206,6 +211,7 @@ mod tests {
         for (r, o, s) in list {
             a.entry((*r).to_owned())
                 .or_default()
+                .applied
                 .insert((*o).to_owned(), *s);
         }
         a
@@ -261,6 +267,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_old_write_the_origin_dropped_from_its_log_is_lost() {
+        let old = write(None, "a", 1_000, 1, 1);
+        let new = write(Some(&old), "a", 2_000, 2, 2);
+        let v = versions(&[("a", Some(&new)), ("b", Some(&old))]);
+        let mut state = applied(&[("b", "a", 1)]);
+        state
+            .entry("a".into())
+            .or_default()
+            .log_dropped_for
+            .push("b".into());
+        assert!(matches!(
+            classify(&v, &state, 100_000, 5_000),
+            Verdict::Divergent { .. }
+        ));
     }
 
     #[test]

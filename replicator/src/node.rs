@@ -1382,9 +1382,10 @@ impl Node {
                     .collect::<Result<_>>()?;
                 Ok(TreeResponse::Versions(out))
             }
-            TreeRequest::Applied => Ok(TreeResponse::Applied(
-                repl.applied_vector(&self.inner.region),
-            )),
+            TreeRequest::Applied => Ok(TreeResponse::Applied(crate::protocol::ReplicationState {
+                applied: repl.applied_vector(&self.inner.region),
+                log_dropped_for: repl.peers_needing_anti_entropy(),
+            })),
         }
     }
 

@@ -412,7 +412,17 @@ pub enum TreeResponse {
     /// For `Versions`: one per key asked, in order.
     Versions(Vec<Option<Entity>>),
     /// For `Applied`.
-    Applied(BTreeMap<String, u64>),
+    Applied(ReplicationState),
+}
+
+/// What a region has applied of every log, and for which peers it no
+/// longer keeps its log (they wait for anti-entropy).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationState {
+    /// Per origin, the last sequence applied here (own log: its head).
+    pub applied: BTreeMap<String, u64>,
+    /// Peers this region dropped its log for (backlog cap).
+    pub log_dropped_for: Vec<String>,
 }
 
 /// A request of the auditor to one region (`POST /v1/audit`, admin token,

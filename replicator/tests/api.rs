@@ -201,6 +201,22 @@ async fn entities_round_trip_with_metadata() {
     assert_eq!((s, health["status"].as_str()), (StatusCode::OK, Some("ok")));
     let (s, _) = call(&h.app, Method::GET, "/readyz", None, None).await;
     assert_eq!(s, StatusCode::OK);
+    let (s, tree) = call(
+        &h.app,
+        Method::GET,
+        "/v1/tree/likes",
+        Some("admin-secret"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{tree}");
+    assert_eq!(tree["entities"], json!(1));
+    assert_eq!(tree["children"].as_array().unwrap().len(), 32);
+    assert_eq!(
+        tree["root"].as_str().unwrap().len(),
+        24,
+        "12-byte fingerprints, in hex"
+    );
     let (s, stats) = call(&h.app, Method::GET, "/v1/stats", T, None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
@@ -471,6 +487,64 @@ async fn bad_input_gets_the_right_status_and_a_message_naming_the_problem() {
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             vec!["peer_secret"],
+        ),
+        (
+            call(
+                app,
+                Method::POST,
+                "/v1/admin/fault",
+                Some("admin-secret"),
+                Some(r#"{"class":"settings","key":"a","action":"drop"}"#),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "no_route",
+            vec![],
+        ),
+        (
+            call(
+                app,
+                Method::POST,
+                "/v1/admin/ownership",
+                T,
+                Some(r#"{"region":"here","delegate":"there"}"#),
+            )
+            .await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            vec!["admin_token"],
+        ),
+        (
+            call(
+                app,
+                Method::POST,
+                "/v1/admin/ownership",
+                Some("admin-secret"),
+                Some(r#"{"region":"mars","delegate":"there"}"#),
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            vec!["mars"],
+        ),
+        (
+            call(app, Method::POST, "/v1/audit", T, Some("x")).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            vec![],
+        ),
+        (
+            call(
+                app,
+                Method::GET,
+                "/v1/tree/nosuch",
+                Some("admin-secret"),
+                None,
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "unknown_class",
+            vec!["nosuch"],
         ),
     ];
     for (got, status, code, mentions) in &cases {
