@@ -18,6 +18,9 @@ pub(crate) enum BenchCommand {
     /// Replication throughput and lag: three region processes on loopback
     /// under concurrent writers, beside one region with replication off.
     Replicate(ReplicateArgs),
+    /// Merkle trees: build rate against raw BLAKE3, incremental updates, and
+    /// diffs (round trips, bytes, time) against shipping every key and hash.
+    Merkle(crate::bench_merkle::MerkleArgs),
 }
 
 /// Arguments of `parallax bench replicate`.
@@ -41,6 +44,7 @@ pub(crate) struct ReplicateArgs {
 pub(crate) async fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Replicate(a) => replicate(a).await,
+        BenchCommand::Merkle(a) => crate::bench_merkle::run(a).await,
     }
 }
 

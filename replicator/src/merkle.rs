@@ -2,29 +2,33 @@
 //!
 //! Shape: a fixed tree of fanout 32 and depth 4 above 2^20 buckets. A key's
 //! bucket is the first 20 bits of BLAKE3(key). A bucket's digest combines
-//! its entries' hashes order-independently — their sum modulo 2^256 and
-//! their count, hashed with BLAKE3 — so one write changes one bucket by
-//! subtracting the old entry hash and adding the new, and then one path of
-//! inner nodes. An inner node's digest is BLAKE3 over its 32 children's
-//! digests. An empty subtree's digest is all zeros, so empty buckets cost
-//! nothing.
+//! its entries' hashes order-independently — their sum modulo 2^256, with
+//! their count folded in — so one write changes one bucket by subtracting
+//! the old entry hash and adding the new, and then one path of inner nodes.
+//! An inner node's digest is keyed BLAKE3 over its 32 children's digests
+//! (their first 16 bytes). An empty subtree's digest is all zeros, so empty
+//! buckets cost nothing.
 //!
 //! The entry hash is BLAKE3 (keyed by a domain string) over the class, the
-//! key and the entity's encoded replicated state. A sum of 256-bit
-//! cryptographic hashes is a multiset hash: for two different sets of
-//! entries to sum equal, an attacker-free world must find a BLAKE3 collision
-//! in effect (unlike XOR of weak hashes, where equal entries cancel and
-//! small changes can compensate); the count is mixed in as well.
+//! key and the entity's encoded replicated state. The sum of 256-bit keyed
+//! BLAKE3 hashes is an additive multiset hash: two different sets of entries
+//! sum equal by chance with odds about 2^-256 (unlike XOR of weak hashes,
+//! where equal entries cancel and small changes compensate). It guards
+//! against accident — bugs, lost writes, corruption — not against someone
+//! who chooses thousands of entries to make a bucket collide on purpose
+//! (generalised-birthday attacks on additive hashes); the entry key would
+//! have to be secret for that.
 //!
 //! Between regions, digests travel truncated to [`FINGERPRINT_BYTES`] (12)
 //! bytes: a differing subtree passes a comparison as equal with probability
 //! 2^-96.
 //!
 //! Memory: inner levels are dense (32 + 1,024 + 32,768 digests and counts,
-//! about 1.3 MiB per class in use); buckets are kept only when non-empty, at
-//! about 56 bytes each (HashMap entry of a 40-byte bucket). One million
-//! entities fill about 630,000 buckets: ~36 MiB; ten million fill all 2^20:
-//! ~60 MiB.
+//! about 1.4 MiB per class in use). Buckets are kept in a map while few are
+//! in use (about 64 bytes each), and in one 40 MiB array (2^20 × 40 bytes)
+//! once a quarter of them are — from about 300,000 entities on. So a class
+//! costs about 64 bytes per entity up to ~300,000 entities and ~42 MiB from
+//! there on: 42 MiB for one million entities, and the same for ten million.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -80,12 +84,37 @@ pub fn key_prefix(key: &str) -> [u8; 4] {
     ]
 }
 
+/// Keys of the hashes, derived once from their domain strings.
+static ENTRY_KEY: std::sync::LazyLock<[u8; 32]> =
+    std::sync::LazyLock::new(|| blake3::derive_key("parallax 2026 merkle entry v1", b""));
+static NODE_KEY: std::sync::LazyLock<[u8; 32]> =
+    std::sync::LazyLock::new(|| blake3::derive_key("parallax 2026 merkle node v1", b""));
+
 /// The hash of one entry: class, key and encoded replicated state.
 pub fn entry_hash(class: &str, key: &str, state: &[u8]) -> Digest {
-    let mut h = blake3::Hasher::new_derive_key("parallax 2026 merkle entry v1");
-    h.update(&(class.len() as u64).to_le_bytes());
+    // Lengths make the encoding unambiguous; class names are at most 63
+    // bytes and keys at most 64 KiB, so two bytes each suffice.
+    let len = 4 + class.len() + key.len() + state.len();
+    if len <= 256 {
+        // One chunk: hash it in one call from the stack.
+        let mut buf = [0u8; 256];
+        let mut at = 0;
+        for part in [
+            &(class.len() as u16).to_le_bytes()[..],
+            class.as_bytes(),
+            &(key.len() as u16).to_le_bytes(),
+            key.as_bytes(),
+            state,
+        ] {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        return *blake3::keyed_hash(&ENTRY_KEY, &buf[..at]).as_bytes();
+    }
+    let mut h = blake3::Hasher::new_keyed(&ENTRY_KEY);
+    h.update(&(class.len() as u16).to_le_bytes());
     h.update(class.as_bytes());
-    h.update(&(key.len() as u64).to_le_bytes());
+    h.update(&(key.len() as u16).to_le_bytes());
     h.update(key.as_bytes());
     h.update(state);
     *h.finalize().as_bytes()
@@ -155,18 +184,30 @@ impl Bucket {
         self.count = self.count.saturating_sub(1);
     }
 
+    /// The bucket's digest: the sum with the count folded in,
+    /// `sum + count * G (mod 2^256)`, G a fixed odd constant. No hashing:
+    /// the sum of 256-bit keyed BLAKE3 hashes already binds the set.
     fn digest(&self) -> Digest {
-        if self.count == 0 {
-            return ZERO;
+        let mut out = [0u8; 32];
+        let mut carry = 0u128;
+        for (i, limb) in self.sum.iter().enumerate() {
+            let g = COUNT_MIX[i];
+            let m = u128::from(self.count) * u128::from(g);
+            let s = u128::from(*limb) + (m & u128::from(u64::MAX)) + carry;
+            out[i * 8..i * 8 + 8].copy_from_slice(&(s as u64).to_le_bytes());
+            carry = (s >> 64) + (m >> 64);
         }
-        let mut h = blake3::Hasher::new_derive_key("parallax 2026 merkle bucket v1");
-        for limb in self.sum {
-            h.update(&limb.to_le_bytes());
-        }
-        h.update(&self.count.to_le_bytes());
-        *h.finalize().as_bytes()
+        out
     }
 }
+
+/// The odd constant that folds a bucket's count into its digest.
+const COUNT_MIX: [u64; 4] = [
+    0x9E37_79B9_7F4A_7C15,
+    0xBF58_476D_1CE4_E5B9,
+    0x94D0_49BB_1331_11EB,
+    0x2545_F491_4F6C_DD1D,
+];
 
 /// Bucket ids are already uniformly random bits: hash them as they are.
 #[derive(Default)]
@@ -186,10 +227,70 @@ impl Hasher for IdHasher {
     }
 }
 
+/// A class with this many buckets in use keeps them in one array rather
+/// than a map (smaller and faster once most buckets are in use).
+const DENSE_FROM: usize = (BUCKETS / 4) as usize;
+
+/// Entries sorted together while building.
+const BUILD_RUN: usize = 1 << 16;
+
+/// The buckets in use.
+#[derive(Clone, Debug)]
+enum Buckets {
+    Sparse(HashMap<u32, Bucket, BuildHasherDefault<IdHasher>>),
+    Dense(Vec<Bucket>),
+}
+
+impl Buckets {
+    fn get(&self, bucket: u32) -> Option<&Bucket> {
+        match self {
+            Buckets::Sparse(m) => m.get(&bucket),
+            Buckets::Dense(v) => v.get(bucket as usize).filter(|b| b.count > 0),
+        }
+    }
+
+    fn get_or_insert(&mut self, bucket: u32) -> &mut Bucket {
+        if let Buckets::Sparse(m) = self
+            && m.len() >= DENSE_FROM
+        {
+            let mut v = vec![Bucket::default(); BUCKETS as usize];
+            for (i, b) in m.drain() {
+                v[i as usize] = b;
+            }
+            *self = Buckets::Dense(v);
+        }
+        match self {
+            Buckets::Sparse(m) => m.entry(bucket).or_default(),
+            Buckets::Dense(v) => &mut v[bucket as usize],
+        }
+    }
+
+    fn remove(&mut self, bucket: u32) {
+        match self {
+            Buckets::Sparse(m) => {
+                m.remove(&bucket);
+            }
+            Buckets::Dense(v) => v[bucket as usize] = Bucket::default(),
+        }
+    }
+
+    fn counts(&self) -> Vec<(u32, u64)> {
+        match self {
+            Buckets::Sparse(m) => m.iter().map(|(i, b)| (*i, b.count)).collect(),
+            Buckets::Dense(v) => v
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.count > 0)
+                .map(|(i, b)| (i as u32, b.count))
+                .collect(),
+        }
+    }
+}
+
 /// The Merkle tree of one class.
 #[derive(Clone, Debug)]
 pub struct MerkleTree {
-    buckets: HashMap<u32, Bucket, BuildHasherDefault<IdHasher>>,
+    buckets: Buckets,
     /// Per inner level (0..DEPTH): digests, counts, dirty flags.
     digests: Vec<Vec<Digest>>,
     counts: Vec<Vec<u64>>,
@@ -207,7 +308,7 @@ impl MerkleTree {
     pub fn new() -> MerkleTree {
         let sizes: Vec<usize> = (0..DEPTH).map(|l| 1usize << (FANOUT_BITS * l)).collect();
         MerkleTree {
-            buckets: HashMap::default(),
+            buckets: Buckets::Sparse(HashMap::default()),
             digests: sizes.iter().map(|n| vec![ZERO; *n]).collect(),
             counts: sizes.iter().map(|n| vec![0; *n]).collect(),
             dirty: sizes.iter().map(|n| vec![false; *n]).collect(),
@@ -219,7 +320,7 @@ impl MerkleTree {
         if old == new {
             return;
         }
-        let b = self.buckets.entry(bucket).or_default();
+        let b = self.buckets.get_or_insert(bucket);
         if let Some(o) = old {
             b.sub(o);
         }
@@ -228,7 +329,7 @@ impl MerkleTree {
         }
         let delta: i64 = i64::from(new.is_some()) - i64::from(old.is_some());
         if b.count == 0 {
-            self.buckets.remove(&bucket);
+            self.buckets.remove(bucket);
         }
         for level in 0..DEPTH {
             let i = ancestor(bucket, level) as usize;
@@ -251,7 +352,7 @@ impl MerkleTree {
     /// Entries under a node.
     pub fn count(&self, node: NodeId) -> u64 {
         if node.level == DEPTH {
-            self.buckets.get(&node.index).map_or(0, |b| b.count)
+            self.buckets.get(node.index).map_or(0, |b| b.count)
         } else {
             self.counts[node.level as usize][node.index as usize]
         }
@@ -260,18 +361,20 @@ impl MerkleTree {
     /// The digest of a node (recomputing dirty inner nodes).
     pub fn digest(&mut self, node: NodeId) -> Digest {
         if node.level == DEPTH {
-            return self.buckets.get(&node.index).map_or(ZERO, Bucket::digest);
+            return self.buckets.get(node.index).map_or(ZERO, Bucket::digest);
         }
         let (l, i) = (node.level as usize, node.index as usize);
         if self.dirty[l][i] {
             let d = if self.counts[l][i] == 0 {
                 ZERO
             } else {
-                let mut h = blake3::Hasher::new_derive_key("parallax 2026 merkle node v1");
+                // Children enter with their first 16 bytes: half the
+                // hashing, and still 2^-128 odds of a chance collision.
+                let mut input = [0u8; FANOUT * 16];
                 for c in 0..FANOUT {
-                    h.update(&self.digest(node.child(c)));
+                    input[c * 16..c * 16 + 16].copy_from_slice(&self.digest(node.child(c))[..16]);
                 }
-                *h.finalize().as_bytes()
+                *blake3::keyed_hash(&NODE_KEY, &input).as_bytes()
             };
             self.digests[l][i] = d;
             self.dirty[l][i] = false;
@@ -297,14 +400,27 @@ impl MerkleTree {
 
     /// Builds a tree from entries (bucket, entry hash) all at once.
     pub fn build(entries: impl IntoIterator<Item = (u32, Digest)>) -> MerkleTree {
+        let entries = entries.into_iter();
         let mut t = MerkleTree::new();
-        for (bucket, h) in entries {
-            t.buckets.entry(bucket).or_default().add(&h);
+        if entries.size_hint().0 >= DENSE_FROM {
+            t.buckets = Buckets::Dense(vec![Bucket::default(); BUCKETS as usize]);
         }
-        for (bucket, b) in &t.buckets {
+        // Add in runs sorted by bucket: neighbouring buckets share cache
+        // lines and the hardware prefetches ahead.
+        let mut run: Vec<(u32, Digest)> = Vec::with_capacity(BUILD_RUN);
+        let mut entries = entries.peekable();
+        while entries.peek().is_some() {
+            run.clear();
+            run.extend(entries.by_ref().take(BUILD_RUN));
+            run.sort_unstable_by_key(|(b, _)| *b);
+            for (bucket, h) in &run {
+                t.buckets.get_or_insert(*bucket).add(h);
+            }
+        }
+        for (bucket, count) in t.buckets.counts() {
             for level in 0..DEPTH {
-                let i = ancestor(*bucket, level) as usize;
-                t.counts[level as usize][i] += b.count;
+                let i = ancestor(bucket, level) as usize;
+                t.counts[level as usize][i] += count;
                 t.dirty[level as usize][i] = true;
             }
         }
@@ -315,7 +431,11 @@ impl MerkleTree {
     /// Approximate memory held (bytes).
     pub fn memory_bytes(&self) -> usize {
         let inner: usize = self.digests.iter().map(|l| l.len() * (32 + 8 + 1)).sum();
-        inner + self.buckets.capacity() * (std::mem::size_of::<(u32, Bucket)>() + 8)
+        inner
+            + match &self.buckets {
+                Buckets::Sparse(m) => m.capacity() * (std::mem::size_of::<(u32, Bucket)>() + 8),
+                Buckets::Dense(v) => v.len() * std::mem::size_of::<Bucket>(),
+            }
     }
 }
 

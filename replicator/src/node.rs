@@ -20,12 +20,12 @@ use crate::config::{ClassConfig, Config, Ownership};
 use crate::entity::{Entity, Op};
 use crate::error::{Error, Result, WireError};
 use crate::merkle::{self, NodeId};
-use crate::protocol::{ClassRoot, NodeBody, TreeEntry, TreeRequest, TreeResponse};
 use crate::protocol::{
     ForwardedRead, ForwardedWrite, PeerReply, PeerRequest, PeerResponse, ReadConsistency,
     ReadOutcome, RepairItem, ReplicateAck, ReplicateBatch, SessionToken, SiblingView,
     WriteConsistency, WriteOutcome,
 };
+use crate::protocol::{TreeEntry, TreeRequest, TreeResponse};
 use crate::replication::{Replication, ReplicationStats, Shipper};
 use crate::routing::{self, OwnershipView, Route};
 use crate::store::{ConflictRecord, QueuedConflict, Store};
@@ -1290,116 +1290,7 @@ impl Node {
 
     /// Answers a question about this region's Merkle trees.
     pub fn handle_tree(&self, req: TreeRequest) -> Result<TreeResponse> {
-        let check_class = |class: &str| -> Result<()> {
-            if self.inner.config.classes.contains_key(class) {
-                Ok(())
-            } else {
-                Err(Error::UnknownClass {
-                    class: class.to_owned(),
-                    declared: self.inner.config.class_names(),
-                })
-            }
-        };
-        let check_node = |node: &NodeId, inner: bool| -> Result<()> {
-            let max_level = if inner {
-                merkle::DEPTH - 1
-            } else {
-                merkle::DEPTH
-            };
-            if node.level > max_level
-                || u64::from(node.index) >= 1u64 << (merkle::FANOUT_BITS * node.level)
-            {
-                return Err(Error::BadRequest(format!(
-                    "tree node {node:?} does not exist (levels 0..={max_level}, {} children per node)",
-                    merkle::FANOUT
-                )));
-            }
-            Ok(())
-        };
-        let repl = &self.inner.repl;
-        match req {
-            TreeRequest::Roots { classes } => {
-                let mut out = Vec::with_capacity(classes.len());
-                for class in classes {
-                    check_class(&class)?;
-                    out.push(repl.with_tree(&class, |t| ClassRoot {
-                        root: merkle::fingerprint(&t.root()).to_vec(),
-                        count: t.len(),
-                        children: pack(&t.children(NodeId::ROOT)),
-                        class: class.clone(),
-                    }));
-                }
-                Ok(TreeResponse::Roots(out))
-            }
-            TreeRequest::Children {
-                class,
-                nodes,
-                small,
-            } => {
-                check_class(&class)?;
-                let mut out = Vec::with_capacity(nodes.len());
-                for node in nodes {
-                    check_node(&node, true)?;
-                    let (count, children) = repl.with_tree(&class, |t| {
-                        let count = t.count(node);
-                        (
-                            count,
-                            if count > small {
-                                Some(t.children(node))
-                            } else {
-                                None
-                            },
-                        )
-                    });
-                    out.push(match children {
-                        Some(c) => NodeBody::Children(pack(&c)),
-                        None if count == 0 => NodeBody::Entries(Vec::new()),
-                        None => NodeBody::Entries(self.tree_entries(&class, node)?),
-                    });
-                }
-                Ok(TreeResponse::Nodes(out))
-            }
-            TreeRequest::Entries { class, nodes } => {
-                check_class(&class)?;
-                let mut out = Vec::with_capacity(nodes.len());
-                for node in nodes {
-                    check_node(&node, false)?;
-                    let count = repl.with_tree(&class, |t| t.count(node));
-                    if count > MAX_TREE_ENTRIES {
-                        return Err(Error::BadRequest(format!(
-                            "tree node {node:?} of `{class}` holds {count} entries, more than {MAX_TREE_ENTRIES} in one answer; ask for its children"
-                        )));
-                    }
-                    out.push(NodeBody::Entries(self.tree_entries(&class, node)?));
-                }
-                Ok(TreeResponse::Nodes(out))
-            }
-            TreeRequest::Versions { class, keys } => {
-                check_class(&class)?;
-                let out = keys
-                    .iter()
-                    .map(|k| self.inner.store.read_entity(&class, k))
-                    .collect::<Result<_>>()?;
-                Ok(TreeResponse::Versions(out))
-            }
-            TreeRequest::Applied => Ok(TreeResponse::Applied(crate::protocol::ReplicationState {
-                applied: repl.applied_vector(&self.inner.region),
-                log_dropped_for: repl.peers_needing_anti_entropy(),
-            })),
-        }
-    }
-
-    fn tree_entries(&self, class: &str, node: NodeId) -> Result<Vec<TreeEntry>> {
-        Ok(self
-            .inner
-            .store
-            .scan_buckets(class, node.buckets(), usize::MAX)?
-            .into_iter()
-            .map(|(key, bytes)| {
-                let fp = merkle::fingerprint(&merkle::entry_hash(class, &key, &bytes)).to_vec();
-                TreeEntry { key, fp }
-            })
-            .collect())
+        crate::sync::answer(self, req)
     }
 
     async fn apply_batch(&self, from: &str, batch: ReplicateBatch) -> Result<ReplicateAck> {
@@ -1545,15 +1436,47 @@ async fn anti_entropy_worker(node: Node, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Most entries one tree answer may carry.
-const MAX_TREE_ENTRIES: u64 = 1_000_000;
+impl crate::sync::TreeData for Node {
+    fn has_class(&self, class: &str) -> bool {
+        self.inner.config.classes.contains_key(class)
+    }
 
-/// Packs children fingerprints into one byte string.
-fn pack(children: &[(merkle::Fingerprint, u64)]) -> Vec<u8> {
-    children
-        .iter()
-        .flat_map(|(fp, _)| fp.iter().copied())
-        .collect()
+    fn class_error(&self, class: &str) -> Error {
+        Error::UnknownClass {
+            class: class.to_owned(),
+            declared: self.inner.config.class_names(),
+        }
+    }
+
+    fn with_tree<T>(&self, class: &str, f: impl FnOnce(&mut merkle::MerkleTree) -> T) -> T {
+        self.inner.repl.with_tree(class, f)
+    }
+
+    fn entries(&self, class: &str, node: NodeId) -> Result<Vec<TreeEntry>> {
+        Ok(self
+            .inner
+            .store
+            .scan_buckets(class, node.buckets(), usize::MAX)?
+            .into_iter()
+            .map(|(key, bytes)| {
+                let fp = merkle::fingerprint(&merkle::entry_hash(class, &key, &bytes)).to_vec();
+                TreeEntry { key, fp }
+            })
+            .collect())
+    }
+
+    fn versions(&self, class: &str, keys: &[String]) -> Result<Vec<Option<Entity>>> {
+        keys.iter()
+            .map(|k| self.inner.store.read_entity(class, k))
+            .collect()
+    }
+
+    fn state(&self) -> crate::protocol::ReplicationState {
+        crate::protocol::ReplicationState {
+            applied: self.inner.repl.applied_vector(&self.inner.region),
+            log_dropped_for: self.inner.repl.peers_needing_anti_entropy(),
+        }
+    }
 }
 
 async fn checkpoints(

@@ -22,11 +22,125 @@ use serde::{Deserialize, Serialize};
 
 use crate::entity::Entity;
 use crate::error::{Error, Result};
-use crate::merkle::{self, DEPTH, FINGERPRINT_BYTES, NodeId};
+use crate::merkle::{self, DEPTH, FINGERPRINT_BYTES, MerkleTree, NodeId};
 use crate::node::Node;
 use crate::protocol::{
-    NodeBody, PeerRequest, PeerResponse, RepairItem, TreeEntry, TreeRequest, TreeResponse, encode,
+    ClassRoot, NodeBody, PeerRequest, PeerResponse, RepairItem, ReplicationState, TreeEntry,
+    TreeRequest, TreeResponse, encode,
 };
+
+/// What a region's tree answers are made of.
+pub trait TreeData {
+    /// Whether the class is declared.
+    fn has_class(&self, class: &str) -> bool;
+    /// The error for an undeclared class.
+    fn class_error(&self, class: &str) -> Error;
+    /// Runs `f` on a class's tree.
+    fn with_tree<T>(&self, class: &str, f: impl FnOnce(&mut MerkleTree) -> T) -> T;
+    /// The entries under a node, with the fingerprints of their entry hashes.
+    fn entries(&self, class: &str, node: NodeId) -> Result<Vec<TreeEntry>>;
+    /// The stored versions of keys.
+    fn versions(&self, class: &str, keys: &[String]) -> Result<Vec<Option<Entity>>>;
+    /// Replication watermarks.
+    fn state(&self) -> ReplicationState;
+}
+
+/// Most entries one tree answer may carry.
+pub const MAX_TREE_ENTRIES: u64 = 1_000_000;
+
+/// Packs children fingerprints into one byte string.
+fn pack(children: &[(merkle::Fingerprint, u64)]) -> Vec<u8> {
+    children
+        .iter()
+        .flat_map(|(fp, _)| fp.iter().copied())
+        .collect()
+}
+
+/// Answers a tree question from `data`.
+pub fn answer(data: &impl TreeData, req: TreeRequest) -> Result<TreeResponse> {
+    let check_class = |class: &str| {
+        if data.has_class(class) {
+            Ok(())
+        } else {
+            Err(data.class_error(class))
+        }
+    };
+    let check_node = |node: &NodeId, inner: bool| -> Result<()> {
+        let max_level = if inner { DEPTH - 1 } else { DEPTH };
+        if node.level > max_level
+            || u64::from(node.index) >= 1u64 << (merkle::FANOUT_BITS * node.level)
+        {
+            return Err(Error::BadRequest(format!(
+                "tree node {node:?} does not exist (levels 0..={max_level}, {} children per node)",
+                merkle::FANOUT
+            )));
+        }
+        Ok(())
+    };
+    match req {
+        TreeRequest::Roots { classes } => {
+            let mut out = Vec::with_capacity(classes.len());
+            for class in classes {
+                check_class(&class)?;
+                out.push(data.with_tree(&class, |t| ClassRoot {
+                    root: merkle::fingerprint(&t.root()).to_vec(),
+                    count: t.len(),
+                    children: pack(&t.children(NodeId::ROOT)),
+                    class: class.clone(),
+                }));
+            }
+            Ok(TreeResponse::Roots(out))
+        }
+        TreeRequest::Children {
+            class,
+            nodes,
+            small,
+        } => {
+            check_class(&class)?;
+            let mut out = Vec::with_capacity(nodes.len());
+            for node in nodes {
+                check_node(&node, true)?;
+                let (count, children) = data.with_tree(&class, |t| {
+                    let count = t.count(node);
+                    (
+                        count,
+                        if count > small {
+                            Some(t.children(node))
+                        } else {
+                            None
+                        },
+                    )
+                });
+                out.push(match children {
+                    Some(c) => NodeBody::Children(pack(&c)),
+                    None if count == 0 => NodeBody::Entries(Vec::new()),
+                    None => NodeBody::Entries(data.entries(&class, node)?),
+                });
+            }
+            Ok(TreeResponse::Nodes(out))
+        }
+        TreeRequest::Entries { class, nodes } => {
+            check_class(&class)?;
+            let mut out = Vec::with_capacity(nodes.len());
+            for node in nodes {
+                check_node(&node, false)?;
+                let count = data.with_tree(&class, |t| t.count(node));
+                if count > MAX_TREE_ENTRIES {
+                    return Err(Error::BadRequest(format!(
+                        "tree node {node:?} of `{class}` holds {count} entries, more than {MAX_TREE_ENTRIES} in one answer; ask for its children"
+                    )));
+                }
+                out.push(NodeBody::Entries(data.entries(&class, node)?));
+            }
+            Ok(TreeResponse::Nodes(out))
+        }
+        TreeRequest::Versions { class, keys } => {
+            check_class(&class)?;
+            Ok(TreeResponse::Versions(data.versions(&class, &keys)?))
+        }
+        TreeRequest::Applied => Ok(TreeResponse::Applied(data.state())),
+    }
+}
 
 /// Something that answers tree questions: a region.
 pub trait TreeSource: Send + Sync {
@@ -94,7 +208,7 @@ pub struct DiffOptions {
 
 impl Default for DiffOptions {
     fn default() -> Self {
-        DiffOptions { small: 32 }
+        DiffOptions { small: 8 }
     }
 }
 
