@@ -321,7 +321,7 @@ pub(crate) async fn run(a: MerkleArgs) -> Result<ExitCode> {
             // compares with its own.
             let naive_bytes = (n + d) * (key(0).len() as u64 + 1 + 16);
             let naive_ms = raw * 2.0 * 1e3;
-            let per = if d > 0 { diff.bytes / d } else { 0 };
+            let per = diff.bytes.checked_div(d).unwrap_or(0);
             println!(
                 "{:>7} {:>12} {:>7} {:>12} {:>10.1} {:>12} {:>10} {:>13.0} {:>9.0}x",
                 d,
