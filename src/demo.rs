@@ -138,7 +138,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     println!(
         "\nlikes: {likes_expected} increments acknowledged, counters sum to {likes_seen} in every region"
     );
-    let ok = converged && (likes_expected == likes_seen || !config.classes.contains_key("likes"));
+        let drill = divergence_drill(&config, &regions).await?;
+    let ok = converged && drill && (likes_expected == likes_seen || !config.classes.contains_key("likes"));
     println!(
         "{}",
         if ok {
@@ -450,6 +451,40 @@ fn differing_entities(config: &Config, regions: &[(String, RunningRegion)]) -> R
         }
     }
     Ok(differing)
+}
+
+/// Corrupts one critical entity in one region, audits, repairs, audits again.
+async fn divergence_drill(config: &Config, regions: &[(String, RunningRegion)]) -> Result<bool> {
+    let critical: Vec<String> =
+        config.classes.iter().filter(|(n, c)| c.critical && !n.starts_with('_')).map(|(n, _)| n.clone()).collect();
+    let Some((class, key)) = critical.iter().find_map(|c| {
+        let first = regions[0].1.node.scan(c, None, 1).ok()?.into_iter().next()?;
+        Some((c.clone(), first.0))
+    }) else {
+        return Ok(true);
+    };
+    let (victim, node) = (&regions[1].0, &regions[1].1.node);
+    node.inject_fault(&class, &key, parallax_replicator::Fault::Corrupt).await?;
+    let targets: Vec<Box<dyn parallax_auditor::Target>> = regions
+        .iter()
+        .map(|(_, r)| Box::new(parallax_auditor::NodeRegion(r.node.clone())) as Box<dyn parallax_auditor::Target>)
+        .collect();
+    let opts = parallax_auditor::AuditOptions { classes: critical, lag_bound_ms: 500, recheck: true, progress: false };
+    let clock = parallax_replicator::clock::SystemClock;
+    let found = parallax_auditor::audit(&targets, &opts, &clock).await?;
+    println!("
+Divergence drill: corrupted {class}/{key} in {victim} without replicating it.");
+    for f in &found.divergent {
+        println!("  auditor: {}/{} divergent in {} ({})", f.class, f.key, f.regions.join(","), f.reason);
+    }
+    let repaired = parallax_auditor::repair(&targets, &found).await?;
+    let after = parallax_auditor::audit(&targets, &opts, &clock).await?;
+    let ok = found.divergent.len() == 1 && after.divergent.is_empty();
+    println!(
+        "  repaired {repaired} key(s) from the majority's copy; audit afterwards: {}",
+        if after.divergent.is_empty() { "no divergence" } else { "STILL DIVERGENT" }
+    );
+    Ok(ok)
 }
 
 fn total_counter(node: &Node, class: &str) -> Result<i64> {
