@@ -192,51 +192,10 @@ fn newest_age(v: &BTreeMap<String, Option<Entity>>, now_ms: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// The audit of one class: the `audits` table row.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    /// When the audit finished (µs since epoch, UTC).
-    pub ts_us: u64,
-    /// The audit run.
-    pub audit_id: String,
-    /// Class.
-    pub class: String,
-    /// Regions compared.
-    pub regions: Vec<String>,
-    /// Entities in the largest copy.
-    pub entities: u64,
-    /// Keys whose copies differ.
-    pub differing: u64,
-    /// Of those, explained by replication in flight.
-    pub in_flight: u64,
-    /// Of those, divergent.
-    pub divergent: u64,
-    /// Round trips of the tree comparisons.
-    pub round_trips: u32,
-    /// Bytes exchanged with the regions.
-    pub bytes: u64,
-    /// Time taken (ms).
-    pub duration_ms: u64,
-}
-
-/// One divergent or in-flight key: the `divergence` table row.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DivergenceRecord {
-    /// When (µs since epoch, UTC).
-    pub ts_us: u64,
-    /// The audit run.
-    pub audit_id: String,
-    /// Class.
-    pub class: String,
-    /// Key.
-    pub key: String,
-    /// Regions involved.
-    pub regions: Vec<String>,
-    /// `divergent` or `in_flight`, with the reason after a colon.
-    pub state: String,
-    /// Age of the newest version involved (ms).
-    pub age_ms: u64,
-}
+/// The audit of one class: a row of the `audits` table.
+pub use parallax_replicator::telemetry::AuditEvent as AuditRecord;
+/// One divergent or in-flight key: a row of the `divergence` table.
+pub use parallax_replicator::telemetry::DivergenceEvent as DivergenceRecord;
 
 /// The result of an audit.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -468,6 +427,7 @@ pub async fn audit(
                 key: f.key.clone(),
                 regions: f.regions.clone(),
                 state: format!("{state}: {}", f.reason),
+                first_seen_us: ts_us.saturating_sub(f.age_ms * 1_000),
                 age_ms: f.age_ms,
             });
         }

@@ -70,7 +70,8 @@ pub fn router(node: Node) -> Router {
             "/v1/admin/ownership",
             get(get_ownership).post(move_ownership),
         )
-        .route("/v1/admin/fault", post(inject_fault))
+                .route("/v1/admin/fault", post(inject_fault))
+        .route("/v1/admin/audit-records", post(audit_records))
         .route("/v1/admin/anti-entropy", post(anti_entropy))
         .route("/v1/tree/{class}", get(tree_json))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -563,6 +564,28 @@ async fn inject_fault(
         ))
     }
     .await;
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditRecords {
+    audits: Vec<crate::telemetry::AuditEvent>,
+    records: Vec<crate::telemetry::DivergenceEvent>,
+}
+
+/// The auditor hands its records to a region, whose collector keeps them.
+async fn audit_records(State(state): State<ApiState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let limit = state.node.config().limits.max_peer_body_bytes;
+    let result = (|| {
+        admin_auth(&state, &headers)?;
+        let body = body.map_err(|e| body_error(e, limit))?;
+        let r: AuditRecords = serde_json::from_slice(&body)
+            .map_err(|e| Error::BadRequest(format!("{e}. Fix: send {{\"audits\": [...], \"records\": [...]}} as `parallax audit` does")))?;
+        let (a, d) = (r.audits.len(), r.records.len());
+        state.node.record_audit(r.audits, r.records);
+        Ok(json_response(StatusCode::OK, &serde_json::json!({ "region": state.node.region(), "audits": a, "records": d })))
+    })();
     result.unwrap_or_else(|e| error_response(&e))
 }
 

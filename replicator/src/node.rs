@@ -476,7 +476,14 @@ impl Node {
             )
         })
         .await?;
-        tracing::warn!(region = %self.inner.region, from = region, to = delegate, epoch, "Ownership moved.");
+                tracing::warn!(region = %self.inner.region, from = region, to = delegate, epoch, "Ownership moved.");
+        self.inner.telemetry.emit(Event::Failover(crate::telemetry::FailoverEvent {
+            ts_us: self.inner.clock.now_us(),
+            region: self.inner.region.clone(),
+            event: format!("ownership {region} -> {delegate} (epoch {epoch})"),
+            detected_ms: None,
+            rerouted_ms: None,
+        }));
         Ok(self.inner.repl.ownership())
     }
 
@@ -1184,6 +1191,17 @@ impl Node {
     /// the auditor's repair of corruption, where a merge could keep the bad copy.
     pub async fn replace(&self, items: Vec<RepairItem>) -> Result<()> {
         self.submit(|tx| Command::Replace(items, tx)).await
+    }
+
+        /// Records an audit's results as telemetry events (the collector writes
+    /// them to the `audits` and `divergence` tables).
+    pub fn record_audit(&self, audits: Vec<crate::telemetry::AuditEvent>, records: Vec<crate::telemetry::DivergenceEvent>) {
+        for a in audits {
+            self.inner.telemetry.emit(Event::Audit(a));
+        }
+        for r in records {
+            self.inner.telemetry.emit(Event::Divergence(r));
+        }
     }
 
     /// Whether this region serves fault injection.

@@ -21,8 +21,94 @@ pub enum Event {
     Replication(ReplicationEvent),
     /// A conflict was detected or resolved here.
     Conflict(ConflictEvent),
-    /// A clock offset to another region was estimated.
+        /// A clock offset to another region was estimated.
     Clock(ClockEvent),
+    /// Ownership moved, or a region failed over.
+    Failover(FailoverEvent),
+    /// A health probe of a region answered (or did not).
+    Probe(ProbeEvent),
+    /// An audit of a class finished.
+    Audit(AuditEvent),
+    /// An audit found a key divergent or in flight.
+    Divergence(DivergenceEvent),
+}
+
+/// A failover: ownership moved, or traffic was rerouted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailoverEvent {
+    /// When (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// Region that recorded it.
+    pub region: String,
+    /// What happened, e.g. `ownership eu-west -> us-east (epoch 3)`.
+    pub event: String,
+    /// From the failure to its detection (ms), when known.
+    pub detected_ms: Option<u64>,
+    /// From the detection to traffic being rerouted (ms), when known.
+    pub rerouted_ms: Option<u64>,
+}
+
+/// One health probe of a region's `/healthz`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeEvent {
+    /// When (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// Region that probed.
+    pub vantage: String,
+    /// Region probed.
+    pub target: String,
+    /// Time to the answer (ms); the timeout when it did not answer.
+    pub latency_ms: f64,
+    /// Whether it answered 200.
+    pub ok: bool,
+}
+
+/// The audit of one class (a row of the `audits` table).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// When the audit finished (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// The audit run.
+    pub audit_id: String,
+    /// Class.
+    pub class: String,
+    /// Regions compared.
+    pub regions: Vec<String>,
+    /// Entities in the largest copy.
+    pub entities: u64,
+    /// Keys whose copies differ.
+    pub differing: u64,
+    /// Of those, explained by replication in flight.
+    pub in_flight: u64,
+    /// Of those, divergent.
+    pub divergent: u64,
+    /// Round trips of the tree comparisons.
+    pub round_trips: u32,
+    /// Bytes exchanged with the regions.
+    pub bytes: u64,
+    /// Time taken (ms).
+    pub duration_ms: u64,
+}
+
+/// One divergent or in-flight key (a row of the `divergence` table).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DivergenceEvent {
+    /// When (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// The audit run.
+    pub audit_id: String,
+    /// Class.
+    pub class: String,
+    /// Key.
+    pub key: String,
+    /// Regions involved.
+    pub regions: Vec<String>,
+    /// `divergent: <reason>` or `in_flight: <reason>`.
+    pub state: String,
+    /// When the newest version involved was written (µs since epoch).
+    pub first_seen_us: u64,
+    /// Its age when classified (ms).
+    pub age_ms: u64,
 }
 
 /// A client request.
@@ -305,6 +391,7 @@ impl Stats {
             Event::Clock(c) => {
                 s.clock.insert(c.peer.clone(), c.clone());
             }
+            Event::Failover(_) | Event::Probe(_) | Event::Audit(_) | Event::Divergence(_) => {}
         }
     }
 
