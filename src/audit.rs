@@ -84,7 +84,7 @@ pub(crate) async fn run(a: AuditArgs) -> Result<ExitCode> {
         before = Some(report.divergent.clone());
         report = parallax_auditor::audit(&targets, &opts, &clock).await?;
     }
-        let recorded_in = record(&config, &report).await;
+    let recorded_in = record(&config, &report).await;
     if a.json {
         let mut out = serde_json::to_value(&report)?;
         out["recorded_in"] = serde_json::json!(recorded_in);
@@ -106,15 +106,36 @@ pub(crate) async fn run(a: AuditArgs) -> Result<ExitCode> {
 /// Hands the audit's records to a region (the primary first) so its
 /// collector writes them to the `audits` and `divergence` tables.
 async fn record(config: &Config, report: &AuditReport) -> Option<String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .ok()?;
     let body = serde_json::json!({ "audits": report.audits, "records": report.records });
     let mut regions: Vec<String> = vec![config.primary().to_owned()];
-    regions.extend(config.regions.keys().filter(|r| *r != config.primary()).cloned());
+    regions.extend(
+        config
+            .regions
+            .keys()
+            .filter(|r| *r != config.primary())
+            .cloned(),
+    );
     for region in regions {
-        let url = format!("{}/v1/admin/audit-records", config.region_url(&region).unwrap_or_default());
-        match client.post(&url).bearer_auth(&config.cluster.admin_token).json(&body).send().await {
+        let url = format!(
+            "{}/v1/admin/audit-records",
+            config.region_url(&region).unwrap_or_default()
+        );
+        match client
+            .post(&url)
+            .bearer_auth(&config.cluster.admin_token)
+            .json(&body)
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() => return Some(region),
-            Ok(r) => eprintln!("warning: {region} did not take the audit records: HTTP {}", r.status()),
+            Ok(r) => eprintln!(
+                "warning: {region} did not take the audit records: HTTP {}",
+                r.status()
+            ),
             Err(e) => eprintln!("warning: {region} did not take the audit records: {e}"),
         }
     }

@@ -41,6 +41,10 @@ pub(crate) struct DemoArgs {
     /// Seed of the load generator (default: from the clock; printed).
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+    /// Write a JSON summary here: rows written per table, and replication
+    /// lag p99 per region pair as read back from the Parquet files.
+    #[arg(long)]
+    pub(crate) summary: Option<PathBuf>,
 }
 
 /// `parallax demo`.
@@ -73,7 +77,15 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     );
     let mut regions = Vec::new();
     for name in config.regions.keys() {
-        let r = region::start(Arc::clone(&config), name, &data_dir, !args.no_wan, true).await?;
+        let r = region::start(region::Setup {
+            config: Arc::clone(&config),
+            region: name,
+            data_dir: &data_dir,
+            simulate_wan: !args.no_wan,
+            allow_fault_injection: true,
+            clock_skew_ms: 0,
+        })
+        .await?;
         println!(
             "  region {name:<8} http://{}   (one-way WAN latency simulated: {})",
             r.addr,
@@ -138,8 +150,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     println!(
         "\nlikes: {likes_expected} increments acknowledged, counters sum to {likes_seen} in every region"
     );
-        let drill = divergence_drill(&config, &regions).await?;
-    let ok = converged && drill && (likes_expected == likes_seen || !config.classes.contains_key("likes"));
+    let drill = divergence_drill(&config, &regions).await?;
+    failover_drill(&config, &regions).await?;
+    let ok = converged
+        && drill
+        && (likes_expected == likes_seen || !config.classes.contains_key("likes"));
     println!(
         "{}",
         if ok {
@@ -148,8 +163,33 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             "NOT converged: see above"
         }
     );
+    let mut written: BTreeMap<String, u64> = BTreeMap::new();
     for (_, r) in regions {
+        let collector = r.collector.clone();
         r.stop().await;
+        for (table, rows) in collector.written().rows {
+            *written.entry(table).or_insert(0) += rows;
+        }
+    }
+    let tables = data_dir.join("tables");
+    println!(
+        "\nTelemetry: {} rows in Parquet under {}{}",
+        written.values().sum::<u64>(),
+        tables.display(),
+        if args.data_dir.is_none() {
+            " (removed with the temporary directory; pass --data-dir to keep it)"
+        } else {
+            ""
+        }
+    );
+    for (table, rows) in &written {
+        println!("  {table:<16} {rows:>8} rows");
+    }
+    if let Some(path) = &args.summary {
+        let lag = lag_p99_by_pair(&tables)?;
+        let summary = json!({ "rows_written": written, "lag_p99_ms": lag, "tables": tables });
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
     }
     Ok(if ok {
         ExitCode::SUCCESS
@@ -455,36 +495,124 @@ fn differing_entities(config: &Config, regions: &[(String, RunningRegion)]) -> R
 
 /// Corrupts one critical entity in one region, audits, repairs, audits again.
 async fn divergence_drill(config: &Config, regions: &[(String, RunningRegion)]) -> Result<bool> {
-    let critical: Vec<String> =
-        config.classes.iter().filter(|(n, c)| c.critical && !n.starts_with('_')).map(|(n, _)| n.clone()).collect();
+    let critical: Vec<String> = config
+        .classes
+        .iter()
+        .filter(|(n, c)| c.critical && !n.starts_with('_'))
+        .map(|(n, _)| n.clone())
+        .collect();
     let Some((class, key)) = critical.iter().find_map(|c| {
-        let first = regions[0].1.node.scan(c, None, 1).ok()?.into_iter().next()?;
+        let first = regions[0]
+            .1
+            .node
+            .scan(c, None, 1)
+            .ok()?
+            .into_iter()
+            .next()?;
         Some((c.clone(), first.0))
     }) else {
         return Ok(true);
     };
     let (victim, node) = (&regions[1].0, &regions[1].1.node);
-    node.inject_fault(&class, &key, parallax_replicator::Fault::Corrupt).await?;
+    node.inject_fault(&class, &key, parallax_replicator::Fault::Corrupt)
+        .await?;
     let targets: Vec<Box<dyn parallax_auditor::Target>> = regions
         .iter()
-        .map(|(_, r)| Box::new(parallax_auditor::NodeRegion(r.node.clone())) as Box<dyn parallax_auditor::Target>)
+        .map(|(_, r)| {
+            Box::new(parallax_auditor::NodeRegion(r.node.clone()))
+                as Box<dyn parallax_auditor::Target>
+        })
         .collect();
-    let opts = parallax_auditor::AuditOptions { classes: critical, lag_bound_ms: 500, recheck: true, progress: false };
+    let opts = parallax_auditor::AuditOptions {
+        classes: critical,
+        lag_bound_ms: 500,
+        recheck: true,
+        progress: false,
+    };
     let clock = parallax_replicator::clock::SystemClock;
     let found = parallax_auditor::audit(&targets, &opts, &clock).await?;
-    println!("
-Divergence drill: corrupted {class}/{key} in {victim} without replicating it.");
+    println!(
+        "
+Divergence drill: corrupted {class}/{key} in {victim} without replicating it."
+    );
     for f in &found.divergent {
-        println!("  auditor: {}/{} divergent in {} ({})", f.class, f.key, f.regions.join(","), f.reason);
+        println!(
+            "  auditor: {}/{} divergent in {} ({})",
+            f.class,
+            f.key,
+            f.regions.join(","),
+            f.reason
+        );
     }
+    let recorder = &regions[0].1.node;
+    recorder.record_audit(found.audits.clone(), found.records.clone());
     let repaired = parallax_auditor::repair(&targets, &found).await?;
     let after = parallax_auditor::audit(&targets, &opts, &clock).await?;
+    recorder.record_audit(after.audits.clone(), after.records.clone());
     let ok = found.divergent.len() == 1 && after.divergent.is_empty();
     println!(
         "  repaired {repaired} key(s) from the majority's copy; audit afterwards: {}",
-        if after.divergent.is_empty() { "no divergence" } else { "STILL DIVERGENT" }
+        if after.divergent.is_empty() {
+            "no divergence"
+        } else {
+            "STILL DIVERGENT"
+        }
     );
     Ok(ok)
+}
+
+/// Moves the last region's keys to the first region and back, as an
+/// operator would around a regional outage.
+async fn failover_drill(config: &Config, regions: &[(String, RunningRegion)]) -> Result<()> {
+    let (Some((lost, _)), Some((survivor, node))) = (regions.last(), regions.first()) else {
+        return Ok(());
+    };
+    if config.regions.len() < 2 {
+        return Ok(());
+    }
+    let moved = node.node.move_ownership(lost, survivor).await?;
+    let (owner, epoch) = moved.effective(lost);
+    let back = node.node.move_ownership(lost, lost).await?;
+    println!(
+        "\nFailover drill: {lost}'s keys moved to {owner} (epoch {epoch}) and back (epoch {}).",
+        back.effective(lost).1
+    );
+    Ok(())
+}
+
+/// p99 of `lag_ms` per `src->dst`, read back from the Parquet files
+/// (nearest rank: the smallest value with at least 99% of rows at or below it).
+fn lag_p99_by_pair(tables: &std::path::Path) -> Result<BTreeMap<String, i64>> {
+    use arrow::array::{AsArray, Int64Array};
+    let mut by_pair: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for batch in parallax_collector::files::read_table(tables, "replication_lag")? {
+        let src = batch
+            .column_by_name("src")
+            .context("src column")?
+            .as_string::<i32>();
+        let dst = batch
+            .column_by_name("dst")
+            .context("dst column")?
+            .as_string::<i32>();
+        let lag = batch
+            .column_by_name("lag_ms")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .context("lag_ms column")?;
+        for i in 0..batch.num_rows() {
+            by_pair
+                .entry(format!("{}->{}", src.value(i), dst.value(i)))
+                .or_default()
+                .push(lag.value(i));
+        }
+    }
+    Ok(by_pair
+        .into_iter()
+        .map(|(pair, mut v)| {
+            v.sort_unstable();
+            let rank = ((v.len() as f64) * 0.99).ceil() as usize;
+            (pair, v[rank.clamp(1, v.len()) - 1])
+        })
+        .collect())
 }
 
 fn total_counter(node: &Node, class: &str) -> Result<i64> {

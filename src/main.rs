@@ -119,7 +119,8 @@ fn main() -> ExitCode {
 fn init_tracing(command: &Command) {
     let default = match command {
         Command::Region(_) => "info",
-        Command::Demo(_) | Command::Bench(_) => "warn",
+        Command::Demo(_) => "error",
+        Command::Bench(_) => "warn",
         _ => "error",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARALLAX_LOG")

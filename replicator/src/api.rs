@@ -70,7 +70,7 @@ pub fn router(node: Node) -> Router {
             "/v1/admin/ownership",
             get(get_ownership).post(move_ownership),
         )
-                .route("/v1/admin/fault", post(inject_fault))
+        .route("/v1/admin/fault", post(inject_fault))
         .route("/v1/admin/audit-records", post(audit_records))
         .route("/v1/admin/anti-entropy", post(anti_entropy))
         .route("/v1/tree/{class}", get(tree_json))
@@ -110,6 +110,20 @@ struct Meta {
     op: &'static str,
     class: String,
     consistency: String,
+    client_geo: String,
+}
+
+/// Header naming where the client is (for the `requests` table).
+pub const CLIENT_GEO_HEADER: &str = "x-parallax-client-geo";
+
+fn client_geo(headers: &HeaderMap) -> String {
+    headers
+        .get(CLIENT_GEO_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(64)
+        .collect()
 }
 
 /// Turns an [`Error`] into its JSON answer.
@@ -147,6 +161,7 @@ fn finish(
         latency_us: started.elapsed().as_micros() as u64,
         consistency: meta.consistency,
         served_by,
+        client_geo: meta.client_geo,
     }));
     response
 }
@@ -267,6 +282,7 @@ async fn get_entity(
         op: "get",
         class: String::new(),
         consistency: "local".into(),
+        client_geo: client_geo(&headers),
     };
     let result = async {
         client_auth(&state, &headers)?;
@@ -318,6 +334,7 @@ async fn write(
         op: op_name,
         class: String::new(),
         consistency: "async".into(),
+        client_geo: client_geo(headers),
     };
     let result = async {
         client_auth(state, headers)?;
@@ -575,16 +592,26 @@ struct AuditRecords {
 }
 
 /// The auditor hands its records to a region, whose collector keeps them.
-async fn audit_records(State(state): State<ApiState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn audit_records(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let limit = state.node.config().limits.max_peer_body_bytes;
     let result = (|| {
         admin_auth(&state, &headers)?;
         let body = body.map_err(|e| body_error(e, limit))?;
-        let r: AuditRecords = serde_json::from_slice(&body)
-            .map_err(|e| Error::BadRequest(format!("{e}. Fix: send {{\"audits\": [...], \"records\": [...]}} as `parallax audit` does")))?;
+        let r: AuditRecords = serde_json::from_slice(&body).map_err(|e| {
+            Error::BadRequest(format!(
+                "{e}. Fix: send {{\"audits\": [...], \"records\": [...]}} as `parallax audit` does"
+            ))
+        })?;
         let (a, d) = (r.audits.len(), r.records.len());
         state.node.record_audit(r.audits, r.records);
-        Ok(json_response(StatusCode::OK, &serde_json::json!({ "region": state.node.region(), "audits": a, "records": d })))
+        Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "region": state.node.region(), "audits": a, "records": d }),
+        ))
     })();
     result.unwrap_or_else(|e| error_response(&e))
 }

@@ -50,6 +50,58 @@ pub struct Config {
     /// Merkle-tree anti-entropy between regions.
     #[serde(default)]
     pub anti_entropy: AntiEntropyConfig,
+    /// Telemetry to Parquet files and Prometheus.
+    #[serde(default)]
+    pub collector: CollectorConfig,
+}
+
+/// `[collector]`: where telemetry goes.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Buffered rows are written to Parquet at least this often (ms).
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// ... and whenever a table buffers this many rows.
+    #[serde(default = "default_flush_rows")]
+    pub flush_rows: usize,
+    /// Rows per Parquet row group.
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+    /// Partitions (days) older than this many days are deleted.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Closed hours' small files are compacted into one file per table and hour.
+    #[serde(default = "default_true")]
+    pub compact: bool,
+    /// Each region probes every region's `/healthz` this often (ms).
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+    /// A probe not answered within this is a failure (ms).
+    #[serde(default = "default_probe_timeout_ms")]
+    pub probe_timeout_ms: u64,
+    /// Serve `/metrics` on this address instead of the region's `listen` address.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Telemetry events the collector may hold before it drops (and counts) them.
+    #[serde(default = "default_event_queue")]
+    pub event_queue: usize,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            flush_interval_ms: default_flush_interval_ms(),
+            flush_rows: default_flush_rows(),
+            row_group_rows: default_row_group_rows(),
+            retention_days: default_retention_days(),
+            compact: true,
+            probe_interval_ms: default_probe_interval_ms(),
+            probe_timeout_ms: default_probe_timeout_ms(),
+            metrics_listen: None,
+            event_queue: default_event_queue(),
+        }
+    }
 }
 
 /// `[anti_entropy]`: repairing what replication missed.
@@ -512,6 +564,30 @@ impl Default for LimitsConfig {
     }
 }
 
+fn default_flush_interval_ms() -> u64 {
+    10_000
+}
+fn default_flush_rows() -> usize {
+    200_000
+}
+fn default_row_group_rows() -> usize {
+    128 * 1024
+}
+fn default_retention_days() -> u32 {
+    30
+}
+fn default_true() -> bool {
+    true
+}
+fn default_probe_interval_ms() -> u64 {
+    5_000
+}
+fn default_probe_timeout_ms() -> u64 {
+    2_000
+}
+fn default_event_queue() -> usize {
+    262_144
+}
 fn default_anti_entropy_interval_ms() -> u64 {
     600_000
 }
@@ -806,6 +882,23 @@ impl Config {
             return fail(
                 "storage.checkpoint_interval_ms",
                 "must be at least 1 and storage.wal_segment_bytes at least 4096. Fix: use the defaults (1000, 67108864)".into(),
+            );
+        }
+        let c = &self.collector;
+        if c.flush_interval_ms == 0
+            || c.flush_rows == 0
+            || c.row_group_rows == 0
+            || c.probe_interval_ms == 0
+        {
+            return fail(
+                "collector",
+                "flush_interval_ms, flush_rows, row_group_rows and probe_interval_ms must be at least 1. Fix: use the defaults".into(),
+            );
+        }
+        if c.retention_days == 0 {
+            return fail(
+                "collector.retention_days",
+                "is 0. Fix: keep at least one day, e.g. 30".into(),
             );
         }
         if self.replication.heartbeat_interval_ms == 0 {

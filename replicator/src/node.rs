@@ -279,7 +279,12 @@ impl Node {
             ae_lock: tokio::sync::Mutex::new(()),
         });
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(consume_events(events, stats, subscriber)));
+        tasks.push(tokio::spawn(consume_events(
+            events,
+            stats,
+            subscriber,
+            telemetry.clone(),
+        )));
         tasks.push(tokio::spawn(checkpoints(
             writer_tx.clone(),
             Duration::from_millis(config.storage.checkpoint_interval_ms),
@@ -476,14 +481,16 @@ impl Node {
             )
         })
         .await?;
-                tracing::warn!(region = %self.inner.region, from = region, to = delegate, epoch, "Ownership moved.");
-        self.inner.telemetry.emit(Event::Failover(crate::telemetry::FailoverEvent {
-            ts_us: self.inner.clock.now_us(),
-            region: self.inner.region.clone(),
-            event: format!("ownership {region} -> {delegate} (epoch {epoch})"),
-            detected_ms: None,
-            rerouted_ms: None,
-        }));
+        tracing::warn!(region = %self.inner.region, from = region, to = delegate, epoch, "Ownership moved.");
+        self.inner
+            .telemetry
+            .emit(Event::Failover(crate::telemetry::FailoverEvent {
+                ts_us: self.inner.clock.now_us(),
+                region: self.inner.region.clone(),
+                event: format!("ownership {region} -> {delegate} (epoch {epoch})"),
+                detected_ms: None,
+                rerouted_ms: None,
+            }));
         Ok(self.inner.repl.ownership())
     }
 
@@ -1193,9 +1200,13 @@ impl Node {
         self.submit(|tx| Command::Replace(items, tx)).await
     }
 
-        /// Records an audit's results as telemetry events (the collector writes
+    /// Records an audit's results as telemetry events (the collector writes
     /// them to the `audits` and `divergence` tables).
-    pub fn record_audit(&self, audits: Vec<crate::telemetry::AuditEvent>, records: Vec<crate::telemetry::DivergenceEvent>) {
+    pub fn record_audit(
+        &self,
+        audits: Vec<crate::telemetry::AuditEvent>,
+        records: Vec<crate::telemetry::DivergenceEvent>,
+    ) {
         for a in audits {
             self.inner.telemetry.emit(Event::Audit(a));
         }
@@ -1520,6 +1531,7 @@ async fn consume_events(
     mut rx: mpsc::Receiver<Event>,
     stats: Arc<Stats>,
     subscriber: Option<mpsc::Sender<Event>>,
+    telemetry: Telemetry,
 ) {
     let mut forward_dropped = 0u64;
     while let Some(event) = rx.recv().await {
@@ -1528,6 +1540,7 @@ async fn consume_events(
             && sub.try_send(event).is_err()
         {
             forward_dropped += 1;
+            telemetry.count_drop();
             if forward_dropped.is_power_of_two() {
                 tracing::warn!(
                     dropped = forward_dropped,

@@ -21,7 +21,7 @@ pub enum Event {
     Replication(ReplicationEvent),
     /// A conflict was detected or resolved here.
     Conflict(ConflictEvent),
-        /// A clock offset to another region was estimated.
+    /// A clock offset to another region was estimated.
     Clock(ClockEvent),
     /// Ownership moved, or a region failed over.
     Failover(FailoverEvent),
@@ -130,6 +130,9 @@ pub struct RequestEvent {
     pub consistency: String,
     /// Region that served it, when forwarded.
     pub served_by: String,
+    /// Where the client is, as the `x-parallax-client-geo` header (set by a
+    /// router or the client) says; empty when not given.
+    pub client_geo: String,
 }
 
 /// A replication batch or heartbeat applied at `dst`.
@@ -212,6 +215,11 @@ impl Telemetry {
         if self.tx.try_send(event).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts an event dropped further down (a subscriber that was behind).
+    pub fn count_drop(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Events dropped so far.

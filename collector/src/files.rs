@@ -1,0 +1,224 @@
+//! Parquet files: writing them so no reader ever sees half a file,
+//! compacting a closed hour's files into one with an atomic directory swap,
+//! and deleting partitions past the retention period.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::Error;
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// How files are written.
+#[derive(Clone, Debug)]
+pub struct FileOptions {
+    /// Rows per row group.
+    pub row_group_rows: usize,
+}
+
+fn io(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Io(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// The directory of one partition.
+pub fn partition_dir(root: &Path, table: &str, region: &str, date: &str, hour: u32) -> PathBuf {
+    root.join(table)
+        .join(format!("region={region}"))
+        .join(format!("date={date}"))
+        .join(format!("hour={hour:02}"))
+}
+
+fn properties(opts: &FileOptions) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid zstd level"),
+        ))
+        .set_max_row_group_row_count(Some(opts.row_group_rows))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: 0,
+            descending: false,
+            nulls_first: false,
+        }]))
+        .set_created_by("parallax collector".into())
+        .build()
+}
+
+/// Writes a batch (already sorted by `ts`) as a new file in `dir`: to a
+/// hidden temporary name first, synced, then renamed. Returns its path and size.
+pub fn write_file(
+    dir: &Path,
+    batch: &RecordBatch,
+    first_ts_us: u64,
+    opts: &FileOptions,
+) -> Result<(PathBuf, u64), Error> {
+    fs::create_dir_all(dir).map_err(|e| io(dir, "create", e))?;
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{first_ts_us}-{}-{seq}.parquet", std::process::id());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let file = File::create(&tmp).map_err(|e| io(&tmp, "create", e))?;
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(properties(opts)))
+        .map_err(|e| io(&tmp, "write", e))?;
+    writer.write(batch).map_err(|e| io(&tmp, "write", e))?;
+    let file = writer.into_inner().map_err(|e| io(&tmp, "finish", e))?;
+    file.sync_all().map_err(|e| io(&tmp, "sync", e))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let path = dir.join(name);
+    fs::rename(&tmp, &path).map_err(|e| io(&path, "rename", e))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok((path, size))
+}
+
+/// The finished Parquet files in a directory (temporary ones left out).
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "parquet")
+                        && !p
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Reads every row of some Parquet files.
+pub fn read_files(files: &[PathBuf]) -> Result<Vec<RecordBatch>, Error> {
+    let mut out = Vec::new();
+    for f in files {
+        let file = File::open(f).map_err(|e| io(f, "open", e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| io(f, "read", e))?
+            .build()
+            .map_err(|e| io(f, "read", e))?;
+        for batch in reader {
+            out.push(batch.map_err(|e| io(f, "read", e))?);
+        }
+    }
+    Ok(out)
+}
+
+/// Sub-directories of `dir` named `<key>=<value>`, as (value, path).
+pub fn partitions(dir: &Path, key: &str) -> Vec<(String, PathBuf)> {
+    let prefix = format!("{key}=");
+    let mut out: Vec<(String, PathBuf)> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    Some((name.strip_prefix(&prefix)?.to_owned(), e.path()))
+                })
+                .filter(|(_, p)| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Where compactions stage their output.
+pub fn staging_dir(root: &Path) -> PathBuf {
+    root.join(".staging")
+}
+
+/// Removes what an interrupted compaction left behind. A staging directory
+/// holds either a compacted file that never replaced its partition, or the
+/// small files it replaced: either way it is garbage.
+pub fn recover(root: &Path) -> Result<(), Error> {
+    let staging = staging_dir(root);
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| io(&staging, "remove", e))?;
+    }
+    Ok(())
+}
+
+/// Compacts the files of one partition into one file, sorted by `ts`, and
+/// swaps it in: the new file is written to a staging directory, which is
+/// exchanged with the partition's directory in one atomic rename
+/// (`RENAME_EXCHANGE`), so a reader sees either all the small files or the
+/// one compacted file, never both or neither. Returns the rows compacted.
+pub fn compact_partition(
+    root: &Path,
+    dir: &Path,
+    opts: &FileOptions,
+) -> Result<Option<u64>, Error> {
+    let files = parquet_files(dir);
+    if files.len() < 2 {
+        return Ok(None);
+    }
+    let batches = read_files(&files)?;
+    let Some(first) = batches.first() else {
+        return Ok(None);
+    };
+    let schema = first.schema();
+    let all = concat_batches(&schema, &batches).map_err(|e| io(dir, "concatenate", e))?;
+    let order = sort_to_indices(all.column(0), None, None).map_err(|e| io(dir, "sort", e))?;
+    let sorted = take_record_batch(&all, &order).map_err(|e| io(dir, "sort", e))?;
+    let first_ts =
+        arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMicrosecondType>(
+            sorted.column(0),
+        )
+        .values()
+        .first()
+        .copied()
+        .unwrap_or(0);
+    let rows = sorted.num_rows() as u64;
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let stage = staging_dir(root).join(format!("{}-{seq}", std::process::id()));
+    if stage.exists() {
+        fs::remove_dir_all(&stage).map_err(|e| io(&stage, "remove", e))?;
+    }
+    write_file(&stage, &sorted, first_ts as u64, opts)?;
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        &stage,
+        rustix::fs::CWD,
+        dir,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .map_err(|e| io(dir, "swap in the compacted file for", e))?;
+    fs::remove_dir_all(&stage).map_err(|e| io(&stage, "remove", e))?;
+    Ok(Some(rows))
+}
+
+/// Rows in some files, from their footers.
+pub fn count_rows(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| {
+            let file = File::open(f).ok()?;
+            let b = ParquetRecordBatchReaderBuilder::try_new(file).ok()?;
+            Some(b.metadata().file_metadata().num_rows() as u64)
+        })
+        .sum()
+}
+
+/// Used by tests and the benchmark: every row of a table, all partitions.
+pub fn read_table(root: &Path, table: &str) -> Result<Vec<RecordBatch>, Error> {
+    let mut files = Vec::new();
+    for (_, r) in partitions(&root.join(table), "region") {
+        for (_, d) in partitions(&r, "date") {
+            for (_, h) in partitions(&d, "hour") {
+                files.extend(parquet_files(&h));
+            }
+        }
+    }
+    read_files(&files)
+}

@@ -1,0 +1,282 @@
+//! Prometheus metrics: the same facts as the tables, live.
+//!
+//! Names start with `parallax_` and carry their unit; counters end in
+//! `_total`; labels are limited to `region`, `peer`, `class`, `op` and
+//! `status` (for conflicts, `status` is the outcome). The conflict rate is
+//! `rate(parallax_conflicts_total[5m]) / rate(parallax_replication_applied_ops_total[5m])`.
+
+use parallax_replicator::NodeStats;
+use parallax_replicator::telemetry::Event;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder, exponential_buckets,
+};
+
+/// A region's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    region: String,
+    registry: Registry,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    applied: IntCounterVec,
+    batches: IntCounterVec,
+    lag_seconds: HistogramVec,
+    lag_now: GaugeVec,
+    backlog: IntGaugeVec,
+    conflicts: IntCounterVec,
+    resolution_seconds: HistogramVec,
+    clock_offset: GaugeVec,
+    probe_seconds: HistogramVec,
+    probe_up: IntGaugeVec,
+    failovers: IntCounterVec,
+    audit_divergent: IntGaugeVec,
+    dropped: IntCounterVec,
+    rows_written: IntCounterVec,
+    files_written: IntCounterVec,
+    queue: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], start: f64) -> HistogramVec {
+    let buckets = exponential_buckets(start, 2.0, 18).expect("valid buckets");
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid histogram");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    /// Metrics of region `region`.
+    pub fn new(region: &str) -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            region: region.to_owned(),
+            requests: counter(
+                &r,
+                "parallax_requests_total",
+                "Client requests answered, by operation, class and HTTP status.",
+                &["region", "op", "class", "status"],
+            ),
+            request_seconds: histogram(
+                &r,
+                "parallax_request_duration_seconds",
+                "Time to answer a client request.",
+                &["region", "op"],
+                0.000_05,
+            ),
+            applied: counter(
+                &r,
+                "parallax_replication_applied_ops_total",
+                "Replicated operations applied here, by origin region.",
+                &["region", "peer"],
+            ),
+            batches: counter(
+                &r,
+                "parallax_replication_batches_total",
+                "Replication batches and heartbeats received, by origin region.",
+                &["region", "peer"],
+            ),
+            lag_seconds: histogram(
+                &r,
+                "parallax_replication_lag_seconds",
+                "Lag of applied batches and heartbeats, by origin region (corrected for clock offset).",
+                &["region", "peer"],
+                0.000_5,
+            ),
+            lag_now: gauge(
+                &r,
+                "parallax_replication_lag_current_seconds",
+                "How far this region trails the origin now (age of its closed timestamp).",
+                &["region", "peer"],
+            ),
+            backlog: int_gauge(
+                &r,
+                "parallax_replication_backlog_ops",
+                "This region's log entries the peer has not acknowledged.",
+                &["region", "peer"],
+            ),
+            conflicts: counter(
+                &r,
+                "parallax_conflicts_total",
+                "Conflicts seen here, by class and outcome (status).",
+                &["region", "class", "status"],
+            ),
+            resolution_seconds: histogram(
+                &r,
+                "parallax_conflict_resolution_seconds",
+                "From a conflict's start to its resolution here.",
+                &["region", "class"],
+                0.001,
+            ),
+            clock_offset: gauge(
+                &r,
+                "parallax_clock_offset_seconds",
+                "The peer's clock minus this region's, estimated from round trips.",
+                &["region", "peer"],
+            ),
+            probe_seconds: histogram(
+                &r,
+                "parallax_probe_duration_seconds",
+                "Health probe latency from this region to a region.",
+                &["region", "peer"],
+                0.000_1,
+            ),
+            probe_up: int_gauge(
+                &r,
+                "parallax_probe_up",
+                "1 if the last health probe of the region answered.",
+                &["region", "peer"],
+            ),
+            failovers: counter(
+                &r,
+                "parallax_failovers_total",
+                "Ownership moves recorded here.",
+                &["region"],
+            ),
+            audit_divergent: int_gauge(
+                &r,
+                "parallax_audit_divergent_keys",
+                "Divergent keys found by the last audit recorded here, by class.",
+                &["region", "class"],
+            ),
+            dropped: counter(
+                &r,
+                "parallax_telemetry_dropped_total",
+                "Telemetry events dropped because a consumer was behind.",
+                &["region"],
+            ),
+            rows_written: counter(
+                &r,
+                "parallax_collector_rows_written_total",
+                "Rows written to Parquet, by table (op).",
+                &["region", "op"],
+            ),
+            files_written: counter(
+                &r,
+                "parallax_collector_files_written_total",
+                "Parquet files written, compacted ones included.",
+                &["region"],
+            ),
+            queue: int_gauge(
+                &r,
+                "parallax_reconciliation_queue_entities",
+                "Entities waiting in the reconciliation queue.",
+                &["region"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Takes one event in.
+    pub fn observe(&self, event: &Event) {
+        let me = self.region.as_str();
+        match event {
+            Event::Request(r) => {
+                let status = r.status.to_string();
+                self.requests
+                    .with_label_values(&[me, &r.op, &r.class, &status])
+                    .inc();
+                self.request_seconds
+                    .with_label_values(&[me, &r.op])
+                    .observe(r.latency_us as f64 / 1e6);
+            }
+            Event::Replication(r) => {
+                self.applied
+                    .with_label_values(&[me, &r.src])
+                    .inc_by(r.applied_ops);
+                self.batches.with_label_values(&[me, &r.src]).inc();
+                self.lag_seconds
+                    .with_label_values(&[me, &r.src])
+                    .observe(r.lag_ms as f64 / 1e3);
+            }
+            Event::Conflict(c) => {
+                self.conflicts
+                    .with_label_values(&[me, &c.class, &c.outcome])
+                    .inc();
+                if c.outcome != "queued" {
+                    self.resolution_seconds
+                        .with_label_values(&[me, &c.class])
+                        .observe(c.resolution_ms as f64 / 1e3);
+                }
+            }
+            Event::Clock(c) => {
+                self.clock_offset
+                    .with_label_values(&[me, &c.peer])
+                    .set(c.offset_ms as f64 / 1e3);
+            }
+            Event::Probe(p) => {
+                self.probe_seconds
+                    .with_label_values(&[me, &p.target])
+                    .observe(p.latency_ms / 1e3);
+                self.probe_up
+                    .with_label_values(&[me, &p.target])
+                    .set(i64::from(p.ok));
+            }
+            Event::Failover(_) => self.failovers.with_label_values(&[me]).inc(),
+            Event::Audit(a) => self
+                .audit_divergent
+                .with_label_values(&[me, &a.class])
+                .set(a.divergent as i64),
+            Event::Divergence(_) => {}
+        }
+    }
+
+    /// Counts rows and a file written for a table.
+    pub fn wrote(&self, table: &str, rows: u64) {
+        self.rows_written
+            .with_label_values(&[&self.region, table])
+            .inc_by(rows);
+        self.files_written.with_label_values(&[&self.region]).inc();
+    }
+
+    /// Counts events dropped.
+    pub fn dropped(&self, n: u64) {
+        if n > 0 {
+            self.dropped.with_label_values(&[&self.region]).inc_by(n);
+        }
+    }
+
+    /// Sets the gauges read from the node's live state.
+    pub fn refresh(&self, stats: &NodeStats) {
+        for (peer, p) in &stats.replication.peers {
+            self.backlog
+                .with_label_values(&[&self.region, peer])
+                .set(p.backlog_ops as i64);
+            if let Some(lag) = p.lag_from_ms {
+                self.lag_now
+                    .with_label_values(&[&self.region, peer])
+                    .set(lag as f64 / 1e3);
+            }
+        }
+        self.queue
+            .with_label_values(&[&self.region])
+            .set(stats.reconciliation_queue as i64);
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,258 @@
+use std::sync::Arc;
+
+use arrow::array::{AsArray, Int64Array};
+use arrow::datatypes::TimestampMicrosecondType;
+use parallax_replicator::clock::ManualClock;
+use parallax_replicator::config::CollectorConfig;
+use parallax_replicator::telemetry::{Event, ReplicationEvent, RequestEvent};
+
+use super::*;
+
+const HOUR_US: u64 = 3_600_000_000;
+/// 2026-11-28T10:00:00Z.
+const T0: u64 = 1_795_860_000_000_000;
+
+fn collector(root: &std::path::Path, now_us: u64) -> Collector {
+    let clock = Arc::new(ManualClock::new(now_us / 1_000));
+    Collector::new(
+        CollectorOptions {
+            root: root.to_owned(),
+            region: "us-east".into(),
+            config: CollectorConfig {
+                row_group_rows: 1_000,
+                ..CollectorConfig::default()
+            },
+            probe_urls: BTreeMap::new(),
+            tokens: vec!["t".into()],
+            clock,
+        },
+        None,
+    )
+    .unwrap()
+}
+
+fn request(ts_us: u64, n: u64) -> Event {
+    Event::Request(RequestEvent {
+        ts_us,
+        region: "us-east".into(),
+        op: "put".into(),
+        class: "c".into(),
+        status: 200,
+        latency_us: n,
+        consistency: "async".into(),
+        served_by: "us-east".into(),
+        client_geo: String::new(),
+    })
+}
+
+fn lag(ts_us: u64, lag_ms: u64) -> Event {
+    Event::Replication(ReplicationEvent {
+        ts_us,
+        src: "eu-west".into(),
+        dst: "us-east".into(),
+        lag_ms,
+        backlog_ops: 0,
+        backlog_bytes: 0,
+        applied_ops: 1,
+    })
+}
+
+fn latencies(root: &std::path::Path) -> Vec<i64> {
+    let mut out = Vec::new();
+    for b in files::read_table(root, "requests").unwrap() {
+        let col = b
+            .column_by_name("latency_us")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        out.extend(col.values().iter().copied());
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn flush_writes_sorted_hive_partitioned_files_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(dir.path(), T0 + 3 * HOUR_US);
+    // Out of order, across two hours.
+    for n in (0..500u64).rev() {
+        c.ingest(request(T0 + n * 14_400_000, n));
+    }
+    c.ingest(lag(T0 + 5, 42));
+    assert_eq!(c.flush().unwrap(), 501);
+    let hour0 = files::partition_dir(dir.path(), "requests", "us-east", "2026-11-28", 10);
+    let hour1 = files::partition_dir(dir.path(), "requests", "us-east", "2026-11-28", 11);
+    assert_eq!(files::parquet_files(&hour0).len(), 1);
+    assert_eq!(files::parquet_files(&hour1).len(), 1);
+    let batches = files::read_files(&files::parquet_files(&hour0)).unwrap();
+    let ts = batches[0]
+        .column(0)
+        .as_primitive::<TimestampMicrosecondType>();
+    assert!(
+        ts.values().windows(2).all(|w| w[0] <= w[1]),
+        "rows sorted by ts"
+    );
+    assert_eq!(latencies(dir.path()), (0..500).collect::<Vec<_>>());
+    let w = c.written();
+    assert_eq!(w.rows["requests"], 500);
+    assert_eq!(w.rows["replication_lag"], 1);
+    assert_eq!(w.files, 3);
+    // No temporary file is left where a reader looks.
+    let leftovers = std::fs::read_dir(&hour0)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
+#[test]
+fn closed_hours_are_compacted_into_one_file_with_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(dir.path(), T0 + 2 * HOUR_US);
+    for round in 0..6u64 {
+        for n in 0..50 {
+            c.ingest(request(T0 + (n * 6 + round) * 1_000_000, round * 100 + n));
+        }
+        c.flush().unwrap();
+    }
+    // And the current hour, which stays as it is.
+    c.ingest(request(T0 + 2 * HOUR_US + 1, 9_999));
+    c.flush().unwrap();
+    let closed = files::partition_dir(dir.path(), "requests", "us-east", "2026-11-28", 10);
+    assert_eq!(files::parquet_files(&closed).len(), 6);
+    let before = latencies(dir.path());
+    let (compacted, deleted) = c.maintain().unwrap();
+    assert_eq!((compacted, deleted), (1, 0));
+    let after_files = files::parquet_files(&closed);
+    assert_eq!(after_files.len(), 1);
+    assert_eq!(latencies(dir.path()), before, "every row, once");
+    let batches = files::read_files(&after_files).unwrap();
+    let ts = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .values()
+                .to_vec()
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        ts.windows(2).all(|w| w[0] <= w[1]),
+        "compacted rows sorted by ts"
+    );
+    assert!(
+        !files::staging_dir(dir.path())
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "staging emptied"
+    );
+    assert_eq!(
+        files::parquet_files(&files::partition_dir(
+            dir.path(),
+            "requests",
+            "us-east",
+            "2026-11-28",
+            12
+        ))
+        .len(),
+        1
+    );
+}
+
+#[test]
+fn an_interrupted_compaction_leaves_every_row_exactly_once_after_recovery() {
+    for swapped in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = collector(dir.path(), T0 + 2 * HOUR_US);
+        for round in 0..3u64 {
+            for n in 0..20 {
+                c.ingest(request(T0 + n * 1_000 + round, round * 100 + n));
+            }
+            c.flush().unwrap();
+        }
+        let part = files::partition_dir(dir.path(), "requests", "us-east", "2026-11-28", 10);
+        let before = latencies(dir.path());
+        // Stage a compacted copy as a compaction would, and stop as a crash
+        // would: before the swap, or after it but before the old files went.
+        let all = files::read_files(&files::parquet_files(&part)).unwrap();
+        let merged = arrow::compute::concat_batches(&all[0].schema(), &all).unwrap();
+        let stage = files::staging_dir(dir.path()).join("crashed");
+        files::write_file(
+            &stage,
+            &merged,
+            T0,
+            &FileOptions {
+                row_group_rows: 1_000,
+            },
+        )
+        .unwrap();
+        if swapped {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &stage,
+                rustix::fs::CWD,
+                &part,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .unwrap();
+        }
+        drop(c);
+        // A restart recovers.
+        let c = collector(dir.path(), T0 + 2 * HOUR_US);
+        assert!(!files::staging_dir(dir.path()).exists(), "staging cleared");
+        assert_eq!(
+            latencies(dir.path()),
+            before,
+            "swapped = {swapped}: every row once"
+        );
+        c.maintain().unwrap();
+        assert_eq!(latencies(dir.path()), before);
+    }
+}
+
+#[test]
+fn partitions_past_retention_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = T0 + 40 * 24 * HOUR_US;
+    let c = collector(dir.path(), now);
+    c.ingest(request(T0, 1));
+    c.ingest(request(now - HOUR_US, 2));
+    c.flush().unwrap();
+    let (_, deleted) = c.maintain().unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(latencies(dir.path()), vec![2]);
+}
+
+#[test]
+fn metrics_follow_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(dir.path(), T0);
+    c.ingest(request(T0, 1_500));
+    c.ingest(lag(T0, 20));
+    let text = c.metrics_text();
+    assert!(
+        text.contains(
+            r#"parallax_requests_total{class="c",op="put",region="us-east",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"parallax_replication_applied_ops_total{peer="eu-west",region="us-east"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("parallax_replication_lag_seconds_bucket"),
+        "{text}"
+    );
+}
