@@ -23,7 +23,7 @@ pub(crate) struct Cluster {
     pub(crate) config: PathBuf,
     pub(crate) ports: Vec<u16>,
     children: Vec<Option<Child>>,
-    region_args: Vec<String>,
+    region_args: Vec<Vec<String>>,
 }
 
 impl Cluster {
@@ -38,6 +38,11 @@ impl Cluster {
 
     /// Three regions with these classes (TOML) and extra `parallax region` flags.
     pub(crate) fn with(classes: &str, region_args: &[&str]) -> Cluster {
+        Cluster::with_args(classes, &[region_args, region_args, region_args])
+    }
+
+    /// Three regions with these classes (TOML), each with its own extra flags.
+    pub(crate) fn with_args(classes: &str, region_args: &[&[&str]; 3]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
         let mut toml = format!(
@@ -56,7 +61,10 @@ impl Cluster {
             config,
             ports,
             children: vec![None, None, None],
-            region_args: region_args.iter().map(|a| (*a).to_owned()).collect(),
+            region_args: region_args
+                .iter()
+                .map(|args| args.iter().map(|a| (*a).to_owned()).collect())
+                .collect(),
         };
         for i in 0..REGIONS.len() {
             c.spawn(i);
@@ -68,14 +76,19 @@ impl Cluster {
         self.dir.path().join("data")
     }
 
+    /// Replaces region `i`'s extra flags (for its next start).
+    pub(crate) fn set_args(&mut self, i: usize, args: &[&str]) {
+        self.region_args[i] = args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
     pub(crate) fn spawn(&mut self, i: usize) {
         let child = Command::new(env!("CARGO_BIN_EXE_parallax"))
             .args(["region", "--config"])
             .arg(&self.config)
             .args(["--region", REGIONS[i], "--data-dir"])
             .arg(self.data_dir())
-            .args(&self.region_args)
-            .env("PARALLAX_LOG", "warn")
+            .args(&self.region_args[i])
+            .env("PARALLAX_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
