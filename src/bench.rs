@@ -21,6 +21,9 @@ pub(crate) enum BenchCommand {
     /// Merkle trees: build rate against raw BLAKE3, incremental updates, and
     /// diffs (round trips, bytes, time) against shipping every key and hash.
     Merkle(crate::bench_merkle::MerkleArgs),
+    /// Telemetry into Parquet: events per second per core and bytes per
+    /// event, beside the same events written as JSON lines.
+    Ingest(crate::bench_ingest::IngestArgs),
 }
 
 /// Arguments of `parallax bench replicate`.
@@ -45,6 +48,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Replicate(a) => replicate(a).await,
         BenchCommand::Merkle(a) => crate::bench_merkle::run(a).await,
+        BenchCommand::Ingest(a) => crate::bench_ingest::run(a).await,
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod audit;
 mod bench;
+mod bench_ingest;
 mod bench_merkle;
 mod client;
 mod demo;

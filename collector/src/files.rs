@@ -40,7 +40,7 @@ pub fn partition_dir(root: &Path, table: &str, region: &str, date: &str, hour: u
 fn properties(opts: &FileOptions) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid zstd level"),
+            ZstdLevel::try_new(1).expect("valid zstd level"),
         ))
         .set_max_row_group_row_count(Some(opts.row_group_rows))
         .set_statistics_enabled(EnabledStatistics::Page)

@@ -208,7 +208,21 @@ impl Collector {
 
     /// Writes everything buffered. Returns the rows written.
     pub fn flush(&self) -> Result<u64, Error> {
-        let b = std::mem::take(&mut *self.inner.buffers.lock().expect("buffers lock"));
+        let b = {
+            let mut guard = self.inner.buffers.lock().expect("buffers lock");
+            // The next buffers start as large as these ended.
+            let next = Buffers {
+                requests: Vec::with_capacity(guard.requests.len()),
+                replication_lag: Vec::with_capacity(guard.replication_lag.len()),
+                conflicts: Vec::with_capacity(guard.conflicts.len()),
+                divergence: Vec::new(),
+                audits: Vec::new(),
+                failovers: Vec::new(),
+                probes: Vec::with_capacity(guard.probes.len()),
+                clock: Vec::with_capacity(guard.clock.len()),
+            };
+            std::mem::replace(&mut *guard, next)
+        };
         let mut rows = 0;
         rows += self.write(b.requests)?;
         rows += self.write(b.replication_lag)?;
@@ -221,20 +235,22 @@ impl Collector {
         Ok(rows)
     }
 
-    fn write<T: TableRow>(&self, mut rows: Vec<T>) -> Result<u64, Error> {
+    fn write<T: TableRow>(&self, rows: Vec<T>) -> Result<u64, Error> {
         if rows.is_empty() {
             return Ok(0);
         }
-        rows.sort_by_key(TableRow::ts_us);
+        // Events mostly arrive in time order: sort references, not rows, and only if needed.
+        let mut rows: Vec<&T> = rows.iter().collect();
+        if !rows.is_sorted_by_key(|r| r.ts_us()) {
+            rows.sort_by_key(|r| r.ts_us());
+        }
         let n = rows.len() as u64;
         let mut start = 0;
         while start < rows.len() {
             let (date, hour) = date_hour(rows[start].ts_us());
-            let end = start
-                + rows[start..]
-                    .iter()
-                    .take_while(|r| date_hour(r.ts_us()) == (date.clone(), hour))
-                    .count();
+            // The end of this hour, in µs.
+            let hour_end = (rows[start].ts_us() / 3_600_000_000 + 1) * 3_600_000_000;
+            let end = start + rows[start..].partition_point(|r| r.ts_us() < hour_end);
             let dir = files::partition_dir(
                 &self.inner.opts.root,
                 T::TABLE,

@@ -61,29 +61,29 @@ pub trait TableRow: Send + Sync + 'static {
     /// The row's timestamp (µs since epoch, UTC).
     fn ts_us(&self) -> u64;
     /// Rows (already in `ts` order) as a record batch.
-    fn batch(rows: &[Self]) -> RecordBatch
+    fn batch(rows: &[&Self]) -> RecordBatch
     where
         Self: Sized;
 }
 
-fn ts_array<T: TableRow>(rows: &[T]) -> ArrayRef {
+fn ts_array<T: TableRow>(rows: &[&T]) -> ArrayRef {
     Arc::new(
         TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.ts_us() as i64))
             .with_timezone("UTC"),
     )
 }
 
-fn strings<T>(rows: &[T], f: impl Fn(&T) -> &str) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+fn strings<T>(rows: &[&T], f: impl Fn(&T) -> &str) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| f(r))))
 }
 
-fn i64s<T>(rows: &[T], f: impl Fn(&T) -> u64) -> ArrayRef {
+fn i64s<T>(rows: &[&T], f: impl Fn(&T) -> u64) -> ArrayRef {
     Arc::new(Int64Array::from_iter_values(
         rows.iter().map(|r| f(r) as i64),
     ))
 }
 
-fn lists<T>(rows: &[T], f: impl Fn(&T) -> &[String]) -> ArrayRef {
+fn lists<T>(rows: &[&T], f: impl Fn(&T) -> &[String]) -> ArrayRef {
     let mut b = ListBuilder::new(StringBuilder::new());
     for r in rows {
         for s in f(r) {
@@ -119,7 +119,7 @@ impl TableRow for RequestEvent {
     fn ts_us(&self) -> u64 {
         self.ts_us
     }
-    fn batch(rows: &[Self]) -> RecordBatch {
+    fn batch(rows: &[&Self]) -> RecordBatch {
         batch(
             Self::schema(),
             vec![
@@ -158,7 +158,7 @@ impl TableRow for ReplicationEvent {
     fn ts_us(&self) -> u64 {
         self.ts_us
     }
-    fn batch(rows: &[Self]) -> RecordBatch {
+    fn batch(rows: &[&Self]) -> RecordBatch {
         batch(
             Self::schema(),
             vec![
@@ -193,7 +193,7 @@ impl TableRow for ConflictEvent {
     fn ts_us(&self) -> u64 {
         self.ts_us
     }
-    fn batch(rows: &[Self]) -> RecordBatch {
+    fn batch(rows: &[&Self]) -> RecordBatch {
         batch(
             Self::schema(),
             vec![
@@ -229,7 +229,7 @@ impl TableRow for DivergenceEvent {
     fn ts_us(&self) -> u64 {
         self.ts_us
     }
-    fn batch(rows: &[Self]) -> RecordBatch {
+    fn batch(rows: &[&Self]) -> RecordBatch {
         batch(
             Self::schema(),
             vec![
@@ -275,7 +275,7 @@ impl TableRow for AuditEvent {
     fn ts_us(&self) -> u64 {
         self.ts_us
     }
-    fn batch(rows: &[Self]) -> RecordBatch {
+    fn batch(rows: &[&Self]) -> RecordBatch {
         batch(
             Self::schema(),
             vec![
@@ -314,7 +314,7 @@ impl TableRow for FailoverEvent {
     fn ts_us(&self) -> u64 {
         self.ts_us
     }
-    fn batch(rows: &[Self]) -> RecordBatch {
+    fn batch(rows: &[&Self]) -> RecordBatch {
         batch(
             Self::schema(),
             vec![
@@ -349,7 +349,7 @@ impl TableRow for ProbeEvent {
     fn ts_us(&self) -> u64 {
         self.ts_us
     }
-    fn batch(rows: &[Self]) -> RecordBatch {
+    fn batch(rows: &[&Self]) -> RecordBatch {
         batch(
             Self::schema(),
             vec![
@@ -382,7 +382,7 @@ impl TableRow for ClockEvent {
     fn ts_us(&self) -> u64 {
         self.ts_us
     }
-    fn batch(rows: &[Self]) -> RecordBatch {
+    fn batch(rows: &[&Self]) -> RecordBatch {
         batch(
             Self::schema(),
             vec![
