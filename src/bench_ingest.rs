@@ -44,15 +44,15 @@ fn events(n: u64, start_us: u64) -> Vec<Event> {
                 region: "us-east".into(),
                 op: OPS[(x >> 8) as usize % OPS.len()].into(),
                 class: CLASSES[(x >> 16) as usize % CLASSES.len()].into(),
-                status: if x % 97 == 0 {
+                status: if x.is_multiple_of(97) {
                     503
-                } else if x % 13 == 0 {
+                } else if x.is_multiple_of(13) {
                     404
                 } else {
                     200
                 },
                 latency_us: 150 + (x >> 24) % 4_000,
-                consistency: if x % 11 == 0 {
+                consistency: if x.is_multiple_of(11) {
                     "quorum".into()
                 } else {
                     "local".into()
