@@ -256,3 +256,51 @@ fn metrics_follow_the_events() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn probes_show_which_regions_answer_from_here() {
+    // One region answers, one does not: as from a vantage point cut off from it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        axum::serve(listener, app).await.unwrap();
+    });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, rx) = tokio::sync::mpsc::channel(16);
+    let c = Collector::start(
+        CollectorOptions {
+            root: dir.path().to_owned(),
+            region: "us-east".into(),
+            config: CollectorConfig {
+                probe_interval_ms: 50,
+                probe_timeout_ms: 200,
+                ..CollectorConfig::default()
+            },
+            probe_urls: BTreeMap::from([("eu-west".to_owned(), down), ("us-west".to_owned(), up)]),
+            tokens: vec!["t".into()],
+            clock: Arc::new(parallax_replicator::clock::SystemClock),
+        },
+        rx,
+        None,
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let latest = c.probes();
+    assert!(latest["us-west"].ok && !latest["eu-west"].ok, "{latest:?}");
+    assert!(
+        c.metrics_text()
+            .contains(r#"parallax_probe_up{peer="eu-west",region="us-east"} 0"#)
+    );
+    c.shutdown().await;
+    let rows: u64 = files::read_table(dir.path(), "probes")
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows() as u64)
+        .sum();
+    assert!(rows >= 4, "probe rows written at shutdown: {rows}");
+    server.abort();
+}
