@@ -10,6 +10,7 @@ mod bench_merkle;
 mod client;
 mod demo;
 mod region;
+mod sql;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,8 @@ enum Command {
     /// Change a stored entity without replicating it, on a region started
     /// with --allow-fault-injection (divergence drills).
     Fault(client::FaultArgs),
+    /// Run a read-only SQL query over the collector's Parquet tables.
+    Sql(sql::SqlArgs),
     /// Benchmarks (run them with --release).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             Command::Failover(a) => client::failover(a).await,
             Command::Ownership(a) => client::ownership(a).await,
             Command::Audit(a) => audit::run(a).await,
+            Command::Sql(a) => sql::run(a).await,
             Command::AntiEntropy(a) => client::anti_entropy(a).await,
             Command::Fault(a) => client::fault(a).await,
             Command::Bench(b) => bench::run(b).await,

@@ -183,6 +183,51 @@ fn bytes_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// Creates a new, empty store under a temporary name and renames it to
+/// `path` once its header and tables are durable, so a process killed while
+/// creating its first store leaves either no store or a whole one (never a
+/// file redb refuses as "not a redb database"). A leftover temporary file
+/// from such a kill is discarded.
+fn create_atomically(path: &Path) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".creating");
+    let tmp = path.with_file_name(name);
+    let io = |what: &str, e: std::io::Error| {
+        Error::Storage(format!("cannot {what} {}: {e}", tmp.display()))
+    };
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("remove the leftover", e)),
+    }
+    {
+        let db = Database::builder()
+            .create(&tmp)
+            .map_err(|e| Error::Storage(format!("cannot create store {}: {e}", tmp.display())))?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(ENTITIES)?;
+            txn.open_table(QUEUE)?;
+            txn.open_table(CONFLICT_LOG)?;
+            let mut meta = txn.open_table(META)?;
+            meta.insert("format", u64_bytes(STORE_FORMAT).as_slice())?;
+        }
+        txn.commit()?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| io("rename into place", e))?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the directory of", e))?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<Store> {
@@ -193,6 +238,9 @@ impl Store {
                     dir.display()
                 ))
             })?;
+        }
+        if !path.exists() {
+            create_atomically(path)?;
         }
         let db = Database::builder().set_cache_size(256 << 20).create(path).map_err(|e| {
             let hint = if matches!(e, redb::DatabaseError::DatabaseAlreadyOpen) {
@@ -539,5 +587,19 @@ mod tests {
         assert_eq!(meta.cursors["us"], 3);
         assert_eq!(meta.applied["eu"], 9);
         assert!(meta.needs_anti_entropy["us"]);
+    }
+
+    #[test]
+    fn a_store_half_created_by_a_killed_process_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.redb");
+        // What a kill -9 during the first start leaves: a partial file
+        // under the temporary name, nothing under the real one.
+        std::fs::write(dir.path().join("r.redb.creating"), [0u8; 100]).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.load_meta().unwrap().checkpoint, 0);
+        assert!(!dir.path().join("r.redb.creating").exists());
+        drop(store);
+        Store::open(&path).unwrap();
     }
 }

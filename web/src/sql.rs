@@ -1,0 +1,403 @@
+//! SQL over the collector's Parquet files, through DataFusion, read-only.
+//!
+//! Only the project's tables are registered (as listing tables over
+//! `<data-dir>/tables/<table>/` with the `region`, `date` and `hour`
+//! partition columns, so filters on them prune files). DDL, DML, `COPY`,
+//! `SET` and other statements are refused by DataFusion's `SQLOptions`;
+//! no function reads files (URL tables are off; only `generate_series` and
+//! `range` are table functions). A memory pool bounds each query (no spill
+//! to disk), and a time limit and a row limit apply; a query that breaks
+//! one fails alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
+use futures::StreamExt;
+use serde_json::Value;
+
+/// Limits of one query.
+#[derive(Clone, Debug)]
+pub struct SqlLimits {
+    /// Memory a query may hold (bytes).
+    pub memory_bytes: usize,
+    /// Time a query may run.
+    pub timeout: Duration,
+    /// Rows returned at most (more are cut off, and said so).
+    pub max_rows: usize,
+    /// Longest SQL text accepted (bytes).
+    pub max_sql_bytes: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits {
+            memory_bytes: 256 << 20,
+            timeout: Duration::from_secs(30),
+            max_rows: 100_000,
+            max_sql_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The statement is not a read-only query of the project's tables.
+    #[error("{0}")]
+    Refused(String),
+    /// The query is not valid (syntax, unknown column, type error ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The query needed more memory than the limit.
+    #[error(
+        "the query needed more than the {0} MiB memory limit. Fix: filter on ts, region, date or hour, aggregate earlier, or add LIMIT"
+    )]
+    Memory(usize),
+    /// The query ran longer than the limit.
+    #[error(
+        "the query ran longer than the {0} s time limit and was stopped. Fix: filter on ts, region, date or hour to read fewer files"
+    )]
+    Timeout(u64),
+    /// Something else failed while running it.
+    #[error("the query failed: {0}")]
+    Failed(String),
+}
+
+impl SqlError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            SqlError::Refused(_) => 403,
+            SqlError::Invalid(_) => 400,
+            SqlError::Memory(_) => 422,
+            SqlError::Timeout(_) => 408,
+            SqlError::Failed(_) => 500,
+        }
+    }
+
+    /// Short machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SqlError::Refused(_) => "refused",
+            SqlError::Invalid(_) => "invalid_query",
+            SqlError::Memory(_) => "memory_limit",
+            SqlError::Timeout(_) => "time_limit",
+            SqlError::Failed(_) => "query_failed",
+        }
+    }
+}
+
+/// A query's answer.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    /// Columns.
+    pub schema: SchemaRef,
+    /// Rows, in batches.
+    pub batches: Vec<RecordBatch>,
+    /// Whether rows past the limit were cut off.
+    pub truncated: bool,
+    /// Time taken.
+    pub elapsed: Duration,
+}
+
+impl QueryResult {
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// Column names.
+    pub fn columns(&self) -> Vec<String> {
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// Rows as JSON arrays of typed values.
+    pub fn json_rows(&self) -> Vec<Vec<Value>> {
+        let mut out = Vec::with_capacity(self.num_rows());
+        for b in &self.batches {
+            for r in 0..b.num_rows() {
+                out.push(b.columns().iter().map(|c| json_value(c, r)).collect());
+            }
+        }
+        out
+    }
+
+    /// Rows as CSV with a header line.
+    pub fn csv(&self) -> Result<Vec<u8>, SqlError> {
+        let mut out = Vec::new();
+        {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            for b in &self.batches {
+                w.write(b)
+                    .map_err(|e| SqlError::Failed(format!("cannot write CSV: {e}")))?;
+            }
+        }
+        if self.batches.is_empty() {
+            out.extend(self.columns().join(",").bytes());
+            out.push(b'\n');
+        }
+        Ok(out)
+    }
+
+    /// Rows as an Arrow IPC stream.
+    pub fn arrow_ipc(&self) -> Result<Vec<u8>, SqlError> {
+        let mut out = Vec::new();
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &self.schema)
+            .map_err(|e| SqlError::Failed(format!("cannot write Arrow IPC: {e}")))?;
+        for b in &self.batches {
+            w.write(b)
+                .map_err(|e| SqlError::Failed(format!("cannot write Arrow IPC: {e}")))?;
+        }
+        w.finish()
+            .map_err(|e| SqlError::Failed(format!("cannot write Arrow IPC: {e}")))?;
+        drop(w);
+        Ok(out)
+    }
+}
+
+/// One cell as JSON: numbers as numbers, timestamps as RFC 3339 text.
+pub fn json_value(col: &ArrayRef, row: usize) -> Value {
+    if col.is_null(row) {
+        return Value::Null;
+    }
+    macro_rules! prim {
+        ($t:ty) => {
+            Value::from(col.as_primitive::<$t>().value(row))
+        };
+    }
+    use arrow::datatypes as t;
+    match col.data_type() {
+        DataType::Boolean => Value::Bool(col.as_boolean().value(row)),
+        DataType::Int8 => prim!(t::Int8Type),
+        DataType::Int16 => prim!(t::Int16Type),
+        DataType::Int32 => prim!(t::Int32Type),
+        DataType::Int64 => prim!(t::Int64Type),
+        DataType::UInt8 => prim!(t::UInt8Type),
+        DataType::UInt16 => prim!(t::UInt16Type),
+        DataType::UInt32 => prim!(t::UInt32Type),
+        DataType::UInt64 => prim!(t::UInt64Type),
+        DataType::Float32 => prim!(t::Float32Type),
+        DataType::Float64 => {
+            let v = col.as_primitive::<t::Float64Type>().value(row);
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+        }
+        DataType::Utf8 => Value::from(col.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => Value::from(col.as_string::<i64>().value(row)),
+        DataType::Utf8View => Value::from(col.as_string_view().value(row)),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Value::from(format_ts_us(
+            col.as_primitive::<t::TimestampMicrosecondType>().value(row),
+        )),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => Value::from(format_ts_us(
+            col.as_primitive::<t::TimestampNanosecondType>().value(row) / 1_000,
+        )),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => Value::from(format_ts_us(
+            col.as_primitive::<t::TimestampMillisecondType>().value(row) * 1_000,
+        )),
+        DataType::Timestamp(TimeUnit::Second, _) => Value::from(format_ts_us(
+            col.as_primitive::<t::TimestampSecondType>().value(row) * 1_000_000,
+        )),
+        DataType::List(_) => {
+            let list = col.as_list::<i32>().value(row);
+            Value::Array((0..list.len()).map(|i| json_value(&list, i)).collect())
+        }
+        DataType::Dictionary(_, _) => {
+            let s = arrow::compute::cast(&col.slice(row, 1), &DataType::Utf8);
+            s.map(|s| json_value(&s, 0)).unwrap_or(Value::Null)
+        }
+        _ => arrow::util::display::array_value_to_string(col, row)
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+    }
+}
+
+/// A UTC timestamp in µs as RFC 3339 (`2026-11-28T17:42:21.123456Z`).
+pub fn format_ts_us(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let (date, hour) = parallax_collector::tables::date_hour((secs as u64) * 1_000_000);
+    let rem = secs.rem_euclid(3_600);
+    format!(
+        "{date}T{hour:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 60,
+        rem % 60
+    )
+}
+
+/// A read-only SQL engine over one data directory's tables.
+#[derive(Clone)]
+pub struct SqlEngine {
+    ctx: SessionContext,
+    limits: SqlLimits,
+    root: PathBuf,
+}
+
+impl std::fmt::Debug for SqlEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlEngine")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+fn classify(e: DataFusionError, limits: &SqlLimits) -> SqlError {
+    let text = e.to_string();
+    let root = e.find_root();
+    if matches!(root, DataFusionError::ResourcesExhausted(_))
+        || text.contains("Resources exhausted")
+    {
+        return SqlError::Memory(limits.memory_bytes >> 20);
+    }
+    if text.contains("not supported")
+        && (text.contains("DDL") || text.contains("DML") || text.contains("Statement"))
+    {
+        return SqlError::Refused(format!(
+            "only read-only queries (SELECT, WITH, EXPLAIN) over the parallax tables are allowed: {text}"
+        ));
+    }
+    match root {
+        DataFusionError::Plan(_)
+        | DataFusionError::SQL(..)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_) => {
+            let hint = if text.contains("table") && text.contains("not found") {
+                format!(
+                    ". The tables are: {}",
+                    parallax_collector::tables::TABLES.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            SqlError::Invalid(format!("{text}{hint}"))
+        }
+        _ => SqlError::Failed(text),
+    }
+}
+
+impl SqlEngine {
+    /// An engine over `<data_dir>/tables`.
+    pub async fn open(data_dir: &Path, limits: SqlLimits) -> Result<SqlEngine, SqlError> {
+        let root = data_dir.join("tables");
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_bytes, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()
+            .map_err(|e| SqlError::Failed(e.to_string()))?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(2)
+            .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+            .set_bool("datafusion.execution.parquet.reorder_filters", true);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        for table in parallax_collector::tables::TABLES {
+            let dir = root.join(table);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| SqlError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet")
+                .with_table_partition_cols(vec![
+                    ("region".to_owned(), DataType::Utf8),
+                    ("date".to_owned(), DataType::Date32),
+                    ("hour".to_owned(), DataType::Int32),
+                ])
+                .with_file_sort_order(vec![vec![col("ts").sort(true, false)]]);
+            let schema = parallax_collector::tables::schema_of(table).expect("a known table");
+            let url = format!("{}/", dir.display());
+            ctx.register_listing_table(table, &url, options, Some(schema), None)
+                .await
+                .map_err(|e| SqlError::Failed(format!("cannot register table {table}: {e}")))?;
+        }
+        Ok(SqlEngine { ctx, limits, root })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &SqlLimits {
+        &self.limits
+    }
+
+    /// Runs one read-only query.
+    pub async fn query(&self, sql: &str) -> Result<QueryResult, SqlError> {
+        let started = Instant::now();
+        if sql.trim().is_empty() {
+            return Err(SqlError::Invalid(
+                "the query is empty. Fix: send e.g. SELECT count(*) FROM requests".into(),
+            ));
+        }
+        if sql.len() > self.limits.max_sql_bytes {
+            return Err(SqlError::Invalid(format!(
+                "the query is {} bytes, over the {}-byte limit",
+                sql.len(),
+                self.limits.max_sql_bytes
+            )));
+        }
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let run = async {
+            let df = self
+                .ctx
+                .sql_with_options(sql, options)
+                .await
+                .map_err(|e| classify(e, &self.limits))?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let mut stream = df
+                .execute_stream()
+                .await
+                .map_err(|e| classify(e, &self.limits))?;
+            let mut batches = Vec::new();
+            let mut rows = 0;
+            let mut truncated = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| classify(e, &self.limits))?;
+                let room = self.limits.max_rows - rows;
+                if batch.num_rows() > room {
+                    batches.push(batch.slice(0, room));
+                    truncated = true;
+                    break;
+                }
+                rows += batch.num_rows();
+                batches.push(batch);
+                if rows == self.limits.max_rows {
+                    truncated = stream.next().await.is_some();
+                    break;
+                }
+            }
+            Ok::<_, SqlError>((schema, batches, truncated))
+        };
+        let (schema, batches, truncated) =
+            tokio::time::timeout(self.limits.timeout, run)
+                .await
+                .map_err(|_| SqlError::Timeout(self.limits.timeout.as_secs()))??;
+        Ok(QueryResult {
+            schema,
+            batches,
+            truncated,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// Whether a data type holds text (for table rendering).
+pub fn is_text(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
+}

@@ -1,0 +1,252 @@
+//! SQL over the collector's files: answers, formats, and hostile queries
+//! refused with a clear message while the engine keeps serving.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode};
+use parallax_collector::{Collector, CollectorOptions};
+use parallax_replicator::clock::ManualClock;
+use parallax_replicator::config::CollectorConfig;
+use parallax_replicator::telemetry::{Event, ReplicationEvent, RequestEvent};
+use parallax_web::{App, SqlEngine, SqlError, SqlLimits};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// 2026-11-28T10:00:00Z.
+const T0: u64 = 1_795_860_000_000_000;
+
+fn fill(dir: &std::path::Path) {
+    for region in ["us-east", "eu-west"] {
+        let c = Collector::new(
+            CollectorOptions {
+                root: dir.join("tables"),
+                region: region.into(),
+                config: CollectorConfig::default(),
+                probe_urls: BTreeMap::new(),
+                tokens: vec![],
+                clock: Arc::new(ManualClock::new(T0 / 1_000)),
+            },
+            None,
+        )
+        .unwrap();
+        for n in 0..100u64 {
+            c.ingest(Event::Request(RequestEvent {
+                ts_us: T0 + n * 60_000_000,
+                region: region.into(),
+                op: if n % 2 == 0 {
+                    "get".into()
+                } else {
+                    "put".into()
+                },
+                class: "likes".into(),
+                status: if n % 10 == 0 { 503 } else { 200 },
+                latency_us: 1_000 + n,
+                consistency: "local".into(),
+                served_by: region.into(),
+                client_geo: String::new(),
+            }));
+            c.ingest(Event::Replication(ReplicationEvent {
+                ts_us: T0 + n * 60_000_000,
+                src: "us-west".into(),
+                dst: region.into(),
+                lag_ms: n,
+                backlog_ops: 0,
+                backlog_bytes: 0,
+                applied_ops: 1,
+            }));
+        }
+        c.flush().unwrap();
+    }
+}
+
+async fn engine(limits: SqlLimits) -> (tempfile::TempDir, SqlEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let e = SqlEngine::open(dir.path(), limits).await.unwrap();
+    (dir, e)
+}
+
+#[tokio::test]
+async fn queries_read_the_tables_with_their_partition_columns() {
+    let (_d, e) = engine(SqlLimits::default()).await;
+    let r = e.query("SELECT region, count(*) AS n, max(latency_us) FROM requests GROUP BY region ORDER BY region").await.unwrap();
+    assert_eq!(r.columns(), vec!["region", "n", "max(requests.latency_us)"]);
+    assert_eq!(
+        r.json_rows(),
+        vec![
+            vec![json!("eu-west"), json!(100), json!(1099)],
+            vec![json!("us-east"), json!(100), json!(1099)]
+        ]
+    );
+    let r = e
+        .query("SELECT count(*) FROM requests WHERE date = DATE '2026-11-28' AND hour = 10 AND region = 'us-east' AND status >= 500")
+        .await
+        .unwrap();
+    assert_eq!(r.json_rows(), vec![vec![json!(6)]]);
+    let r = e
+        .query("SELECT ts FROM replication_lag ORDER BY ts LIMIT 1")
+        .await
+        .unwrap();
+    assert_eq!(r.json_rows()[0][0], json!("2026-11-28T10:00:00.000000Z"));
+    // Tables with no files yet answer empty, not with an error.
+    let r = e.query("SELECT count(*) FROM failovers").await.unwrap();
+    assert_eq!(r.json_rows(), vec![vec![json!(0)]]);
+    let csv = String::from_utf8(
+        e.query("SELECT op, count(*) AS n FROM requests GROUP BY op ORDER BY op")
+            .await
+            .unwrap()
+            .csv()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(csv, "op,n\nget,100\nput,100\n");
+    let ipc = e
+        .query("SELECT * FROM requests")
+        .await
+        .unwrap()
+        .arrow_ipc()
+        .unwrap();
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None).unwrap();
+    assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 200);
+}
+
+#[tokio::test]
+async fn the_row_limit_cuts_and_says_so() {
+    let (_d, e) = engine(SqlLimits {
+        max_rows: 50,
+        ..SqlLimits::default()
+    })
+    .await;
+    let r = e.query("SELECT * FROM requests").await.unwrap();
+    assert_eq!(r.num_rows(), 50);
+    assert!(r.truncated);
+    let r = e.query("SELECT * FROM requests LIMIT 10").await.unwrap();
+    assert!(!r.truncated);
+}
+
+#[tokio::test]
+async fn hostile_sql_is_refused_clearly_and_the_engine_keeps_serving() {
+    let limits = SqlLimits {
+        memory_bytes: 16 << 20,
+        timeout: Duration::from_secs(2),
+        ..SqlLimits::default()
+    };
+    let (_d, e) = engine(limits).await;
+    let refused = [
+        "COPY requests TO '/tmp/parallax-stolen.parquet'",
+        "CREATE EXTERNAL TABLE etc STORED AS CSV LOCATION '/etc'",
+        "DROP TABLE requests",
+        "INSERT INTO requests SELECT * FROM requests",
+        "SET datafusion.execution.batch_size = 1",
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE VIEW v AS SELECT 1",
+    ];
+    for sql in refused {
+        let err = e.query(sql).await.unwrap_err();
+        assert!(matches!(err, SqlError::Refused(_)), "{sql}: {err:?}");
+        assert!(err.to_string().contains("read-only"), "{sql}: {err}");
+    }
+    assert!(!std::path::Path::new("/tmp/parallax-stolen.parquet").exists());
+    for sql in [
+        "SELECT * FROM read_parquet('/etc/passwd')",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT * FROM nosuch",
+        "SELEC 1",
+    ] {
+        let err = e.query(sql).await.unwrap_err();
+        assert!(matches!(err, SqlError::Invalid(_)), "{sql}: {err:?}");
+    }
+    let err = e
+        .query("SELECT * FROM nosuch")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("requests") && err.contains("replication_lag"),
+        "names the tables: {err}"
+    );
+    let err = e
+        .query("SELECT a.value * b.value AS v FROM generate_series(1, 4000) a CROSS JOIN generate_series(1, 4000) b ORDER BY v DESC")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SqlError::Memory(16)), "memory: {err:?}");
+    let err = e
+        .query("SELECT count(*) FROM generate_series(1, 100000000000)")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SqlError::Timeout(2)), "time: {err:?}");
+    // Still serving.
+    let r = e.query("SELECT count(*) FROM requests").await.unwrap();
+    assert_eq!(r.json_rows(), vec![vec![json!(200)]]);
+}
+
+async fn post(app: &axum::Router, body: Value) -> (StatusCode, Vec<u8>) {
+    let req = Request::post("/api/v1/sql")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    (
+        status,
+        to_bytes(resp.into_body(), 1 << 24).await.unwrap().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn the_sql_api_answers_json_csv_arrow_and_clear_errors() {
+    let (_d, e) = engine(SqlLimits::default()).await;
+    let app = parallax_web::router(App::new(e));
+    let (s, body) = post(
+        &app,
+        json!({"sql": "SELECT op, count(*) AS n FROM requests GROUP BY op ORDER BY op"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["columns"], json!(["op", "n"]));
+    assert_eq!(v["rows"], json!([["get", 100], ["put", 100]]));
+    let (s, body) = post(&app, json!({"sql": "SELECT 1 AS one", "format": "csv"})).await;
+    assert_eq!(
+        (s, String::from_utf8(body).unwrap()),
+        (StatusCode::OK, "one\n1\n".to_owned())
+    );
+    let (s, _) = post(&app, json!({"sql": "SELECT 1", "format": "arrow"})).await;
+    assert_eq!(s, StatusCode::OK);
+    for (body, status, code) in [
+        (
+            json!({"sql": "DROP TABLE requests"}),
+            StatusCode::FORBIDDEN,
+            "refused",
+        ),
+        (
+            json!({"sql": "SELECT nope FROM requests"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            json!({"sql": "SELECT 1", "format": "xml"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            json!({"query": "SELECT 1"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+    ] {
+        let (s, b) = post(&app, body.clone()).await;
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            (s, v["error"].as_str().unwrap()),
+            (status, code),
+            "{body}: {v}"
+        );
+        assert!(!v["detail"].as_str().unwrap().is_empty());
+    }
+}
