@@ -12,6 +12,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::web_config::{
+    AlertRuleConfig, NotifierConfig, NotifierKind, RuleKind, SloConfig, SloKind, WebConfig,
+};
 
 /// Names of system classes start with this; user classes may not.
 pub const SYSTEM_CLASS_PREFIX: char = '_';
@@ -51,8 +54,20 @@ pub struct Config {
     #[serde(default)]
     pub anti_entropy: AntiEntropyConfig,
     /// Telemetry to Parquet files and Prometheus.
-    #[serde(default)]
+        #[serde(default)]
     pub collector: CollectorConfig,
+    /// The web app (`parallax web`).
+    #[serde(default)]
+    pub web: WebConfig,
+    /// Service level objectives, by name.
+    #[serde(default)]
+    pub slos: BTreeMap<String, SloConfig>,
+    /// Alert rules, by name.
+    #[serde(default)]
+    pub alerts: BTreeMap<String, AlertRuleConfig>,
+    /// Where alerts are delivered, by name.
+    #[serde(default)]
+    pub notifiers: BTreeMap<String, NotifierConfig>,
 }
 
 /// `[collector]`: where telemetry goes.
@@ -904,10 +919,17 @@ impl Config {
         if self.replication.heartbeat_interval_ms == 0 {
             return fail(
                 "replication.heartbeat_interval_ms",
-                "is 0. Fix: use e.g. 1000".into(),
+                                "is 0. Fix: use e.g. 1000".into(),
             );
         }
-        Ok(())
+        crate::web_config::validate(
+            &self.region_names(),
+            &self.web,
+            &self.slos,
+            &self.alerts,
+            &self.notifiers,
+        )
+        .or_else(|(field, msg)| fail(&field, msg))
     }
 
     /// Region names in order.

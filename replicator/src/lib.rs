@@ -33,6 +33,7 @@ pub mod telemetry;
 pub mod transport;
 pub mod version;
 mod wal;
+pub mod web_config;
 mod writer;
 
 pub use error::{ApiError, Error, Result};
