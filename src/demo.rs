@@ -45,6 +45,17 @@ pub(crate) struct DemoArgs {
     /// lag p99 per region pair as read back from the Parquet files.
     #[arg(long)]
     pub(crate) summary: Option<PathBuf>,
+    /// Serve the web app (dashboards, SQL, alerts) here; default
+    /// 127.0.0.1:8080, or a free port if that one is taken.
+    #[arg(long)]
+    pub(crate) web: Option<std::net::SocketAddr>,
+    /// Do not start the web app.
+    #[arg(long, conflicts_with = "web")]
+    pub(crate) no_web: bool,
+    /// After the demo, keep the regions and the web app running until ctrl-c,
+    /// so the dashboards can be explored.
+    #[arg(long)]
+    pub(crate) linger: bool,
 }
 
 /// `parallax demo`.
@@ -93,6 +104,33 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         );
         regions.push((name.clone(), r));
     }
+    let web =
+        if args.no_web {
+            None
+        } else {
+            let default = config.web.listen;
+            let started =
+                match crate::web::start((*config).clone(), &data_dir, args.web.unwrap_or(default))
+                    .await
+                {
+                    Ok(w) => w,
+                    Err(e) if args.web.is_none() => {
+                        println!("  web app: {default} is taken ({e:#}); using a free port");
+                        crate::web::start(
+                            (*config).clone(),
+                            &data_dir,
+                            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                        )
+                        .await?
+                    }
+                    Err(e) => return Err(e),
+                };
+            println!(
+                "  web app  http://{}/   (dashboards, SQL console, alerts)",
+                started.addr
+            );
+            Some(started)
+        };
     let token = config.cluster.client_token.clone();
     let first = &regions[0].1;
     println!(
@@ -163,6 +201,20 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             "NOT converged: see above"
         }
     );
+    if args.linger {
+        if let Some(w) = &web {
+            println!(
+                "\nThe regions and the web app keep running: http://{}/ (ctrl-c stops them)",
+                w.addr
+            );
+        } else {
+            println!("\nThe regions keep running (ctrl-c stops them)");
+        }
+        region::shutdown_signal().await;
+    }
+    if let Some(w) = web {
+        w.stop().await;
+    }
     let mut written: BTreeMap<String, u64> = BTreeMap::new();
     for (_, r) in regions {
         let collector = r.collector.clone();

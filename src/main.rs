@@ -11,6 +11,7 @@ mod client;
 mod demo;
 mod region;
 mod sql;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +73,8 @@ enum Command {
     Fault(client::FaultArgs),
     /// Run a read-only SQL query over the collector's Parquet tables.
     Sql(sql::SqlArgs),
+    /// Serve the dashboards, the SQL console and the alerts (http://127.0.0.1:8080).
+    Web(web::WebArgs),
     /// Benchmarks (run them with --release).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
             Command::Ownership(a) => client::ownership(a).await,
             Command::Audit(a) => audit::run(a).await,
             Command::Sql(a) => sql::run(a).await,
+            Command::Web(a) => web::run(a).await,
             Command::AntiEntropy(a) => client::anti_entropy(a).await,
             Command::Fault(a) => client::fault(a).await,
             Command::Bench(b) => bench::run(b).await,
@@ -123,7 +127,7 @@ fn main() -> ExitCode {
 
 fn init_tracing(command: &Command) {
     let default = match command {
-        Command::Region(_) => "info",
+        Command::Region(_) | Command::Web(_) => "info",
         Command::Demo(_) => "error",
         Command::Bench(_) => "warn",
         _ => "error",

@@ -264,6 +264,8 @@ fn help_explains_every_command() {
         "conflicts",
         "resolve",
         "bench",
+        "sql",
+        "web",
     ] {
         assert!(out.contains(cmd), "--help should list {cmd}: {out}");
     }

@@ -62,10 +62,13 @@ fn duckdb_reads_every_table_of_a_demo_run_as_the_collector_wrote_it() {
             data.to_str().unwrap(),
             "--summary",
             summary.to_str().unwrap(),
+            "--web",
+            "127.0.0.1:0",
         ],
         dir.path(),
     );
     assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("web app  http://127.0.0.1:"), "{out}");
     let written: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     let script = dir.path().join("check.py");
     std::fs::write(&script, DUCKDB_CHECK).unwrap();

@@ -54,7 +54,7 @@ pub struct Config {
     #[serde(default)]
     pub anti_entropy: AntiEntropyConfig,
     /// Telemetry to Parquet files and Prometheus.
-        #[serde(default)]
+    #[serde(default)]
     pub collector: CollectorConfig,
     /// The web app (`parallax web`).
     #[serde(default)]
@@ -919,7 +919,7 @@ impl Config {
         if self.replication.heartbeat_interval_ms == 0 {
             return fail(
                 "replication.heartbeat_interval_ms",
-                                "is 0. Fix: use e.g. 1000".into(),
+                "is 0. Fix: use e.g. 1000".into(),
             );
         }
         crate::web_config::validate(

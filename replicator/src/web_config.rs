@@ -219,7 +219,10 @@ pub fn validate(
 ) -> Result<(), (String, String)> {
     let fail = |field: String, msg: &str| Err((field, msg.to_owned()));
     if web.eval_interval_ms < 100 {
-        return fail("web.eval_interval_ms".into(), "is under 100. Fix: e.g. 15000".into());
+        return fail(
+            "web.eval_interval_ms".into(),
+            "is under 100. Fix: e.g. 15000",
+        );
     }
     if web.sql_memory_mb == 0 || web.sql_timeout_ms == 0 || web.sql_max_rows == 0 {
         return fail(
@@ -238,7 +241,10 @@ pub fn validate(
     for (name, slo) in slos {
         let f = |k: &str| format!("slos.{name}.{k}");
         if !(slo.objective > 0.0 && slo.objective < 100.0) {
-            return fail(f("objective"), "must be a percentage between 0 and 100 (exclusive). Fix: e.g. 99.9");
+            return fail(
+                f("objective"),
+                "must be a percentage between 0 and 100 (exclusive). Fix: e.g. 99.9",
+            );
         }
         if slo.window_days == 0 || slo.window_days > 366 {
             return fail(f("window_days"), "must be 1..=366. Fix: e.g. 30");
@@ -260,7 +266,10 @@ pub fn validate(
             if !regions.contains(r) {
                 return fail(
                     f("regions"),
-                    &format!("names region `{r}`, which is not declared. Fix: use one of {}", regions.join(", ")),
+                    &format!(
+                        "names region `{r}`, which is not declared. Fix: use one of {}",
+                        regions.join(", ")
+                    ),
                 );
             }
         }
@@ -268,20 +277,32 @@ pub fn validate(
     for (name, n) in notifiers {
         let f = |k: &str| format!("notifiers.{name}.{k}");
         if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
-            return fail(f("url"), "is not an http(s) URL. Fix: e.g. \"http://127.0.0.1:9093\"");
+            return fail(
+                f("url"),
+                "is not an http(s) URL. Fix: e.g. \"http://127.0.0.1:9093\"",
+            );
         }
         if n.hmac_secret.is_some() && n.kind != NotifierKind::Webhook {
-            return fail(f("hmac_secret"), "only applies to kind = \"webhook\". Fix: remove it");
+            return fail(
+                f("hmac_secret"),
+                "only applies to kind = \"webhook\". Fix: remove it",
+            );
         }
         if n.max_attempts == 0 || n.timeout_ms == 0 {
-            return fail(f("max_attempts"), "max_attempts and timeout_ms must be positive. Fix: e.g. 5 and 5000");
+            return fail(
+                f("max_attempts"),
+                "max_attempts and timeout_ms must be positive. Fix: e.g. 5 and 5000",
+            );
         }
     }
     for (name, rule) in alerts {
         let f = |k: &str| format!("alerts.{name}.{k}");
         let only = |field: &str, set: bool, kinds: &str| -> Result<(), (String, String)> {
             if set {
-                Err((f(field), format!("only applies to kind = {kinds}. Fix: remove it")))
+                Err((
+                    f(field),
+                    format!("only applies to kind = {kinds}. Fix: remove it"),
+                ))
             } else {
                 Ok(())
             }
@@ -289,18 +310,27 @@ pub fn validate(
         match rule.kind {
             RuleKind::Lag => {
                 if rule.threshold_ms.is_none() {
-                    return fail(f("threshold_ms"), "is missing. Fix: a lag rule needs the lag that is too much, e.g. threshold_ms = 5000");
+                    return fail(
+                        f("threshold_ms"),
+                        "is missing. Fix: a lag rule needs the lag that is too much, e.g. threshold_ms = 5000",
+                    );
                 }
             }
             RuleKind::BurnRate => match &rule.slo {
                 None => {
-                    return fail(f("slo"), "is missing. Fix: name the SLO whose budget to watch, e.g. slo = \"availability\"");
+                    return fail(
+                        f("slo"),
+                        "is missing. Fix: name the SLO whose budget to watch, e.g. slo = \"availability\"",
+                    );
                 }
                 Some(s) if !slos.contains_key(s) => {
                     let known: Vec<&str> = slos.keys().map(String::as_str).collect();
                     return fail(
                         f("slo"),
-                        &format!("names SLO `{s}`, which is not declared (declared: {}). Fix: add [slos.{s}] or use one of those", known.join(", ")),
+                        &format!(
+                            "names SLO `{s}`, which is not declared (declared: {}). Fix: add [slos.{s}] or use one of those",
+                            known.join(", ")
+                        ),
                     );
                 }
                 Some(_) => {}
@@ -308,19 +338,36 @@ pub fn validate(
             RuleKind::Sql => match &rule.sql {
                 Some(q) if !q.trim().is_empty() => {}
                 _ => {
-                    return fail(f("sql"), "is missing. Fix: give the query whose rows fire, e.g. sql = \"SELECT src, dst FROM replication_lag WHERE lag_ms > 5000\"");
+                    return fail(
+                        f("sql"),
+                        "is missing. Fix: give the query whose rows fire, e.g. sql = \"SELECT src, dst FROM replication_lag WHERE lag_ms > 5000\"",
+                    );
                 }
             },
             RuleKind::Divergence | RuleKind::Unreachable => {}
         }
-        only("threshold_ms", rule.kind != RuleKind::Lag && rule.threshold_ms.is_some(), "\"lag\"")?;
-        only("slo", rule.kind != RuleKind::BurnRate && rule.slo.is_some(), "\"burn_rate\"")?;
-        only("sql", rule.kind != RuleKind::Sql && rule.sql.is_some(), "\"sql\"")?;
+        only(
+            "threshold_ms",
+            rule.kind != RuleKind::Lag && rule.threshold_ms.is_some(),
+            "\"lag\"",
+        )?;
+        only(
+            "slo",
+            rule.kind != RuleKind::BurnRate && rule.slo.is_some(),
+            "\"burn_rate\"",
+        )?;
+        only(
+            "sql",
+            rule.kind != RuleKind::Sql && rule.sql.is_some(),
+            "\"sql\"",
+        )?;
         for n in &rule.notify {
             if !notifiers.contains_key(n) {
                 return fail(
                     f("notify"),
-                    &format!("names notifier `{n}`, which is not declared. Fix: add [notifiers.{n}] or remove it"),
+                    &format!(
+                        "names notifier `{n}`, which is not declared. Fix: add [notifiers.{n}] or remove it"
+                    ),
                 );
             }
         }

@@ -2,46 +2,147 @@
 //! files, and alert rules that call webhooks.
 //!
 //! The data comes from the collector's tables under `<data-dir>/tables/`,
-//! read through DataFusion ([`sql`]); nothing here writes them.
+//! read through DataFusion ([`sql`]); nothing here writes them. Every page
+//! (`/replication`) has a JSON twin (`/api/v1/replication`) serialising the
+//! struct the page is drawn from ([`dash`]), so the two never disagree.
+//! State-changing actions (resolve a conflict, run anti-entropy) need the
+//! cluster's admin token and are carried out by a region.
 
+pub mod charts;
+pub mod dash;
+pub mod filters;
+pub mod pages;
 pub mod sql;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use askama::Template;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use parallax_replicator::clock::Clock;
+use parallax_replicator::config::Config;
 use serde::Deserialize;
+use serde_json::{Value, json};
 
+use crate::filters::{FilterQuery, Filters};
+use crate::pages::{ActionForm, Cell, Chrome, Page, Queue, QueueItem, SqlConsole, SqlTable};
 pub use sql::{QueryResult, SqlEngine, SqlError, SqlLimits};
 
 /// The web app's shared state.
 #[derive(Clone, Debug)]
 pub struct App {
-    sql: Arc<SqlEngine>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    sql: SqlEngine,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    http: reqwest::Client,
+}
+
+/// The SQL limits `[web]` asks for.
+pub fn sql_limits(config: &Config) -> SqlLimits {
+    SqlLimits {
+        memory_bytes: config.web.sql_memory_mb << 20,
+        timeout: Duration::from_millis(config.web.sql_timeout_ms),
+        max_rows: config.web.sql_max_rows,
+        ..SqlLimits::default()
+    }
 }
 
 impl App {
-    /// An app over a SQL engine.
-    pub fn new(sql: SqlEngine) -> App {
-        App { sql: Arc::new(sql) }
+    /// An app over a SQL engine, for the cluster `config`.
+    pub fn new(sql: SqlEngine, config: Config, clock: Arc<dyn Clock>) -> App {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        App {
+            inner: Arc::new(Inner {
+                sql,
+                config,
+                clock,
+                http,
+            }),
+        }
     }
 
     /// The SQL engine.
     pub fn sql(&self) -> &SqlEngine {
-        &self.sql
+        &self.inner.sql
+    }
+
+    /// The cluster configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn now_us(&self) -> i64 {
+        self.inner.clock.now_us() as i64
+    }
+
+    fn filters(&self, q: &FilterQuery) -> Result<Filters, String> {
+        Filters::parse(q, self.now_us())
+    }
+
+    fn chrome(&self, title: &str, path: &str, f: Filters) -> Chrome {
+        let (regions, classes) = dash::names(&self.inner.config);
+        Chrome::new(
+            title,
+            path,
+            f,
+            regions,
+            classes,
+            self.now_us(),
+            self.inner.config.web.refresh_s,
+        )
+    }
+
+    fn admin_ok(&self, token: &str) -> bool {
+        let want = self.inner.config.cluster.admin_token.as_bytes();
+        let got = token.as_bytes();
+        // Constant time in the token's content.
+        want.len() == got.len() && want.iter().zip(got).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
     }
 }
 
 /// The web app's router.
 pub fn router(app: App) -> Router {
-    Router::new()
+    let mut r = Router::new();
+    for &(path, _) in pages::NAV.iter() {
+        let Some(kind) = Kind::of(path) else { continue };
+        let api = if path == "/" {
+            "/api/v1/overview".to_owned()
+        } else {
+            format!("/api/v1{path}")
+        };
+        r = r
+            .route(
+                path,
+                get(move |s: State<App>, q: Query<FilterQuery>| dashboard(s, q, kind, false)),
+            )
+            .route(
+                &api,
+                get(move |s: State<App>, q: Query<FilterQuery>| dashboard(s, q, kind, true)),
+            );
+    }
+    r.route("/sql", get(sql_page_get).post(sql_page_post))
         .route("/api/v1/sql", post(sql_api))
+        .route("/conflicts/resolve", post(resolve_form))
+        .route("/api/v1/conflicts/{class}/{key}/resolve", post(resolve_api))
+        .route("/anti-entropy", post(anti_entropy_form))
+        .route("/api/v1/anti-entropy", post(anti_entropy_api))
+        .route("/static/app.js", get(app_js))
+        .route("/healthz", get(|| async { "ok" }))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -55,7 +156,7 @@ pub fn error(status: u16, code: &str, detail: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
-        axum::Json(serde_json::json!({ "error": code, "detail": detail })),
+        axum::Json(json!({ "error": code, "detail": detail })),
     )
         .into_response()
 }
@@ -64,8 +165,589 @@ fn sql_error(e: &SqlError) -> Response {
     error(e.status(), e.code(), &e.to_string())
 }
 
+fn html(page: &Page, status: StatusCode) -> Response {
+    match page.render() {
+        Ok(body) => (status, Html(body)).into_response(),
+        Err(e) => error(500, "render_failed", &e.to_string()),
+    }
+}
+
+async fn app_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/app.js"),
+    )
+        .into_response()
+}
+
+/// The dashboard pages.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Overview,
+    Replication,
+    Conflicts,
+    Divergence,
+    Latency,
+    Failovers,
+}
+
+impl Kind {
+    fn of(path: &str) -> Option<Kind> {
+        Some(match path {
+            "/" => Kind::Overview,
+            "/replication" => Kind::Replication,
+            "/conflicts" => Kind::Conflicts,
+            "/divergence" => Kind::Divergence,
+            "/latency" => Kind::Latency,
+            "/failovers" => Kind::Failovers,
+            _ => return None,
+        })
+    }
+
+    fn title(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Overview => ("Overview", "/"),
+            Kind::Replication => ("Replication", "/replication"),
+            Kind::Conflicts => ("Conflicts", "/conflicts"),
+            Kind::Divergence => ("Divergence", "/divergence"),
+            Kind::Latency => ("Latency and errors", "/latency"),
+            Kind::Failovers => ("Failovers", "/failovers"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Flash {
+    #[serde(default)]
+    flash: Option<String>,
+    #[serde(default)]
+    failed: Option<String>,
+}
+
+async fn dashboard(
+    State(app): State<App>,
+    Query(q): Query<FilterQuery>,
+    kind: Kind,
+    as_json: bool,
+) -> Response {
+    let (title, path) = kind.title();
+    let f = match app.filters(&q) {
+        Ok(f) => f,
+        Err(e) => {
+            if as_json {
+                return error(400, "bad_filter", &e);
+            }
+            let mut c = app.chrome(
+                title,
+                path,
+                Filters::parse(&FilterQuery::default(), app.now_us()).expect("defaults parse"),
+            );
+            c.error = Some(e);
+            return html(&Page::new(c, Vec::new()), StatusCode::BAD_REQUEST);
+        }
+    };
+    let regions = app.config().region_names();
+    let e = app.sql();
+    let (data, sections, queue) = match kind {
+        Kind::Overview => match dash::overview(e, &f, &regions).await {
+            Ok(d) => (json!(d), pages::overview(&d, &f), None),
+            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
+        },
+        Kind::Replication => match dash::replication(e, &f, &regions).await {
+            Ok(d) => (json!(d), pages::replication(&d, &f), None),
+            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
+        },
+        Kind::Conflicts => match dash::conflicts(e, &f).await {
+            Ok(d) => {
+                let queue = live_queue(&app, &f).await;
+                (
+                    json!({ "figures": d, "queue": queue }),
+                    pages::conflicts(&d, &f),
+                    Some(queue),
+                )
+            }
+            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
+        },
+        Kind::Divergence => match dash::divergence(e, &f).await {
+            Ok(d) => (json!(d), pages::divergence(&d, &f), None),
+            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
+        },
+        Kind::Latency => match dash::latency(e, &f).await {
+            Ok(d) => (json!(d), pages::latency(&d, &f), None),
+            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
+        },
+        Kind::Failovers => match dash::failovers(e, &f).await {
+            Ok(d) => (json!(d), pages::failovers(&d), None),
+            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
+        },
+    };
+    if as_json {
+        return axum::Json(json!({ "filters": f, "data": data })).into_response();
+    }
+    let mut c = app.chrome(title, path, f);
+    let flash: Flash = serde_urlencoded_flash(&q);
+    c.flash = flash.flash;
+    c.error = flash.failed;
+    let mut page = Page::new(c, sections);
+    page.queue = queue;
+    if matches!(kind, Kind::Divergence) {
+        page.forms.push(ActionForm {
+            id: "repair".into(),
+            title: "Run anti-entropy now".into(),
+            note: "Asks a region to compare its Merkle trees with every peer and repair what differs (what the anti-entropy timer does). Needs the admin token.".into(),
+            action: "/anti-entropy".into(),
+            hidden: Vec::new(),
+            selects: vec![("region".into(), "Region".into(), app.config().region_names())],
+            button: "Run anti-entropy".into(),
+        });
+    }
+    html(&page, StatusCode::OK)
+}
+
+/// The flash message a redirect after a form carries.
+fn serde_urlencoded_flash(q: &FilterQuery) -> Flash {
+    Flash {
+        flash: q.flash.clone(),
+        failed: q.failed.clone(),
+    }
+}
+
+fn dash_error(
+    app: &App,
+    title: &str,
+    path: &str,
+    f: Filters,
+    e: &SqlError,
+    as_json: bool,
+) -> Response {
+    if as_json {
+        return sql_error(e);
+    }
+    let mut c = app.chrome(title, path, f);
+    c.error = Some(format!("The figures could not be computed: {e}"));
+    html(
+        &Page::new(c, Vec::new()),
+        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    )
+}
+
+/// Asks every (filtered) region for its reconciliation queue and the
+/// siblings of each queued entity.
+async fn live_queue(app: &App, f: &Filters) -> Queue {
+    let cfg = app.config();
+    let token = &cfg.cluster.client_token;
+    let mut items: BTreeMap<(String, String), QueueItem> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let class_param = if f.classes.len() == 1 {
+        format!("&class={}", f.classes[0])
+    } else {
+        String::new()
+    };
+    for region in cfg.region_names().iter().filter(|r| f.wants_region(r)) {
+        let Some(base) = cfg.region_url(region) else {
+            continue;
+        };
+        let answer = app
+            .inner
+            .http
+            .get(format!("{base}/v1/conflicts?limit=200{class_param}"))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await;
+        let body: Value = match answer {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+            Ok(r) => {
+                errors.push(format!(
+                    "{region} answered {} to GET /v1/conflicts",
+                    r.status()
+                ));
+                continue;
+            }
+            Err(e) => {
+                errors.push(format!("{region} could not be asked for its queue: {e}"));
+                continue;
+            }
+        };
+        for c in body["conflicts"].as_array().into_iter().flatten() {
+            let class = c["class"].as_str().unwrap_or_default().to_owned();
+            let key = c["key"].as_str().unwrap_or_default().to_owned();
+            if !f.classes.is_empty() && !f.classes.contains(&class) {
+                continue;
+            }
+            let first = c["first_seen_us"].as_i64().unwrap_or(0);
+            let item = items
+                .entry((class.clone(), key.clone()))
+                .or_insert_with(|| QueueItem {
+                    class,
+                    key,
+                    regions: Vec::new(),
+                    first_seen: pages::local_time(first).replace('T', " "),
+                    siblings: Vec::new(),
+                });
+            item.regions.push(region.clone());
+        }
+    }
+    for item in items.values_mut().take(50) {
+        let Some(base) = cfg.region_url(&item.regions[0]) else {
+            continue;
+        };
+        let url = format!("{base}/v1/entities/{}/{}", item.class, item.key);
+        if let Ok(r) = app
+            .inner
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            && let Ok(v) = r.json::<Value>().await
+        {
+            item.siblings = v["siblings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    if s["deleted"] == Value::Bool(true) {
+                        "deleted".to_owned()
+                    } else {
+                        s["value"].to_string()
+                    }
+                })
+                .collect();
+        }
+    }
+    Queue {
+        items: items.into_values().collect(),
+        errors,
+    }
+}
+
+/// What resolving asks for.
+#[derive(Debug)]
+enum Resolution {
+    Value(Value),
+    Delete,
+}
+
+/// Sends a resolve to `region`, following a 421 to the owner once.
+async fn resolve(
+    app: &App,
+    region: &str,
+    class: &str,
+    key: &str,
+    r: Resolution,
+) -> Result<String, String> {
+    let cfg = app.config();
+    let body = match r {
+        Resolution::Value(v) => json!({ "value": v }),
+        Resolution::Delete => json!({ "delete": true }),
+    };
+    let mut target = region.to_owned();
+    for _ in 0..2 {
+        let base = region_base(cfg, &target)?;
+        let answer = app
+            .inner
+            .http
+            .post(format!("{base}/v1/conflicts/{class}/{key}/resolve"))
+            .bearer_auth(&cfg.cluster.client_token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("{target} could not be reached: {e}"))?;
+        let status = answer.status();
+        let v: Value = answer.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(format!(
+                "Resolved {class}/{key} in {target}; it replicates to every region."
+            ));
+        }
+        if status.as_u16() == 421
+            && let Some(owner) = v["owner"].as_str()
+        {
+            target = owner.to_owned();
+            continue;
+        }
+        return Err(format!(
+            "{target} refused the resolve ({status}): {}",
+            v["detail"]
+                .as_str()
+                .or(v["error"].as_str())
+                .unwrap_or("no detail")
+        ));
+    }
+    Err("the owner moved twice while resolving; try again".into())
+}
+
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+struct ResolveForm {
+    class: String,
+    key: String,
+    region: String,
+    #[serde(default)]
+    choice: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+    admin_token: String,
+}
+
+fn back(path: &str, q: &FilterQuery, ok: Result<String, String>) -> Response {
+    let f = FilterQuery {
+        flash: None,
+        failed: None,
+        ..q.clone()
+    };
+    let mut qs = Vec::new();
+    for (k, v) in [
+        ("range", &f.range),
+        ("from", &f.from),
+        ("to", &f.to),
+        ("region", &f.region),
+        ("class", &f.class),
+    ] {
+        if let Some(v) = v {
+            qs.push(format!("{k}={}", urlencode(v)));
+        }
+    }
+    match ok {
+        Ok(m) => qs.push(format!("flash={}", urlencode(&m))),
+        Err(m) => qs.push(format!("failed={}", urlencode(&m))),
+    }
+    Redirect::to(&format!("{path}?{}", qs.join("&"))).into_response()
+}
+
+/// Percent-encodes a query value.
+pub fn urlencode(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+async fn resolve_form(
+    State(app): State<App>,
+    Query(q): Query<FilterQuery>,
+    body: axum::Form<ResolveForm>,
+) -> Response {
+    let form = body.0;
+    if !app.admin_ok(&form.admin_token) {
+        return back(
+            "/conflicts",
+            &q,
+            Err("The admin token is wrong. Fix: use cluster.admin_token from the config.".into()),
+        );
+    }
+    let resolution = match form.choice.as_deref() {
+        Some("custom") | None => {
+            match serde_json::from_str::<Value>(form.value.as_deref().unwrap_or("")) {
+                Ok(v) => Resolution::Value(v),
+                Err(e) => {
+                    return back(
+                        "/conflicts",
+                        &q,
+                        Err(format!(
+                            "The value is not JSON ({e}). Fix: e.g. {{\"reconciled\": true}}"
+                        )),
+                    );
+                }
+            }
+        }
+        Some(i) => {
+            let Ok(i) = i.parse::<usize>() else {
+                return back(
+                    "/conflicts",
+                    &q,
+                    Err(format!("choice `{i}` is not a sibling number")),
+                );
+            };
+            match sibling(&app, &form.region, &form.class, &form.key, i).await {
+                Ok(Some(v)) => Resolution::Value(v),
+                Ok(None) => Resolution::Delete,
+                Err(e) => return back("/conflicts", &q, Err(e)),
+            }
+        }
+    };
+    let out = resolve(&app, &form.region, &form.class, &form.key, resolution).await;
+    back("/conflicts", &q, out)
+}
+
+/// The `i`th sibling's value (`None` for a tombstone), read again so the
+/// form never carries values.
+async fn sibling(
+    app: &App,
+    region: &str,
+    class: &str,
+    key: &str,
+    i: usize,
+) -> Result<Option<Value>, String> {
+    let cfg = app.config();
+    let base = region_base(cfg, region)?;
+    let v: Value = app
+        .inner
+        .http
+        .get(format!("{base}/v1/entities/{class}/{key}"))
+        .bearer_auth(&cfg.cluster.client_token)
+        .send()
+        .await
+        .map_err(|e| format!("{region} could not be reached: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("{region} answered no JSON: {e}"))?;
+    let s = v["siblings"].get(i).ok_or_else(|| {
+        format!(
+            "{class}/{key} has no sibling {} any more (it may be resolved already)",
+            i + 1
+        )
+    })?;
+    Ok(if s["deleted"] == Value::Bool(true) {
+        None
+    } else {
+        Some(s["value"].clone())
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
+async fn resolve_api(
+    State(app): State<App>,
+    Path((class, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !app.admin_ok(bearer(&headers)) {
+        return error(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <cluster.admin_token>",
+        );
+    }
+    let Ok(axum::Json(body)) = body else {
+        return error(
+            400,
+            "bad_request",
+            "send {\"value\": <reconciled JSON>} or {\"delete\": true}, optionally with \"region\"",
+        );
+    };
+    let region = body["region"]
+        .as_str()
+        .map_or_else(|| app.config().primary().to_owned(), str::to_owned);
+    let r = if body["delete"] == Value::Bool(true) {
+        Resolution::Delete
+    } else if let Some(v) = body.get("value") {
+        Resolution::Value(v.clone())
+    } else {
+        return error(
+            400,
+            "bad_request",
+            "send {\"value\": <reconciled JSON>} or {\"delete\": true}",
+        );
+    };
+    match resolve(&app, &region, &class, &key, r).await {
+        Ok(m) => axum::Json(json!({ "resolved": true, "detail": m })).into_response(),
+        Err(m) => error(502, "resolve_failed", &m),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AntiEntropyForm {
+    region: String,
+    admin_token: String,
+}
+
+/// The base URL of `region`, or an error naming the regions there are.
+fn region_base(cfg: &Config, region: &str) -> Result<String, String> {
+    cfg.region_url(region).ok_or_else(|| {
+        format!(
+            "region `{region}` is not in the config. Fix: pick one of {}",
+            cfg.region_names().join(", ")
+        )
+    })
+}
+
+async fn run_anti_entropy(app: &App, region: &str) -> Result<Value, String> {
+    let cfg = app.config();
+    let base = region_base(cfg, region)?;
+    let r = app
+        .inner
+        .http
+        .post(format!("{base}/v1/admin/anti-entropy"))
+        .bearer_auth(&cfg.cluster.admin_token)
+        .json(&json!({}))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .map_err(|e| format!("{region} could not be reached: {e}"))?;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(v)
+    } else {
+        Err(format!("{region} answered {status}: {v}"))
+    }
+}
+
+async fn anti_entropy_form(
+    State(app): State<App>,
+    Query(q): Query<FilterQuery>,
+    body: axum::Form<AntiEntropyForm>,
+) -> Response {
+    if !app.admin_ok(&body.admin_token) {
+        return back(
+            "/divergence",
+            &q,
+            Err("The admin token is wrong. Fix: use cluster.admin_token from the config.".into()),
+        );
+    }
+    let out = run_anti_entropy(&app, &body.region).await.map(|v| {
+        let pulled: i64 = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["classes"].as_array().into_iter().flatten())
+            .map(|c| c["pulled"].as_i64().unwrap_or(0) + c["pushed"].as_i64().unwrap_or(0))
+            .sum();
+        format!(
+            "Anti-entropy ran in {}: {pulled} entities repaired.",
+            body.region
+        )
+    });
+    back("/divergence", &q, out)
+}
+
+async fn anti_entropy_api(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !app.admin_ok(bearer(&headers)) {
+        return error(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <cluster.admin_token>",
+        );
+    }
+    let region = body
+        .ok()
+        .and_then(|b| b.0["region"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| app.config().primary().to_owned());
+    match run_anti_entropy(&app, &region).await {
+        Ok(v) => axum::Json(json!({ "region": region, "reports": v })).into_response(),
+        Err(m) => error(502, "anti_entropy_failed", &m),
+    }
+}
+
+#[derive(Debug, Deserialize)]
 struct SqlRequest {
     sql: String,
     #[serde(default)]
@@ -96,7 +778,7 @@ async fn sql_api(State(app): State<App>, body: Result<Bytes, BytesRejection>) ->
             &format!("format `{format}` is not one of json, csv, arrow"),
         );
     }
-    let result = match app.sql.query(&req.sql).await {
+    let result = match app.sql().query(&req.sql).await {
         Ok(r) => r,
         Err(e) => return sql_error(&e),
     };
@@ -115,7 +797,7 @@ async fn sql_api(State(app): State<App>, body: Result<Bytes, BytesRejection>) ->
                 .into_response(),
             Err(e) => sql_error(&e),
         },
-        _ => axum::Json(serde_json::json!({
+        _ => axum::Json(json!({
             "columns": result.columns(),
             "rows": result.json_rows(),
             "truncated": result.truncated,
@@ -123,4 +805,102 @@ async fn sql_api(State(app): State<App>, body: Result<Bytes, BytesRejection>) ->
         }))
         .into_response(),
     }
+}
+
+/// Example queries on the console.
+const EXAMPLES: [(&str, &str); 4] = [
+    (
+        "p99 latency per region, last hour",
+        "SELECT region, count(*) AS requests, approx_percentile_cont(latency_us, 0.99) / 1000 AS p99_ms\nFROM requests\nWHERE ts > now() - INTERVAL '1 hour'\nGROUP BY region ORDER BY region",
+    ),
+    (
+        "worst replication lag by region pair, last hour",
+        "SELECT src, dst, max(lag_ms) AS worst_ms, approx_percentile_cont(lag_ms, 0.99) AS p99_ms\nFROM replication_lag\nWHERE ts > now() - INTERVAL '1 hour'\nGROUP BY src, dst ORDER BY worst_ms DESC",
+    ),
+    (
+        "conflicts by class and outcome, today",
+        "SELECT class, outcome, count(*) AS n\nFROM conflicts\nWHERE date = current_date()\nGROUP BY class, outcome ORDER BY n DESC",
+    ),
+    (
+        "divergent keys",
+        "SELECT ts, class, key, regions, state, age_ms\nFROM divergence\nWHERE state = 'divergent'\nORDER BY ts DESC LIMIT 100",
+    ),
+];
+
+#[derive(Debug, Default, Deserialize)]
+struct SqlForm {
+    #[serde(default)]
+    sql: Option<String>,
+}
+
+async fn sql_page_get(State(app): State<App>, Query(form): Query<SqlForm>) -> Response {
+    sql_page(app, form.sql).await
+}
+
+async fn sql_page_post(State(app): State<App>, form: axum::Form<SqlForm>) -> Response {
+    sql_page(app, form.0.sql).await
+}
+
+async fn sql_page(app: App, text: Option<String>) -> Response {
+    let f = Filters::parse(&FilterQuery::default(), app.now_us()).expect("defaults parse");
+    let mut c = app.chrome("SQL", "/sql", f);
+    c.filter_bar = false;
+    let limits = app.sql().limits();
+    let mut console = SqlConsole {
+        text: text.clone().unwrap_or_else(|| EXAMPLES[0].1.to_owned()),
+        tables: parallax_collector::tables::TABLES.join(", "),
+        limits: format!(
+            "{} MiB of memory, {} s, {} rows",
+            limits.memory_bytes >> 20,
+            limits.timeout.as_secs(),
+            limits.max_rows
+        ),
+        result: None,
+        examples: EXAMPLES
+            .iter()
+            .map(|(label, q)| ((*label).to_owned(), format!("/sql?sql={}", urlencode(q))))
+            .collect(),
+    };
+    let mut status = StatusCode::OK;
+    if let Some(q) = text.filter(|t| !t.trim().is_empty()) {
+        match app.sql().query(&q).await {
+            Ok(r) => {
+                console.result = Some(SqlTable {
+                    meta: format!(
+                        "{} row{}{} in {:.1} ms",
+                        r.num_rows(),
+                        if r.num_rows() == 1 { "" } else { "s" },
+                        if r.truncated {
+                            " (more were cut off by the row limit)"
+                        } else {
+                            ""
+                        },
+                        r.elapsed.as_secs_f64() * 1e3
+                    ),
+                    headers: r.columns(),
+                    rows: r
+                        .json_rows()
+                        .into_iter()
+                        .map(|row| {
+                            row.into_iter()
+                                .map(|v| match v {
+                                    Value::Number(n) => Cell::n(n.as_f64().unwrap_or(f64::NAN)),
+                                    Value::String(s) => Cell::t(s),
+                                    Value::Null => Cell::t("NULL"),
+                                    other => Cell::t(other.to_string()),
+                                })
+                                .collect()
+                        })
+                        .collect(),
+                });
+            }
+            Err(e) => {
+                status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                c.error = Some(format!("{} ({}): {e}", e.code(), e.status()));
+            }
+        }
+    }
+    let mut page = Page::new(c, Vec::new());
+    page.sql = Some(console);
+    html(&page, status)
 }

@@ -201,7 +201,16 @@ async fn post(app: &axum::Router, body: Value) -> (StatusCode, Vec<u8>) {
 #[tokio::test]
 async fn the_sql_api_answers_json_csv_arrow_and_clear_errors() {
     let (_d, e) = engine(SqlLimits::default()).await;
-    let app = parallax_web::router(App::new(e));
+    let config = parallax_replicator::config::Config::from_toml(
+        include_str!("../../deploy/examples/three-regions.toml"),
+        "three-regions.toml",
+    )
+    .unwrap();
+    let app = parallax_web::router(App::new(
+        e,
+        config,
+        std::sync::Arc::new(parallax_replicator::clock::SystemClock),
+    ));
     let (s, body) = post(
         &app,
         json!({"sql": "SELECT op, count(*) AS n FROM requests GROUP BY op ORDER BY op"}),

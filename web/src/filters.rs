@@ -1,0 +1,321 @@
+//! The time range and region/class filters every page and API takes.
+//!
+//! Query string: `range=15m|1h|6h|24h|7d|custom` (default 1h), with
+//! `from`/`to` for `custom` (RFC 3339, `YYYY-MM-DDTHH:MM` as a browser's
+//! datetime-local field sends it, or microseconds since the epoch),
+//! `region=a,b` and `class=x,y` (empty: all).
+
+use serde::{Deserialize, Serialize};
+
+/// The named ranges, with their length in seconds.
+pub const RANGES: [(&str, i64); 5] = [
+    ("15m", 900),
+    ("1h", 3_600),
+    ("6h", 21_600),
+    ("24h", 86_400),
+    ("7d", 604_800),
+];
+
+/// The raw query string.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct FilterQuery {
+    /// A named range or `custom`.
+    #[serde(default)]
+    pub range: Option<String>,
+    /// Start of a custom range.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// End of a custom range.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Comma-separated regions.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Comma-separated classes.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// A success message after a form (shown once).
+    #[serde(default)]
+    pub flash: Option<String>,
+    /// A failure message after a form (shown once).
+    #[serde(default)]
+    pub failed: Option<String>,
+}
+
+/// Validated filters.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Filters {
+    /// The range's name (`custom` for explicit bounds).
+    pub range: String,
+    /// Start, microseconds since the epoch (inclusive).
+    pub from_us: i64,
+    /// End, microseconds since the epoch (exclusive).
+    pub to_us: i64,
+    /// Regions to show; empty means all.
+    pub regions: Vec<String>,
+    /// Classes to show; empty means all.
+    pub classes: Vec<String>,
+    /// Width of one chart bucket (seconds).
+    pub step_s: i64,
+}
+
+fn list(v: Option<&str>) -> Vec<String> {
+    v.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parses a time bound: RFC 3339, `YYYY-MM-DDTHH:MM[:SS]` (UTC) or epoch µs.
+pub fn parse_time(field: &str, s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(us) = s.parse::<i64>() {
+        return Ok(us);
+    }
+    let bad = || {
+        format!(
+            "`{field}` = `{s}` is not a time. Fix: use RFC 3339 (2026-11-28T14:00:00Z), \
+             YYYY-MM-DDTHH:MM (UTC) or microseconds since the epoch"
+        )
+    };
+    let (date, rest) = s.split_once('T').ok_or_else(bad)?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (Some(Ok(y)), Some(Ok(mo)), Some(Ok(day)), None) = (d.next(), d.next(), d.next(), d.next())
+    else {
+        return Err(bad());
+    };
+    let rest = rest.trim_end_matches('Z');
+    let (clock, offset_s) = match rest.rfind(['+', '-']) {
+        Some(i) => {
+            let (c, off) = rest.split_at(i);
+            let sign = if off.starts_with('-') { -1 } else { 1 };
+            let mut o = off[1..].split(':').map(|p| p.parse::<i64>());
+            let (Some(Ok(oh)), om) = (o.next(), o.next()) else {
+                return Err(bad());
+            };
+            let om = match om {
+                Some(Ok(m)) => m,
+                None => 0,
+                Some(Err(_)) => return Err(bad()),
+            };
+            (c, sign * (oh * 3600 + om * 60))
+        }
+        None => (rest, 0),
+    };
+    let mut c = clock.split(':');
+    let h: i64 = c.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let mi: i64 = c.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let sec: f64 = match c.next() {
+        Some(p) => p.parse().map_err(|_| bad())?,
+        None => 0.0,
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec >= 61.0 {
+        return Err(bad());
+    }
+    let days = days_from_civil(y, mo, day);
+    let secs = days * 86_400 + h * 3600 + mi * 60 - offset_s;
+    Ok(secs * 1_000_000 + (sec * 1e6).round() as i64)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD` of a day number (for partition pruning).
+/// Days before 1970 are clamped to 1970-01-01 (no telemetry is older).
+pub fn civil_from_days(z: i64) -> String {
+    parallax_collector::tables::date_hour(z.max(0) as u64 * 86_400_000_000).0
+}
+
+/// A bucket width giving about 60 points over `span_s`, rounded to a
+/// width people read easily.
+pub fn step_for(span_s: i64) -> i64 {
+    const NICE: [i64; 14] = [
+        1, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 10_800, 21_600,
+    ];
+    let want = (span_s / 60).max(1);
+    NICE.iter().copied().find(|&n| n >= want).unwrap_or(86_400)
+}
+
+impl Filters {
+    /// Validates a query string at `now_us`.
+    pub fn parse(q: &FilterQuery, now_us: i64) -> Result<Filters, String> {
+        let range = q.range.clone().unwrap_or_else(|| "1h".into());
+        let (from_us, to_us) = if range == "custom" {
+            let from =
+                q.from.as_deref().filter(|s| !s.is_empty()).ok_or(
+                    "`from` is missing. Fix: a custom range needs from= and optionally to=",
+                )?;
+            let from = parse_time("from", from)?;
+            let to = match q.to.as_deref().filter(|s| !s.is_empty()) {
+                Some(t) => parse_time("to", t)?,
+                None => now_us,
+            };
+            if to <= from {
+                return Err("`to` is not after `from`. Fix: swap them".into());
+            }
+            (from, to)
+        } else {
+            let Some(&(_, secs)) = RANGES.iter().find(|(n, _)| *n == range) else {
+                return Err(format!(
+                    "`range` = `{range}` is unknown. Fix: use one of 15m, 1h, 6h, 24h, 7d, custom"
+                ));
+            };
+            (now_us - secs * 1_000_000, now_us)
+        };
+        let step_s = step_for((to_us - from_us) / 1_000_000);
+        let check = |field: &str, v: &[String]| -> Result<(), String> {
+            for name in v {
+                if !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    return Err(format!(
+                        "`{field}` = `{name}` is not a name. Fix: letters, digits, '-', '_' and '.' only"
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let regions = list(q.region.as_deref());
+        let classes = list(q.class.as_deref());
+        check("region", &regions)?;
+        check("class", &classes)?;
+        Ok(Filters {
+            range,
+            from_us,
+            to_us,
+            regions,
+            classes,
+            step_s,
+        })
+    }
+
+    /// SQL conditions for the range (on `ts`, and `date` to prune
+    /// partitions) and the region filter on `region_col`.
+    pub fn where_sql(&self, region_col: Option<&str>, class_col: Option<&str>) -> String {
+        let mut w = vec![
+            format!("ts >= to_timestamp_micros({})", self.from_us),
+            format!("ts < to_timestamp_micros({})", self.to_us),
+            format!(
+                "date >= DATE '{}'",
+                civil_from_days(self.from_us.div_euclid(86_400_000_000))
+            ),
+            format!(
+                "date <= DATE '{}'",
+                civil_from_days(self.to_us.div_euclid(86_400_000_000))
+            ),
+        ];
+        if let Some(col) = region_col
+            && !self.regions.is_empty()
+        {
+            w.push(format!("{col} IN ({})", quoted(&self.regions)));
+        }
+        if let Some(col) = class_col
+            && !self.classes.is_empty()
+        {
+            w.push(format!("{col} IN ({})", quoted(&self.classes)));
+        }
+        w.join(" AND ")
+    }
+
+    /// SQL for the chart bucket of `ts`, as epoch seconds.
+    pub fn bucket_sql(&self) -> String {
+        format!(
+            "CAST(to_unixtime(date_bin(INTERVAL '{} seconds', ts, TIMESTAMP '1970-01-01T00:00:00Z')) AS BIGINT)",
+            self.step_s
+        )
+    }
+
+    /// The query string that reproduces these filters (for links).
+    pub fn query_string(&self) -> String {
+        let mut q = if self.range == "custom" {
+            format!("range=custom&from={}&to={}", self.from_us, self.to_us)
+        } else {
+            format!("range={}", self.range)
+        };
+        if !self.regions.is_empty() {
+            q.push_str(&format!("&region={}", self.regions.join(",")));
+        }
+        if !self.classes.is_empty() {
+            q.push_str(&format!("&class={}", self.classes.join(",")));
+        }
+        q
+    }
+
+    /// Whether `region` passes the region filter.
+    pub fn wants_region(&self, region: &str) -> bool {
+        self.regions.is_empty() || self.regions.iter().any(|r| r == region)
+    }
+}
+
+/// `'a', 'b'` for names already checked to hold no quote.
+fn quoted(v: &[String]) -> String {
+    v.iter()
+        .map(|s| format!("'{}'", s.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_every_accepted_form() {
+        let t = parse_time("from", "2026-11-28T14:00:00Z").unwrap();
+        assert_eq!(t, 1_795_874_400_000_000);
+        assert_eq!(parse_time("from", "2026-11-28T14:00").unwrap(), t);
+        assert_eq!(parse_time("from", "2026-11-28T15:00:00+01:00").unwrap(), t);
+        assert_eq!(parse_time("from", &t.to_string()).unwrap(), t);
+        assert!(
+            parse_time("from", "yesterday")
+                .unwrap_err()
+                .contains("`from`")
+        );
+        assert_eq!(civil_from_days(days_from_civil(2026, 11, 28)), "2026-11-28");
+        assert_eq!(civil_from_days(0), "1970-01-01");
+    }
+
+    #[test]
+    fn filters_validate_and_round_trip() {
+        let now = 1_795_874_400_000_000;
+        let f = Filters::parse(&FilterQuery::default(), now).unwrap();
+        assert_eq!(
+            (f.range.as_str(), f.to_us - f.from_us),
+            ("1h", 3_600_000_000)
+        );
+        assert_eq!(f.step_s, 60);
+        let q = FilterQuery {
+            range: Some("7d".into()),
+            region: Some("us-east, eu-west".into()),
+            ..FilterQuery::default()
+        };
+        let f = Filters::parse(&q, now).unwrap();
+        assert_eq!(f.regions, ["us-east", "eu-west"]);
+        assert!(
+            f.where_sql(Some("region"), None)
+                .contains("region IN ('us-east', 'eu-west')")
+        );
+        assert_eq!(f.query_string(), "range=7d&region=us-east,eu-west");
+        let bad = FilterQuery {
+            region: Some("x'; DROP".into()),
+            ..FilterQuery::default()
+        };
+        assert!(Filters::parse(&bad, now).unwrap_err().contains("`region`"));
+        let bad = FilterQuery {
+            range: Some("2w".into()),
+            ..FilterQuery::default()
+        };
+        assert!(Filters::parse(&bad, now).unwrap_err().contains("15m, 1h"));
+    }
+}

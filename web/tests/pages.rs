@@ -1,0 +1,454 @@
+//! Every page and its JSON twin through the router, without a socket: they
+//! answer, show the same figures, refuse bad filters with the fix, and keep
+//! state-changing actions behind the admin token.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use parallax_collector::{Collector, CollectorOptions};
+use parallax_replicator::clock::ManualClock;
+use parallax_replicator::config::{CollectorConfig, Config};
+use parallax_replicator::telemetry::{
+    AuditEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent, ReplicationEvent,
+    RequestEvent,
+};
+use parallax_web::charts::num;
+use parallax_web::{App, SqlEngine, SqlLimits};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// 2026-11-28T10:00:00Z.
+const T0: u64 = 1_795_860_000_000_000;
+const MIN: u64 = 60_000_000;
+const REGIONS: [&str; 3] = ["eu-west", "us-east", "us-west"];
+
+fn fill(dir: &std::path::Path) {
+    for (i, region) in REGIONS.iter().enumerate() {
+        let c = Collector::new(
+            CollectorOptions {
+                root: dir.join("tables"),
+                region: (*region).into(),
+                config: CollectorConfig::default(),
+                probe_urls: BTreeMap::new(),
+                tokens: vec![],
+                clock: Arc::new(ManualClock::new(T0 / 1_000)),
+            },
+            None,
+        )
+        .unwrap();
+        for n in 0..100u64 {
+            let ts = T0 + n * MIN;
+            c.ingest(Event::Request(RequestEvent {
+                ts_us: ts,
+                region: (*region).into(),
+                op: "put".into(),
+                class: "likes".into(),
+                status: if n % 10 == 0 { 503 } else { 200 },
+                latency_us: 1_000 * (i as u64 + 1) + n * 10,
+                consistency: "local".into(),
+                served_by: (*region).into(),
+                client_geo: String::new(),
+            }));
+            for src in REGIONS.iter().filter(|s| *s != region) {
+                c.ingest(Event::Replication(ReplicationEvent {
+                    ts_us: ts,
+                    src: (*src).into(),
+                    dst: (*region).into(),
+                    lag_ms: 10 * (i as u64 + 1) + n,
+                    backlog_ops: n,
+                    backlog_bytes: n * 100,
+                    applied_ops: 2,
+                }));
+            }
+            for target in REGIONS {
+                c.ingest(Event::Probe(ProbeEvent {
+                    ts_us: ts,
+                    vantage: (*region).into(),
+                    target: target.into(),
+                    latency_ms: 1.5,
+                    // us-west stops answering for the last 10 minutes.
+                    ok: !(target == "us-west" && n >= 90),
+                }));
+            }
+            if n % 5 == 0 {
+                c.ingest(Event::Conflict(ConflictEvent {
+                    ts_us: ts,
+                    region: (*region).into(),
+                    class: "likes".into(),
+                    key: format!("post-{n}"),
+                    policy: "gcounter".into(),
+                    outcome: "merged".into(),
+                    resolution_ms: 40 + n,
+                }));
+            }
+        }
+        if *region == "us-east" {
+            for (n, divergent) in [(30u64, 0u64), (60, 1)] {
+                c.ingest(Event::Audit(AuditEvent {
+                    ts_us: T0 + n * MIN,
+                    audit_id: format!("audit-{n}"),
+                    class: "balances".into(),
+                    regions: REGIONS.iter().map(|r| (*r).to_owned()).collect(),
+                    entities: 500,
+                    differing: divergent + 2,
+                    in_flight: 2,
+                    divergent,
+                    round_trips: 3,
+                    bytes: 4_096,
+                    duration_ms: 12,
+                }));
+            }
+            c.ingest(Event::Divergence(DivergenceEvent {
+                ts_us: T0 + 60 * MIN,
+                audit_id: "audit-60".into(),
+                class: "balances".into(),
+                key: "acct-7".into(),
+                regions: vec!["us-east".into(), "eu-west".into()],
+                state: "divergent".into(),
+                first_seen_us: T0 + 55 * MIN,
+                age_ms: 300_000,
+            }));
+            c.ingest(Event::Failover(FailoverEvent {
+                ts_us: T0 + 95 * MIN,
+                region: "us-east".into(),
+                event: "router: us-west down, clients sent to us-east".into(),
+                detected_ms: Some(3_000),
+                rerouted_ms: Some(4_250),
+            }));
+        }
+        c.flush().unwrap();
+    }
+}
+
+async fn app() -> (tempfile::TempDir, axum::Router) {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let e = SqlEngine::open(dir.path(), SqlLimits::default())
+        .await
+        .unwrap();
+    let config = Config::from_toml(
+        include_str!("../../deploy/examples/three-regions.toml"),
+        "three-regions.toml",
+    )
+    .unwrap();
+    // Two hours after the first event: the 6h range holds everything.
+    let clock = Arc::new(ManualClock::new((T0 + 120 * MIN) / 1_000));
+    (dir, parallax_web::router(App::new(e, config, clock)))
+}
+
+async fn get(app: &axum::Router, uri: &str) -> (StatusCode, String) {
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn post_form(app: &axum::Router, uri: &str, form: &str) -> (StatusCode, String, String) {
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post(uri)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(form.to_owned()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get(header::LOCATION)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+    (status, location, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn json(app: &axum::Router, uri: &str) -> Value {
+    let (status, body) = get(app, uri).await;
+    assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn every_page_and_its_json_twin_answer() {
+    let (_d, app) = app().await;
+    for (page, api, title) in [
+        ("/", "/api/v1/overview", "Overview"),
+        ("/replication", "/api/v1/replication", "Replication"),
+        ("/conflicts", "/api/v1/conflicts", "Conflicts"),
+        ("/divergence", "/api/v1/divergence", "Divergence"),
+        ("/latency", "/api/v1/latency", "Latency and errors"),
+        ("/failovers", "/api/v1/failovers", "Failovers"),
+    ] {
+        for range in ["15m", "1h", "6h", "24h", "7d"] {
+            let (status, html) = get(&app, &format!("{page}?range={range}")).await;
+            assert_eq!(status, StatusCode::OK, "{page} {range}: {html}");
+            assert!(html.contains(&format!("<h1>{title}</h1>")), "{page}");
+            assert!(!html.contains("id=\"error\""), "{page} {range}: {html}");
+            let v = json(&app, &format!("{api}?range={range}")).await;
+            assert_eq!(v["filters"]["range"], range);
+            assert!(v["data"].is_object(), "{api}");
+        }
+    }
+    let (status, html) = get(&app, "/sql").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("id=\"sql-form\""));
+    let (status, js) = get(&app, "/static/app.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(js.contains("location.reload"));
+}
+
+#[tokio::test]
+async fn json_twins_hold_the_figures_the_pages_show() {
+    let (_d, app) = app().await;
+    let v = json(&app, "/api/v1/overview?range=6h").await;
+    let (_, html) = get(&app, "/?range=6h").await;
+    let regions = v["data"]["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 3);
+    for r in regions {
+        assert_eq!(r["requests"], 100);
+        assert_eq!(r["error_pct"], 10.0);
+        let p99 = num(r["p99_ms"].as_f64().unwrap());
+        assert!(
+            html.contains(&format!("<td class=\"num\">{p99}</td>")),
+            "{p99}"
+        );
+    }
+    // us-west's probes failed for the last 10 minutes: it is down.
+    let status: BTreeMap<&str, &str> = regions
+        .iter()
+        .map(|r| (r["region"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(status["us-west"], "down");
+    // The others answer 10% 5xx: degraded.
+    assert_eq!(status["us-east"], "degraded");
+    assert!(html.contains("<td class=\"down\">down</td>"));
+    assert_eq!(v["data"]["divergent_now"], 1);
+    assert_eq!(v["data"]["failovers"], 1);
+    // The heatmap cell and the JSON matrix agree.
+    let m = &v["data"]["lag"];
+    let src = m["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|r| r == "us-west")
+        .unwrap();
+    let dst = m["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|r| r == "us-east")
+        .unwrap();
+    let cell = m["p99_ms"][src][dst].as_f64().unwrap();
+    assert!(html.contains(&format!("us-west → us-east: {} ms", num(cell))));
+
+    let v = json(&app, "/api/v1/replication?range=6h").await;
+    let (_, html) = get(&app, "/replication?range=6h").await;
+    let pairs = v["data"]["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 6);
+    for p in pairs {
+        assert_eq!(p["batches"], 100);
+        assert_eq!(p["backlog_ops"], 99, "the latest backlog");
+        assert_eq!(p["applied_ops"], 200);
+        let max = num(p["max_ms"].as_f64().unwrap());
+        assert!(html.contains(&format!("<td class=\"num\">{max}</td>")));
+    }
+    assert_eq!(v["data"]["lag_series"].as_array().unwrap().len(), 6);
+
+    let v = json(&app, "/api/v1/latency?range=6h&region=us-east").await;
+    let (_, html) = get(&app, "/latency?range=6h&region=us-east").await;
+    let rows = v["data"]["regions"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "the region filter applies");
+    assert_eq!(rows[0]["region"], "us-east");
+    assert!(html.contains(&format!(
+        "<td class=\"num\">{}</td>",
+        num(rows[0]["p95_ms"].as_f64().unwrap())
+    )));
+    assert!(!html.contains("<td class=\"\">eu-west</td>"));
+
+    let v = json(&app, "/api/v1/conflicts?range=6h").await;
+    let counts = v["data"]["figures"]["counts"].as_array().unwrap();
+    assert_eq!(counts.len(), 3);
+    assert!(
+        counts
+            .iter()
+            .all(|c| c["total"] == 20 && c["outcomes"]["merged"] == 20)
+    );
+    let (_, html) = get(&app, "/conflicts?range=6h").await;
+    assert!(html.contains("merged 20"));
+    // The regions of the example config are not running: the queue says so.
+    assert_eq!(v["data"]["queue"]["errors"].as_array().unwrap().len(), 3);
+    assert!(html.contains("could not be asked for its queue"));
+
+    let v = json(&app, "/api/v1/divergence?range=6h").await;
+    let keys = v["data"]["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["key"], "acct-7");
+    assert_eq!(keys[0]["regions"], "us-east, eu-west");
+    assert_eq!(v["data"]["audits"].as_array().unwrap().len(), 2);
+    let (_, html) = get(&app, "/divergence?range=6h").await;
+    assert!(html.contains("<td class=\"divergent\">divergent</td>"));
+    assert!(html.contains("acct-7"));
+
+    let v = json(&app, "/api/v1/failovers?range=6h").await;
+    assert_eq!(v["data"]["max_rerouted_ms"], 4_250);
+    let (_, html) = get(&app, "/failovers?range=6h").await;
+    assert!(html.contains("longest reroute: 4250 ms"));
+    assert!(html.contains("us-west down, clients sent to us-east"));
+}
+
+#[tokio::test]
+async fn ranges_and_filters_narrow_and_bad_ones_name_the_fix() {
+    let (_d, app) = app().await;
+    // The last 15 minutes hold 15 minutes of requests... minus the 5 before
+    // "now" that have none (events stop at 99 minutes, now is 120).
+    let v = json(&app, "/api/v1/latency?range=15m").await;
+    assert_eq!(v["data"]["regions"].as_array().unwrap().len(), 0);
+    let v = json(&app, "/api/v1/latency?range=1h").await;
+    assert!(
+        v["data"]["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["requests"] == 40)
+    );
+    let from = T0 + 10 * MIN;
+    let to = T0 + 20 * MIN;
+    let v = json(
+        &app,
+        &format!("/api/v1/latency?range=custom&from={from}&to={to}"),
+    )
+    .await;
+    assert!(
+        v["data"]["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["requests"] == 10)
+    );
+    let v = json(
+        &app,
+        "/api/v1/latency?range=custom&from=2026-11-28T10:10:00Z&to=2026-11-28T10:20",
+    )
+    .await;
+    assert!(
+        v["data"]["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["requests"] == 10)
+    );
+    let v = json(&app, "/api/v1/conflicts?range=6h&class=stock").await;
+    assert_eq!(v["data"]["figures"]["counts"].as_array().unwrap().len(), 0);
+
+    for (q, says) in [
+        ("range=2w", "15m, 1h, 6h, 24h, 7d, custom"),
+        ("range=custom", "`from` is missing"),
+        ("range=custom&from=yesterday", "`from` = `yesterday`"),
+        (
+            "range=custom&from=2026-11-28T10:00&to=2026-11-28T09:00",
+            "not after",
+        ),
+        ("region=us-east'--", "`region`"),
+    ] {
+        let (status, body) = get(&app, &format!("/api/v1/overview?{q}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}");
+        assert!(body.contains(says), "{q}: {body}");
+        let (status, html) = get(&app, &format!("/replication?{q}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}");
+        assert!(html.contains("id=\"error\""), "{q}");
+    }
+}
+
+#[tokio::test]
+async fn state_changes_need_the_admin_token() {
+    let (_d, app) = app().await;
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/api/v1/conflicts/tickets/t-1/resolve")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(r#"{"value": 1}"#))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/api/v1/anti-entropy")
+                .header(header::AUTHORIZATION, "Bearer demo-client-token")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED,
+        "the client token is not enough"
+    );
+    let (status, location, _) = post_form(
+        &app,
+        "/conflicts/resolve?range=6h",
+        "class=tickets&key=t-1&region=us-east&choice=0&admin_token=guess",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        location.starts_with("/conflicts?range=6h&failed=The%20admin%20token%20is%20wrong"),
+        "{location}"
+    );
+    let (_, html) = get(&app, &location).await;
+    assert!(html.contains("The admin token is wrong"));
+    let (_, location, _) =
+        post_form(&app, "/anti-entropy", "region=us-east&admin_token=guess").await;
+    assert!(location.contains("failed="));
+    // With the right token the action is carried out by the region, which
+    // is not running here: the failure says which region and why.
+    let (_, location, _) = post_form(
+        &app,
+        "/anti-entropy",
+        "region=us-east&admin_token=demo-admin-token",
+    )
+    .await;
+    assert!(
+        location.contains("failed=us-east%20could%20not%20be%20reached"),
+        "{location}"
+    );
+}
+
+#[tokio::test]
+async fn the_sql_console_shows_rows_and_refusals() {
+    let (_d, app) = app().await;
+    let (status, html) = get(
+        &app,
+        "/sql?sql=SELECT%20region%2C%20count(*)%20AS%20n%20FROM%20requests%20GROUP%20BY%20region%20ORDER%20BY%20region",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("id=\"sql-result\""));
+    assert!(
+        html.contains("<td class=\"\">eu-west</td><td class=\"num\">100</td>"),
+        "{html}"
+    );
+    assert!(html.contains("3 rows in"));
+    let (status, _, html) = post_form(&app, "/sql", "sql=DROP%20TABLE%20requests").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains("refused"));
+    assert!(
+        html.contains("DROP TABLE requests"),
+        "the query stays in the editor"
+    );
+    let (status, html) = get(&app, "/sql?sql=SELECT%20nope%20FROM%20requests").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("invalid_query"));
+}
