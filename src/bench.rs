@@ -24,6 +24,9 @@ pub(crate) enum BenchCommand {
     /// Telemetry into Parquet: events per second per core and bytes per
     /// event, beside the same events written as JSON lines.
     Ingest(crate::bench_ingest::IngestArgs),
+    /// The dashboards' queries over a week of telemetry (100 million rows)
+    /// through parallax's SQL engine, beside DuckDB on the same files.
+    Query(crate::bench_query::QueryArgs),
 }
 
 /// Arguments of `parallax bench replicate`.
@@ -49,6 +52,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Replicate(a) => replicate(a).await,
         BenchCommand::Merkle(a) => crate::bench_merkle::run(a).await,
         BenchCommand::Ingest(a) => crate::bench_ingest::run(a).await,
+        BenchCommand::Query(a) => crate::bench_query::run(a).await,
     }
 }
 

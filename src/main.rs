@@ -7,6 +7,7 @@ mod audit;
 mod bench;
 mod bench_ingest;
 mod bench_merkle;
+mod bench_query;
 mod client;
 mod demo;
 mod region;

@@ -33,6 +33,7 @@ pub(crate) struct RunningWeb {
     pub(crate) addr: SocketAddr,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
+    alerts: JoinHandle<()>,
 }
 
 impl RunningWeb {
@@ -40,6 +41,7 @@ impl RunningWeb {
     pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.server.await;
+        self.alerts.abort();
     }
 }
 
@@ -53,6 +55,7 @@ pub(crate) async fn start(
         .await
         .with_context(|| format!("cannot open the tables under {}", data_dir.display()))?;
     let app = App::new(engine, config, Arc::new(SystemClock));
+    let alerts = app.start_alerts();
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen}. Fix: stop what uses it or pass --listen with a free address")
     })?;
@@ -70,7 +73,12 @@ pub(crate) async fn start(
             tracing::error!(error = %e, "web server failed");
         }
     });
-    Ok(RunningWeb { addr, stop, server })
+    Ok(RunningWeb {
+        addr,
+        stop,
+        server,
+        alerts,
+    })
 }
 
 /// `parallax web`: serve until SIGTERM or ctrl-c.

@@ -8,10 +8,13 @@
 //! State-changing actions (resolve a conflict, run anti-entropy) need the
 //! cluster's admin token and are carried out by a region.
 
+pub mod alerts;
 pub mod charts;
 pub mod dash;
 pub mod filters;
+pub mod notify;
 pub mod pages;
+pub mod slo;
 pub mod sql;
 
 use std::collections::BTreeMap;
@@ -31,6 +34,7 @@ use parallax_replicator::config::Config;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::alerts::Alerter;
 use crate::filters::{FilterQuery, Filters};
 use crate::pages::{ActionForm, Cell, Chrome, Page, Queue, QueueItem, SqlConsole, SqlTable};
 pub use sql::{QueryResult, SqlEngine, SqlError, SqlLimits};
@@ -43,10 +47,11 @@ pub struct App {
 
 #[derive(Debug)]
 struct Inner {
-    sql: SqlEngine,
-    config: Config,
+    sql: Arc<SqlEngine>,
+    config: Arc<Config>,
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
+    alerter: Alerter,
 }
 
 /// The SQL limits `[web]` asks for.
@@ -66,14 +71,28 @@ impl App {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
+        let sql = Arc::new(sql);
+        let config = Arc::new(config);
+        let alerter = Alerter::new(Arc::clone(&config), Arc::clone(&sql), Arc::clone(&clock));
         App {
             inner: Arc::new(Inner {
                 sql,
                 config,
                 clock,
                 http,
+                alerter,
             }),
         }
+    }
+
+    /// The alert evaluator (not running until [`App::start_alerts`]).
+    pub fn alerter(&self) -> &Alerter {
+        &self.inner.alerter
+    }
+
+    /// Starts evaluating the alert rules every `web.eval_interval_ms`.
+    pub fn start_alerts(&self) -> tokio::task::JoinHandle<()> {
+        self.inner.alerter.clone().spawn()
     }
 
     /// The SQL engine.
@@ -141,6 +160,14 @@ pub fn router(app: App) -> Router {
         .route("/api/v1/conflicts/{class}/{key}/resolve", post(resolve_api))
         .route("/anti-entropy", post(anti_entropy_form))
         .route("/api/v1/anti-entropy", post(anti_entropy_api))
+        .route("/alerts", get(alerts_page))
+        .route("/api/v1/alerts", get(alerts_api))
+        .route("/alerts/silence", post(silence_form))
+        .route("/api/v1/alerts/silences", post(silence_api))
+        .route(
+            "/api/v1/alerts/silences/{id}",
+            axum::routing::delete(unsilence_api),
+        )
         .route("/static/app.js", get(app_js))
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
@@ -159,6 +186,15 @@ pub fn error(status: u16, code: &str, detail: &str) -> Response {
         axum::Json(json!({ "error": code, "detail": detail })),
     )
         .into_response()
+}
+
+/// 401 for an API action without the admin token.
+fn unauthorized() -> Response {
+    error(
+        401,
+        "unauthorized",
+        "send Authorization: Bearer <cluster.admin_token>",
+    )
 }
 
 fn sql_error(e: &SqlError) -> Response {
@@ -189,6 +225,7 @@ enum Kind {
     Divergence,
     Latency,
     Failovers,
+    Slos,
 }
 
 impl Kind {
@@ -200,6 +237,7 @@ impl Kind {
             "/divergence" => Kind::Divergence,
             "/latency" => Kind::Latency,
             "/failovers" => Kind::Failovers,
+            "/slos" => Kind::Slos,
             _ => return None,
         })
     }
@@ -212,6 +250,7 @@ impl Kind {
             Kind::Divergence => ("Divergence", "/divergence"),
             Kind::Latency => ("Latency and errors", "/latency"),
             Kind::Failovers => ("Failovers", "/failovers"),
+            Kind::Slos => ("SLOs", "/slos"),
         }
     }
 }
@@ -280,6 +319,10 @@ async fn dashboard(
             Ok(d) => (json!(d), pages::failovers(&d), None),
             Err(err) => return dash_error(&app, title, path, f, &err, as_json),
         },
+        Kind::Slos => match slo::evaluate(e, app.config(), f.to_us, &f.regions).await {
+            Ok(d) => (json!(d), pages::slos(&d), None),
+            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
+        },
     };
     if as_json {
         return axum::Json(json!({ "filters": f, "data": data })).into_response();
@@ -297,7 +340,8 @@ async fn dashboard(
             note: "Asks a region to compare its Merkle trees with every peer and repair what differs (what the anti-entropy timer does). Needs the admin token.".into(),
             action: "/anti-entropy".into(),
             hidden: Vec::new(),
-            selects: vec![("region".into(), "Region".into(), app.config().region_names())],
+                        selects: vec![("region".into(), "Region".into(), app.config().region_names())],
+            inputs: Vec::new(),
             button: "Run anti-entropy".into(),
         });
     }
@@ -626,11 +670,7 @@ async fn resolve_api(
     body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     if !app.admin_ok(bearer(&headers)) {
-        return error(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <cluster.admin_token>",
-        );
+        return unauthorized();
     }
     let Ok(axum::Json(body)) = body else {
         return error(
@@ -731,11 +771,7 @@ async fn anti_entropy_api(
     body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     if !app.admin_ok(bearer(&headers)) {
-        return error(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <cluster.admin_token>",
-        );
+        return unauthorized();
     }
     let region = body
         .ok()
@@ -903,4 +939,154 @@ async fn sql_page(app: App, text: Option<String>) -> Response {
     let mut page = Page::new(c, Vec::new());
     page.sql = Some(console);
     html(&page, status)
+}
+
+async fn alerts_api(State(app): State<App>) -> Response {
+    axum::Json(app.alerter().view()).into_response()
+}
+
+async fn alerts_page(State(app): State<App>, Query(q): Query<FilterQuery>) -> Response {
+    let f = Filters::parse(&FilterQuery::default(), app.now_us()).expect("defaults parse");
+    let mut c = app.chrome("Alerts", "/alerts", f);
+    c.filter_bar = false;
+    c.json_url = "/api/v1/alerts".into();
+    c.flash = q.flash;
+    c.error = q.failed;
+    let mut page = Page::new(c, pages::alerts(&app.alerter().view()));
+    page.forms.push(ActionForm {
+        id: "silence".into(),
+        title: "Silence alerts".into(),
+        note: "Alerts whose labels include every matcher are not sent to the notifiers until the silence ends (they still show here). Needs the admin token.".into(),
+        action: "/alerts/silence".into(),
+        hidden: Vec::new(),
+        selects: Vec::new(),
+        inputs: vec![
+            ("matchers".into(), "Matchers".into(), "alertname=lag_high,dst=eu-west".into()),
+            ("minutes".into(), "Minutes".into(), "60".into()),
+            ("comment".into(), "Comment".into(), "maintenance in eu-west".into()),
+        ],
+        button: "Silence".into(),
+    });
+    html(&page, StatusCode::OK)
+}
+
+/// Parses `a=b,c=d` label matchers.
+fn matchers(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!(
+                "matcher `{part}` is not label=value. Fix: e.g. alertname=lag_high,dst=eu-west"
+            ));
+        };
+        m.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    if m.is_empty() {
+        return Err(
+            "no matchers. Fix: e.g. alertname=lag_high (a silence of everything is refused)".into(),
+        );
+    }
+    Ok(m)
+}
+
+#[derive(Debug, Deserialize)]
+struct SilenceForm {
+    matchers: String,
+    #[serde(default)]
+    minutes: Option<String>,
+    #[serde(default)]
+    comment: Option<String>,
+    admin_token: String,
+}
+
+async fn silence_form(
+    State(app): State<App>,
+    Query(q): Query<FilterQuery>,
+    body: axum::Form<SilenceForm>,
+) -> Response {
+    let form = body.0;
+    if !app.admin_ok(&form.admin_token) {
+        return back(
+            "/alerts",
+            &q,
+            Err("The admin token is wrong. Fix: use cluster.admin_token from the config.".into()),
+        );
+    }
+    let minutes = match form
+        .minutes
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        None => 60,
+        Some(m) => match m.parse::<u64>() {
+            Ok(m) if m > 0 && m <= 60 * 24 * 30 => m,
+            _ => {
+                return back(
+                    "/alerts",
+                    &q,
+                    Err(format!("minutes `{m}` is not 1..=43200")),
+                );
+            }
+        },
+    };
+    let out = matchers(&form.matchers).map(|m| {
+        let s = app
+            .alerter()
+            .silence(m, minutes, form.comment.unwrap_or_default());
+        format!("Silence {} holds until {}.", s.id, s.until)
+    });
+    back("/alerts", &q, out)
+}
+
+async fn silence_api(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !app.admin_ok(bearer(&headers)) {
+        return unauthorized();
+    }
+    let fix =
+        "send {\"matchers\": {\"alertname\": \"lag_high\"}, \"minutes\": 60, \"comment\": \"...\"}";
+    let Ok(axum::Json(body)) = body else {
+        return error(400, "bad_request", fix);
+    };
+    let Some(obj) = body["matchers"].as_object().filter(|o| !o.is_empty()) else {
+        return error(400, "bad_request", fix);
+    };
+    let m: BTreeMap<String, String> = obj
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+            )
+        })
+        .collect();
+    let minutes = body["minutes"]
+        .as_u64()
+        .unwrap_or(60)
+        .clamp(1, 60 * 24 * 30);
+    let s = app.alerter().silence(
+        m,
+        minutes,
+        body["comment"].as_str().unwrap_or_default().to_owned(),
+    );
+    axum::Json(s).into_response()
+}
+
+async fn unsilence_api(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    if !app.admin_ok(bearer(&headers)) {
+        return unauthorized();
+    }
+    if app.alerter().unsilence(id) {
+        axum::Json(json!({ "removed": id })).into_response()
+    } else {
+        error(404, "not_found", &format!("no silence {id}"))
+    }
 }

@@ -159,6 +159,8 @@ pub struct ActionForm {
     pub hidden: Vec<(String, String)>,
     /// Selects: (name, label, choices).
     pub selects: Vec<(String, String, Vec<String>)>,
+    /// Text inputs: (name, label, placeholder).
+    pub inputs: Vec<(String, String, String)>,
     /// The button.
     pub button: String,
 }
@@ -633,4 +635,178 @@ pub fn failovers(d: &Failovers) -> Vec<Section> {
         " ms",
     ));
     vec![s, bars]
+}
+
+/// The SLOs page's sections.
+pub fn slos(d: &crate::slo::Slos) -> Vec<Section> {
+    let mut s = section(
+        "slos",
+        "Service level objectives",
+        "SLI and error budget over each SLO's window; burn rates over the SRE workbook's windows (scaled to the SLO's window). Page: 1 h and 5 m over 14.4x, or 6 h and 30 m over 6x. Ticket: 3 d and 6 h over 1x.",
+    );
+    let mut headers = vec![
+        "SLO",
+        "Kind",
+        "Region",
+        "Objective %",
+        "Window d",
+        "Events",
+        "SLI %",
+        "Budget left %",
+    ];
+    headers.extend(crate::slo::WINDOWS.iter().map(|w| w.0));
+    headers.push("Alert");
+    let mut t = Table::new(
+        &headers,
+        "No SLOs declared. Add [slos.<name>] to the config (see the README).",
+    );
+    for x in &d.slos {
+        let mut row = vec![
+            Cell::t(&x.name),
+            Cell::t(&x.kind),
+            Cell::t(&x.region),
+            Cell::n(x.objective_pct),
+            Cell::i(i64::from(x.window_days)),
+            Cell::i(x.total),
+            opt(x.sli_pct),
+            match x.budget_remaining_pct {
+                Some(b) => Cell {
+                    text: num(b),
+                    class: if b < 0.0 { "num firing" } else { "num" }.into(),
+                },
+                None => Cell::t("–"),
+            },
+        ];
+        row.extend(x.burn_rates.iter().map(|b| opt(b.rate)));
+        row.push(match &x.alerting {
+            Some(a) => Cell {
+                text: a.clone(),
+                class: "firing".into(),
+            },
+            None => Cell::state("ok"),
+        });
+        t.rows.push(row);
+    }
+    s.table = Some(t);
+    let mut budget = section("budget", "Error budget left (%)", "");
+    budget.svg = Some(charts::bars(
+        &d.slos
+            .iter()
+            .filter_map(|x| {
+                x.budget_remaining_pct
+                    .map(|b| (format!("{} {}", x.name, x.region), b.max(0.0)))
+            })
+            .collect::<Vec<_>>(),
+        "%",
+    ));
+    vec![s, budget]
+}
+
+/// The alerts page's sections.
+pub fn alerts(v: &crate::alerts::AlertsView) -> Vec<Section> {
+    let labels = |l: &std::collections::BTreeMap<String, String>| {
+        l.iter()
+            .filter(|(k, _)| *k != "alertname")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut rules = section(
+        "rules",
+        "Rules",
+        "Evaluated every web.eval_interval_ms. A condition is pending until it has held for `for`, then firing; when it stops holding a firing alert resolves and a resolved notice is sent.",
+    );
+    let mut t = Table::new(
+        &[
+            "Rule",
+            "Kind",
+            "State",
+            "For ms",
+            "Notifiers",
+            "Evaluated",
+            "Error",
+        ],
+        "No alert rules. Add [alerts.<name>] to the config (see the README).",
+    );
+    for r in &v.rules {
+        t.rows.push(vec![
+            Cell::t(&r.name),
+            Cell::t(&r.kind),
+            Cell::state(&r.state),
+            Cell::i(r.for_ms as i64),
+            Cell::t(r.notify.join(", ")),
+            Cell::t(r.evaluated_at.clone().unwrap_or_else(|| "not yet".into())),
+            Cell::t(r.error.clone().unwrap_or_default()),
+        ]);
+    }
+    rules.table = Some(t);
+    let alert_rows = |alerts: &[crate::alerts::Alert], empty: &str| {
+        let mut t = Table::new(
+            &[
+                "Alert",
+                "State",
+                "Labels",
+                "Summary",
+                "Value",
+                "Since",
+                "Fired",
+                "Resolved",
+                "Fingerprint",
+            ],
+            empty,
+        );
+        for a in alerts {
+            t.rows.push(vec![
+                Cell::t(&a.rule),
+                Cell::state(if a.silenced { "silenced" } else { &a.state }),
+                Cell::t(labels(&a.labels)),
+                Cell::t(a.annotations.get("summary").cloned().unwrap_or_default()),
+                opt(a.value),
+                Cell::t(&a.active_since),
+                Cell::t(a.fired_at.clone().unwrap_or_default()),
+                Cell::t(a.resolved_at.clone().unwrap_or_default()),
+                Cell::t(&a.fingerprint),
+            ]);
+        }
+        t
+    };
+    let mut active = section("active", "Pending and firing", "");
+    active.table = Some(alert_rows(&v.active, "Nothing pending or firing."));
+    let mut resolved = section("resolved", "Recently resolved", "");
+    resolved.table = Some(alert_rows(&v.resolved, "Nothing resolved yet."));
+    let mut silences = section("silences", "Silences", "");
+    let mut t = Table::new(&["Id", "Matchers", "Until", "Comment"], "No silences.");
+    for s in &v.silences {
+        t.rows.push(vec![
+            Cell::i(s.id as i64),
+            Cell::t(labels(&s.matchers)),
+            Cell::t(&s.until),
+            Cell::t(&s.comment),
+        ]);
+    }
+    silences.table = Some(t);
+    let mut log = section(
+        "deliveries",
+        "Delivery log",
+        "Every notice sent, newest first, with attempts and the last answer.",
+    );
+    let mut t = Table::new(
+        &[
+            "At", "Notifier", "Status", "Alerts", "Attempts", "Outcome", "Detail",
+        ],
+        "Nothing delivered yet.",
+    );
+    for d in &v.deliveries {
+        t.rows.push(vec![
+            Cell::t(&d.at),
+            Cell::t(&d.notifier),
+            Cell::state(&d.status),
+            Cell::t(d.fingerprints.join(" ")),
+            Cell::i(i64::from(d.attempts)),
+            Cell::state(&d.outcome),
+            Cell::t(&d.detail),
+        ]);
+    }
+    log.table = Some(t);
+    vec![rules, active, resolved, silences, log]
 }

@@ -186,6 +186,7 @@ async fn every_page_and_its_json_twin_answer() {
         ("/divergence", "/api/v1/divergence", "Divergence"),
         ("/latency", "/api/v1/latency", "Latency and errors"),
         ("/failovers", "/api/v1/failovers", "Failovers"),
+        ("/slos", "/api/v1/slos", "SLOs"),
     ] {
         for range in ["15m", "1h", "6h", "24h", "7d"] {
             let (status, html) = get(&app, &format!("{page}?range={range}")).await;
@@ -200,6 +201,15 @@ async fn every_page_and_its_json_twin_answer() {
     let (status, html) = get(&app, "/sql").await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("id=\"sql-form\""));
+    let (status, html) = get(&app, "/alerts").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("<h1>Alerts</h1>") && html.contains("availability_burn"));
+    let v = json(&app, "/api/v1/alerts").await;
+    assert_eq!(v["rules"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        v["rules"][0]["state"], "inactive",
+        "not evaluated until started"
+    );
     let (status, js) = get(&app, "/static/app.js").await;
     assert_eq!(status, StatusCode::OK);
     assert!(js.contains("location.reload"));
@@ -424,6 +434,37 @@ async fn state_changes_need_the_admin_token() {
         location.contains("failed=us-east%20could%20not%20be%20reached"),
         "{location}"
     );
+
+    // Silences: refused without the admin token, shown once made.
+    let silence = |auth: Option<&str>| {
+        let mut r = Request::post("/api/v1/alerts/silences")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(a) = auth {
+            r = r.header(header::AUTHORIZATION, a);
+        }
+        r.body(Body::from(
+            r#"{"matchers": {"alertname": "replication_lag"}, "minutes": 30, "comment": "drill"}"#,
+        ))
+        .unwrap()
+    };
+    let resp = app.clone().oneshot(silence(None)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = app
+        .clone()
+        .oneshot(silence(Some("Bearer demo-admin-token")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, location, _) = post_form(
+        &app,
+        "/alerts/silence",
+        "matchers=region&minutes=5&admin_token=demo-admin-token",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(location.contains("is%20not%20label%3Dvalue"), "{location}");
+    let v = json(&app, "/api/v1/alerts").await;
+    assert_eq!(v["silences"][0]["comment"], "drill");
 }
 
 #[tokio::test]
@@ -451,4 +492,63 @@ async fn the_sql_console_shows_rows_and_refusals() {
     let (status, html) = get(&app, "/sql?sql=SELECT%20nope%20FROM%20requests").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(html.contains("invalid_query"));
+}
+
+#[tokio::test]
+async fn slos_show_budget_and_workbook_burn_rates() {
+    let (_d, app) = app().await;
+    let v = json(&app, "/api/v1/slos?range=1h").await;
+    let slos = v["data"]["slos"].as_array().unwrap();
+    // Four SLOs in the example config, each in three regions.
+    assert_eq!(slos.len(), 12);
+    let find = |name: &str, region: &str| {
+        slos.iter()
+            .find(|s| s["name"] == name && s["region"] == region)
+            .unwrap()
+            .clone()
+    };
+    let a = find("availability", "us-east");
+    // 100 requests in the 30-day window, every tenth a 503.
+    assert_eq!(
+        (a["total"].as_i64(), a["good"].as_i64()),
+        (Some(100), Some(90))
+    );
+    assert_eq!(a["sli_pct"], 90.0);
+    // 10% bad against 0.1% allowed: a burn rate of 100, the budget 99x overspent.
+    let budget = a["budget_remaining_pct"].as_f64().unwrap();
+    assert!((budget - -9_900.0).abs() < 1e-6, "{budget}");
+    let rate = |s: &Value, w: &str| {
+        s["burn_rates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["window"] == w)
+            .unwrap()["rate"]
+            .clone()
+    };
+    // Now is 20 minutes after the last request: the 5 m window is empty, so
+    // the 1 h / 5 m pair cannot page; 6 h / 30 m (n = 90..99, one 503) does.
+    assert_eq!(rate(&a, "5m"), Value::Null);
+    assert!((rate(&a, "30m").as_f64().unwrap() - 100.0).abs() < 1e-6);
+    assert_eq!(a["severity"], "page");
+    assert_eq!(a["alerting"], "page: 6h and 30m over 6x");
+    // Latency: us-east answers in 1.0-2.0 ms, far under 250 ms.
+    let l = find("latency", "us-east");
+    assert_eq!(l["sli_pct"], 100.0);
+    assert_eq!(l["budget_remaining_pct"], 100.0);
+    assert_eq!(l["severity"], Value::Null);
+    // Freshness: lag into us-east is 20..119 ms, under 1 s.
+    assert_eq!(find("freshness", "us-east")["sli_pct"], 100.0);
+    // Integrity: us-east recorded two audits of a critical class, one divergent.
+    let i = find("integrity", "us-east");
+    assert_eq!(
+        (i["total"].as_i64(), i["good"].as_i64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(find("integrity", "eu-west")["total"], 0);
+    let (_, html) = get(&app, "/slos?range=1h").await;
+    assert!(html.contains("page: 6h and 30m over 6x"));
+    assert!(html.contains("<td class=\"num firing\">-9900</td>"));
+    let v = json(&app, "/api/v1/slos?region=eu-west").await;
+    assert_eq!(v["data"]["slos"].as_array().unwrap().len(), 4);
 }

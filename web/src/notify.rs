@@ -1,0 +1,275 @@
+//! Notifiers: where alerts go, and how.
+//!
+//! - `webhook`: the Alertmanager version 4 webhook payload, signed with
+//!   `X-Parallax-Signature: sha256=<hex HMAC-SHA256 of the body>` when the
+//!   notifier has an `hmac_secret`;
+//! - `slack`: an incoming-webhook message (`text` and `blocks`);
+//! - `alertmanager`: `POST <url>/api/v2/alerts`.
+//!
+//! Deliveries retry with exponential backoff (and jitter) on 5xx, 429
+//! (honouring `Retry-After`), timeouts and connection errors, up to the
+//! notifier's `max_attempts`; other 4xx fail at once. Only URLs from the
+//! config are called. Every attempt's outcome goes to the delivery log.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use parallax_replicator::config::{NotifierConfig, NotifierKind};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+/// One alert as notifiers see it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Notice {
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// Labels (`alertname`, `severity`, the rule's labels).
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (`summary`, `description`).
+    pub annotations: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub starts_at: String,
+    /// RFC 3339; `0001-01-01T00:00:00Z` while firing.
+    pub ends_at: String,
+    /// Link to the alert in the web app.
+    pub generator_url: String,
+    /// Stable hash of the labels (16 hex digits).
+    pub fingerprint: String,
+}
+
+/// One delivery in the log.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Delivery {
+    /// When it finished (RFC 3339).
+    pub at: String,
+    /// The notifier.
+    pub notifier: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// The alerts' fingerprints.
+    pub fingerprints: Vec<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// `ok` or `failed`.
+    pub outcome: String,
+    /// The last HTTP status or error.
+    pub detail: String,
+}
+
+/// The delivery log: the latest 500 deliveries.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryLog(Arc<Mutex<VecDeque<Delivery>>>);
+
+impl DeliveryLog {
+    fn push(&self, d: Delivery) {
+        let mut log = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if log.len() == 500 {
+            log.pop_front();
+        }
+        log.push_back(d);
+    }
+
+    /// Newest first.
+    pub fn entries(&self) -> Vec<Delivery> {
+        let log = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.iter().rev().cloned().collect()
+    }
+}
+
+/// Hex HMAC-SHA256 of `body` under `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn common(
+    notices: &[Notice],
+    f: impl Fn(&Notice) -> &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let Some(first) = notices.first() else {
+        return BTreeMap::new();
+    };
+    f(first)
+        .iter()
+        .filter(|(k, v)| notices.iter().all(|n| f(n).get(*k) == Some(*v)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The Alertmanager v4 webhook payload for one group of notices.
+pub fn webhook_payload(receiver: &str, external_url: &str, notices: &[Notice]) -> Value {
+    let group: BTreeMap<String, String> = notices
+        .first()
+        .and_then(|n| n.labels.get("alertname"))
+        .map(|a| BTreeMap::from([("alertname".to_owned(), a.clone())]))
+        .unwrap_or_default();
+    let status = if notices.iter().any(|n| n.status == "firing") {
+        "firing"
+    } else {
+        "resolved"
+    };
+    let key = group
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{v}\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{{key}}}"),
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": receiver,
+        "groupLabels": group,
+        "commonLabels": common(notices, |n| &n.labels),
+        "commonAnnotations": common(notices, |n| &n.annotations),
+        "externalURL": external_url,
+        "alerts": notices.iter().map(|n| json!({
+            "status": n.status,
+            "labels": n.labels,
+            "annotations": n.annotations,
+            "startsAt": n.starts_at,
+            "endsAt": n.ends_at,
+            "generatorURL": n.generator_url,
+            "fingerprint": n.fingerprint,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A Slack incoming-webhook message.
+pub fn slack_payload(notices: &[Notice]) -> Value {
+    let line = |n: &Notice| {
+        format!(
+            "[{}] {} — {}",
+            n.status.to_uppercase(),
+            n.labels.get("alertname").map_or("alert", String::as_str),
+            n.annotations.get("summary").map_or("", String::as_str)
+        )
+    };
+    let text = notices.iter().map(line).collect::<Vec<_>>().join("\n");
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": format!("parallax: {} alert(s)", notices.len())}}),
+    ];
+    for n in notices {
+        let labels = n
+            .labels
+            .iter()
+            .map(|(k, v)| format!("`{k}={v}`"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*\n{labels}\n<{}|open in parallax>", line(n), n.generator_url)}}));
+    }
+    json!({ "text": text, "blocks": blocks })
+}
+
+/// The body of `POST /api/v2/alerts`.
+pub fn alertmanager_payload(notices: &[Notice]) -> Value {
+    Value::Array(
+        notices
+            .iter()
+            .map(|n| {
+                let mut a = json!({
+                    "labels": n.labels,
+                    "annotations": n.annotations,
+                    "startsAt": n.starts_at,
+                    "generatorURL": n.generator_url,
+                });
+                if n.status == "resolved" {
+                    a["endsAt"] = json!(n.ends_at);
+                }
+                a
+            })
+            .collect(),
+    )
+}
+
+/// Delivers `notices` through one notifier, retrying, and logs the outcome.
+pub async fn deliver(
+    http: reqwest::Client,
+    name: String,
+    n: NotifierConfig,
+    external_url: String,
+    notices: Vec<Notice>,
+    log: DeliveryLog,
+    now_rfc3339: impl Fn() -> String + Send,
+) {
+    let (url, body) = match n.kind {
+        NotifierKind::Webhook => (
+            n.url.clone(),
+            webhook_payload(&name, &external_url, &notices),
+        ),
+        NotifierKind::Slack => (n.url.clone(), slack_payload(&notices)),
+        NotifierKind::Alertmanager => (
+            format!("{}/api/v2/alerts", n.url.trim_end_matches('/')),
+            alertmanager_payload(&notices),
+        ),
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut attempts = 0;
+    let mut backoff = Duration::from_millis(200);
+    let (outcome, detail) = loop {
+        attempts += 1;
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .timeout(Duration::from_millis(n.timeout_ms))
+            .body(bytes.clone());
+        if let Some(secret) = &n.hmac_secret {
+            req = req.header(
+                "X-Parallax-Signature",
+                format!("sha256={}", signature(secret, &bytes)),
+            );
+        }
+        let (retry, detail, wait) = match req.send().await {
+            Ok(r) if r.status().is_success() => break ("ok", r.status().to_string()),
+            Ok(r) => {
+                let status = r.status();
+                let after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let retry = status.is_server_error() || status.as_u16() == 429;
+                (retry, status.to_string(), after)
+            }
+            Err(e) => (true, e.to_string(), None),
+        };
+        if !retry || attempts >= n.max_attempts {
+            break ("failed", detail);
+        }
+        // Jitter from the attempt count and the clock's low bits is enough
+        // to keep many parallax instances from retrying in step.
+        let jitter = Duration::from_millis(u64::from(attempts) * 37 % 100);
+        tokio::time::sleep(wait.unwrap_or(backoff) + jitter).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    };
+    if outcome == "failed" {
+        tracing::warn!(notifier = %name, %detail, attempts, "alert delivery failed");
+    }
+    log.push(Delivery {
+        at: now_rfc3339(),
+        notifier: name,
+        status: notices
+            .first()
+            .map_or_else(String::new, |n| n.status.clone()),
+        fingerprints: notices.iter().map(|n| n.fingerprint.clone()).collect(),
+        attempts,
+        outcome: outcome.into(),
+        detail,
+    });
+}

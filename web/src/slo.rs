@@ -1,0 +1,229 @@
+//! Service level objectives: the SLI over the SLO's window, the error budget
+//! left, and burn rates over the windows of the SRE workbook's
+//! multi-window, multi-burn-rate alerts.
+//!
+//! For a 30-day SLO: page when the 1 h and 5 m burn rates both exceed 14.4
+//! (2% of the budget in an hour), or the 6 h and 30 m rates both exceed 6
+//! (5% in six hours); open a ticket when the 3 d and 6 h rates are both
+//! above one. Other SLO windows scale these windows by `window_days / 30`.
+//! A burn rate is the error rate over a window divided by the error rate
+//! the objective allows (`1 - objective`): at one, the budget lasts exactly
+//! the window.
+
+use std::collections::BTreeMap;
+
+use parallax_replicator::config::{Config, SloConfig, SloKind};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::sql::{SqlEngine, SqlError};
+
+/// The burn-rate windows (name, seconds for a 30-day SLO).
+pub const WINDOWS: [(&str, i64); 5] = [
+    ("5m", 300),
+    ("30m", 1_800),
+    ("1h", 3_600),
+    ("6h", 21_600),
+    ("3d", 259_200),
+];
+
+/// The alerting pairs: (long window, short window, burn rate, severity).
+pub const ALERTS: [(&str, &str, f64, &str); 3] = [
+    ("1h", "5m", 14.4, "page"),
+    ("6h", "30m", 6.0, "page"),
+    ("3d", "6h", 1.0, "ticket"),
+];
+
+/// A burn rate over one window.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BurnRate {
+    /// The window's name for a 30-day SLO (`5m` ... `3d`).
+    pub window: String,
+    /// Its length for this SLO (s).
+    pub seconds: i64,
+    /// Events in it.
+    pub total: i64,
+    /// Bad events in it.
+    pub bad: i64,
+    /// The burn rate; `None` without events.
+    pub rate: Option<f64>,
+}
+
+/// One SLO in one region.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SloStatus {
+    /// The SLO's name.
+    pub name: String,
+    /// What it measures.
+    pub kind: String,
+    /// The region.
+    pub region: String,
+    /// The objective (percent good).
+    pub objective_pct: f64,
+    /// The window (days).
+    pub window_days: u32,
+    /// Good events over the window.
+    pub good: i64,
+    /// Events over the window.
+    pub total: i64,
+    /// The SLI over the window (percent good); `None` without events.
+    pub sli_pct: Option<f64>,
+    /// Error budget left (percent of the budget; negative when overspent).
+    pub budget_remaining_pct: Option<f64>,
+    /// Burn rates per window.
+    pub burn_rates: Vec<BurnRate>,
+    /// `page` or `ticket` when a workbook alert condition holds, with the
+    /// pair of windows that fired (e.g. `page: 1h and 5m over 14.4x`).
+    pub alerting: Option<String>,
+    /// The severity alone (`page`, `ticket`).
+    pub severity: Option<String>,
+}
+
+/// The SLOs page.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Slos {
+    /// Every SLO in every region it applies to.
+    pub slos: Vec<SloStatus>,
+}
+
+/// The SQL predicate of a bad event, the table, and the region column.
+fn measure(slo: &SloConfig, config: &Config) -> (String, &'static str, &'static str) {
+    let threshold = slo.threshold_ms.unwrap_or(0);
+    match slo.kind {
+        SloKind::Availability => ("status >= 500".into(), "requests", "region"),
+        SloKind::Latency => (
+            format!("latency_us > {}", threshold * 1_000),
+            "requests",
+            "region",
+        ),
+        SloKind::Freshness => (format!("lag_ms > {threshold}"), "replication_lag", "dst"),
+        SloKind::Integrity => {
+            let critical: Vec<String> = config
+                .classes
+                .iter()
+                .filter(|(_, c)| c.critical)
+                .map(|(n, _)| format!("'{}'", n.replace('\'', "''")))
+                .collect();
+            let class = if critical.is_empty() {
+                "FALSE".to_owned()
+            } else {
+                format!("class IN ({})", critical.join(", "))
+            };
+            (format!("({class}) AND divergent > 0"), "audits", "region")
+        }
+    }
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64()
+        .or_else(|| v.as_f64().map(|f| f as i64))
+        .unwrap_or(0)
+}
+
+/// Evaluates every SLO at `now_us`, for the regions `wanted` (all if empty).
+pub async fn evaluate(
+    engine: &SqlEngine,
+    config: &Config,
+    now_us: i64,
+    wanted: &[String],
+) -> Result<Slos, SqlError> {
+    let mut out = Vec::new();
+    for (name, slo) in &config.slos {
+        let regions: Vec<String> = if slo.regions.is_empty() {
+            config.region_names()
+        } else {
+            slo.regions.clone()
+        };
+        let regions: Vec<String> = regions
+            .into_iter()
+            .filter(|r| wanted.is_empty() || wanted.contains(r))
+            .collect();
+        if regions.is_empty() {
+            continue;
+        }
+        let (bad, table, region_col) = measure(slo, config);
+        let scale = f64::from(slo.window_days) / 30.0;
+        let long_s = i64::from(slo.window_days) * 86_400;
+        let windows: Vec<(String, i64)> = std::iter::once(("window".to_owned(), long_s))
+            .chain(
+                WINDOWS
+                    .iter()
+                    .map(|(n, s)| ((*n).to_owned(), ((*s as f64) * scale).round() as i64)),
+            )
+            .collect();
+        let mut cols = Vec::new();
+        for (_, secs) in &windows {
+            let since = now_us - secs * 1_000_000;
+            cols.push(format!(
+                "sum(CASE WHEN ts >= to_timestamp_micros({since}) THEN 1 ELSE 0 END)"
+            ));
+            cols.push(format!(
+                "sum(CASE WHEN ts >= to_timestamp_micros({since}) AND ({bad}) THEN 1 ELSE 0 END)"
+            ));
+        }
+        // The integrity SLO counts audits of every class, bad when a
+        // critical one diverged; its region is the one that recorded it.
+        let start = now_us - long_s * 1_000_000;
+        let in_regions: Vec<String> = regions.iter().map(|r| format!("'{r}'")).collect();
+        let sql = format!(
+            "SELECT {region_col}, {} FROM {table} WHERE ts >= to_timestamp_micros({start}) \
+             AND ts < to_timestamp_micros({now_us}) AND {region_col} IN ({}) GROUP BY {region_col}",
+            cols.join(", "),
+            in_regions.join(", ")
+        );
+        let result = engine.query(&sql).await?;
+        let mut by_region: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for row in result.json_rows() {
+            let region = row[0].as_str().unwrap_or_default().to_owned();
+            by_region.insert(region, row[1..].to_vec());
+        }
+        let allowed = 1.0 - slo.objective / 100.0;
+        for region in regions {
+            let row = by_region.get(&region);
+            let at = |i: usize| row.map_or(0, |r| int(&r[i]));
+            let (total, bad) = (at(0), at(1));
+            let burn_rates: Vec<BurnRate> = windows[1..]
+                .iter()
+                .enumerate()
+                .map(|(i, (name, secs))| {
+                    let (t, b) = (at(2 + 2 * i), at(3 + 2 * i));
+                    BurnRate {
+                        window: name.clone(),
+                        seconds: *secs,
+                        total: t,
+                        bad: b,
+                        rate: (t > 0).then(|| (b as f64 / t as f64) / allowed),
+                    }
+                })
+                .collect();
+            let rate = |w: &str| {
+                burn_rates
+                    .iter()
+                    .find(|b| b.window == w)
+                    .and_then(|b| b.rate)
+                    .unwrap_or(0.0)
+            };
+            let fired = ALERTS
+                .iter()
+                .find(|(long, short, over, _)| rate(long) > *over && rate(short) > *over);
+            out.push(SloStatus {
+                name: name.clone(),
+                kind: slo.kind.name().into(),
+                region,
+                objective_pct: slo.objective,
+                window_days: slo.window_days,
+                good: total - bad,
+                total,
+                sli_pct: (total > 0).then(|| 100.0 * (total - bad) as f64 / total as f64),
+                budget_remaining_pct: (total > 0)
+                    .then(|| 100.0 * (1.0 - (bad as f64 / total as f64) / allowed)),
+                burn_rates,
+                alerting: fired.map(|(long, short, over, sev)| {
+                    format!("{sev}: {long} and {short} over {over}x")
+                }),
+                severity: fired.map(|f| f.3.to_owned()),
+            });
+        }
+    }
+    Ok(Slos { slos: out })
+}
