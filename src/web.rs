@@ -47,19 +47,24 @@ impl RunningWeb {
 
 /// Starts the web app for `config` over `data_dir` on `listen`.
 pub(crate) async fn start(
-    config: Config,
+    mut config: Config,
     data_dir: &Path,
     listen: SocketAddr,
 ) -> Result<RunningWeb> {
     let engine = SqlEngine::open(data_dir, parallax_web::sql_limits(&config))
         .await
         .with_context(|| format!("cannot open the tables under {}", data_dir.display()))?;
-    let app = App::new(engine, config, Arc::new(SystemClock));
-    let alerts = app.start_alerts();
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen}. Fix: stop what uses it or pass --listen with a free address")
     })?;
     let addr = listener.local_addr()?;
+    // Alert links point at where the app really listens unless told otherwise.
+    config
+        .web
+        .external_url
+        .get_or_insert_with(|| format!("http://{addr}"));
+    let app = App::new(engine, config, Arc::new(SystemClock));
+    let alerts = app.start_alerts();
     let (stop, stop_rx) = oneshot::channel::<()>();
     let router = parallax_web::router(app);
     let server = tokio::spawn(async move {

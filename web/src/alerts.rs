@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use parallax_replicator::clock::Clock;
 use parallax_replicator::config::{AlertRuleConfig, Config, RuleKind};
 use serde::Serialize;
@@ -141,6 +143,9 @@ pub struct Alerter {
     state: Arc<Mutex<State>>,
     log: DeliveryLog,
     deliveries: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Each notifier's latest delivery: the next one waits for it, so a
+    /// receiver hears an alert fire before it hears it resolve.
+    chain: Arc<Mutex<BTreeMap<String, Shared<BoxFuture<'static, ()>>>>>,
 }
 
 /// A condition a rule found: labels and a figure.
@@ -188,6 +193,7 @@ impl Alerter {
             state: Arc::new(Mutex::new(state)),
             log: DeliveryLog::default(),
             deliveries: Arc::new(Mutex::new(Vec::new())),
+            chain: Arc::default(),
         }
     }
 
@@ -503,15 +509,31 @@ impl Alerter {
                 continue;
             };
             let clock = Arc::clone(&self.clock);
-            let h = tokio::spawn(deliver(
+            let mut chain = self
+                .chain
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = chain.remove(&notifier);
+            let send = deliver(
                 self.http.clone(),
-                notifier,
+                notifier.clone(),
                 n,
                 self.external_url.clone(),
                 group,
                 self.log.clone(),
                 move || rfc3339(clock.now_us() as i64),
-            ));
+            );
+            let next = async move {
+                if let Some(before) = before {
+                    before.await;
+                }
+                send.await;
+            }
+            .boxed()
+            .shared();
+            chain.insert(notifier, next.clone());
+            drop(chain);
+            let h = tokio::spawn(next);
             self.deliveries
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

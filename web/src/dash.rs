@@ -300,8 +300,7 @@ fn matrix(regions: &[String], cells: &BTreeMap<(String, String), f64>) -> LagMat
     }
 }
 
-/// The regions to show: the configured ones passing the filter, plus any
-/// the data names that the config does not (an old region's files).
+/// The regions to show: the configured ones passing the filter.
 fn shown(all: &[String], f: &Filters) -> Vec<String> {
     all.iter().filter(|r| f.wants_region(r)).cloned().collect()
 }

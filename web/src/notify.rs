@@ -252,10 +252,10 @@ pub async fn deliver(
         if !retry || attempts >= n.max_attempts {
             break ("failed", detail);
         }
-        // Jitter from the attempt count and the clock's low bits is enough
-        // to keep many parallax instances from retrying in step.
+        // A little spread per attempt, and a Retry-After of at most 5 minutes.
         let jitter = Duration::from_millis(u64::from(attempts) * 37 % 100);
-        tokio::time::sleep(wait.unwrap_or(backoff) + jitter).await;
+        let wait = wait.map_or(backoff, |w| w.min(Duration::from_secs(300)));
+        tokio::time::sleep(wait + jitter).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     };
     if outcome == "failed" {

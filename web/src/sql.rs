@@ -294,6 +294,10 @@ impl SqlEngine {
         let root = data_dir.join("tables");
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory_bytes, 1.0)
+            // DataFusion keeps directory listings forever by default; the
+            // collector adds files every flush and compaction swaps them, so
+            // every query lists the directories afresh.
+            .with_object_list_cache_limit(0)
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )

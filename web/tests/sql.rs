@@ -11,7 +11,7 @@ use parallax_collector::{Collector, CollectorOptions};
 use parallax_replicator::clock::ManualClock;
 use parallax_replicator::config::CollectorConfig;
 use parallax_replicator::telemetry::{Event, ReplicationEvent, RequestEvent};
-use parallax_web::{App, SqlEngine, SqlError, SqlLimits};
+use parallax_web::{App, QueryResult, SqlEngine, SqlError, SqlLimits};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -258,4 +258,19 @@ async fn the_sql_api_answers_json_csv_arrow_and_clear_errors() {
         );
         assert!(!v["detail"].as_str().unwrap().is_empty());
     }
+}
+
+#[tokio::test]
+async fn files_written_after_the_first_query_are_seen_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let e = SqlEngine::open(dir.path(), SqlLimits::default())
+        .await
+        .unwrap();
+    let count = |r: QueryResult| r.json_rows()[0][0].clone();
+    let q = "SELECT count(*) FROM requests";
+    assert_eq!(count(e.query(q).await.unwrap()), json!(200));
+    // The collectors flush again (a long-running web app sees every flush).
+    fill(dir.path());
+    assert_eq!(count(e.query(q).await.unwrap()), json!(400));
 }
