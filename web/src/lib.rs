@@ -109,6 +109,11 @@ impl App {
         self.inner.clock.now_us() as i64
     }
 
+    /// The filters of a page without a query string (the last hour).
+    fn default_filters(&self) -> Filters {
+        Filters::parse(&FilterQuery::default(), self.now_us()).expect("the defaults parse")
+    }
+
     fn filters(&self, q: &FilterQuery) -> Result<Filters, String> {
         Filters::parse(q, self.now_us())
     }
@@ -188,6 +193,9 @@ pub fn error(status: u16, code: &str, detail: &str) -> Response {
         .into_response()
 }
 
+/// What a form with the wrong admin token is told.
+const WRONG_TOKEN: &str = "The admin token is wrong. Fix: use cluster.admin_token from the config.";
+
 /// 401 for an API action without the admin token.
 fn unauthorized() -> Response {
     error(
@@ -255,14 +263,6 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct Flash {
-    #[serde(default)]
-    flash: Option<String>,
-    #[serde(default)]
-    failed: Option<String>,
-}
-
 async fn dashboard(
     State(app): State<App>,
     Query(q): Query<FilterQuery>,
@@ -276,61 +276,59 @@ async fn dashboard(
             if as_json {
                 return error(400, "bad_filter", &e);
             }
-            let mut c = app.chrome(
-                title,
-                path,
-                Filters::parse(&FilterQuery::default(), app.now_us()).expect("defaults parse"),
-            );
+            let mut c = app.chrome(title, path, app.default_filters());
             c.error = Some(e);
             return html(&Page::new(c, Vec::new()), StatusCode::BAD_REQUEST);
         }
     };
     let regions = app.config().region_names();
     let e = app.sql();
-    let (data, sections, queue) = match kind {
-        Kind::Overview => match dash::overview(e, &f, &regions).await {
-            Ok(d) => (json!(d), pages::overview(&d, &f), None),
-            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
-        },
-        Kind::Replication => match dash::replication(e, &f, &regions).await {
-            Ok(d) => (json!(d), pages::replication(&d, &f), None),
-            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
-        },
-        Kind::Conflicts => match dash::conflicts(e, &f).await {
-            Ok(d) => {
-                let queue = live_queue(&app, &f).await;
-                (
-                    json!({ "figures": d, "queue": queue }),
-                    pages::conflicts(&d, &f),
-                    Some(queue),
-                )
+    let loaded: Result<_, SqlError> = async {
+        Ok(match kind {
+            Kind::Overview => {
+                let d = dash::overview(e, &f, &regions).await?;
+                (json!(d), pages::overview(&d, &f), None)
             }
-            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
-        },
-        Kind::Divergence => match dash::divergence(e, &f).await {
-            Ok(d) => (json!(d), pages::divergence(&d, &f), None),
-            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
-        },
-        Kind::Latency => match dash::latency(e, &f).await {
-            Ok(d) => (json!(d), pages::latency(&d, &f), None),
-            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
-        },
-        Kind::Failovers => match dash::failovers(e, &f).await {
-            Ok(d) => (json!(d), pages::failovers(&d), None),
-            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
-        },
-        Kind::Slos => match slo::evaluate(e, app.config(), f.to_us, &f.regions).await {
-            Ok(d) => (json!(d), pages::slos(&d), None),
-            Err(err) => return dash_error(&app, title, path, f, &err, as_json),
-        },
+            Kind::Replication => {
+                let d = dash::replication(e, &f, &regions).await?;
+                (json!(d), pages::replication(&d, &f), None)
+            }
+            Kind::Conflicts => {
+                let d = dash::conflicts(e, &f).await?;
+                let queue = live_queue(&app, &f).await;
+                let data = json!({ "figures": d, "queue": queue });
+                (data, pages::conflicts(&d, &f), Some(queue))
+            }
+            Kind::Divergence => {
+                let d = dash::divergence(e, &f).await?;
+                (json!(d), pages::divergence(&d, &f), None)
+            }
+            Kind::Latency => {
+                let d = dash::latency(e, &f).await?;
+                (json!(d), pages::latency(&d, &f), None)
+            }
+            Kind::Failovers => {
+                let d = dash::failovers(e, &f).await?;
+                (json!(d), pages::failovers(&d), None)
+            }
+            Kind::Slos => {
+                let d = slo::evaluate(e, app.config(), f.to_us, &f.regions).await?;
+                (json!(d), pages::slos(&d), None)
+            }
+        })
+    }
+    .await;
+    let (data, sections, queue) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => return dash_error(&app, title, path, f, &err, as_json),
     };
     if as_json {
         return axum::Json(json!({ "filters": f, "data": data })).into_response();
     }
     let mut c = app.chrome(title, path, f);
-    let flash: Flash = serde_urlencoded_flash(&q);
-    c.flash = flash.flash;
-    c.error = flash.failed;
+    // The message a redirect after a form carries.
+    c.flash = q.flash;
+    c.error = q.failed;
     let mut page = Page::new(c, sections);
     page.queue = queue;
     if matches!(kind, Kind::Divergence) {
@@ -340,20 +338,12 @@ async fn dashboard(
             note: "Asks a region to compare its Merkle trees with every peer and repair what differs (what the anti-entropy timer does). Needs the admin token.".into(),
             action: "/anti-entropy".into(),
             hidden: Vec::new(),
-                        selects: vec![("region".into(), "Region".into(), app.config().region_names())],
+            selects: vec![("region".into(), "Region".into(), app.config().region_names())],
             inputs: Vec::new(),
             button: "Run anti-entropy".into(),
         });
     }
     html(&page, StatusCode::OK)
-}
-
-/// The flash message a redirect after a form carries.
-fn serde_urlencoded_flash(q: &FilterQuery) -> Flash {
-    Flash {
-        flash: q.flash.clone(),
-        failed: q.failed.clone(),
-    }
 }
 
 fn dash_error(
@@ -580,11 +570,7 @@ async fn resolve_form(
 ) -> Response {
     let form = body.0;
     if !app.admin_ok(&form.admin_token) {
-        return back(
-            "/conflicts",
-            &q,
-            Err("The admin token is wrong. Fix: use cluster.admin_token from the config.".into()),
-        );
+        return back("/conflicts", &q, Err(WRONG_TOKEN.into()));
     }
     let resolution = match form.choice.as_deref() {
         Some("custom") | None => {
@@ -743,11 +729,7 @@ async fn anti_entropy_form(
     body: axum::Form<AntiEntropyForm>,
 ) -> Response {
     if !app.admin_ok(&body.admin_token) {
-        return back(
-            "/divergence",
-            &q,
-            Err("The admin token is wrong. Fix: use cluster.admin_token from the config.".into()),
-        );
+        return back("/divergence", &q, Err(WRONG_TOKEN.into()));
     }
     let out = run_anti_entropy(&app, &body.region).await.map(|v| {
         let pulled: i64 = v
@@ -878,7 +860,7 @@ async fn sql_page_post(State(app): State<App>, form: axum::Form<SqlForm>) -> Res
 }
 
 async fn sql_page(app: App, text: Option<String>) -> Response {
-    let f = Filters::parse(&FilterQuery::default(), app.now_us()).expect("defaults parse");
+    let f = app.default_filters();
     let mut c = app.chrome("SQL", "/sql", f);
     c.filter_bar = false;
     let limits = app.sql().limits();
@@ -946,7 +928,7 @@ async fn alerts_api(State(app): State<App>) -> Response {
 }
 
 async fn alerts_page(State(app): State<App>, Query(q): Query<FilterQuery>) -> Response {
-    let f = Filters::parse(&FilterQuery::default(), app.now_us()).expect("defaults parse");
+    let f = app.default_filters();
     let mut c = app.chrome("Alerts", "/alerts", f);
     c.filter_bar = false;
     c.json_url = "/api/v1/alerts".into();
@@ -1006,11 +988,7 @@ async fn silence_form(
 ) -> Response {
     let form = body.0;
     if !app.admin_ok(&form.admin_token) {
-        return back(
-            "/alerts",
-            &q,
-            Err("The admin token is wrong. Fix: use cluster.admin_token from the config.".into()),
-        );
+        return back("/alerts", &q, Err(WRONG_TOKEN.into()));
     }
     let minutes = match form
         .minutes

@@ -3,6 +3,8 @@
 //! retries and logged failures, Slack's Retry-After, silences, SQL rules,
 //! and a real Alertmanager (Debian `prometheus-alertmanager`) receiving a push.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,9 +12,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use parallax_collector::{Collector, CollectorOptions};
 use parallax_replicator::clock::ManualClock;
-use parallax_replicator::config::{CollectorConfig, Config};
+use parallax_replicator::config::Config;
 use parallax_replicator::telemetry::{Event, ReplicationEvent};
 use parallax_web::alerts::Alerter;
 use parallax_web::notify::signature;
@@ -26,18 +27,7 @@ const SEC: i64 = 1_000_000;
 /// Replication from us-west into us-east lagging `lag_ms`, one sample a
 /// second over [from_s, to_s) after T0.
 fn lag_rows(dir: &std::path::Path, from_s: i64, to_s: i64, lag_ms: u64) {
-    let c = Collector::new(
-        CollectorOptions {
-            root: dir.join("tables"),
-            region: "us-east".into(),
-            config: CollectorConfig::default(),
-            probe_urls: BTreeMap::new(),
-            tokens: vec![],
-            clock: Arc::new(ManualClock::new((T0 / 1_000) as u64)),
-        },
-        None,
-    )
-    .unwrap();
+    let c = common::collector(dir, "us-east", T0 as u64);
     for s in from_s..to_s {
         c.ingest(Event::Replication(ReplicationEvent {
             ts_us: (T0 + s * SEC) as u64,

@@ -2,14 +2,15 @@
 //! answer, show the same figures, refuse bad filters with the fix, and keep
 //! state-changing actions behind the admin token.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
-use parallax_collector::{Collector, CollectorOptions};
 use parallax_replicator::clock::ManualClock;
-use parallax_replicator::config::{CollectorConfig, Config};
+use parallax_replicator::config::Config;
 use parallax_replicator::telemetry::{
     AuditEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent, ReplicationEvent,
     RequestEvent,
@@ -26,18 +27,7 @@ const REGIONS: [&str; 3] = ["eu-west", "us-east", "us-west"];
 
 fn fill(dir: &std::path::Path) {
     for (i, region) in REGIONS.iter().enumerate() {
-        let c = Collector::new(
-            CollectorOptions {
-                root: dir.join("tables"),
-                region: (*region).into(),
-                config: CollectorConfig::default(),
-                probe_urls: BTreeMap::new(),
-                tokens: vec![],
-                clock: Arc::new(ManualClock::new(T0 / 1_000)),
-            },
-            None,
-        )
-        .unwrap();
+        let c = common::collector(dir, region, T0);
         for n in 0..100u64 {
             let ts = T0 + n * MIN;
             c.ingest(Event::Request(RequestEvent {

@@ -1,15 +1,12 @@
 //! SQL over the collector's files: answers, formats, and hostile queries
 //! refused with a clear message while the engine keeps serving.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode};
-use parallax_collector::{Collector, CollectorOptions};
-use parallax_replicator::clock::ManualClock;
-use parallax_replicator::config::CollectorConfig;
 use parallax_replicator::telemetry::{Event, ReplicationEvent, RequestEvent};
 use parallax_web::{App, QueryResult, SqlEngine, SqlError, SqlLimits};
 use serde_json::{Value, json};
@@ -20,18 +17,7 @@ const T0: u64 = 1_795_860_000_000_000;
 
 fn fill(dir: &std::path::Path) {
     for region in ["us-east", "eu-west"] {
-        let c = Collector::new(
-            CollectorOptions {
-                root: dir.join("tables"),
-                region: region.into(),
-                config: CollectorConfig::default(),
-                probe_urls: BTreeMap::new(),
-                tokens: vec![],
-                clock: Arc::new(ManualClock::new(T0 / 1_000)),
-            },
-            None,
-        )
-        .unwrap();
+        let c = common::collector(dir, region, T0);
         for n in 0..100u64 {
             c.ingest(Event::Request(RequestEvent {
                 ts_us: T0 + n * 60_000_000,
