@@ -114,6 +114,35 @@ fn flush_writes_sorted_hive_partitioned_files_and_counts_them() {
 }
 
 #[test]
+fn timestamps_and_durations_are_delta_encoded_without_a_dictionary() {
+    use parquet::basic::Encoding;
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(dir.path(), T0 + HOUR_US);
+    for n in 0..2_000u64 {
+        c.ingest(request(T0 + n * 1_000, 800 + n % 97));
+    }
+    c.flush().unwrap();
+    let hour0 = files::partition_dir(dir.path(), "requests", "us-east", "2026-11-28", 10);
+    let file = std::fs::File::open(&files::parquet_files(&hour0)[0]).unwrap();
+    let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    let meta = parquet::file::reader::FileReader::metadata(&reader);
+    assert_eq!(meta.num_row_groups(), 2, "1,000 rows per row group");
+    for rg in meta.row_groups() {
+        for column in rg.columns() {
+            let name = column.column_path().string();
+            let encodings: Vec<Encoding> = column.encodings().collect();
+            let delta = encodings.contains(&Encoding::DELTA_BINARY_PACKED);
+            let dictionary = column.dictionary_page_offset().is_some();
+            if name == "ts" || name == "latency_us" {
+                assert!(delta && !dictionary, "{name}: {encodings:?}");
+            } else if name == "op" || name == "class" {
+                assert!(dictionary && !delta, "{name}: {encodings:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn closed_hours_are_compacted_into_one_file_with_every_row_once() {
     let dir = tempfile::tempdir().unwrap();
     let c = collector(dir.path(), T0 + 2 * HOUR_US);

@@ -200,6 +200,10 @@ pub struct NotifierConfig {
     /// Attempts before a delivery is logged as failed.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// `https://` URLs: a PEM file of CA certificates trusted besides the
+    /// system's (an internal CA, or a receiver's self-signed certificate).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_notify_timeout_ms() -> u64 {
@@ -281,6 +285,19 @@ pub fn validate(
                 f("url"),
                 "is not an http(s) URL. Fix: e.g. \"http://127.0.0.1:9093\"",
             );
+        }
+        if let Some(path) = &n.ca_file {
+            let pem = std::fs::read_to_string(path).unwrap_or_default();
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return fail(
+                    f("ca_file"),
+                    &format!(
+                        "`{}` is not a readable PEM file of certificates. Fix: name a file \
+                         holding -----BEGIN CERTIFICATE----- blocks, or remove ca_file",
+                        path.display()
+                    ),
+                );
+            }
         }
         if n.hmac_secret.is_some() && n.kind != NotifierKind::Webhook {
             return fail(

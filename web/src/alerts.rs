@@ -138,7 +138,8 @@ pub struct Alerter {
     config: Arc<Config>,
     engine: Arc<SqlEngine>,
     clock: Arc<dyn Clock>,
-    http: reqwest::Client,
+    /// One client per notifier (each trusts its own `ca_file`).
+    clients: BTreeMap<String, reqwest::Client>,
     external_url: String,
     state: Arc<Mutex<State>>,
     log: DeliveryLog,
@@ -169,6 +170,20 @@ impl Alerter {
             .unwrap_or_else(|| format!("http://{}", config.web.listen))
             .trim_end_matches('/')
             .to_owned();
+        let clients = config
+            .notifiers
+            .iter()
+            .map(|(name, n)| {
+                let c = crate::notify::client(n).unwrap_or_else(|e| {
+                    // The config check read the same file; if it changed
+                    // since, deliveries fail (and are logged) rather than
+                    // trusting less than asked.
+                    tracing::error!("notifier {name}: {e}");
+                    reqwest::Client::new()
+                });
+                (name.clone(), c)
+            })
+            .collect();
         let mut state = State::default();
         for (name, r) in &config.alerts {
             state.rules.insert(
@@ -188,7 +203,7 @@ impl Alerter {
             config,
             engine,
             clock,
-            http: reqwest::Client::new(),
+            clients,
             external_url,
             state: Arc::new(Mutex::new(state)),
             log: DeliveryLog::default(),
@@ -514,8 +529,9 @@ impl Alerter {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let before = chain.remove(&notifier);
+            let http = self.clients.get(&notifier).cloned().unwrap_or_default();
             let send = deliver(
-                self.http.clone(),
+                http,
                 notifier.clone(),
                 n,
                 self.external_url.clone(),

@@ -10,6 +10,9 @@
 //! (honouring `Retry-After`), timeouts and connection errors, up to the
 //! notifier's `max_attempts`; other 4xx fail at once. Only URLs from the
 //! config are called. Every attempt's outcome goes to the delivery log.
+//!
+//! `https://` URLs are verified against the system's CA certificates
+//! (rustls with the ring provider), plus the notifier's `ca_file`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -197,6 +200,23 @@ pub fn alertmanager_payload(notices: &[Notice]) -> Value {
     )
 }
 
+/// The HTTP client of one notifier: TLS trusts the system's roots and the
+/// certificates of its `ca_file`.
+pub fn client(n: &NotifierConfig) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder();
+    if let Some(path) = &n.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{} holds no usable PEM certificate: {e}", path.display()))?;
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
 /// Delivers `notices` through one notifier, retrying, and logs the outcome.
 pub async fn deliver(
     http: reqwest::Client,
@@ -247,7 +267,7 @@ pub async fn deliver(
                 let retry = status.is_server_error() || status.as_u16() == 429;
                 (retry, status.to_string(), after)
             }
-            Err(e) => (true, e.to_string(), None),
+            Err(e) => (true, parallax_replicator::transport::error_chain(&e), None),
         };
         if !retry || attempts >= n.max_attempts {
             break ("failed", detail);

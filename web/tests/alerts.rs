@@ -410,3 +410,112 @@ async fn a_real_alertmanager_shows_the_pushed_alert() {
     assert_eq!(alert["labels"]["dst"], "us-east");
     assert_eq!(alert["labels"]["src"], "us-west");
 }
+
+/// Serves `app` over TLS with `key`'s certificate (a test-only listener).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            // A client that refuses the certificate fails its handshake.
+            if let Ok(tls) = self.tls.accept(stream).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+#[tokio::test]
+async fn https_webhooks_verify_the_receiver_against_the_notifier_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    lag_rows(dir.path(), 0, 60, 5_000);
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let ca = dir.path().join("receiver-ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+    let seen: Seen = Arc::default();
+    let s = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let s = Arc::clone(&s);
+            async move {
+                s.lock().unwrap().push((headers, body));
+                StatusCode::OK
+            }
+        }),
+    );
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", tcp.local_addr().unwrap());
+    let listener = TlsListener {
+        tcp,
+        tls: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+    };
+    let served = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let a = alerter(
+        dir.path(),
+        &format!(
+            "[notifiers.trusted]\nkind = \"webhook\"\nurl = \"{url}\"\nca_file = \"{}\"\n\n\
+             [notifiers.untrusted]\nkind = \"webhook\"\nurl = \"{url}\"\nmax_attempts = 1\n\n\
+             [alerts.lag_high]\nkind = \"lag\"\nthreshold_ms = 1000\nnotify = [\"trusted\", \"untrusted\"]\n",
+            ca.display()
+        ),
+        clock(),
+    )
+    .await;
+    a.evaluate_at(T0 + 59 * SEC).await;
+    a.flush().await;
+    let log = a.view().deliveries;
+    let by = |n: &str| log.iter().find(|d| d.notifier == n).cloned().unwrap();
+    assert_eq!(by("trusted").outcome, "ok", "{:?}", by("trusted"));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the trusting client got through"
+    );
+    let v: Value = serde_json::from_slice(&seen.lock().unwrap()[0].1).unwrap();
+    assert_eq!(v["status"], "firing");
+    let refused = by("untrusted");
+    assert_eq!(refused.outcome, "failed");
+    assert!(
+        refused.detail.to_lowercase().contains("certificate"),
+        "the log names the refused certificate: {refused:?}"
+    );
+    served.abort();
+}
+
+#[test]
+fn a_ca_file_that_holds_no_certificate_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "hello").unwrap();
+    let text = format!(
+        "{}\n[notifiers.hook]\nkind = \"webhook\"\nurl = \"https://hooks.example.com/x\"\nca_file = \"{}\"\n",
+        include_str!("../../deploy/examples/three-regions.toml"),
+        bad.display()
+    );
+    let err = Config::from_toml(&text, "test.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("notifiers.hook.ca_file"), "{err}");
+    assert!(err.contains("not-a-ca.pem"), "{err}");
+}
