@@ -60,8 +60,9 @@ fn series_of(points: impl IntoIterator<Item = (String, i64, f64)>) -> Vec<Series
 pub struct RegionHealth {
     /// The region.
     pub region: String,
-    /// `healthy`, `degraded` (errors, lag or failing probes), `down`
-    /// (no probe reached it lately) or `no data`.
+    /// `healthy`, `degraded` (not ready now, errors, lag or failing
+    /// probes), `down` (it does not answer now, or no probe reached it
+    /// lately) or `no data`.
     pub status: String,
     /// Requests it served in the range.
     pub requests: i64,
@@ -75,6 +76,27 @@ pub struct RegionHealth {
     pub probes_ok_pct: Option<f64>,
     /// Conflicts recorded by it in the range.
     pub conflicts: i64,
+    /// Asked just now (`GET /readyz` from the web server, 2 s limit):
+    /// `ready`, `not ready` (it answered, but is starting or shutting
+    /// down), `unreachable`, or empty when not asked.
+    pub now: String,
+    /// How long that answer took (ms).
+    pub now_ms: Option<f64>,
+}
+
+impl RegionHealth {
+    /// Folds in what the region answered just now: a region that does not
+    /// answer is down whatever its telemetry said; one that answers but is
+    /// not ready is degraded.
+    pub fn asked_now(&mut self, answer: &str, took_ms: Option<f64>) {
+        self.now = answer.to_owned();
+        self.now_ms = took_ms;
+        match answer {
+            "unreachable" => self.status = "down".into(),
+            "not ready" if self.status != "down" => self.status = "degraded".into(),
+            _ => {}
+        }
+    }
 }
 
 /// The lag between every region pair.
@@ -327,6 +349,8 @@ pub async fn overview(
                     max_lag_in_ms: None,
                     probes_ok_pct: None,
                     conflicts: 0,
+                    now: String::new(),
+                    now_ms: None,
                 },
             )
         })

@@ -286,7 +286,13 @@ async fn dashboard(
     let loaded: Result<_, SqlError> = async {
         Ok(match kind {
             Kind::Overview => {
-                let d = dash::overview(e, &f, &regions).await?;
+                let mut d = dash::overview(e, &f, &regions).await?;
+                let now = ask_regions(&app, d.regions.iter().map(|h| h.region.clone())).await;
+                for h in &mut d.regions {
+                    if let Some((answer, ms)) = now.get(&h.region) {
+                        h.asked_now(answer, *ms);
+                    }
+                }
                 (json!(d), pages::overview(&d, &f), None)
             }
             Kind::Replication => {
@@ -367,6 +373,35 @@ fn dash_error(
 
 /// Asks every (filtered) region for its reconciliation queue and the
 /// siblings of each queued entity.
+/// Asks each region's `GET /readyz`, all at once, 2 s each: `ready`, `not
+/// ready` or `unreachable`, and how long the answer took (ms).
+async fn ask_regions(
+    app: &App,
+    regions: impl Iterator<Item = String>,
+) -> BTreeMap<String, (String, Option<f64>)> {
+    let asks = regions.map(|region| async move {
+        let Some(base) = app.config().region_url(&region) else {
+            return (region, ("unreachable".to_owned(), None));
+        };
+        let started = std::time::Instant::now();
+        let answer = app
+            .inner
+            .http
+            .get(format!("{base}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let state = match answer {
+            Ok(r) if r.status().is_success() => "ready",
+            Ok(_) => "not ready",
+            Err(_) => "unreachable",
+        };
+        (region, (state.to_owned(), Some(ms)))
+    });
+    futures::future::join_all(asks).await.into_iter().collect()
+}
+
 async fn live_queue(app: &App, f: &Filters) -> Queue {
     let cfg = app.config();
     let token = &cfg.cluster.client_token;

@@ -327,12 +327,13 @@ pub fn overview(d: &Overview, f: &Filters) -> Vec<Section> {
     let mut health = section(
         "health",
         "Regions",
-        "Down: no probe reached it in its last 30 s of probes. Degraded: over 1% 5xx, lag into it over 5 s, or under 99% of probes answered.",
+        "Down: it does not answer the web server now, or no probe reached it in its last 30 s of probes. Degraded: not ready now, over 1% 5xx, lag into it over 5 s, or under 99% of probes answered. Now: its /readyz asked as this page was drawn.",
     );
     let mut t = Table::new(
         &[
             "Region",
             "Status",
+            "Now",
             "Requests",
             "5xx %",
             "p99 ms",
@@ -346,6 +347,10 @@ pub fn overview(d: &Overview, f: &Filters) -> Vec<Section> {
         t.rows.push(vec![
             Cell::t(&r.region),
             Cell::state(&r.status),
+            Cell::t(&match r.now_ms {
+                Some(ms) if r.now != "unreachable" => format!("{} ({ms:.0} ms)", r.now),
+                _ => r.now.clone(),
+            }),
             Cell::i(r.requests),
             Cell::n(r.error_pct),
             opt(r.p99_ms),

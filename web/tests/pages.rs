@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
@@ -15,6 +16,8 @@ use parallax_replicator::telemetry::{
     AuditEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent, ReplicationEvent,
     RequestEvent,
 };
+use parallax_replicator::transport::HttpTransport;
+use parallax_replicator::{Node, NodeOptions, api};
 use parallax_web::charts::num;
 use parallax_web::{App, SqlEngine, SqlLimits};
 use serde_json::Value;
@@ -118,11 +121,37 @@ async fn app() -> (tempfile::TempDir, axum::Router) {
     let e = SqlEngine::open(dir.path(), SqlLimits::default())
         .await
         .unwrap();
-    let config = Config::from_toml(
+    let mut config = Config::from_toml(
         include_str!("../../deploy/examples/three-regions.toml"),
         "three-regions.toml",
     )
     .unwrap();
+    // us-east runs for real, so the overview finds it ready when it asks;
+    // the other two are not running (a closed port), so they are unreachable.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = "http://127.0.0.1:9".to_owned();
+    for (name, r) in config.regions.iter_mut() {
+        r.advertise = Some(if name == "us-east" {
+            format!("http://{addr}")
+        } else {
+            closed.clone()
+        });
+    }
+    let peers = BTreeMap::from([
+        ("eu-west".to_owned(), closed.clone()),
+        ("us-west".to_owned(), closed),
+    ]);
+    let transport = HttpTransport::new("us-east", peers, "peer", Duration::from_millis(200));
+    let node = Node::start(NodeOptions::new(
+        Arc::new(config.clone()),
+        "us-east",
+        dir.path().join("us-east-node"),
+        Arc::new(transport),
+    ))
+    .await
+    .unwrap();
+    tokio::spawn(async move { axum::serve(listener, api::router(node)).await });
     // Two hours after the first event: the 6h range holds everything.
     let clock = Arc::new(ManualClock::new((T0 + 120 * MIN) / 1_000));
     (dir, parallax_web::router(App::new(e, config, clock)))
@@ -227,8 +256,18 @@ async fn json_twins_hold_the_figures_the_pages_show() {
         .map(|r| (r["region"].as_str().unwrap(), r["status"].as_str().unwrap()))
         .collect();
     assert_eq!(status["us-west"], "down");
-    // The others answer 10% 5xx: degraded.
+    // us-east answers 10% 5xx: degraded by its telemetry, and ready now.
     assert_eq!(status["us-east"], "degraded");
+    // eu-west's telemetry looks like us-east's, but it does not answer now.
+    assert_eq!(status["eu-west"], "down");
+    let now: BTreeMap<&str, &str> = regions
+        .iter()
+        .map(|r| (r["region"].as_str().unwrap(), r["now"].as_str().unwrap()))
+        .collect();
+    assert_eq!(now["us-east"], "ready");
+    assert_eq!(now["eu-west"], "unreachable");
+    assert!(html.contains(">ready ("), "the page shows the answer");
+    assert!(html.contains(">unreachable</td>"));
     assert!(html.contains("<td class=\"down\">down</td>"));
     assert_eq!(v["data"]["divergent_now"], 1);
     assert_eq!(v["data"]["failovers"], 1);
@@ -283,8 +322,8 @@ async fn json_twins_hold_the_figures_the_pages_show() {
     );
     let (_, html) = get(&app, "/conflicts?range=6h").await;
     assert!(html.contains("merged 20"));
-    // The regions of the example config are not running: the queue says so.
-    assert_eq!(v["data"]["queue"]["errors"].as_array().unwrap().len(), 3);
+    // Two of the regions are not running: the queue says so (us-east answers).
+    assert_eq!(v["data"]["queue"]["errors"].as_array().unwrap().len(), 2);
     assert!(html.contains("could not be asked for its queue"));
 
     let v = json(&app, "/api/v1/divergence?range=6h").await;
@@ -412,8 +451,8 @@ async fn state_changes_need_the_admin_token() {
     let (_, location, _) =
         post_form(&app, "/anti-entropy", "region=us-east&admin_token=guess").await;
     assert!(location.contains("failed="));
-    // With the right token the action is carried out by the region, which
-    // is not running here: the failure says which region and why.
+    // With the right token the action is carried out by the region (us-east
+    // runs); one that is not running fails, saying which region and why.
     let (_, location, _) = post_form(
         &app,
         "/anti-entropy",
@@ -421,7 +460,17 @@ async fn state_changes_need_the_admin_token() {
     )
     .await;
     assert!(
-        location.contains("failed=us-east%20could%20not%20be%20reached"),
+        location.contains("flash=Anti-entropy%20ran%20in%20us-east"),
+        "{location}"
+    );
+    let (_, location, _) = post_form(
+        &app,
+        "/anti-entropy",
+        "region=eu-west&admin_token=demo-admin-token",
+    )
+    .await;
+    assert!(
+        location.contains("failed=eu-west%20could%20not%20be%20reached"),
         "{location}"
     );
 
