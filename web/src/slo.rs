@@ -164,13 +164,20 @@ pub async fn evaluate(
         // The integrity SLO counts audits of every class, bad when a
         // critical one diverged; its region is the one that recorded it.
         let start = now_us - long_s * 1_000_000;
-        let in_regions: Vec<String> = regions.iter().map(|r| format!("'{r}'")).collect();
-        let sql = format!(
-            "SELECT {region_col}, {} FROM {table} WHERE ts >= to_timestamp_micros({start}) \
-             AND ts < to_timestamp_micros({now_us}) AND {region_col} IN ({}) GROUP BY {region_col}",
-            cols.join(", "),
-            in_regions.join(", ")
-        );
+        // One SELECT per region rather than GROUP BY region: the region is
+        // a partition column, so each SELECT reads only its region's files
+        // and no row is hashed (2-4x faster at 80M rows; README, bench query).
+        let sql = regions
+            .iter()
+            .map(|r| {
+                format!(
+                    "SELECT '{r}', {} FROM {table} WHERE {region_col} = '{r}' \
+                     AND ts >= to_timestamp_micros({start}) AND ts < to_timestamp_micros({now_us})",
+                    cols.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
         let result = engine.query(&sql).await?;
         let mut by_region: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for row in result.json_rows() {
