@@ -310,7 +310,7 @@ async fn dashboard(
                 (json!(d), pages::divergence(&d, &f), None)
             }
             Kind::Latency => {
-                let d = dash::latency(e, &f).await?;
+                let d = dash::latency(e, &f, &regions).await?;
                 (json!(d), pages::latency(&d, &f), None)
             }
             Kind::Failovers => {

@@ -392,7 +392,14 @@ pub fn replication(d: &Replication, f: &Filters) -> Vec<Section> {
     let mut m = section(
         "matrix",
         "Lag p99 (ms) by region pair",
-        "Rows are where writes are made, columns where they are applied. Lag is the time from a write at the source to its apply at the destination (heartbeats measure idle pairs).",
+        &format!(
+            "Rows are where writes are made, columns where they are applied. Lag is the time from a write at the source to its apply at the destination (heartbeats measure idle pairs).{}",
+            if f.classes.is_empty() {
+                ""
+            } else {
+                " The class filter does not apply here: a replication batch carries writes of every class."
+            }
+        ),
     );
     m.svg = Some(lag_heatmap(&d.lag));
     let mut pairs = section("pairs", "Region pairs", "");

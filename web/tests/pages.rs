@@ -346,6 +346,11 @@ async fn json_twins_hold_the_figures_the_pages_show() {
 #[tokio::test]
 async fn ranges_and_filters_narrow_and_bad_ones_name_the_fix() {
     let (_d, app) = app().await;
+    // Replication lag has no class: the page says the filter does not apply.
+    let (_, html) = get(&app, "/replication?range=6h&class=carts").await;
+    assert!(html.contains("The class filter does not apply here"));
+    let (_, html) = get(&app, "/replication?range=6h").await;
+    assert!(!html.contains("The class filter does not apply here"));
     // The last 15 minutes hold 15 minutes of requests... minus the 5 before
     // "now" that have none (events stop at 99 minutes, now is 120).
     let v = json(&app, "/api/v1/latency?range=15m").await;
