@@ -30,12 +30,13 @@ pub fn rfc3339(us: i64) -> String {
     format!("{}Z", local_time(us))
 }
 
-/// A stable fingerprint of a label set: 16 hex digits of FNV-1a over the
-/// sorted labels (the same labels always give the same one).
+/// A stable fingerprint of a label set, the one Alertmanager computes: 16
+/// hex digits of 64-bit FNV-1a over the labels sorted by name, each name and
+/// value followed by the byte 0xff.
 pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (k, v) in labels {
-        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xfe]) {
+        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }

@@ -34,6 +34,17 @@ pub const ALERTS: [(&str, &str, f64, &str); 3] = [
     ("3d", "6h", 1.0, "ticket"),
 ];
 
+/// The first workbook condition that holds — both its windows burn faster
+/// than its rate (strictly: a burn of exactly 14.4x does not page) — given
+/// each window's burn rate by name.
+fn fired(
+    rate: impl Fn(&str) -> f64,
+) -> Option<&'static (&'static str, &'static str, f64, &'static str)> {
+    ALERTS
+        .iter()
+        .find(|(long, short, over, _)| rate(long) > *over && rate(short) > *over)
+}
+
 /// A burn rate over one window.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct BurnRate {
@@ -210,9 +221,7 @@ pub async fn evaluate(
                     .and_then(|b| b.rate)
                     .unwrap_or(0.0)
             };
-            let fired = ALERTS
-                .iter()
-                .find(|(long, short, over, _)| rate(long) > *over && rate(short) > *over);
+            let fired = fired(rate);
             out.push(SloStatus {
                 name: name.clone(),
                 kind: slo.kind.name().into(),
@@ -233,4 +242,43 @@ pub async fn evaluate(
         }
     }
     Ok(Slos { slos: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The severity and windows `fired` picks for burn rates by window.
+    fn pick(rates: &[(&str, f64)]) -> Option<(&'static str, &'static str, &'static str)> {
+        let rate = |w: &str| rates.iter().find(|(n, _)| *n == w).map_or(0.0, |r| r.1);
+        fired(rate).map(|(long, short, _, sev)| (*sev, *long, *short))
+    }
+
+    #[test]
+    fn workbook_conditions_need_both_windows_strictly_over_their_rate() {
+        assert_eq!(pick(&[("1h", 14.4), ("5m", 14.4)]), None);
+        assert_eq!(
+            pick(&[("1h", 14.5), ("5m", 14.5)]),
+            Some(("page", "1h", "5m"))
+        );
+        // A long window alone, or a short one alone, does not fire.
+        assert_eq!(pick(&[("1h", 50.0), ("5m", 1.0)]), None);
+        assert_eq!(pick(&[("1h", 1.0), ("5m", 50.0)]), None);
+        assert_eq!(pick(&[("6h", 6.0), ("30m", 6.0)]), None);
+        assert_eq!(
+            pick(&[("6h", 6.1), ("30m", 6.1)]),
+            Some(("page", "6h", "30m"))
+        );
+        assert_eq!(pick(&[("3d", 1.0), ("6h", 1.0)]), None);
+        assert_eq!(
+            pick(&[("3d", 1.1), ("6h", 1.1)]),
+            Some(("ticket", "3d", "6h"))
+        );
+        // Page wins over ticket when both hold.
+        assert_eq!(
+            pick(&[("3d", 7.0), ("6h", 7.0), ("30m", 7.0)]),
+            Some(("page", "6h", "30m"))
+        );
+        assert_eq!(pick(&[]), None);
+    }
 }

@@ -409,6 +409,11 @@ async fn a_real_alertmanager_shows_the_pushed_alert() {
     let alert = alert.expect("the alert shows in Alertmanager's API");
     assert_eq!(alert["labels"]["dst"], "us-east");
     assert_eq!(alert["labels"]["src"], "us-west");
+    // Our fingerprints are Alertmanager's: a receiver can match them up.
+    assert_eq!(
+        alert["fingerprint"].as_str().unwrap(),
+        a.view().deliveries[0].fingerprints[0]
+    );
 }
 
 /// Serves `app` over TLS with `key`'s certificate (a test-only listener).
