@@ -196,40 +196,35 @@ struct Query {
     duckdb: String,
 }
 
-/// `SELECT '<region>', <rest> AND region = '<region>' <tail>`, for every
-/// region, joined by UNION ALL: the shape the dashboards and SLOs ask in.
-fn per_region(rest: &str, tail: &str) -> String {
-    REGIONS
-        .iter()
-        .map(|r| format!("SELECT '{r}' AS region, {rest} AND region = '{r}' {tail}"))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ")
+/// The dashboards' own composition: one SELECT per region, joined by
+/// UNION ALL (`parallax_web::dash::per_region`).
+fn per_region(cols: &str, from_where: &str, group_by: &str) -> String {
+    let regions: Vec<String> = REGIONS.iter().map(|r| (*r).to_owned()).collect();
+    parallax_web::dash::per_region(&regions, cols, from_where, group_by)
 }
 
 fn queries() -> Vec<Query> {
     let day_ago = NOW_US - 86_400_000_000;
     let month_ago = NOW_US - 30 * 86_400_000_000;
-    let date = |us: i64| date_hour(us.max(0) as u64).0;
+    let date = date_hour(day_ago as u64).0;
     vec![
         Query {
             name: "p99 latency per region per 5 min, 24 h",
             // As the latency page asks it: one SELECT per region.
             parallax: per_region(
+                "date_bin(INTERVAL '5 minutes', ts, TIMESTAMP '1970-01-01T00:00:00Z') AS t, \
+                 approx_percentile_cont(latency_us, 0.99) AS p99",
                 &format!(
-                    "date_bin(INTERVAL '5 minutes', ts, TIMESTAMP '1970-01-01T00:00:00Z') AS t, \
-                     approx_percentile_cont(latency_us, 0.99) AS p99 FROM requests \
-                     WHERE ts >= to_timestamp_micros({day_ago}) AND date >= DATE '{}'",
-                    date(day_ago)
+                    "requests WHERE ts >= to_timestamp_micros({day_ago}) AND date >= DATE '{date}'"
                 ),
-                "GROUP BY t",
+                "t",
             ),
             duckdb: per_region(
+                "time_bucket(INTERVAL '5 minutes', ts) AS t, approx_quantile(latency_us, 0.99) AS p99",
                 &format!(
-                    "time_bucket(INTERVAL '5 minutes', ts) AS t, approx_quantile(latency_us, 0.99) AS p99 \
-                     FROM requests WHERE ts >= to_timestamp({day_ago} / 1000000) AND date >= DATE '{}'",
-                    date(day_ago)
+                    "requests WHERE ts >= to_timestamp({day_ago} / 1000000) AND date >= DATE '{date}'"
                 ),
-                "GROUP BY t",
+                "t",
             ),
         },
         Query {
@@ -237,32 +232,27 @@ fn queries() -> Vec<Query> {
             // As the replication page asks it: one SELECT per destination
             // (lag is recorded, and partitioned, where it is applied).
             parallax: per_region(
-                "src, approx_percentile_cont(lag_ms, 0.99) AS p99, max(lag_ms) \
-                 FROM replication_lag WHERE TRUE",
-                "GROUP BY src",
+                "src, approx_percentile_cont(lag_ms, 0.99) AS p99, max(lag_ms)",
+                "replication_lag WHERE TRUE",
+                "src",
             ),
             duckdb: per_region(
-                "src, approx_quantile(lag_ms, 0.99) AS p99, max(lag_ms) \
-                 FROM replication_lag WHERE TRUE",
-                "GROUP BY src",
+                "src, approx_quantile(lag_ms, 0.99) AS p99, max(lag_ms)",
+                "replication_lag WHERE TRUE",
+                "src",
             ),
         },
         Query {
             name: "availability error budget, 30 days",
-            // As the SLO evaluator asks it: one SELECT per region (a
-            // partition column) instead of GROUP BY region.
+            // As the SLO evaluator asks it: one SELECT per region.
             parallax: per_region(
-                &format!(
-                    "count(*), sum(CASE WHEN status >= 500 THEN 1 ELSE 0 END) FROM requests \
-                 WHERE ts >= to_timestamp_micros({month_ago})"
-                ),
+                "count(*), sum(CASE WHEN status >= 500 THEN 1 ELSE 0 END)",
+                &format!("requests WHERE ts >= to_timestamp_micros({month_ago})"),
                 "",
             ),
             duckdb: per_region(
-                &format!(
-                    "count(*), sum(CASE WHEN status >= 500 THEN 1 ELSE 0 END) FROM requests \
-                 WHERE ts >= to_timestamp({month_ago} / 1000000)"
-                ),
+                "count(*), sum(CASE WHEN status >= 500 THEN 1 ELSE 0 END)",
+                &format!("requests WHERE ts >= to_timestamp({month_ago} / 1000000)"),
                 "",
             ),
         },

@@ -367,10 +367,9 @@ impl Alerter {
             .collect(),
             RuleKind::BurnRate => {
                 let name = rule.slo.clone().unwrap_or_default();
-                let slos = crate::slo::evaluate(e, &self.config, now, &[]).await?;
+                let slos = crate::slo::evaluate_one(e, &self.config, now, &name).await?;
                 slos.slos
                     .into_iter()
-                    .filter(|x| x.name == name)
                     .filter_map(|x| {
                         let sev = x.severity.clone()?;
                         let text = format!(
@@ -551,10 +550,14 @@ impl Alerter {
             chain.insert(notifier, next.clone());
             drop(chain);
             let h = tokio::spawn(next);
-            self.deliveries
+            let mut running = self
+                .deliveries
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(h);
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Only unfinished ones are kept for `flush`: a server that runs
+            // for months does not keep every handle it ever spawned.
+            running.retain(|h| !h.is_finished());
+            running.push(h);
         }
     }
 

@@ -43,11 +43,12 @@ async fn rows(engine: &SqlEngine, sql: &str) -> Result<Vec<Vec<Value>>, SqlError
 
 /// One SELECT of `cols` per region, joined by UNION ALL, each led by the
 /// region's name and narrowed by `AND region = '<r>'`; `group_by` names the
-/// other keys (none: regions without rows are left out). The region is a
-/// partition column: each SELECT reads only its region's files and no row
+/// other keys (none: regions without rows are left out). Every table is
+/// partitioned by the region that recorded it (for `replication_lag`, the
+/// destination, where lag is applied). The region is a partition column: each SELECT reads only its region's files and no row
 /// hashes a region, which GROUP BY region costs DataFusion at every row
 /// (2-4x at 80M rows; README, `bench query`).
-fn per_region(regions: &[String], cols: &str, from_where: &str, group_by: &str) -> String {
+pub fn per_region(regions: &[String], cols: &str, from_where: &str, group_by: &str) -> String {
     let tail = if group_by.is_empty() {
         "HAVING count(*) > 0".to_owned()
     } else {

@@ -193,6 +193,9 @@ pub fn error(status: u16, code: &str, detail: &str) -> Response {
         .into_response()
 }
 
+/// The longest silence: 30 days.
+const MAX_SILENCE_MINUTES: u64 = 60 * 24 * 30;
+
 /// What a form with the wrong admin token is told.
 const WRONG_TOKEN: &str = "The admin token is wrong. Fix: use cluster.admin_token from the config.";
 
@@ -286,8 +289,11 @@ async fn dashboard(
     let loaded: Result<_, SqlError> = async {
         Ok(match kind {
             Kind::Overview => {
-                let mut d = dash::overview(e, &f, &regions).await?;
-                let now = ask_regions(&app, d.regions.iter().map(|h| h.region.clone())).await;
+                // The regions are asked while the queries run.
+                let shown = regions.iter().filter(|r| f.wants_region(r)).cloned();
+                let (d, now) =
+                    tokio::join!(dash::overview(e, &f, &regions), ask_regions(&app, shown));
+                let mut d = d?;
                 for h in &mut d.regions {
                     if let Some((answer, ms)) = now.get(&h.region) {
                         h.asked_now(answer, *ms);
@@ -1033,12 +1039,12 @@ async fn silence_form(
     {
         None => 60,
         Some(m) => match m.parse::<u64>() {
-            Ok(m) if m > 0 && m <= 60 * 24 * 30 => m,
+            Ok(m) if m > 0 && m <= MAX_SILENCE_MINUTES => m,
             _ => {
                 return back(
                     "/alerts",
                     &q,
-                    Err(format!("minutes `{m}` is not 1..=43200")),
+                    Err(format!("minutes `{m}` is not 1..={MAX_SILENCE_MINUTES}")),
                 );
             }
         },
@@ -1080,7 +1086,7 @@ async fn silence_api(
     let minutes = body["minutes"]
         .as_u64()
         .unwrap_or(60)
-        .clamp(1, 60 * 24 * 30);
+        .clamp(1, MAX_SILENCE_MINUTES);
     let s = app.alerter().silence(
         m,
         minutes,
