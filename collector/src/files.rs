@@ -36,7 +36,9 @@ pub fn partition_dir(root: &Path, table: &str, region: &str, date: &str, hour: u
     root.join(table)
         .join(format!("region={region}"))
         .join(format!("date={date}"))
-        .join(format!("hour={hour:02}"))
+        // Unpadded, as DataFusion spells the value when it turns
+        // `hour = 4` into the path prefix `hour=4/`.
+        .join(format!("hour={hour}"))
 }
 
 /// Whether a column is a timestamp or a duration: mostly distinct values
@@ -156,6 +158,39 @@ pub fn partitions(dir: &Path, key: &str) -> Vec<(String, PathBuf)> {
         .unwrap_or_default();
     out.sort();
     out
+}
+
+/// Renames the hour directories earlier versions wrote zero-padded
+/// (`hour=04`) to the spelling they have now (`hour=4`): DataFusion looks up
+/// `WHERE hour = 4` at the path `hour=4/` and finds nothing under `hour=04/`.
+/// Files already under both spellings are moved into the new one (their
+/// names are unique). Returns how many directories were renamed or merged.
+pub fn migrate_padded_hours(root: &Path) -> Result<u64, Error> {
+    let mut moved = 0;
+    for table in crate::tables::TABLES {
+        for (_, region_dir) in partitions(&root.join(table), "region") {
+            for (_, date_dir) in partitions(&region_dir, "date") {
+                for (hour, old) in partitions(&date_dir, "hour") {
+                    let Some(h) = hour.parse::<u32>().ok().filter(|h| h.to_string() != hour) else {
+                        continue;
+                    };
+                    let new = date_dir.join(format!("hour={h}"));
+                    if new.exists() {
+                        for f in fs::read_dir(&old).map_err(|e| io(&old, "list", e))? {
+                            let f = f.map_err(|e| io(&old, "list", e))?.path();
+                            let to = new.join(f.file_name().unwrap_or_default());
+                            fs::rename(&f, &to).map_err(|e| io(&to, "rename", e))?;
+                        }
+                        fs::remove_dir(&old).map_err(|e| io(&old, "remove", e))?;
+                    } else {
+                        fs::rename(&old, &new).map_err(|e| io(&new, "rename", e))?;
+                    }
+                    moved += 1;
+                }
+            }
+        }
+    }
+    Ok(moved)
 }
 
 /// Where compactions stage their output.

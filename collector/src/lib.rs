@@ -145,6 +145,10 @@ impl Collector {
     /// A collector that has not started any task (for the benchmark and tests).
     pub fn new(opts: CollectorOptions, node: Option<Node>) -> Result<Collector, Error> {
         files::recover(&opts.root)?;
+        let renamed = files::migrate_padded_hours(&opts.root)?;
+        if renamed > 0 {
+            tracing::info!(renamed, root = %opts.root.display(), "renamed zero-padded hour partitions");
+        }
         let (shutdown, _) = watch::channel(false);
         Ok(Collector {
             inner: Arc::new(Inner {

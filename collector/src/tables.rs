@@ -2,7 +2,7 @@
 //! Arrow record batches.
 //!
 //! Every table's files live under
-//! `<data-dir>/tables/<table>/region=<R>/date=<YYYY-MM-DD>/hour=<HH>/`, where
+//! `<data-dir>/tables/<table>/region=<R>/date=<YYYY-MM-DD>/hour=<H>/`, where
 //! `R` is the region that collected the rows; `region`, `date` and `hour`
 //! are partition columns (in the path, not in the files). Timestamps are UTC
 //! microseconds; durations carry their unit in their name.

@@ -249,6 +249,42 @@ fn an_interrupted_compaction_leaves_every_row_exactly_once_after_recovery() {
 }
 
 #[test]
+fn zero_padded_hours_of_earlier_versions_are_renamed_with_every_row_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let t4 = T0 - 6 * HOUR_US;
+    let date = |root: &std::path::Path| root.join("requests/region=us-east/date=2026-11-28");
+    // Rows at 04:00 and 05:00, then their directories spelt as an earlier
+    // version spelt them.
+    let c = collector(dir.path(), T0);
+    c.ingest(request(t4, 1));
+    c.ingest(request(t4 + HOUR_US, 2));
+    c.flush().unwrap();
+    drop(c);
+    let d = date(dir.path());
+    assert!(d.join("hour=4").is_dir() && d.join("hour=5").is_dir());
+    std::fs::rename(d.join("hour=4"), d.join("hour=04")).unwrap();
+    std::fs::rename(d.join("hour=5"), d.join("hour=05")).unwrap();
+    // And a newer file already under the new spelling of 05.
+    let other = tempfile::tempdir().unwrap();
+    let c = collector(other.path(), T0);
+    c.ingest(request(t4 + HOUR_US + 1, 3));
+    c.flush().unwrap();
+    drop(c);
+    std::fs::rename(date(other.path()).join("hour=5"), d.join("hour=5")).unwrap();
+    // A collector starting renames 04 and merges 05 into 5.
+    let _c = collector(dir.path(), T0);
+    let hours: Vec<String> = files::partitions(&d, "hour")
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
+    assert_eq!(hours, ["4", "5"]);
+    let mut all = latencies(dir.path());
+    all.sort_unstable();
+    assert_eq!(all, [1, 2, 3]);
+    assert_eq!(files::migrate_padded_hours(dir.path()).unwrap(), 0);
+}
+
+#[test]
 fn partitions_past_retention_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let now = T0 + 40 * 24 * HOUR_US;

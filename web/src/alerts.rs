@@ -355,7 +355,7 @@ impl Alerter {
                 }
             }
             RuleKind::Unreachable => rows(format!(
-                "SELECT target, count(*) FROM probes WHERE {} GROUP BY target HAVING sum(CASE WHEN ok THEN 1 ELSE 0 END) = 0",
+                "SELECT target, count(*) FROM probes WHERE {} GROUP BY target HAVING count(*) FILTER (WHERE ok) = 0",
                 since(30)
             ))
             .await?

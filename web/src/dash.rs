@@ -356,7 +356,7 @@ pub async fn overview(
     regions: &[String],
 ) -> Result<Overview, SqlError> {
     let regions = shown(regions, f);
-    let w = f.where_sql(Some("region"), None);
+    let w = |t: &str| f.source(t, Some("region"), None);
     let mut health: BTreeMap<String, RegionHealth> = regions
         .iter()
         .map(|r| {
@@ -381,9 +381,9 @@ pub async fn overview(
         e,
         &per_region(
             &regions,
-            "count(*), sum(CASE WHEN status >= 500 THEN 1 ELSE 0 END), \
-             approx_percentile_cont(latency_us, 0.99)",
-            &format!("requests WHERE {w}"),
+            "count(*), count(*) FILTER (WHERE status >= 500), \
+             approx_quantile(latency_us, 0.99)",
+            &w("requests"),
             "",
         ),
     )
@@ -395,15 +395,15 @@ pub async fn overview(
             h.p99_ms = f64_of(&r[3]).map(|us| us / 1e3);
         }
     }
-    let wl = f.where_sql(Some("dst"), None);
+    let wl = f.source("replication_lag", Some("dst"), None);
     let mut cells = BTreeMap::new();
     for r in rows(
         e,
         // Lag is recorded where it is applied: the region partition is `dst`.
         &per_region(
             &regions,
-            "src, approx_percentile_cont(lag_ms, 0.99), max(lag_ms)",
-            &format!("replication_lag WHERE {wl}"),
+            "src, approx_quantile(lag_ms, 0.99), max(lag_ms)",
+            &wl,
             "src",
         ),
     )
@@ -417,13 +417,13 @@ pub async fn overview(
             h.max_lag_in_ms = Some(h.max_lag_in_ms.map_or(max, |m| m.max(max)));
         }
     }
-    let wp = f.where_sql(Some("target"), None);
+    let wp = f.source("probes", Some("target"), None);
     for r in rows(
         e,
         &format!(
-            "SELECT target, count(*), sum(CASE WHEN ok THEN 1 ELSE 0 END), \
+            "SELECT target, count(*), count(*) FILTER (WHERE ok), \
              max(CASE WHEN ok THEN ts END) >= max(ts) - INTERVAL '30 seconds' \
-             FROM probes WHERE {wp} GROUP BY target"
+             FROM {wp} GROUP BY target"
         ),
     )
     .await?
@@ -437,7 +437,10 @@ pub async fn overview(
     }
     for r in rows(
         e,
-        &format!("SELECT region, count(*) FROM conflicts WHERE {w} GROUP BY region"),
+        &format!(
+            "SELECT region, count(*) FROM {} GROUP BY region",
+            w("conflicts")
+        ),
     )
     .await?
     {
@@ -466,7 +469,7 @@ pub async fn overview(
             &per_region(
                 &regions,
                 &format!("{b} AS t, count(*)"),
-                &format!("requests WHERE {w}"),
+                &w("requests"),
                 "t",
             ),
         )
@@ -475,7 +478,7 @@ pub async fn overview(
         .map(|r| (str_of(&r[0]), i64_of(&r[1]), i64_of(&r[2]) as f64 / step)),
     );
     let divergent_now = latest_divergent(e, f).await?;
-    let failovers = rows(e, &format!("SELECT count(*) FROM failovers WHERE {w}"))
+    let failovers = rows(e, &format!("SELECT count(*) FROM {}", w("failovers")))
         .await?
         .first()
         .map_or(0, |r| i64_of(&r[0]));
@@ -490,12 +493,12 @@ pub async fn overview(
 
 /// Divergent keys in the latest audit of each class within the range.
 async fn latest_divergent(e: &SqlEngine, f: &Filters) -> Result<i64, SqlError> {
-    let w = f.where_sql(None, Some("class"));
+    let w = f.source("audits", None, Some("class"));
     let r = rows(
         e,
         &format!(
             "WITH a AS (SELECT class, divergent, row_number() OVER (PARTITION BY class ORDER BY ts DESC) AS n \
-             FROM audits WHERE {w}) SELECT coalesce(sum(divergent), 0) FROM a WHERE n = 1"
+             FROM {w}) SELECT coalesce(sum(divergent), 0) FROM a WHERE n = 1"
         ),
     )
     .await?;
@@ -517,7 +520,7 @@ pub async fn replication(
     regions: &[String],
 ) -> Result<Replication, SqlError> {
     let regions = shown(regions, f);
-    let w = f.where_sql(Some("dst"), None);
+    let w = f.source("replication_lag", Some("dst"), None);
     let mut cells = BTreeMap::new();
     let mut pairs = Vec::new();
     for r in rows(
@@ -525,10 +528,10 @@ pub async fn replication(
         // Lag is recorded where it is applied: the region partition is `dst`.
         &per_region(
             &regions,
-            "src, count(*), approx_percentile_cont(lag_ms, 0.5), \
-             approx_percentile_cont(lag_ms, 0.99), max(lag_ms), \
+            "src, count(*), approx_quantile(lag_ms, 0.5), \
+             approx_quantile(lag_ms, 0.99), max(lag_ms), \
              last_value(backlog_ops ORDER BY ts), last_value(backlog_bytes ORDER BY ts), sum(applied_ops)",
-            &format!("replication_lag WHERE {w}"),
+            &w,
             "src",
         ),
     )
@@ -556,8 +559,8 @@ pub async fn replication(
         e,
         &per_region(
             &regions,
-            &format!("src, {b} AS t, approx_percentile_cont(lag_ms, 0.99), max(backlog_ops)"),
-            &format!("replication_lag WHERE {w}"),
+            &format!("src, {b} AS t, approx_quantile(lag_ms, 0.99), max(backlog_ops)"),
+            &w,
             "src, t",
         ),
     )
@@ -580,14 +583,12 @@ pub async fn replication(
 
 /// The conflicts page's figures.
 pub async fn conflicts(e: &SqlEngine, f: &Filters) -> Result<Conflicts, SqlError> {
-    let w = f.where_sql(Some("region"), Some("class"));
+    let w = f.source("conflicts", Some("region"), Some("class"));
     let minutes = ((f.to_us - f.from_us) as f64 / 60e6).max(1.0 / 60.0);
     let mut counts: BTreeMap<(String, String), ConflictCount> = BTreeMap::new();
     for r in rows(
         e,
-        &format!(
-            "SELECT class, region, outcome, count(*) FROM conflicts WHERE {w} GROUP BY 1, 2, 3"
-        ),
+        &format!("SELECT class, region, outcome, count(*) FROM {w} GROUP BY 1, 2, 3"),
     )
     .await?
     {
@@ -610,7 +611,7 @@ pub async fn conflicts(e: &SqlEngine, f: &Filters) -> Result<Conflicts, SqlError
     let rate_series = series_of(
         rows(
             e,
-            &format!("SELECT class, {b} AS t, count(*) FROM conflicts WHERE {w} GROUP BY 1, 2"),
+            &format!("SELECT class, {b} AS t, count(*) FROM {w} GROUP BY 1, 2"),
         )
         .await?
         .into_iter()
@@ -619,9 +620,9 @@ pub async fn conflicts(e: &SqlEngine, f: &Filters) -> Result<Conflicts, SqlError
     let resolution = rows(
         e,
         &format!(
-            "SELECT class, count(*), approx_percentile_cont(resolution_ms, 0.5), \
-             approx_percentile_cont(resolution_ms, 0.95), approx_percentile_cont(resolution_ms, 0.99) \
-             FROM conflicts WHERE {w} AND outcome <> 'queued' GROUP BY class ORDER BY class"
+            "SELECT class, count(*), approx_quantile(resolution_ms, 0.5), \
+             approx_quantile(resolution_ms, 0.95), approx_quantile(resolution_ms, 0.99) \
+             FROM {w} AND outcome <> 'queued' GROUP BY class ORDER BY class"
         ),
     )
     .await?
@@ -643,12 +644,13 @@ pub async fn conflicts(e: &SqlEngine, f: &Filters) -> Result<Conflicts, SqlError
 
 /// The divergence page.
 pub async fn divergence(e: &SqlEngine, f: &Filters) -> Result<Divergence, SqlError> {
-    let w = f.where_sql(None, Some("class"));
+    let wa = f.source("audits", None, Some("class"));
+    let wd = f.source("divergence", None, Some("class"));
     let audits = rows(
         e,
         &format!(
             "SELECT ts, audit_id, class, entities, differing, in_flight, divergent, duration_ms \
-             FROM audits WHERE {w} ORDER BY ts DESC, class LIMIT 200"
+             FROM {wa} ORDER BY ts DESC, class LIMIT 200"
         ),
     )
     .await?
@@ -668,7 +670,7 @@ pub async fn divergence(e: &SqlEngine, f: &Filters) -> Result<Divergence, SqlErr
         e,
         &format!(
             "WITH d AS (SELECT class, key, state, array_to_string(regions, ', ') AS regions, first_seen, ts, age_ms, \
-             row_number() OVER (PARTITION BY class, key ORDER BY ts DESC) AS n FROM divergence WHERE {w}) \
+             row_number() OVER (PARTITION BY class, key ORDER BY ts DESC) AS n FROM {wd}) \
              SELECT class, key, state, regions, first_seen, ts, age_ms FROM d WHERE n = 1 \
              ORDER BY CASE WHEN state = 'divergent' THEN 0 ELSE 1 END, first_seen LIMIT 500"
         ),
@@ -690,7 +692,7 @@ pub async fn divergence(e: &SqlEngine, f: &Filters) -> Result<Divergence, SqlErr
         rows(
             e,
             &format!(
-                "WITH a AS (SELECT class, {b} AS t, audit_id, max(divergent) AS d FROM audits WHERE {w} GROUP BY 1, 2, 3) \
+                "WITH a AS (SELECT class, {b} AS t, audit_id, max(divergent) AS d FROM {wa} GROUP BY 1, 2, 3) \
                  SELECT class, t, max(d) FROM a GROUP BY 1, 2"
             ),
         )
@@ -708,16 +710,16 @@ pub async fn divergence(e: &SqlEngine, f: &Filters) -> Result<Divergence, SqlErr
 /// The latency and errors page.
 pub async fn latency(e: &SqlEngine, f: &Filters, regions: &[String]) -> Result<Latency, SqlError> {
     let shown = shown(regions, f);
-    let w = f.where_sql(Some("region"), Some("class"));
+    let w = f.source("requests", Some("region"), Some("class"));
     let mut regions: Vec<RegionLatency> = rows(
         e,
         &per_region(
             &shown,
-            "count(*), approx_percentile_cont(latency_us, 0.5), \
-             approx_percentile_cont(latency_us, 0.95), approx_percentile_cont(latency_us, 0.99), \
-             sum(CASE WHEN status >= 500 THEN 1 ELSE 0 END), \
-             sum(CASE WHEN status >= 400 AND status < 500 THEN 1 ELSE 0 END)",
-            &format!("requests WHERE {w}"),
+            "count(*), approx_quantile(latency_us, 0.5), \
+             approx_quantile(latency_us, 0.95), approx_quantile(latency_us, 0.99), \
+             count(*) FILTER (WHERE status >= 500), \
+             count(*) FILTER (WHERE status >= 400 AND status < 500)",
+            &w,
             "",
         ),
     )
@@ -745,10 +747,10 @@ pub async fn latency(e: &SqlEngine, f: &Filters, regions: &[String]) -> Result<L
         &per_region(
             &shown,
             &format!(
-                "{b} AS t, approx_percentile_cont(latency_us, 0.99), count(*), \
-                 sum(CASE WHEN status >= 500 THEN 1 ELSE 0 END)"
+                "{b} AS t, approx_quantile(latency_us, 0.99), count(*), \
+                 count(*) FILTER (WHERE status >= 500)"
             ),
-            &format!("requests WHERE {w}"),
+            &w,
             "t",
         ),
     )
@@ -767,11 +769,11 @@ pub async fn latency(e: &SqlEngine, f: &Filters, regions: &[String]) -> Result<L
 
 /// The failovers page.
 pub async fn failovers(e: &SqlEngine, f: &Filters) -> Result<Failovers, SqlError> {
-    let w = f.where_sql(Some("region"), None);
+    let w = f.source("failovers", Some("region"), None);
     let events: Vec<FailoverEvent> = rows(
         e,
         &format!(
-            "SELECT ts, region, event, detected_ms, rerouted_ms FROM failovers WHERE {w} \
+            "SELECT ts, region, event, detected_ms, rerouted_ms FROM {w} \
              ORDER BY ts DESC LIMIT 500"
         ),
     )

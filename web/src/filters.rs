@@ -200,21 +200,22 @@ impl Filters {
         })
     }
 
-    /// SQL conditions for the range (on `ts`, and `date` to prune
-    /// partitions) and the region filter on `region_col`.
+    /// The rows of `table` in the range, narrowed to the regions on
+    /// `region_col` and the classes on `class_col`: a FROM source and its
+    /// WHERE clause, ready for `SELECT ... FROM {this}` (more conditions may
+    /// follow with `AND`).
+    pub fn source(&self, table: &str, region_col: Option<&str>, class_col: Option<&str>) -> String {
+        format!(
+            "{} WHERE {}",
+            time_scan(table, self.from_us, self.to_us),
+            self.where_sql(region_col, class_col)
+        )
+    }
+
+    /// SQL conditions for the region filter on `region_col` and the class
+    /// filter on `class_col` (`TRUE` when there are none).
     pub fn where_sql(&self, region_col: Option<&str>, class_col: Option<&str>) -> String {
-        let mut w = vec![
-            format!("ts >= to_timestamp_micros({})", self.from_us),
-            format!("ts < to_timestamp_micros({})", self.to_us),
-            format!(
-                "date >= DATE '{}'",
-                civil_from_days(self.from_us.div_euclid(86_400_000_000))
-            ),
-            format!(
-                "date <= DATE '{}'",
-                civil_from_days(self.to_us.div_euclid(86_400_000_000))
-            ),
-        ];
+        let mut w = vec!["TRUE".to_owned()];
         if let Some(col) = region_col
             && !self.regions.is_empty()
         {
@@ -259,6 +260,81 @@ impl Filters {
 }
 
 /// `'a', 'b'` for names already checked to hold no quote.
+const HOUR_US: i64 = 3_600_000_000;
+
+/// The rows of `table` with `ts` in `[from_us, to_us)`, as a FROM source
+/// named `table`.
+///
+/// The collector files every row under the `date`/`hour` partition of its
+/// `ts`, so the whole hours of the range are chosen by their partitions
+/// alone and no `ts` of theirs is read; only the partial hours at either end
+/// are filtered on `ts`. Each part is its own scan, joined by UNION ALL: a
+/// condition mixing the partitions with `ts` in one scan makes DataFusion
+/// read `ts` from every file. Measured over 80 M requests in 30 days, three
+/// regions: 0.80 s with a `ts` bound, 0.50 s this way (`parallax sql`, wall
+/// time of the process).
+pub fn time_scan(table: &str, from_us: i64, to_us: i64) -> String {
+    if to_us <= from_us {
+        return format!("(SELECT * FROM {table} WHERE FALSE) AS {table}");
+    }
+    let ts = |op: &str, us: i64| format!("ts {op} to_timestamp_micros({us})");
+    let (first, last) = (from_us.div_euclid(HOUR_US), (to_us - 1).div_euclid(HOUR_US));
+    let (head_cut, tail_cut) = (
+        from_us.rem_euclid(HOUR_US) != 0,
+        to_us.rem_euclid(HOUR_US) != 0,
+    );
+    let mut parts = Vec::new();
+    if first == last && (head_cut || tail_cut) {
+        parts.push(format!(
+            "{} AND {} AND {}",
+            hours_sql(first, first),
+            ts(">=", from_us),
+            ts("<", to_us)
+        ));
+    } else {
+        let (mut lo, mut hi) = (first, last);
+        if head_cut {
+            parts.push(format!(
+                "{} AND {}",
+                hours_sql(first, first),
+                ts(">=", from_us)
+            ));
+            lo += 1;
+        }
+        if tail_cut {
+            parts.push(format!("{} AND {}", hours_sql(last, last), ts("<", to_us)));
+            hi -= 1;
+        }
+        if lo <= hi {
+            parts.push(hours_sql(lo, hi));
+        }
+    }
+    let scans: Vec<String> = parts
+        .iter()
+        .map(|w| format!("SELECT * FROM {table} WHERE {w}"))
+        .collect();
+    format!("({}) AS {table}", scans.join(" UNION ALL "))
+}
+
+/// The partitions of the hours `first..=last` (hours since the epoch).
+fn hours_sql(first: i64, last: i64) -> String {
+    let day = |h: i64| civil_from_days(h.div_euclid(24));
+    let (d0, h0, d1, h1) = (
+        day(first),
+        first.rem_euclid(24),
+        day(last),
+        last.rem_euclid(24),
+    );
+    if d0 == d1 {
+        format!("(date = DATE '{d0}' AND hour BETWEEN {h0} AND {h1})")
+    } else {
+        format!(
+            "((date = DATE '{d0}' AND hour >= {h0}) OR (date > DATE '{d0}' AND date < DATE '{d1}') \
+             OR (date = DATE '{d1}' AND hour <= {h1}))"
+        )
+    }
+}
+
 fn quoted(v: &[String]) -> String {
     v.iter()
         .map(|s| format!("'{}'", s.replace('\'', "''")))

@@ -14,6 +14,7 @@ pub mod dash;
 pub mod filters;
 pub mod notify;
 pub mod pages;
+mod quantile;
 pub mod slo;
 pub mod sql;
 
@@ -870,11 +871,11 @@ async fn sql_api(State(app): State<App>, body: Result<Bytes, BytesRejection>) ->
 const EXAMPLES: [(&str, &str); 4] = [
     (
         "p99 latency per region, last hour",
-        "SELECT region, count(*) AS requests, approx_percentile_cont(latency_us, 0.99) / 1000 AS p99_ms\nFROM requests\nWHERE ts > now() - INTERVAL '1 hour'\nGROUP BY region ORDER BY region",
+        "SELECT region, count(*) AS requests, approx_quantile(latency_us, 0.99) / 1000 AS p99_ms\nFROM requests\nWHERE ts > now() - INTERVAL '1 hour'\nGROUP BY region ORDER BY region",
     ),
     (
         "worst replication lag by region pair, last hour",
-        "SELECT src, dst, max(lag_ms) AS worst_ms, approx_percentile_cont(lag_ms, 0.99) AS p99_ms\nFROM replication_lag\nWHERE ts > now() - INTERVAL '1 hour'\nGROUP BY src, dst ORDER BY worst_ms DESC",
+        "SELECT src, dst, max(lag_ms) AS worst_ms, approx_quantile(lag_ms, 0.99) AS p99_ms\nFROM replication_lag\nWHERE ts > now() - INTERVAL '1 hour'\nGROUP BY src, dst ORDER BY worst_ms DESC",
     ),
     (
         "conflicts by class and outcome, today",
@@ -1083,10 +1084,22 @@ async fn silence_api(
             )
         })
         .collect();
-    let minutes = body["minutes"]
-        .as_u64()
-        .unwrap_or(60)
-        .clamp(1, MAX_SILENCE_MINUTES);
+    let minutes = match &body["minutes"] {
+        Value::Null => 60,
+        v => match v.as_u64().filter(|m| (1..=MAX_SILENCE_MINUTES).contains(m)) {
+            Some(m) => m,
+            None => {
+                return error(
+                    400,
+                    "bad_request",
+                    &format!(
+                        "`minutes` = {v} is not a whole number of minutes in 1..={MAX_SILENCE_MINUTES} \
+                         (30 days). Fix: {fix}"
+                    ),
+                );
+            }
+        },
+    };
     let s = app.alerter().silence(
         m,
         minutes,

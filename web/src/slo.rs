@@ -16,6 +16,7 @@ use parallax_replicator::config::{Config, SloConfig, SloKind};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::filters::time_scan;
 use crate::sql::{SqlEngine, SqlError};
 
 /// The burn-rate windows (name, seconds for a 30-day SLO).
@@ -123,6 +124,28 @@ fn measure(slo: &SloConfig, config: &Config) -> (String, &'static str) {
     }
 }
 
+/// Rows of `cols` per region over `source`, by region.
+async fn per_region_rows(
+    engine: &SqlEngine,
+    regions: &[String],
+    cols: &str,
+    source: &str,
+) -> Result<BTreeMap<String, Vec<Value>>, SqlError> {
+    let sql = crate::dash::per_region(regions, cols, &format!("{source} WHERE TRUE"), "");
+    Ok(engine
+        .query(&sql)
+        .await?
+        .json_rows()
+        .into_iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap_or_default().to_owned(),
+                row[1..].to_vec(),
+            )
+        })
+        .collect())
+}
+
 fn int(v: &Value) -> i64 {
     v.as_i64()
         .or_else(|| v.as_f64().map(|f| f as i64))
@@ -177,50 +200,48 @@ async fn evaluate_some(
         let (bad, table) = measure(slo, config);
         let scale = f64::from(slo.window_days) / 30.0;
         let long_s = i64::from(slo.window_days) * 86_400;
-        let windows: Vec<(String, i64)> = std::iter::once(("window".to_owned(), long_s))
-            .chain(
-                WINDOWS
-                    .iter()
-                    .map(|(n, s)| ((*n).to_owned(), ((*s as f64) * scale).round() as i64)),
-            )
+        let windows: Vec<(String, i64)> = WINDOWS
+            .iter()
+            .map(|(n, s)| ((*n).to_owned(), ((*s as f64) * scale).round() as i64))
             .collect();
+        let count = |bad: &str| format!("count(*) FILTER (WHERE {bad})");
+        // The window's totals need no `ts`: its whole hours are chosen by
+        // their partitions. The integrity SLO counts audits of every class,
+        // bad when a critical one diverged; its region is the one that
+        // recorded it.
+        let start = now_us - long_s * 1_000_000;
+        let totals = per_region_rows(
+            engine,
+            &regions,
+            &format!("count(*), {}", count(&bad)),
+            &time_scan(table, start, now_us),
+        )
+        .await?;
+        // The burn windows count by `ts`, over the longest of them only.
+        let longest = windows.iter().map(|w| w.1).max().unwrap_or(0);
         let mut cols = Vec::new();
         for (_, secs) in &windows {
-            let since = now_us - secs * 1_000_000;
-            cols.push(format!(
-                "sum(CASE WHEN ts >= to_timestamp_micros({since}) THEN 1 ELSE 0 END)"
-            ));
-            cols.push(format!(
-                "sum(CASE WHEN ts >= to_timestamp_micros({since}) AND ({bad}) THEN 1 ELSE 0 END)"
-            ));
+            let since = format!("ts >= to_timestamp_micros({})", now_us - secs * 1_000_000);
+            cols.push(count(&since));
+            cols.push(count(&format!("{since} AND ({bad})")));
         }
-        // The integrity SLO counts audits of every class, bad when a
-        // critical one diverged; its region is the one that recorded it.
-        let start = now_us - long_s * 1_000_000;
-        let sql = crate::dash::per_region(
+        let burns = per_region_rows(
+            engine,
             &regions,
             &cols.join(", "),
-            &format!(
-                "{table} WHERE ts >= to_timestamp_micros({start}) AND ts < to_timestamp_micros({now_us})"
-            ),
-            "",
-        );
-        let result = engine.query(&sql).await?;
-        let mut by_region: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for row in result.json_rows() {
-            let region = row[0].as_str().unwrap_or_default().to_owned();
-            by_region.insert(region, row[1..].to_vec());
-        }
+            &time_scan(table, (now_us - longest * 1_000_000).max(start), now_us),
+        )
+        .await?;
         let allowed = 1.0 - slo.objective / 100.0;
         for region in regions {
-            let row = by_region.get(&region);
-            let at = |i: usize| row.map_or(0, |r| int(&r[i]));
-            let (total, bad) = (at(0), at(1));
-            let burn_rates: Vec<BurnRate> = windows[1..]
+            let total_at = |i: usize| totals.get(&region).map_or(0, |r| int(&r[i]));
+            let burn_at = |i: usize| burns.get(&region).map_or(0, |r| int(&r[i]));
+            let (total, bad) = (total_at(0), total_at(1));
+            let burn_rates: Vec<BurnRate> = windows
                 .iter()
                 .enumerate()
                 .map(|(i, (name, secs))| {
-                    let (t, b) = (at(2 + 2 * i), at(3 + 2 * i));
+                    let (t, b) = (burn_at(2 * i), burn_at(2 * i + 1));
                     BurnRate {
                         window: name.clone(),
                         seconds: *secs,

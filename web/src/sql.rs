@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::error::DataFusionError;
@@ -309,6 +309,7 @@ impl SqlEngine {
             .set_bool("datafusion.execution.parquet.pushdown_filters", true)
             .set_bool("datafusion.execution.parquet.reorder_filters", true);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        ctx.register_udaf(crate::quantile::udaf());
         for table in parallax_collector::tables::TABLES {
             let dir = root.join(table);
             std::fs::create_dir_all(&dir)
@@ -321,7 +322,8 @@ impl SqlEngine {
                     ("hour".to_owned(), DataType::Int32),
                 ])
                 .with_file_sort_order(vec![vec![col("ts").sort(true, false)]]);
-            let schema = parallax_collector::tables::schema_of(table).expect("a known table");
+            let schema =
+                string_views(&parallax_collector::tables::schema_of(table).expect("a known table"));
             let url = format!("{}/", dir.display());
             ctx.register_listing_table(table, &url, options, Some(schema), None)
                 .await
@@ -396,6 +398,21 @@ impl SqlEngine {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// The table's schema with text columns read as string views: short
+/// strings (region, class, op names) stay inline in the view, so reading a
+/// page copies no bytes and GROUP BY compares them as integers.
+fn string_views(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 /// Whether a data type holds text (for table rendering).

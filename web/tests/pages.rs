@@ -480,22 +480,37 @@ async fn state_changes_need_the_admin_token() {
     );
 
     // Silences: refused without the admin token, shown once made.
-    let silence = |auth: Option<&str>| {
+    let silence = |auth: Option<&str>, minutes: &str| {
         let mut r = Request::post("/api/v1/alerts/silences")
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(a) = auth {
             r = r.header(header::AUTHORIZATION, a);
         }
-        r.body(Body::from(
-            r#"{"matchers": {"alertname": "replication_lag"}, "minutes": 30, "comment": "drill"}"#,
-        ))
+        r.body(Body::from(format!(
+            r#"{{"matchers": {{"alertname": "replication_lag"}}, "minutes": {minutes}, "comment": "drill"}}"#
+        )))
         .unwrap()
     };
-    let resp = app.clone().oneshot(silence(None)).await.unwrap();
+    let resp = app.clone().oneshot(silence(None, "30")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Out of range or not whole minutes: refused by name, nothing silenced.
+    for minutes in ["0", "43201", "-5", "2.5", "\"soon\""] {
+        let resp = app
+            .clone()
+            .oneshot(silence(Some("Bearer demo-admin-token"), minutes))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "minutes {minutes}");
+        let body = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("`minutes`") && text.contains("1..=43200"),
+            "{text}"
+        );
+    }
     let resp = app
         .clone()
-        .oneshot(silence(Some("Bearer demo-admin-token")))
+        .oneshot(silence(Some("Bearer demo-admin-token"), "30"))
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);

@@ -260,3 +260,154 @@ async fn files_written_after_the_first_query_are_seen_by_the_next() {
     fill(dir.path());
     assert_eq!(count(e.query(q).await.unwrap()), json!(400));
 }
+
+/// The dashboards' time scans (whole hours by partition, partial hours by
+/// `ts`) return exactly the rows a plain `ts` bound returns, wherever the
+/// bounds fall against the hours.
+#[tokio::test]
+async fn time_scans_return_exactly_the_rows_of_a_ts_bound() {
+    let (_d, e) = engine(SqlLimits::default()).await;
+    let t0 = T0 as i64;
+    let h = 3_600_000_000;
+    let marks = [
+        t0 - h,
+        t0 - 1,
+        t0,
+        t0 + 1,
+        t0 + 30_000_000,
+        // On a row's `ts`: the bound's side must be exact.
+        t0 + 5 * 60_000_000,
+        t0 + h - 1,
+        t0 + h,
+        t0 + h + 1,
+        t0 + h + 7 * 60_000_000,
+        t0 + 2 * h,
+        t0 + 26 * h + 5,
+    ];
+    let count = async |from: &str| {
+        let r = e
+            .query(&format!(
+                "SELECT count(*), coalesce(sum(latency_us), 0) FROM {from}"
+            ))
+            .await
+            .unwrap();
+        r.json_rows()[0].clone()
+    };
+    for from in marks {
+        for to in marks.iter().copied().filter(|t| *t > from) {
+            let scan = parallax_web::filters::time_scan("requests", from, to);
+            let ours = count(&format!("{scan} WHERE TRUE")).await;
+            let plain = count(&format!(
+                "requests WHERE ts >= to_timestamp_micros({from}) AND ts < to_timestamp_micros({to})"
+            ))
+            .await;
+            assert_eq!(ours, plain, "from {from} to {to}: {scan}");
+        }
+    }
+    let empty = parallax_web::filters::time_scan("requests", t0 + h, t0);
+    assert_eq!(count(&format!("{empty} WHERE TRUE")).await[0], json!(0));
+}
+
+/// `approx_quantile` answers within 1/128 of the value of that rank, exact
+/// at 0 and 1, grouped or not, and refuses what it cannot answer by name.
+#[tokio::test]
+async fn approx_quantile_is_close_and_refuses_bad_arguments_clearly() {
+    let (_d, e) = engine(SqlLimits::default()).await;
+    let r = e
+        .query(
+            "SELECT approx_quantile(latency_us, 0.5), approx_quantile(latency_us, 0), \
+             approx_quantile(latency_us, 1.0) FROM requests",
+        )
+        .await
+        .unwrap();
+    let row = &r.json_rows()[0];
+    // 1000..=1099 twice: the value of rank floor(0.5 * 199) = 99 is 1049.
+    let median = row[0].as_f64().unwrap();
+    assert!((median - 1049.0).abs() <= 1049.0 / 128.0, "{median}");
+    assert_eq!(
+        (row[1].clone(), row[2].clone()),
+        (json!(1000.0), json!(1099.0))
+    );
+    let r = e
+        .query(
+            "SELECT region, approx_quantile(lag_ms, 0.99), count(*) FROM replication_lag \
+             GROUP BY region ORDER BY region",
+        )
+        .await
+        .unwrap();
+    for row in r.json_rows() {
+        let p99 = row[1].as_f64().unwrap();
+        assert!((p99 - 98.0).abs() <= 98.0 / 128.0, "{row:?}");
+    }
+    let r = e
+        .query("SELECT approx_quantile(lag_ms, 0.5) FROM replication_lag WHERE lag_ms < 0")
+        .await
+        .unwrap();
+    assert_eq!(r.json_rows(), vec![vec![Value::Null]]);
+    for (sql, says) in [
+        (
+            "SELECT approx_quantile(latency_us, 1.5) FROM requests",
+            "outside 0..=1",
+        ),
+        (
+            "SELECT approx_quantile(op, 0.5) FROM requests",
+            "it was given",
+        ),
+        (
+            "SELECT approx_quantile(latency_us, status) FROM requests",
+            "must be a constant",
+        ),
+    ] {
+        let err = e.query(sql).await.unwrap_err();
+        assert_eq!(err.status(), 400, "{sql}: {err}");
+        assert!(err.to_string().contains(says), "{sql}: {err}");
+        assert!(
+            err.to_string().contains("approx_quantile(value, q)"),
+            "{err}"
+        );
+    }
+}
+
+/// `hour = 4` finds the rows of 04:00: DataFusion turns equalities on every
+/// partition column into a path (`region=us-east/date=.../hour=4/`), which
+/// must be how the collector spells the directory.
+#[tokio::test]
+async fn an_hour_before_ten_is_found_by_equality_on_every_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let t4 = T0 - 6 * 3_600_000_000 + 30 * 60_000_000;
+    let c = common::collector(dir.path(), "us-east", t4);
+    for n in 0..10u64 {
+        c.ingest(Event::Request(RequestEvent {
+            ts_us: t4 + n * 60_000_000,
+            region: "us-east".into(),
+            op: "get".into(),
+            class: "likes".into(),
+            status: 200,
+            latency_us: 1_000,
+            consistency: "local".into(),
+            served_by: "us-east".into(),
+            client_geo: String::new(),
+        }));
+    }
+    c.flush().unwrap();
+    let e = SqlEngine::open(dir.path(), SqlLimits::default())
+        .await
+        .unwrap();
+    let r = e
+        .query(
+            "SELECT count(*) FROM requests \
+             WHERE region = 'us-east' AND date = DATE '2026-11-28' AND hour = 4",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.json_rows(), vec![vec![json!(10)]]);
+    let (from, to) = (t4 as i64 - 20 * 60_000_000, t4 as i64 + 5 * 60_000_000 + 1);
+    let scan = parallax_web::filters::time_scan("requests", from, to);
+    let r = e
+        .query(&format!(
+            "SELECT count(*) FROM {scan} WHERE region = 'us-east'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.json_rows(), vec![vec![json!(6)]], "{scan}");
+}
