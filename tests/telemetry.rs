@@ -110,6 +110,48 @@ fn duckdb_reads_every_table_of_a_demo_run_as_the_collector_wrote_it() {
     assert_eq!(duck["regions"], json!(["eu-west", "us-east", "us-west"]));
 }
 
+/// `parallax bench query` on a small data set: parallax and DuckDB (in both
+/// of its SQL shapes) answer every dashboard query with the same rows. How
+/// fast is for release runs of the benchmark; this checks what it compares.
+#[test]
+fn bench_query_gets_the_same_rows_from_parallax_and_duckdb() {
+    if !python_has_duckdb() {
+        eprintln!(
+            "SKIPPED: python3 with duckdb is not installed (`pip install duckdb`; .ci/run installs it)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bench");
+    let args = [
+        "bench",
+        "query",
+        "--rows",
+        "30000",
+        "--days",
+        "2",
+        "--runs",
+        "1",
+        "--dir",
+        data.to_str().unwrap(),
+    ];
+    let (code, out, err) = run(&args, dir.path());
+    // 1 is an aim missed, which a debug build may; anything else failed.
+    assert!(code == 0 || code == 1, "exit {code}: {out}{err}");
+    for name in [
+        "p99 latency per region per 5 min, 24 h",
+        "lag p99 per region pair, 7 days",
+        "availability error budget, 30 days",
+    ] {
+        assert!(out.contains(name), "{name} missing: {out}");
+    }
+    assert!(!out.contains("DuckDB was not run"), "{out}");
+    assert!(!out.contains("(rows "), "the engines disagree: {out}");
+    // A second run reuses the files.
+    let (_, again, _) = run(&args, dir.path());
+    assert!(again.contains("Reusing"), "{again}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_check_metrics() {
     let c = Cluster::new();
