@@ -405,7 +405,10 @@ pub(crate) async fn run(a: QueryArgs) -> Result<ExitCode> {
                     if drows as usize == rows && d[i]["same_rows"] == true {
                         String::new()
                     } else {
-                        format!(" (rows {rows} vs {drows}, DuckDB's shapes agree: {})", d[i]["same_rows"])
+                        format!(
+                            " (rows {rows} vs {drows}, DuckDB's shapes agree: {})",
+                            d[i]["same_rows"]
+                        )
                     }
                 );
             }

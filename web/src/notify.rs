@@ -153,7 +153,26 @@ pub fn webhook_payload(receiver: &str, external_url: &str, notices: &[Notice]) -
     })
 }
 
-/// A Slack incoming-webhook message.
+/// Sections per Slack message: Slack refuses a message of more than 50
+/// blocks, and this one has a header and, past this many alerts, a last
+/// line saying how many more there are.
+const SLACK_MAX_SECTIONS: usize = 48;
+/// Slack refuses a section whose text is longer.
+const SLACK_MAX_SECTION_CHARS: usize = 3_000;
+
+/// `s` cut to at most `max` characters, with `…` where it was cut.
+fn cut(s: String, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s;
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+/// A Slack incoming-webhook message. An alert storm still makes one message
+/// Slack accepts: the first [`SLACK_MAX_SECTIONS`] alerts, then how many
+/// more there are (the web app's alerts page lists them all).
 pub fn slack_payload(notices: &[Notice]) -> Value {
     let line = |n: &Notice| {
         format!(
@@ -163,18 +182,38 @@ pub fn slack_payload(notices: &[Notice]) -> Value {
             n.annotations.get("summary").map_or("", String::as_str)
         )
     };
-    let text = notices.iter().map(line).collect::<Vec<_>>().join("\n");
+    let shown = &notices[..notices.len().min(SLACK_MAX_SECTIONS)];
+    let more = notices.len() - shown.len();
+    let more_line = format!("…and {more} more alert(s): see the alerts page in parallax");
+    let mut text = shown.iter().map(line).collect::<Vec<_>>().join("\n");
+    if more > 0 {
+        text = format!("{text}\n{more_line}");
+    }
     let mut blocks = vec![
         json!({"type": "header", "text": {"type": "plain_text", "text": format!("parallax: {} alert(s)", notices.len())}}),
     ];
-    for n in notices {
+    for n in shown {
         let labels = n
             .labels
             .iter()
             .map(|(k, v)| format!("`{k}={v}`"))
             .collect::<Vec<_>>()
             .join(" ");
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("*{}*\n{labels}\n<{}|open in parallax>", line(n), n.generator_url)}}));
+        let body = cut(
+            format!("*{}*\n{labels}", line(n)),
+            SLACK_MAX_SECTION_CHARS - n.generator_url.len().min(1_000) - 24,
+        );
+        let link = format!(
+            "\n<{}|open in parallax>",
+            cut(n.generator_url.clone(), 1_000)
+        );
+        blocks.push(
+            json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("{body}{link}")}}),
+        );
+    }
+    if more > 0 {
+        blocks
+            .push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": more_line}]}));
     }
     json!({ "text": text, "blocks": blocks })
 }
@@ -292,4 +331,66 @@ pub async fn deliver(
         outcome: outcome.into(),
         detail,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(i: usize, summary: &str) -> Notice {
+        Notice {
+            status: "firing".into(),
+            labels: BTreeMap::from([
+                ("alertname".to_owned(), "replication_lag".to_owned()),
+                ("dst".to_owned(), format!("region-{i}")),
+            ]),
+            annotations: BTreeMap::from([("summary".to_owned(), summary.to_owned())]),
+            starts_at: "2026-11-29T04:00:00Z".into(),
+            ends_at: "0001-01-01T00:00:00Z".into(),
+            generator_url: "http://127.0.0.1:8080/alerts".into(),
+            fingerprint: format!("{i:016x}"),
+        }
+    }
+
+    #[test]
+    fn an_alert_storm_is_one_slack_message_within_slacks_limits() {
+        let storm: Vec<Notice> = (0..120).map(|i| notice(i, &"x".repeat(5_000))).collect();
+        let p = slack_payload(&storm);
+        let blocks = p["blocks"].as_array().unwrap();
+        assert_eq!(blocks.len(), 50, "Slack takes at most 50 blocks");
+        assert!(
+            blocks[0]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("120 alert(s)")
+        );
+        assert!(
+            blocks[49]["elements"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("72 more")
+        );
+        for b in &blocks[1..49] {
+            let text = b["text"]["text"].as_str().unwrap();
+            assert!(
+                text.chars().count() <= SLACK_MAX_SECTION_CHARS,
+                "{}",
+                text.len()
+            );
+            assert!(
+                text.ends_with("|open in parallax>"),
+                "the link survives the cut"
+            );
+        }
+        assert!(
+            p["text"]
+                .as_str()
+                .unwrap()
+                .ends_with("see the alerts page in parallax")
+        );
+        // A few alerts: all shown, no "more" line.
+        let p = slack_payload(&storm[..3]);
+        assert_eq!(p["blocks"].as_array().unwrap().len(), 4);
+        assert!(!p["text"].as_str().unwrap().contains("more alert"));
+    }
 }
