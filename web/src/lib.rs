@@ -868,7 +868,7 @@ async fn sql_api(State(app): State<App>, body: Result<Bytes, BytesRejection>) ->
 }
 
 /// Example queries on the console.
-const EXAMPLES: [(&str, &str); 4] = [
+const EXAMPLES: [(&str, &str); 5] = [
     (
         "p99 latency per region, last hour",
         "SELECT region, count(*) AS requests, approx_quantile(latency_us, 0.99) / 1000 AS p99_ms\nFROM requests\nWHERE ts > now() - INTERVAL '1 hour'\nGROUP BY region ORDER BY region",
@@ -880,6 +880,10 @@ const EXAMPLES: [(&str, &str); 4] = [
     (
         "conflicts by class and outcome, today",
         "SELECT class, outcome, count(*) AS n\nFROM conflicts\nWHERE date = current_date()\nGROUP BY class, outcome ORDER BY n DESC",
+    ),
+    (
+        "errors per hour in one region, 30 days (whole hours by partition: fast)",
+        "SELECT date, hour, count(*) AS requests, count(*) FILTER (WHERE status >= 500) AS errors\nFROM requests\nWHERE region = 'us-east' AND date >= current_date() - INTERVAL '30 days'\nGROUP BY date, hour ORDER BY date, hour",
     ),
     (
         "divergent keys",
@@ -1120,5 +1124,25 @@ async fn unsilence_api(
         axum::Json(json!({ "removed": id })).into_response()
     } else {
         error(404, "not_found", &format!("no silence {id}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every example on the console runs (on empty tables: what matters is
+    /// that it parses, plans and is allowed).
+    #[tokio::test]
+    async fn every_console_example_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = SqlEngine::open(dir.path(), SqlLimits::default())
+            .await
+            .unwrap();
+        for (name, sql) in EXAMPLES {
+            if let Err(err) = e.query(sql).await {
+                panic!("{name}: {err}");
+            }
+        }
     }
 }
