@@ -4,11 +4,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use parallax_replicator::clock::SystemClock;
 use parallax_replicator::config::Config;
+use parallax_web::alerts::Alerter;
 use parallax_web::{App, SqlEngine};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -34,14 +36,30 @@ pub(crate) struct RunningWeb {
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
     alerts: JoinHandle<()>,
+    alerter: Alerter,
 }
 
+/// How long a stopping web app waits for notices still being delivered.
+const DELIVERY_GRACE: Duration = Duration::from_secs(10);
+
 impl RunningWeb {
-    /// Stops serving and waits for open requests.
+    /// Stops serving and waits for open requests, then stops evaluating
+    /// alerts and gives the notices already on their way (retries included)
+    /// up to [`DELIVERY_GRACE`] to arrive: a resolve notice sent just before
+    /// a restart is not lost to it.
     pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.server.await;
         self.alerts.abort();
+        if tokio::time::timeout(DELIVERY_GRACE, self.alerter.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_s = DELIVERY_GRACE.as_secs(),
+                "stopped with notices still being delivered"
+            );
+        }
     }
 }
 
@@ -65,6 +83,7 @@ pub(crate) async fn start(
         .get_or_insert_with(|| format!("http://{addr}"));
     let app = App::new(engine, config, Arc::new(SystemClock));
     let alerts = app.start_alerts();
+    let alerter = app.alerter().clone();
     let (stop, stop_rx) = oneshot::channel::<()>();
     let router = parallax_web::router(app);
     let server = tokio::spawn(async move {
@@ -83,6 +102,7 @@ pub(crate) async fn start(
         stop,
         server,
         alerts,
+        alerter,
     })
 }
 
