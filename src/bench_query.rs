@@ -196,89 +196,82 @@ struct Query {
     duckdb: String,
 }
 
-/// The dashboards' own composition: one SELECT per region, joined by
-/// UNION ALL (`parallax_web::dash::per_region`).
-fn per_region(cols: &str, from_where: &str, group_by: &str) -> String {
-    let regions: Vec<String> = REGIONS.iter().map(|r| (*r).to_owned()).collect();
-    parallax_web::dash::per_region(&regions, cols, from_where, group_by)
-}
-
 /// The queries' "now": 20 minutes and a bit before the data ends, so that
 /// every range starts and ends inside an hour, as a dashboard's does.
 const QUERY_NOW_US: i64 = NOW_US - 1_200_123_456;
 
-/// `table` between `from` and [`QUERY_NOW_US`] as parallax's dashboards
-/// read it (`parallax_web::filters::time_scan`: whole hours by partition,
-/// the partial ones by `ts`).
-fn scan(table: &str, from_us: i64) -> String {
-    format!(
-        "{} WHERE TRUE",
-        parallax_web::filters::time_scan(table, from_us, QUERY_NOW_US)
-    )
-}
-
-/// The same rows as DuckDB users would ask for them: bounds on `ts`, and
-/// on the `date` partition so it can skip files.
-fn duck_scan(table: &str, from_us: i64) -> String {
-    format!(
-        "{table} WHERE ts >= to_timestamp({from_us} / 1000000) AND ts < to_timestamp({QUERY_NOW_US} / 1000000) \
-         AND date >= DATE '{}' AND date <= DATE '{}'",
-        date_hour(from_us as u64).0,
-        date_hour(QUERY_NOW_US as u64).0
-    )
+impl Query {
+    /// `cols` of `table` from `from_us` to [`QUERY_NOW_US`], one SELECT per
+    /// region as the dashboards ask (`parallax_web::dash::per_region`), in
+    /// two dialects: parallax's over the dashboards' own scan
+    /// (`parallax_web::filters::time_scan`: whole hours by partition, the
+    /// partial ones by `ts`), and DuckDB's with `duck_cols` over the `ts` and
+    /// `date` bounds a DuckDB user would write.
+    fn per_region(
+        name: &'static str,
+        (cols, duck_cols): (&str, &str),
+        table: &str,
+        from_us: i64,
+        group_by: &str,
+    ) -> Query {
+        let regions: Vec<String> = REGIONS.iter().map(|r| (*r).to_owned()).collect();
+        let scan = format!(
+            "{} WHERE TRUE",
+            parallax_web::filters::time_scan(table, from_us, QUERY_NOW_US)
+        );
+        let duck_scan = format!(
+            "{table} WHERE ts >= to_timestamp({from_us} / 1000000) AND ts < to_timestamp({QUERY_NOW_US} / 1000000) \
+             AND date >= DATE '{}' AND date <= DATE '{}'",
+            date_hour(from_us as u64).0,
+            date_hour(QUERY_NOW_US as u64).0
+        );
+        Query {
+            name,
+            parallax: parallax_web::dash::per_region(&regions, cols, &scan, group_by),
+            duckdb: parallax_web::dash::per_region(&regions, duck_cols, &duck_scan, group_by),
+        }
+    }
 }
 
 fn queries() -> Vec<Query> {
     let day_ago = QUERY_NOW_US - 86_400_000_000;
     let week_ago = QUERY_NOW_US - 7 * 86_400_000_000;
     let month_ago = QUERY_NOW_US - 30 * 86_400_000_000;
+    let p99_5m = format!(
+        "{} AS t, approx_quantile(latency_us, 0.99) AS p99",
+        parallax_web::filters::bucket_sql(300)
+    );
+    let lag = "src, approx_quantile(lag_ms, 0.99) AS p99, max(lag_ms)";
+    let budget = "count(*), count(*) FILTER (WHERE status >= 500)";
     vec![
-        Query {
-            name: "p99 latency per region per 5 min, 24 h",
-            // As the latency page asks it: one SELECT per region.
-            parallax: per_region(
-                &format!(
-                    "{} AS t, approx_quantile(latency_us, 0.99) AS p99",
-                    parallax_web::filters::bucket_sql(300)
-                ),
-                &scan("requests", day_ago),
-                "t",
-            ),
-            duckdb: per_region(
+        // As the latency page asks it.
+        Query::per_region(
+            "p99 latency per region per 5 min, 24 h",
+            (
+                &p99_5m,
                 "time_bucket(INTERVAL '5 minutes', ts) AS t, approx_quantile(latency_us, 0.99) AS p99",
-                &duck_scan("requests", day_ago),
-                "t",
             ),
-        },
-        Query {
-            name: "lag p99 per region pair, 7 days",
-            // As the replication page asks it: one SELECT per destination
-            // (lag is recorded, and partitioned, where it is applied).
-            parallax: per_region(
-                "src, approx_quantile(lag_ms, 0.99) AS p99, max(lag_ms)",
-                &scan("replication_lag", week_ago),
-                "src",
-            ),
-            duckdb: per_region(
-                "src, approx_quantile(lag_ms, 0.99) AS p99, max(lag_ms)",
-                &duck_scan("replication_lag", week_ago),
-                "src",
-            ),
-        },
-        Query {
-            name: "availability error budget, 30 days",
-            // As the SLO evaluator asks for a window's totals.
-            parallax: per_region(
-                "count(*), count(*) FILTER (WHERE status >= 500)",
-                &scan("requests", month_ago),
-                "",
-            ),
-            duckdb: per_region(
-                "count(*), count(*) FILTER (WHERE status >= 500)",
-                &duck_scan("requests", month_ago),
-                "",
-            ),
-        },
+            "requests",
+            day_ago,
+            "t",
+        ),
+        // As the replication page asks it: lag is recorded, and
+        // partitioned, where it is applied, so the region is the destination.
+        Query::per_region(
+            "lag p99 per region pair, 7 days",
+            (lag, lag),
+            "replication_lag",
+            week_ago,
+            "src",
+        ),
+        // As the SLO evaluator asks for a window's totals.
+        Query::per_region(
+            "availability error budget, 30 days",
+            (budget, budget),
+            "requests",
+            month_ago,
+            "",
+        ),
     ]
 }
 

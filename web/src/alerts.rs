@@ -177,8 +177,9 @@ impl Alerter {
             .map(|(name, n)| {
                 let c = crate::notify::client(n).unwrap_or_else(|e| {
                     // The config check read the same file; if it changed
-                    // since, deliveries fail (and are logged) rather than
-                    // trusting less than asked.
+                    // since, this notifier trusts the system's CAs only,
+                    // and a receiver that needed the file fails its
+                    // deliveries (logged) instead of the server not starting.
                     tracing::error!("notifier {name}: {e}");
                     reqwest::Client::new()
                 });

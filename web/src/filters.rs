@@ -256,7 +256,6 @@ impl Filters {
     }
 }
 
-/// `'a', 'b'` for names already checked to hold no quote.
 /// SQL for the start of the `step_s`-wide bucket holding `ts`, as epoch
 /// seconds. Integer arithmetic on the microseconds: DataFusion 55's
 /// `date_bin` (and `to_unixtime` of it) took 1.7× as long, 500 against 290
@@ -341,6 +340,7 @@ fn hours_sql(first: i64, last: i64) -> String {
     }
 }
 
+/// `'a', 'b'` for names already checked to hold no quote.
 fn quoted(v: &[String]) -> String {
     v.iter()
         .map(|s| format!("'{}'", s.replace('\'', "''")))

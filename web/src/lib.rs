@@ -378,8 +378,6 @@ fn dash_error(
     )
 }
 
-/// Asks every (filtered) region for its reconciliation queue and the
-/// siblings of each queued entity.
 /// Asks each region's `GET /readyz`, all at once, 2 s each: `ready`, `not
 /// ready` or `unreachable`, and how long the answer took (ms).
 async fn ask_regions(
@@ -409,6 +407,8 @@ async fn ask_regions(
     futures::future::join_all(asks).await.into_iter().collect()
 }
 
+/// Asks every (filtered) region for its reconciliation queue and the
+/// siblings of each queued entity.
 async fn live_queue(app: &App, f: &Filters) -> Queue {
     let cfg = app.config();
     let token = &cfg.cluster.client_token;

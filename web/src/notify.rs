@@ -12,7 +12,7 @@
 //! config are called. Every attempt's outcome goes to the delivery log.
 //!
 //! `https://` URLs are verified against the system's CA certificates
-//! (rustls with the ring provider), plus the notifier's `ca_file`.
+//! (rustls with the aws-lc-rs provider), plus the notifier's `ca_file`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -199,13 +199,14 @@ pub fn slack_payload(notices: &[Notice]) -> Value {
             .map(|(k, v)| format!("`{k}={v}`"))
             .collect::<Vec<_>>()
             .join(" ");
-        let body = cut(
-            format!("*{}*\n{labels}", line(n)),
-            SLACK_MAX_SECTION_CHARS - n.generator_url.len().min(1_000) - 24,
-        );
+        // The link is kept whole; the text before it is cut to fit.
         let link = format!(
             "\n<{}|open in parallax>",
             cut(n.generator_url.clone(), 1_000)
+        );
+        let body = cut(
+            format!("*{}*\n{labels}", line(n)),
+            SLACK_MAX_SECTION_CHARS - link.chars().count(),
         );
         blocks.push(
             json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("{body}{link}")}}),
