@@ -78,13 +78,22 @@ pub(crate) async fn run(a: AuditArgs) -> Result<ExitCode> {
     let mut report = parallax_auditor::audit(&targets, &opts, &clock).await?;
     let mut repaired = None;
     let mut before = None;
+    // What the collector keeps: with --repair, the audit that found the
+    // divergence, what the repair did and the audit after it, in that order.
+    let mut audits = Vec::new();
+    let mut records = Vec::new();
     if a.repair && !report.divergent.is_empty() {
-        let n = parallax_auditor::repair(&targets, &report).await?;
-        repaired = Some(n);
+        let done = parallax_auditor::repair(&targets, &report, &clock).await?;
+        repaired = Some(done.len());
         before = Some(report.divergent.clone());
+        audits.append(&mut report.audits.clone());
+        records.append(&mut report.records.clone());
+        records.extend(done);
         report = parallax_auditor::audit(&targets, &opts, &clock).await?;
     }
-    let recorded_in = record(&config, &report).await;
+    audits.extend(report.audits.iter().cloned());
+    records.extend(report.records.iter().cloned());
+    let recorded_in = record(&config, &audits, &records).await;
     if a.json {
         let mut out = serde_json::to_value(&report)?;
         out["recorded_in"] = serde_json::json!(recorded_in);
@@ -105,12 +114,16 @@ pub(crate) async fn run(a: AuditArgs) -> Result<ExitCode> {
 
 /// Hands the audit's records to a region (the primary first) so its
 /// collector writes them to the `audits` and `divergence` tables.
-async fn record(config: &Config, report: &AuditReport) -> Option<String> {
+async fn record(
+    config: &Config,
+    audits: &[parallax_auditor::AuditRecord],
+    records: &[parallax_auditor::DivergenceRecord],
+) -> Option<String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .ok()?;
-    let body = serde_json::json!({ "audits": report.audits, "records": report.records });
+    let body = serde_json::json!({ "audits": audits, "records": records });
     let mut regions: Vec<String> = vec![config.primary().to_owned()];
     regions.extend(
         config

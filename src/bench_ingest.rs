@@ -69,6 +69,8 @@ fn events(n: u64, start_us: u64) -> Vec<Event> {
                 backlog_ops: (x >> 30) % 50,
                 backlog_bytes: (x >> 30) % 50 * 180,
                 applied_ops: 1 + (x >> 36) % 200,
+                batches: 1,
+                heartbeats: 0,
             })
         } else if kind < 19 {
             Event::Conflict(ConflictEvent {

@@ -598,7 +598,9 @@ Divergence drill: corrupted {class}/{key} in {victim} without replicating it."
     }
     let recorder = &regions[0].1.node;
     recorder.record_audit(found.audits.clone(), found.records.clone());
-    let repaired = parallax_auditor::repair(&targets, &found).await?;
+    let done = parallax_auditor::repair(&targets, &found, &clock).await?;
+    let repaired = done.len();
+    recorder.record_audit(Vec::new(), done);
     let after = parallax_auditor::audit(&targets, &opts, &clock).await?;
     recorder.record_audit(after.audits.clone(), after.records.clone());
     let ok = found.divergent.len() == 1 && after.divergent.is_empty();

@@ -221,9 +221,9 @@ async fn the_dashboards_work_in_a_real_browser() {
             &["chromium", "chromium-browser", "google-chrome"],
         ),
     ) else {
-        eprintln!(
-            "SKIPPED: the browser test needs chromium and chromedriver \
-             (apt-get install chromium chromium-driver; .ci/run installs them)"
+        common::missing_tool(
+            "the browser test needs chromium and chromedriver \
+             (apt-get install chromium chromium-driver; .ci/run installs them)",
         );
         return;
     };

@@ -43,8 +43,8 @@ print(json.dumps(out))
 #[test]
 fn duckdb_reads_every_table_of_a_demo_run_as_the_collector_wrote_it() {
     if !python_has_duckdb() {
-        eprintln!(
-            "SKIPPED: python3 with duckdb is not installed (`pip install duckdb`; .ci/run installs it)"
+        common::missing_tool(
+            "python3 with duckdb is not installed (`pip install duckdb`; .ci/run installs it)",
         );
         return;
     }
@@ -116,8 +116,8 @@ fn duckdb_reads_every_table_of_a_demo_run_as_the_collector_wrote_it() {
 #[test]
 fn bench_query_gets_the_same_rows_from_parallax_and_duckdb() {
     if !python_has_duckdb() {
-        eprintln!(
-            "SKIPPED: python3 with duckdb is not installed (`pip install duckdb`; .ci/run installs it)"
+        common::missing_tool(
+            "python3 with duckdb is not installed (`pip install duckdb`; .ci/run installs it)",
         );
         return;
     }
@@ -202,8 +202,8 @@ async fn metrics_pass_promtool_check_metrics() {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        eprintln!(
-            "SKIPPED: promtool is not installed (Debian package `prometheus`; .ci/run installs it)"
+        common::missing_tool(
+            "promtool is not installed (Debian package `prometheus`; .ci/run installs it)",
         );
         return;
     };

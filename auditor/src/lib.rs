@@ -426,7 +426,8 @@ pub async fn audit(
                 class: f.class.clone(),
                 key: f.key.clone(),
                 regions: f.regions.clone(),
-                state: format!("{state}: {}", f.reason),
+                state: state.to_owned(),
+                reason: f.reason.clone(),
                 first_seen_us: ts_us.saturating_sub(f.age_ms * 1_000),
                 age_ms: f.age_ms,
             });
@@ -444,13 +445,18 @@ pub async fn audit(
 /// Repairs the divergent keys of a report: every region gets the merged
 /// version, except for corruption, where the copy most regions hold
 /// replaces the others (a merge cannot tell the good copy from the bad).
-/// Returns the number of keys repaired.
-pub async fn repair(targets: &[Box<dyn Target>], report: &AuditReport) -> Result<usize> {
+/// Returns one `repaired` record per key repaired, stamped `clock`'s now
+/// once the regions have taken the repair.
+pub async fn repair(
+    targets: &[Box<dyn Target>],
+    report: &AuditReport,
+    clock: &dyn Clock,
+) -> Result<Vec<DivergenceRecord>> {
     let mut by_class: BTreeMap<&str, Vec<&Finding>> = BTreeMap::new();
     for f in &report.divergent {
         by_class.entry(&f.class).or_default().push(f);
     }
-    let mut repaired = 0;
+    let mut repaired: Vec<(&Finding, &'static str)> = Vec::new();
     for (class, findings) in by_class {
         let keys: Vec<String> = findings.iter().map(|f| f.key.clone()).collect();
         let versions = versions_of(targets, class, &keys).await?;
@@ -482,7 +488,14 @@ pub async fn repair(targets: &[Box<dyn Target>], report: &AuditReport) -> Result
                 .or_default()
                 .push(item);
             }
-            repaired += 1;
+            repaired.push((
+                finding,
+                if corruption {
+                    "replaced by the copy most regions hold"
+                } else {
+                    "merged through the class's conflict policy"
+                },
+            ));
         }
         for t in targets {
             if let Some(items) = merges.remove(t.name()) {
@@ -493,7 +506,21 @@ pub async fn repair(targets: &[Box<dyn Target>], report: &AuditReport) -> Result
             }
         }
     }
-    Ok(repaired)
+    let ts_us = clock.now_us();
+    Ok(repaired
+        .into_iter()
+        .map(|(f, how)| DivergenceRecord {
+            ts_us,
+            audit_id: report.audit_id.clone(),
+            class: f.class.clone(),
+            key: f.key.clone(),
+            regions: f.regions.clone(),
+            state: "repaired".to_owned(),
+            reason: format!("{} ({how})", f.reason),
+            first_seen_us: ts_us.saturating_sub(f.age_ms * 1_000),
+            age_ms: f.age_ms,
+        })
+        .collect())
 }
 
 /// The version most regions hold (ties broken by the merged version).

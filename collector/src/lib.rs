@@ -506,7 +506,13 @@ async fn probes(State(c): State<Collector>, headers: HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !c.inner.opts.tokens.iter().any(|t| t == given) {
+    if !c
+        .inner
+        .opts
+        .tokens
+        .iter()
+        .any(|t| parallax_replicator::api::constant_time_eq(t.as_bytes(), given.as_bytes()))
+    {
         let body = serde_json::json!({
             "error": "unauthorized",
             "detail": "GET /v1/probes needs `Authorization: Bearer <cluster.client_token>`",

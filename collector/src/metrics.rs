@@ -97,7 +97,7 @@ impl Metrics {
             lag_seconds: histogram(
                 &r,
                 "parallax_replication_lag_seconds",
-                "Lag of applied batches and heartbeats, by origin region (corrected for clock offset).",
+                "Lag samples, one per heartbeat interval whether or not anything arrived: the age of the newest write or heartbeat applied from the origin (corrected for clock offset).",
                 &["region", "peer"],
                 0.000_5,
             ),
@@ -199,12 +199,18 @@ impl Metrics {
                     .observe(r.latency_us as f64 / 1e6);
             }
             Event::Replication(r) => {
+                // Labelled by the region that trails: a sample taken by
+                // the source for a silent destination counts for that
+                // destination.
+                let labels = [r.dst.as_str(), r.src.as_str()];
                 self.applied
-                    .with_label_values(&[me, &r.src])
+                    .with_label_values(&labels)
                     .inc_by(r.applied_ops);
-                self.batches.with_label_values(&[me, &r.src]).inc();
+                self.batches
+                    .with_label_values(&labels)
+                    .inc_by(r.batches + r.heartbeats);
                 self.lag_seconds
-                    .with_label_values(&[me, &r.src])
+                    .with_label_values(&labels)
                     .observe(r.lag_ms as f64 / 1e3);
             }
             Event::Conflict(c) => {

@@ -216,6 +216,8 @@ static DIVERGENCE: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("key", DataType::Utf8, false),
         list_field("regions"),
         Field::new("state", DataType::Utf8, false),
+        // Nullable: files written before the column existed have none.
+        Field::new("reason", DataType::Utf8, true),
         ts_field("first_seen"),
         Field::new("age_ms", DataType::Int64, false),
     ])
@@ -239,6 +241,7 @@ impl TableRow for DivergenceEvent {
                 strings(rows, |r| &r.key),
                 lists(rows, |r| &r.regions),
                 strings(rows, |r| &r.state),
+                strings(rows, |r| &r.reason),
                 Arc::new(
                     TimestampMicrosecondArray::from_iter_values(
                         rows.iter().map(|r| r.first_seen_us as i64),

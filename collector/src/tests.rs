@@ -54,6 +54,8 @@ fn lag(ts_us: u64, lag_ms: u64) -> Event {
         backlog_ops: 0,
         backlog_bytes: 0,
         applied_ops: 1,
+        batches: 1,
+        heartbeats: 0,
     })
 }
 

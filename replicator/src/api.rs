@@ -166,7 +166,10 @@ fn finish(
     response
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares a secret with what a request presented in time that does not
+/// depend on where they first differ (only on the length), so the time of
+/// a refusal does not tell an attacker how much of a token was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

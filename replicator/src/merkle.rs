@@ -448,7 +448,7 @@ pub fn differing(mine: &[(Fingerprint, u64)], theirs: &[(Fingerprint, u64)]) -> 
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     use proptest::prelude::*;
 
@@ -496,46 +496,6 @@ mod tests {
         };
     }
 
-    /// Walks two trees level by level the way regions do; returns the keys
-    /// found differing and the number of levels descended.
-    fn diff(
-        a: &mut MerkleTree,
-        am: &BTreeMap<String, u32>,
-        b: &mut MerkleTree,
-        bm: &BTreeMap<String, u32>,
-    ) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        if a.root() == b.root() {
-            return out;
-        }
-        let mut frontier = vec![NodeId::ROOT];
-        while let Some(first) = frontier.first() {
-            if first.level == DEPTH {
-                break;
-            }
-            let mut next = Vec::new();
-            for node in frontier {
-                let (ca, cb) = (a.children(node), b.children(node));
-                next.extend(differing(&ca, &cb).into_iter().map(|i| node.child(i)));
-            }
-            frontier = next;
-        }
-        let buckets: BTreeSet<u32> = frontier.iter().map(|n| n.index).collect();
-        let entries = |m: &BTreeMap<String, u32>| -> BTreeMap<String, Digest> {
-            m.iter()
-                .filter(|(k, _)| buckets.contains(&bucket_of(k)))
-                .map(|(k, v)| (k.clone(), entry_hash("c", k, &state(*v))))
-                .collect()
-        };
-        let (ea, eb) = (entries(am), entries(bm));
-        for k in ea.keys().chain(eb.keys()) {
-            if ea.get(k) != eb.get(k) {
-                out.insert(k.clone());
-            }
-        }
-        out
-    }
-
     proptest! {
         /// After any sequence of writes and deletes, the incrementally
         /// maintained root equals the root built from scratch from a BTreeMap model.
@@ -551,26 +511,6 @@ mod tests {
             }
             prop_assert_eq!(tree.root(), model_tree(&model).root());
             prop_assert_eq!(tree.len(), model.len() as u64);
-        }
-
-        /// A diff of two trees finds exactly the keys that differ.
-        #[test]
-        fn diff_finds_exactly_the_differing_keys(common in steps(), only_a in steps(), only_b in steps()) {
-            let (mut a, mut am) = (MerkleTree::new(), BTreeMap::new());
-            let (mut b, mut bm) = (MerkleTree::new(), BTreeMap::new());
-            for s in &common {
-                apply(&mut a, &mut am, s);
-                apply(&mut b, &mut bm, s);
-            }
-            for s in &only_a {
-                apply(&mut a, &mut am, s);
-            }
-            for s in &only_b {
-                apply(&mut b, &mut bm, s);
-            }
-            let expected: BTreeSet<String> = am.keys().chain(bm.keys())
-                .filter(|k| am.get(*k) != bm.get(*k)).cloned().collect();
-            prop_assert_eq!(diff(&mut a, &am, &mut b, &bm), expected);
         }
     }
 

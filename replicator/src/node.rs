@@ -29,7 +29,7 @@ use crate::protocol::{TreeEntry, TreeRequest, TreeResponse};
 use crate::replication::{Replication, ReplicationStats, Shipper};
 use crate::routing::{self, OwnershipView, Route};
 use crate::store::{ConflictRecord, QueuedConflict, Store};
-use crate::telemetry::{Event, EventStats, ReplicationEvent, Stats, Telemetry};
+use crate::telemetry::{Event, EventStats, Stats, Telemetry};
 use crate::transport::{PeerHandler, Transport};
 use crate::wal::Wal;
 use crate::writer::{ApplyAck, Command, LocalApplied, LocalWrite, Writer, WriterParts};
@@ -223,7 +223,7 @@ impl Node {
             .collect();
         let repl = Arc::new(Replication::new(&meta, &peers, clock.now_ms()));
         let (telemetry, events) = Telemetry::channel(telemetry_capacity);
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::new(&region));
         let (writer_tx, writer_rx) = mpsc::channel(8_192);
         let writer = Writer::recover(
             WriterParts {
@@ -307,6 +307,14 @@ impl Node {
             }
         }
         if replicate && !peers.is_empty() {
+            tasks.push(tokio::spawn(lag_sampler(
+                region.clone(),
+                Arc::clone(&repl),
+                Arc::clone(&clock),
+                telemetry,
+                Duration::from_millis(config.replication.heartbeat_interval_ms),
+                inner.shutdown.subscribe(),
+            )));
             let node = Node {
                 inner: Arc::clone(&inner),
             };
@@ -1341,7 +1349,6 @@ impl Node {
             .max()
             .unwrap_or(0)
             .max(batch.closed_ms);
-        let offset = self.inner.repl.offset_ms(from);
         if newest > now_ms + max {
             self.inner.repl.count_refused_stamp();
             return Err(Error::ClockSkew {
@@ -1352,7 +1359,7 @@ impl Node {
             });
         }
         let n = batch.entries.len() as u64;
-        let oldest = batch.entries.first().map(|e| e.wall_ms);
+        let stamps: Vec<(u64, u64)> = batch.entries.iter().map(|e| (e.seq, e.wall_ms)).collect();
         let ack: ApplyAck = if batch.entries.is_empty() {
             if batch.durable_now
                 && self.inner.repl.applied_from(from) > self.inner.repl.durable_from(from)
@@ -1406,23 +1413,18 @@ impl Node {
             self.inner.repl.advance_closed(from, batch.closed_ms);
         }
         self.inner.repl.learn_applied(from, &batch.applied);
-        let now_ms = self.inner.clock.now_ms();
-        let lag_ms = match oldest {
-            Some(w) => crate::writer::lag_ms(now_ms, w, offset),
-            None => crate::writer::lag_ms(now_ms, batch.closed_ms, offset),
-        };
-        let backlog_ops = batch.head.saturating_sub(acked);
-        self.inner
-            .telemetry
-            .emit(Event::Replication(ReplicationEvent {
-                ts_us: self.inner.clock.now_us(),
-                src: from.to_owned(),
-                dst: self.inner.region.clone(),
-                lag_ms,
-                backlog_ops,
-                backlog_bytes: batch.backlog_bytes,
-                applied_ops: n,
-            }));
+        let newest_applied = stamps
+            .iter()
+            .filter(|(seq, _)| *seq <= acked)
+            .map(|(_, wall_ms)| *wall_ms)
+            .max();
+        self.inner.repl.note_arrival(
+            from,
+            newest_applied,
+            n,
+            batch.head.saturating_sub(acked),
+            batch.backlog_bytes,
+        );
         Ok(ReplicateAck {
             acked,
             durable: ack.durable,
@@ -1504,6 +1506,32 @@ impl crate::sync::TreeData for Node {
         crate::protocol::ReplicationState {
             applied: self.inner.repl.applied_vector(&self.inner.region),
             log_dropped_for: self.inner.repl.peers_needing_anti_entropy(),
+        }
+    }
+}
+
+/// Samples, every heartbeat interval, how far this region trails each
+/// peer and how far each silent peer trails it, and emits the samples as
+/// `replication_lag` rows, whether or not anything arrived.
+async fn lag_sampler(
+    me: String,
+    repl: Arc<Replication>,
+    clock: Arc<dyn Clock>,
+    telemetry: Telemetry,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let silent_after_ms = 3 * every.as_millis() as u64;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                for e in repl.sample_lag(&me, clock.now_ms(), clock.now_us(), silent_after_ms) {
+                    telemetry.emit(Event::Replication(e));
+                }
+            }
+            _ = shutdown.changed() => return,
         }
     }
 }

@@ -103,8 +103,12 @@ pub struct DivergenceEvent {
     pub key: String,
     /// Regions involved.
     pub regions: Vec<String>,
-    /// `divergent: <reason>` or `in_flight: <reason>`.
+    /// One word: `divergent`, `in_flight` or `repaired` (the web app
+    /// also derives `cleared` for a key a later audit no longer found).
     pub state: String,
+    /// Why, in words: what the auditor saw, or what the repair did.
+    #[serde(default)]
+    pub reason: String,
     /// When the newest version involved was written (µs since epoch).
     pub first_seen_us: u64,
     /// Its age when classified (ms).
@@ -135,25 +139,38 @@ pub struct RequestEvent {
     pub client_geo: String,
 }
 
-/// A replication batch or heartbeat applied at `dst`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A lag sample of replication from `src` into `dst`, taken every
+/// heartbeat interval whether or not anything arrived (as pt-heartbeat and
+/// `Seconds_Behind_Source` do), so a frozen region or a cut link shows as
+/// lag growing second by second.
+///
+/// Normally `dst` samples: the age of the newest write or heartbeat it has
+/// applied from `src`. While `dst` has not answered `src` for three
+/// heartbeat intervals, `src` samples too, as the time since `dst` last
+/// acknowledged (a frozen `dst` cannot measure itself).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplicationEvent {
-    /// When it was applied (µs since epoch, UTC).
+    /// When it was sampled (µs since epoch, UTC).
     pub ts_us: u64,
     /// Origin region of the log.
     pub src: String,
-    /// Region that applied it.
+    /// Region that applies it.
     pub dst: String,
-    /// How far `dst` trails `src` (ms): for a batch, the age of its oldest
-    /// entry; for a heartbeat, the age of the origin's closed timestamp.
-    /// Corrected for the estimated clock offset.
+    /// How far `dst` trails `src` (ms), corrected for the estimated clock
+    /// offset between them.
     pub lag_ms: u64,
-    /// Entries the origin still had to ship to `dst` when it sent this.
+    /// Entries the origin still had to ship to `dst` (as of its last batch).
     pub backlog_ops: u64,
     /// Their approximate size (bytes).
     pub backlog_bytes: u64,
-    /// Entries applied (0 for a heartbeat).
+    /// Entries applied since the previous sample.
     pub applied_ops: u64,
+    /// Batches applied since the previous sample.
+    #[serde(default)]
+    pub batches: u64,
+    /// Heartbeats received since the previous sample.
+    #[serde(default)]
+    pub heartbeats: u64,
 }
 
 /// A conflict detected or resolved.
@@ -278,6 +295,9 @@ impl Hist {
 #[derive(Debug, Default)]
 pub struct Stats {
     inner: Mutex<StatsInner>,
+    /// The region whose stats these are: its own samples of a silent
+    /// peer's lag behind it are not replication into it.
+    region: String,
 }
 
 #[derive(Debug, Default)]
@@ -310,7 +330,7 @@ pub struct IncomingStats {
     pub heartbeats: u64,
     /// Entries applied.
     pub applied_ops: u64,
-    /// Lag reported by the last batch or heartbeat (ms).
+    /// Lag at the last sample (ms).
     pub last_lag_ms: u64,
     /// Backlog at the origin when it last sent (entries).
     pub backlog_ops: u64,
@@ -362,6 +382,14 @@ pub struct EventStats {
 }
 
 impl Stats {
+    /// The counters of region `region`.
+    pub fn new(region: &str) -> Stats {
+        Stats {
+            region: region.to_owned(),
+            ..Stats::default()
+        }
+    }
+
     /// Takes one event into the counters.
     pub fn observe(&self, event: &Event) {
         let mut s = self.inner.lock().expect("stats lock");
@@ -374,14 +402,12 @@ impl Stats {
                     .or_default()
                     .record(r.latency_us);
             }
+            Event::Replication(r) if r.src == self.region => {}
             Event::Replication(r) => {
                 let inc = s.incoming.entry(r.src.clone()).or_default();
-                if r.applied_ops == 0 {
-                    inc.heartbeats += 1;
-                } else {
-                    inc.batches += 1;
-                    inc.applied_ops += r.applied_ops;
-                }
+                inc.heartbeats += r.heartbeats;
+                inc.batches += r.batches;
+                inc.applied_ops += r.applied_ops;
                 inc.last_lag_ms = r.lag_ms;
                 inc.backlog_ops = r.backlog_ops;
             }

@@ -5,7 +5,8 @@
 //!
 //! Built-in rules: `lag` (a region pair's worst lag over the last minute
 //! above `threshold_ms`), `divergence` (a key of a critical class whose
-//! latest audit state in the last hour is `divergent`), `unreachable` (a
+//! latest audit record in the last hour says `divergent` and that no later
+//! audit of its class has cleared), `unreachable` (a
 //! region no probe reached in the last 30 s), `burn_rate` (an SLO's
 //! workbook burn-rate condition, severity page or ticket). `sql` rules fire
 //! one alert per row the query returns, its columns becoming labels.
@@ -340,16 +341,19 @@ impl Alerter {
                 if critical.is_empty() {
                     Vec::new()
                 } else {
+                    let (window, classes) = (since(3_600), critical.join(", "));
                     rows(format!(
-                        "WITH d AS (SELECT class, key, state, age_ms, row_number() OVER (PARTITION BY class, key ORDER BY ts DESC) AS n \
-                         FROM divergence WHERE {} AND class IN ({})) SELECT class, key, age_ms FROM d WHERE n = 1 AND state = 'divergent'",
-                        since(3_600),
-                        critical.join(", ")
+                        "WITH d AS (SELECT class, key, state, reason, age_ms, ts, row_number() OVER (PARTITION BY class, key ORDER BY ts DESC) AS n \
+                         FROM divergence WHERE {window} AND class IN ({classes})), \
+                         a AS (SELECT class, max(ts) AS audited FROM audits WHERE {window} AND class IN ({classes}) GROUP BY class) \
+                         SELECT d.class, d.key, d.age_ms, d.reason FROM d LEFT JOIN a ON a.class = d.class \
+                         WHERE d.n = 1 AND {} = 'divergent'",
+                        crate::dash::CURRENT_STATE
                     ))
                     .await?
                     .into_iter()
                     .map(|r| {
-                        let text = format!("{}/{} diverges between regions (for {} ms)", s(&r[0]), s(&r[1]), s(&r[2]));
+                        let text = format!("{}/{} diverges between regions: {} (for {} ms)", s(&r[0]), s(&r[1]), s(&r[3]), s(&r[2]));
                         (labels(&[("class", s(&r[0])), ("key", s(&r[1]))]), r[2].as_f64(), text)
                     })
                     .collect()

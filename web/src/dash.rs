@@ -250,8 +250,12 @@ pub struct DivergentKey {
     pub class: String,
     /// Key.
     pub key: String,
-    /// `divergent`, `in_flight`, `repaired` ... (latest seen).
+    /// The latest state: `divergent`, `in_flight` or `repaired` as the
+    /// latest audit record says, or `cleared` when a later audit of the
+    /// class no longer found the key.
     pub state: String,
+    /// Why (what the auditor saw, or what the repair did).
+    pub reason: String,
     /// Regions whose copies differ.
     pub regions: String,
     /// First seen (RFC 3339).
@@ -642,6 +646,11 @@ pub async fn conflicts(e: &SqlEngine, f: &Filters) -> Result<Conflicts, SqlError
     })
 }
 
+/// A key's current state, from its latest `divergence` row `d` and the
+/// latest audit of its class `a.audited`: an audit after the row that no
+/// longer found the key (a clean audit writes no row for it) cleared it.
+pub const CURRENT_STATE: &str = "CASE WHEN a.audited > d.ts THEN 'cleared' ELSE d.state END";
+
 /// The divergence page.
 pub async fn divergence(e: &SqlEngine, f: &Filters) -> Result<Divergence, SqlError> {
     let wa = f.source("audits", None, Some("class"));
@@ -669,10 +678,13 @@ pub async fn divergence(e: &SqlEngine, f: &Filters) -> Result<Divergence, SqlErr
     let keys = rows(
         e,
         &format!(
-            "WITH d AS (SELECT class, key, state, array_to_string(regions, ', ') AS regions, first_seen, ts, age_ms, \
-             row_number() OVER (PARTITION BY class, key ORDER BY ts DESC) AS n FROM {wd}) \
-             SELECT class, key, state, regions, first_seen, ts, age_ms FROM d WHERE n = 1 \
-             ORDER BY CASE WHEN state = 'divergent' THEN 0 ELSE 1 END, first_seen LIMIT 500"
+            "WITH d AS (SELECT class, key, state, reason, array_to_string(regions, ', ') AS regions, first_seen, ts, age_ms, \
+             row_number() OVER (PARTITION BY class, key ORDER BY ts DESC) AS n FROM {wd}), \
+             a AS (SELECT class, max(ts) AS audited FROM {wa} GROUP BY class), \
+             k AS (SELECT d.class, d.key, {CURRENT_STATE} AS state, d.reason, d.regions, d.first_seen, d.ts, d.age_ms \
+             FROM d LEFT JOIN a ON a.class = d.class WHERE d.n = 1) \
+             SELECT class, key, state, reason, regions, first_seen, ts, age_ms FROM k \
+             ORDER BY CASE state WHEN 'divergent' THEN 0 WHEN 'in_flight' THEN 1 ELSE 2 END, first_seen LIMIT 500"
         ),
     )
     .await?
@@ -681,10 +693,11 @@ pub async fn divergence(e: &SqlEngine, f: &Filters) -> Result<Divergence, SqlErr
         class: str_of(&r[0]),
         key: str_of(&r[1]),
         state: str_of(&r[2]),
-        regions: str_of(&r[3]),
-        first_seen: str_of(&r[4]),
-        last_seen: str_of(&r[5]),
-        age_ms: i64_of(&r[6]),
+        reason: str_of(&r[3]),
+        regions: str_of(&r[4]),
+        first_seen: str_of(&r[5]),
+        last_seen: str_of(&r[6]),
+        age_ms: i64_of(&r[7]),
     })
     .collect();
     let b = f.bucket_sql();

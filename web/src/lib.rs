@@ -887,7 +887,7 @@ const EXAMPLES: [(&str, &str); 5] = [
     ),
     (
         "divergent keys",
-        "SELECT ts, class, key, regions, state, age_ms\nFROM divergence\nWHERE state = 'divergent'\nORDER BY ts DESC LIMIT 100",
+        "SELECT ts, class, key, regions, state, reason, age_ms\nFROM divergence\nWHERE state = 'divergent'\nORDER BY ts DESC LIMIT 100",
     ),
 ];
 

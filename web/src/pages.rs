@@ -393,7 +393,7 @@ pub fn replication(d: &Replication, f: &Filters) -> Vec<Section> {
         "matrix",
         "Lag p99 (ms) by region pair",
         &format!(
-            "Rows are where writes are made, columns where they are applied. Lag is the time from a write at the source to its apply at the destination (heartbeats measure idle pairs).{}",
+            "Rows are where writes are made, columns where they are applied. Lag is sampled every heartbeat interval whether or not anything arrived: the age of the newest write or heartbeat the destination has applied from the source, so a frozen source or a cut link shows as lag growing second by second.{}",
             if f.classes.is_empty() {
                 ""
             } else {
@@ -503,13 +503,14 @@ pub fn divergence(d: &Divergence, f: &Filters) -> Vec<Section> {
     let mut keys = section(
         "keys",
         "Keys whose copies differed",
-        "in_flight: replication was still delivering (the copies agree once it lands). divergent: the copies disagree with nothing in flight: a bug, lost data or a failed repair. Latest state per key.",
+        "in_flight: replication was still delivering (the copies agree once it lands). divergent: the copies disagree with nothing in flight: a bug, lost data or a failed repair. repaired: an audit's repair wrote the good copy. cleared: a later audit of the class no longer found the key differing. Latest state per key.",
     );
     let mut t = Table::new(
         &[
             "Class",
             "Key",
             "State",
+            "Reason",
             "Regions",
             "First seen",
             "Last seen",
@@ -522,6 +523,7 @@ pub fn divergence(d: &Divergence, f: &Filters) -> Vec<Section> {
             Cell::t(&k.class),
             Cell::t(&k.key),
             Cell::state(&k.state),
+            Cell::t(&k.reason),
             Cell::t(&k.regions),
             Cell::t(&k.first_seen),
             Cell::t(&k.last_seen),

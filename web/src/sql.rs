@@ -325,10 +325,16 @@ impl SqlEngine {
             let schema =
                 string_views(&parallax_collector::tables::schema_of(table).expect("a known table"));
             let url = format!("{}/", dir.display());
-            ctx.register_listing_table(table, &url, options, Some(schema), None)
+            let name = if table == "divergence" {
+                DIVERGENCE_FILES
+            } else {
+                table
+            };
+            ctx.register_listing_table(name, &url, options, Some(schema), None)
                 .await
                 .map_err(|e| SqlError::Failed(format!("cannot register table {table}: {e}")))?;
         }
+        register_divergence_view(&ctx).await?;
         Ok(SqlEngine { ctx, limits, root })
     }
 
@@ -398,6 +404,35 @@ impl SqlEngine {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// Where `divergence` rows are read from before [`register_divergence_view`]
+/// hides the files behind the view.
+const DIVERGENCE_FILES: &str = "divergence_files";
+
+/// Registers `divergence` as a view over its files that reads rows of the
+/// first releases, whose `state` was `divergent: <reason>` and which had
+/// no `reason` column, as one word plus the reason. The files' own table
+/// is then dropped from the catalog: users see one `divergence` table.
+async fn register_divergence_view(ctx: &SessionContext) -> Result<(), SqlError> {
+    let failed = |e: DataFusionError| SqlError::Failed(format!("cannot register divergence: {e}"));
+    let plan = ctx
+        .sql(&format!(
+            "SELECT ts, audit_id, class, key, regions, \
+             CASE WHEN state LIKE '%:%' THEN split_part(state, ':', 1) ELSE state END AS state, \
+             coalesce(reason, CASE WHEN state LIKE '%:%' THEN regexp_replace(state, '^[^:]*:\\s*', '') ELSE '' END) AS reason, \
+             first_seen, age_ms, region, date, hour FROM {DIVERGENCE_FILES}"
+        ))
+        .await
+        .map_err(failed)?
+        .into_unoptimized_plan();
+    ctx.deregister_table(DIVERGENCE_FILES).map_err(failed)?;
+    ctx.register_table(
+        "divergence",
+        Arc::new(datafusion::catalog::view::ViewTable::new(plan, None)),
+    )
+    .map_err(failed)?;
+    Ok(())
 }
 
 /// The table's schema with text columns read as string views: short

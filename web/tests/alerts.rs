@@ -37,6 +37,8 @@ fn lag_rows(dir: &std::path::Path, from_s: i64, to_s: i64, lag_ms: u64) {
             backlog_ops: 0,
             backlog_bytes: 0,
             applied_ops: 1,
+            batches: 1,
+            heartbeats: 0,
         }));
     }
     c.flush().unwrap();
@@ -320,8 +322,8 @@ async fn a_real_alertmanager_shows_the_pushed_alert() {
     .into_iter()
     .find(|p| std::path::Path::new(p).exists());
     let Some(bin) = bin else {
-        eprintln!(
-            "SKIPPED: prometheus-alertmanager not installed (apt-get install prometheus-alertmanager; .ci/run installs it)"
+        common::missing_tool(
+            "prometheus-alertmanager not installed (apt-get install prometheus-alertmanager; .ci/run installs it)",
         );
         return;
     };

@@ -53,6 +53,8 @@ fn fill(dir: &std::path::Path) {
                     backlog_ops: n,
                     backlog_bytes: n * 100,
                     applied_ops: 2,
+                    batches: 1,
+                    heartbeats: 0,
                 }));
             }
             for target in REGIONS {
@@ -100,6 +102,7 @@ fn fill(dir: &std::path::Path) {
                 key: "acct-7".into(),
                 regions: vec!["us-east".into(), "eu-west".into()],
                 state: "divergent".into(),
+                reason: "corruption".into(),
                 first_seen_us: T0 + 55 * MIN,
                 age_ms: 300_000,
             }));

@@ -42,6 +42,8 @@ fn fill(dir: &std::path::Path) {
                 backlog_ops: 0,
                 backlog_bytes: 0,
                 applied_ops: 1,
+                batches: 1,
+                heartbeats: 0,
             }));
         }
         c.flush().unwrap();
