@@ -4,13 +4,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::run;
+use common::{Web, run};
 use parallax_collector::{Collector, CollectorOptions};
 use parallax_replicator::clock::ManualClock;
 use parallax_replicator::config::CollectorConfig;
@@ -50,46 +49,16 @@ fn fill(data: &Path) {
     c.flush().unwrap();
 }
 
-/// Starts `parallax web` on a free port; returns it and its URL.
-fn start_web(config: &Path, data: &Path) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parallax"))
-        .args(["web", "--config", config.to_str().unwrap()])
-        .args([
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("parallax web: ") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("parallax web prints its URL");
-    (server, url.trim_end_matches('/').to_owned())
-}
-
 /// Sends SIGTERM and waits (15 s at most) for the exit status.
-async fn terminate(server: &mut Server) -> std::process::ExitStatus {
+async fn terminate(web: &mut Web) -> std::process::ExitStatus {
     let sent = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
+        .args(["-TERM", &web.child.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(s) = server.0.try_wait().unwrap() {
+        if let Some(s) = web.child.try_wait().unwrap() {
             return s;
         }
         assert!(Instant::now() < deadline, "parallax web ignored SIGTERM");
@@ -100,16 +69,6 @@ async fn terminate(server: &mut Server) -> std::process::ExitStatus {
 /// The JSON a request answers.
 async fn json_of(request: reqwest::RequestBuilder) -> Value {
     request.send().await.unwrap().json().await.unwrap()
-}
-
-/// Stops the server on every path out of the test.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +97,8 @@ async fn parallax_sql_prints_what_parallax_web_answers_and_the_server_stops_on_s
     assert!(err.contains("only read-only queries"), "{err}");
 
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/three-regions.toml");
-    let (mut server, url) = start_web(&config, &data);
+    let mut web = Web::start(&config, &data);
+    let url = web.url.clone();
     let http = reqwest::Client::new();
 
     let api = json_of(
@@ -163,7 +123,7 @@ async fn parallax_sql_prints_what_parallax_web_answers_and_the_server_stops_on_s
     assert_eq!(us_east["error_pct"], 20.0, "{latency}");
 
     // SIGTERM: it stops serving and exits 0.
-    let status = terminate(&mut server).await;
+    let status = terminate(&mut web).await;
     assert!(status.success(), "{status}");
 }
 
@@ -208,14 +168,14 @@ async fn a_stopping_web_app_finishes_delivering_its_notices() {
         ),
     )
     .unwrap();
-    let (mut server, _) = start_web(&config, &data);
+    let mut web = Web::start(&config, &data);
     let deadline = Instant::now() + Duration::from_secs(30);
     while attempts.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "the alert never fired");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The first attempt failed; its retry is due in about 200 ms.
-    let status = terminate(&mut server).await;
+    let status = terminate(&mut web).await;
     assert!(status.success(), "{status}");
     assert_eq!(
         attempts.load(Ordering::SeqCst),

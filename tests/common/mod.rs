@@ -3,12 +3,14 @@
 
 #![allow(dead_code, reason = "each test file uses part of the harness")]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub(crate) const REGIONS: [&str; 3] = ["us-east", "us-west", "eu-west"];
 pub(crate) const TOKEN: &str = "e2e-client";
+pub(crate) const ADMIN_TOKEN: &str = "e2e-admin";
 
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -43,11 +45,29 @@ impl Cluster {
 
     /// Three regions with these classes (TOML), each with its own extra flags.
     pub(crate) fn with_args(classes: &str, region_args: &[&[&str]; 3]) -> Cluster {
+        Cluster::start("", classes, region_args)
+    }
+
+    /// Three regions with these `[replication]` lines besides the harness's
+    /// own, these classes and other sections (TOML), and extra flags.
+    pub(crate) fn with_replication(
+        replication: &str,
+        classes: &str,
+        region_args: &[&str],
+    ) -> Cluster {
+        Cluster::start(
+            replication,
+            classes,
+            &[region_args, region_args, region_args],
+        )
+    }
+
+    fn start(replication: &str, classes: &str, region_args: &[&[&str]; 3]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
         let mut toml = format!(
-            "[cluster]\nclient_token = \"{TOKEN}\"\nadmin_token = \"e2e-admin\"\npeer_secret = \"e2e-peer\"\n\n\
-             [replication]\nheartbeat_interval_ms = 200\nretry_max_ms = 500\n\n\
+            "[cluster]\nclient_token = \"{TOKEN}\"\nadmin_token = \"{ADMIN_TOKEN}\"\npeer_secret = \"e2e-peer\"\n\n\
+             [replication]\nheartbeat_interval_ms = 200\nretry_max_ms = 500\n{replication}\n\
              [storage]\ncheckpoint_interval_ms = 3600000\n\n"
         );
         for (r, p) in REGIONS.iter().zip(&ports) {
@@ -118,6 +138,15 @@ impl Cluster {
         }
     }
 
+    /// Stops region `i` with SIGSTOP: its process holds its sockets and
+    /// answers nothing until the returned guard sends SIGCONT (on `thaw` or
+    /// when dropped, so a failing test leaves no region stopped).
+    pub(crate) fn freeze(&self, i: usize) -> Frozen {
+        let pid = self.children[i].as_ref().expect("region runs").id();
+        signal("-STOP", pid);
+        Frozen(Some(pid))
+    }
+
     pub(crate) fn kill9(&mut self, i: usize) {
         let mut child = self.children[i].take().unwrap();
         child.kill().unwrap();
@@ -157,6 +186,87 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+fn signal(which: &str, pid: u32) {
+    let sent = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {which} {pid} failed");
+}
+
+/// A region stopped by [`Cluster::freeze`]; SIGCONT on `thaw` or drop.
+pub(crate) struct Frozen(Option<u32>);
+
+impl Frozen {
+    /// Lets the region run again.
+    pub(crate) fn thaw(mut self) {
+        if let Some(pid) = self.0.take() {
+            signal("-CONT", pid);
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// A `parallax web` process on a free port; killed when dropped, so it
+/// stops on every path out of a test.
+pub(crate) struct Web {
+    pub(crate) child: Child,
+    /// Its base URL, without a trailing slash.
+    pub(crate) url: String,
+}
+
+impl Web {
+    /// Starts `parallax web --config config --data-dir data` on a free port
+    /// and waits (60 s at most) for it to print its URL.
+    pub(crate) fn start(config: &Path, data: &Path) -> Web {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_parallax"))
+            .args(["web", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("PARALLAX_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("parallax web: ") {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
+            }
+        });
+        let mut web = Web {
+            child,
+            url: String::new(),
+        };
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("parallax web prints its URL");
+        web.url = url.trim_end_matches('/').to_owned();
+        web
+    }
+}
+
+impl Drop for Web {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

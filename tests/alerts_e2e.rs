@@ -1,0 +1,612 @@
+//! End to end: every alert kind on real processes. Three `parallax region`
+//! processes write telemetry to their collectors' tables, `parallax web`
+//! evaluates its rules over those tables, and a webhook receiver in the test
+//! records every Alertmanager-format notice with its arrival time.
+//!
+//! Each test makes its rule's condition true for real (a corrupted entity
+//! found by `parallax audit`, a stopped region, a burst of 503s, a stalled
+//! replication source), awaits the firing notice naming the right labels,
+//! cures the condition and awaits the resolved notice. Every wait is bounded
+//! by the rule's own timing as the config sets it (collector flush, rule
+//! evaluation, `for`, the rule's window) plus [`SLACK`]; the time from cause
+//! to firing and from cure to resolved is printed (`--nocapture`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{ADMIN_TOKEN, Cluster, REGIONS, TOKEN, Web, run};
+use parallax_replicator::config::Config;
+use serde_json::{Value, json};
+
+/// Beyond the config's timings: processes sharing two cores, a DataFusion
+/// query in a debug build, one delivery.
+const SLACK: Duration = Duration::from_secs(10);
+/// `unreachable` looks at the probes of the last 30 s (web/src/alerts.rs).
+const UNREACHABLE_WINDOW: Duration = Duration::from_secs(30);
+/// `lag` looks at the worst lag of the last minute (web/src/alerts.rs).
+const LAG_WINDOW: Duration = Duration::from_secs(60);
+/// Starting the processes and the first telemetry reaching the tables.
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// Telemetry reaches the tables within 0.5 s, rules are evaluated every
+/// 0.25 s, every region probes every region every 0.5 s.
+const FAST: &str = "[collector]\nflush_interval_ms = 500\nprobe_interval_ms = 500\nprobe_timeout_ms = 250\n\n\
+                    [web]\neval_interval_ms = 250\n\n";
+
+/// The tests run one at a time: the times they print are of one cluster on
+/// the machine, not of four sharing it.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// An HTTP server on 127.0.0.1:0 that records every webhook POST (the
+/// Alertmanager version 4 payload) with its arrival time.
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<(Instant, Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One alert of a notice that arrived.
+#[derive(Clone, Debug)]
+struct Notice {
+    at: Instant,
+    status: String,
+    labels: BTreeMap<String, String>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let got: Arc<Mutex<Vec<(Instant, Value)>>> = Arc::default();
+        let record = Arc::clone(&got);
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(payload): axum::Json<Value>| {
+                let record = Arc::clone(&record);
+                async move {
+                    record.lock().unwrap().push((Instant::now(), payload));
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver { url, got, task }
+    }
+
+    /// Every alert of every notice so far, checking each is in the
+    /// Alertmanager webhook format.
+    fn notices(&self) -> Vec<Notice> {
+        let got = self.got.lock().unwrap();
+        let mut out = Vec::new();
+        for (at, payload) in got.iter() {
+            assert_eq!(
+                payload["version"], "4",
+                "not an Alertmanager v4 payload: {payload}"
+            );
+            for a in payload["alerts"].as_array().expect("alerts") {
+                assert!(
+                    a["startsAt"].is_string() && a["fingerprint"].is_string(),
+                    "{a}"
+                );
+                out.push(Notice {
+                    at: *at,
+                    status: a["status"].as_str().unwrap_or_default().to_owned(),
+                    labels: serde_json::from_value(a["labels"].clone()).expect("string labels"),
+                });
+            }
+        }
+        out
+    }
+
+    /// Waits (at most `within`) for a `status` notice that arrived after
+    /// `since` of an alert whose labels include `want`. Fails saying what it
+    /// awaited, what arrived and what the web app's rules show.
+    async fn expect(
+        &self,
+        web: &Web,
+        status: &str,
+        want: &[(&str, &str)],
+        since: Instant,
+        within: Duration,
+    ) -> Notice {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self.notices().into_iter().find(|n| {
+                n.at >= since
+                    && n.status == status
+                    && want
+                        .iter()
+                        .all(|(k, v)| n.labels.get(*k).map(String::as_str) == Some(*v))
+            });
+            if let Some(n) = found {
+                return n;
+            }
+            if Instant::now() >= deadline {
+                let arrived: Vec<String> = self
+                    .notices()
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{} {:?} at cause{:+.1}s",
+                            n.status,
+                            n.labels,
+                            n.at.duration_since(since).as_secs_f64()
+                        )
+                    })
+                    .collect();
+                let alerts = alerts_of(web).await;
+                panic!(
+                    "no {status} notice with labels {want:?} within {within:?}.\n\
+                     Notices received: {arrived:#?}\nThe web app's rules: {}\nIts alerts: {}",
+                    alerts["rules"], alerts["active"]
+                );
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The web app's alerts page as JSON.
+async fn alerts_of(web: &Web) -> Value {
+    match reqwest::get(format!("{}/api/v1/alerts", web.url)).await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(e) => json!(format!("unreachable: {e}")),
+    }
+}
+
+/// Polls `check` until it holds; fails naming `what` after `within`.
+async fn until<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(ms(50)).await;
+    }
+}
+
+/// A cluster, the web app over its tables, and the receiver its one rule
+/// notifies. Dropped in field order: the web app, the regions, the receiver.
+struct Rig {
+    web: Web,
+    cluster: Cluster,
+    hook: Receiver,
+    config: Config,
+    http: reqwest::Client,
+}
+
+impl Rig {
+    /// Three regions and `parallax web` on `sections` (classes, SLOs and one
+    /// alert rule notifying `hook`) with [`FAST`] timings.
+    async fn start(replication: &str, sections: &str, region_args: &[&str]) -> Rig {
+        let hook = Receiver::start().await;
+        let sections = format!(
+            "{FAST}{sections}\n[notifiers.hook]\nkind = \"webhook\"\nurl = \"{}\"\n",
+            hook.url
+        );
+        let cluster = Cluster::with_replication(replication, &sections, region_args);
+        for i in 0..REGIONS.len() {
+            cluster.wait_ready(i).await;
+        }
+        let config = Config::load(&cluster.config).unwrap();
+        let web = Web::start(&cluster.config, &cluster.data_dir());
+        Rig {
+            web,
+            cluster,
+            hook,
+            config,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Telemetry's way to a rule: a collector flush, then an evaluation.
+    fn pipeline(&self) -> Duration {
+        ms(self.config.collector.flush_interval_ms) + ms(self.config.web.eval_interval_ms)
+    }
+
+    fn for_of(&self, rule: &str) -> Duration {
+        ms(self.config.alerts[rule].for_ms)
+    }
+
+    /// Waits until `ready` (SQL returning one boolean) holds over the tables
+    /// and `rule`'s evaluations since (stamped to the second) span three
+    /// seconds, without error, ending with nothing pending or firing: the
+    /// cluster is healthy before the test breaks it.
+    async fn settled(&self, rule: &str, ready: &str) {
+        let (http, sql) = (&self.http, &format!("{}/api/v1/sql", self.web.url));
+        until(
+            &format!("the tables to show `{ready}`"),
+            STARTUP,
+            move || async move {
+                let Ok(answer) = http.post(sql).json(&json!({ "sql": ready })).send().await else {
+                    return false;
+                };
+                let r: Value = answer.json().await.unwrap_or(Value::Null);
+                r["rows"][0][0] == json!(true)
+            },
+        )
+        .await;
+        let deadline = Instant::now() + STARTUP;
+        let mut evaluations = Vec::new();
+        loop {
+            let alerts = alerts_of(&self.web).await;
+            let state = alerts["rules"]
+                .as_array()
+                .and_then(|rs| rs.iter().find(|r| r["name"] == rule))
+                .cloned()
+                .unwrap_or(Value::Null);
+            assert!(state["error"].is_null(), "rule {rule} fails: {state}");
+            if !state["evaluated_at"].is_null() && !evaluations.contains(&state["evaluated_at"]) {
+                evaluations.push(state["evaluated_at"].clone());
+            }
+            if evaluations.len() > 2 && state["state"] == "inactive" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rule {rule} was not evaluated as inactive within {STARTUP:?}: {alerts}"
+            );
+            tokio::time::sleep(ms(50)).await;
+        }
+    }
+}
+
+/// Prints how long a notice took to arrive after `from`.
+fn took(kind: &str, what: &str, from: Instant, notice: &Notice) {
+    println!(
+        "{kind}: {what} {:.2} s",
+        notice.at.duration_since(from).as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn divergence_fires_on_a_corrupted_critical_entity_and_resolves_after_repair() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let r = Rig::start(
+        "",
+        "[classes.accounts]\nconflict = \"lww\"\ncritical = true\n\n\
+         [alerts.divergence]\nkind = \"divergence\"\nfor_ms = 1000\nnotify = [\"hook\"]\n",
+        &["--allow-fault-injection"],
+    )
+    .await;
+    let put = r
+        .http
+        .put(format!("{}/v1/entities/accounts/acct-7", r.cluster.url(0)))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "balance": 70 }))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+    for (i, region) in REGIONS.iter().enumerate() {
+        let (http, url) = (
+            &r.http,
+            &format!("{}/v1/entities/accounts/acct-7", r.cluster.url(i)),
+        );
+        until(
+            &format!("acct-7 to reach {region}"),
+            SLACK,
+            move || async move {
+                let got = http.get(url).bearer_auth(TOKEN).send().await.unwrap();
+                got.status().is_success()
+            },
+        )
+        .await;
+    }
+    r.settled("divergence", "SELECT TRUE").await;
+    let cfg = r.cluster.config.to_str().unwrap().to_owned();
+    let audit = |extra: &[&str]| {
+        let mut args = vec!["audit", "--config", cfg.as_str(), "--lag-bound-ms", "1000"];
+        args.extend(extra);
+        run(&args, r.cluster.dir.path())
+    };
+
+    // Cause: us-west's copy changes without replicating; an audit finds it.
+    let cause = Instant::now();
+    let fault = r
+        .http
+        .post(format!("{}/v1/admin/fault", r.cluster.url(1)))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "class": "accounts", "key": "acct-7", "action": "corrupt" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        fault.status().is_success(),
+        "{}",
+        fault.text().await.unwrap()
+    );
+    let (code, out, err) = audit(&[]);
+    assert_eq!(code, 1, "the audit finds the corruption: {out}\n{err}");
+    assert!(out.contains("accounts/acct-7"), "{out}");
+    let labels = [
+        ("alertname", "divergence"),
+        ("class", "accounts"),
+        ("key", "acct-7"),
+    ];
+    let within = r.pipeline() + r.for_of("divergence") + SLACK;
+    let fired = r
+        .hook
+        .expect(&r.web, "firing", &labels, cause, within)
+        .await;
+    took("divergence", "cause -> firing", cause, &fired);
+
+    // Cure: repair, then a clean audit.
+    let cure = Instant::now();
+    let (code, out, err) = audit(&["--repair"]);
+    assert_eq!(code, 0, "--repair leaves the cluster clean: {out}\n{err}");
+    let (code, out, err) = audit(&[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("no divergence"), "{out}");
+    let resolved = r
+        .hook
+        .expect(&r.web, "resolved", &labels, cure, r.pipeline() + SLACK)
+        .await;
+    took("divergence", "cure -> resolved", cure, &resolved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_fires_while_a_region_is_stopped_and_resolves_when_it_runs_again() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let r = Rig::start(
+        "",
+        "[classes.likes]\nconflict = \"gcounter\"\n\n\
+         [alerts.unreachable]\nkind = \"unreachable\"\nfor_ms = 1000\nnotify = [\"hook\"]\n",
+        &[],
+    )
+    .await;
+    r.settled(
+        "unreachable",
+        "SELECT count(DISTINCT target) = 3 FROM probes WHERE ok",
+    )
+    .await;
+    let c = &r.config.collector;
+    let probe_round = ms(c.probe_interval_ms) + ms(c.probe_timeout_ms);
+
+    let cause = Instant::now();
+    let frozen = r.cluster.freeze(1);
+    let labels = [("alertname", "unreachable"), ("region", "us-west")];
+    let within = UNREACHABLE_WINDOW + probe_round + r.pipeline() + r.for_of("unreachable") + SLACK;
+    let fired = r
+        .hook
+        .expect(&r.web, "firing", &labels, cause, within)
+        .await;
+    took("unreachable", "cause -> firing", cause, &fired);
+
+    let cure = Instant::now();
+    frozen.thaw();
+    let within = probe_round + r.pipeline() + SLACK;
+    let resolved = r
+        .hook
+        .expect(&r.web, "resolved", &labels, cure, within)
+        .await;
+    took("unreachable", "cure -> resolved", cure, &resolved);
+}
+
+/// Connections writing `orders` through us-east (which forwards them to
+/// eu-west, the class's primary) until stopped, counting 2xx and 503 answers.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    unavailable: Arc<AtomicU64>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(r: &Rig, writers: usize, prefix: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let unavailable = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(0));
+        let writers = (0..writers)
+            .map(|_| {
+                let (http, url, prefix) = (r.http.clone(), r.cluster.url(0), prefix.to_owned());
+                let (stop, ok, unavailable, next) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&ok),
+                    Arc::clone(&unavailable),
+                    Arc::clone(&next),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("{prefix}-{}", next.fetch_add(1, Ordering::Relaxed));
+                        let answer = http
+                            .put(format!("{url}/v1/entities/orders/{key}"))
+                            .bearer_auth(TOKEN)
+                            .json(&json!({ "key": key }))
+                            .send()
+                            .await
+                            .unwrap();
+                        match answer.status().as_u16() {
+                            200..=299 => ok.fetch_add(1, Ordering::Relaxed),
+                            503 => unavailable.fetch_add(1, Ordering::Relaxed),
+                            s => panic!("{key}: HTTP {s}: {}", answer.text().await.unwrap()),
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            unavailable,
+            writers,
+        }
+    }
+
+    /// (2xx, 503) answers so far.
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.unavailable.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops the writers; (2xx, 503) answers in all.
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.writers {
+            w.await
+                .expect("a writer got an answer other than 2xx or 503");
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.unavailable.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burn_rate_pages_on_a_burst_of_503s_and_resolves_under_normal_load() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // us-east forwards every `orders` write to eu-west; with eu-west stopped
+    // it answers 503 once peer_timeout_ms has passed.
+    let r = Rig::start(
+        "peer_timeout_ms = 500",
+        "[classes.orders]\nconflict = \"lww\"\nrollout = \"active-passive\"\nprimary = \"eu-west\"\n\n\
+         [slos.availability]\nkind = \"availability\"\nobjective = 99.0\nwindow_days = 1\nregions = [\"us-east\"]\n\n\
+         [alerts.burn]\nkind = \"burn_rate\"\nslo = \"availability\"\nfor_ms = 1000\nnotify = [\"hook\"]\n",
+        &[],
+    )
+    .await;
+    // 100 orders written, seen in the tables, and the SLO healthy. The
+    // baseline is kept small: the 503s must outweigh its share of the
+    // longer page window (14.4% of it) within the first few of them.
+    let baseline = Load::start(&r, 4, "baseline");
+    until("100 orders written", SLACK, || {
+        let (ok, _) = baseline.counts();
+        async move { ok >= 100 }
+    })
+    .await;
+    assert_eq!(baseline.stop().await.1, 0, "no 503 before eu-west stops");
+    r.settled(
+        "burn",
+        "SELECT count(*) FILTER (WHERE status < 300) >= 100 FROM requests WHERE region = 'us-east'",
+    )
+    .await;
+    let peer_timeout = ms(r.config.replication.peer_timeout_ms);
+    let slo = &r.config.slos["availability"];
+    // A page resolves once neither page condition holds; each stops holding
+    // at the latest when its short window holds no 503 (the windows scale
+    // with window_days / 30).
+    let window = |name: &str| {
+        let (_, s) = parallax_web::slo::WINDOWS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("a workbook window");
+        Duration::from_secs_f64((*s as f64 * f64::from(slo.window_days) / 30.0).round())
+    };
+    let short_page_window = parallax_web::slo::ALERTS
+        .iter()
+        .filter(|a| a.3 == "page")
+        .map(|a| window(a.1))
+        .max()
+        .expect("page conditions");
+
+    // Cause: eu-west stops; 16 connections' writes get 503s from us-east.
+    let cause = Instant::now();
+    let frozen = r.cluster.freeze(2);
+    let load = Load::start(&r, 16, "order");
+    let labels = [
+        ("alertname", "burn"),
+        ("slo", "availability"),
+        ("region", "us-east"),
+        ("severity", "page"),
+    ];
+    let within = peer_timeout + r.pipeline() + r.for_of("burn") + SLACK;
+    let fired = r
+        .hook
+        .expect(&r.web, "firing", &labels, cause, within)
+        .await;
+    took("burn_rate", "cause -> firing", cause, &fired);
+    let (_, failed) = load.counts();
+    assert!(failed > 0, "us-east answered 503 while eu-west was stopped");
+
+    // Cure: eu-west runs again; the same load is answered 2xx.
+    let cure = Instant::now();
+    frozen.thaw();
+    let within = short_page_window + peer_timeout + r.pipeline() + SLACK;
+    let resolved = r
+        .hook
+        .expect(&r.web, "resolved", &labels, cure, within)
+        .await;
+    let (ok, unavailable) = load.stop().await;
+    println!(
+        "burn_rate: {failed} writes answered 503 until it fired; {unavailable} answered 503 in all, {ok} 2xx"
+    );
+    took("burn_rate", "cure -> resolved", cure, &resolved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_fires_while_a_source_region_is_stopped_and_resolves_when_it_runs_again() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let r = Rig::start(
+        "",
+        "[classes.likes]\nconflict = \"gcounter\"\n\n\
+         [alerts.lag]\nkind = \"lag\"\nthreshold_ms = 1000\nfor_ms = 1000\nnotify = [\"hook\"]\n",
+        &[],
+    )
+    .await;
+    r.settled(
+        "lag",
+        "SELECT count(DISTINCT concat(src, '>', dst)) = 6 FROM replication_lag",
+    )
+    .await;
+    let threshold = ms(r.config.alerts["lag"].threshold_ms.unwrap());
+    let heartbeat = ms(r.config.replication.heartbeat_interval_ms);
+
+    // Cause: us-east stops; the other regions see its newest heartbeat age.
+    let cause = Instant::now();
+    let frozen = r.cluster.freeze(0);
+    let within = threshold + heartbeat + r.pipeline() + r.for_of("lag") + SLACK;
+    let fired = r
+        .hook
+        .expect(
+            &r.web,
+            "firing",
+            &[("alertname", "lag"), ("src", "us-east")],
+            cause,
+            within,
+        )
+        .await;
+    took("lag", "cause -> firing", cause, &fired);
+    let dst = fired.labels["dst"].clone();
+    assert!(
+        ["us-west", "eu-west"].contains(&dst.as_str()),
+        "{:?}",
+        fired.labels
+    );
+
+    let cure = Instant::now();
+    frozen.thaw();
+    let labels = [
+        ("alertname", "lag"),
+        ("src", "us-east"),
+        ("dst", dst.as_str()),
+    ];
+    let within = LAG_WINDOW + heartbeat + r.pipeline() + SLACK;
+    let resolved = r
+        .hook
+        .expect(&r.web, "resolved", &labels, cure, within)
+        .await;
+    took("lag", "cure -> resolved", cure, &resolved);
+}
