@@ -4,13 +4,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::run;
+use common::{Server, run, start_web};
 use parallax_collector::{Collector, CollectorOptions};
 use parallax_replicator::clock::ManualClock;
 use parallax_replicator::config::CollectorConfig;
@@ -50,36 +49,6 @@ fn fill(data: &Path) {
     c.flush().unwrap();
 }
 
-/// Starts `parallax web` on a free port; returns it and its URL.
-fn start_web(config: &Path, data: &Path) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parallax"))
-        .args(["web", "--config", config.to_str().unwrap()])
-        .args([
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("parallax web: ") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("parallax web prints its URL");
-    (server, url.trim_end_matches('/').to_owned())
-}
-
 /// Sends SIGTERM and waits (15 s at most) for the exit status.
 async fn terminate(server: &mut Server) -> std::process::ExitStatus {
     let sent = Command::new("kill")
@@ -100,16 +69,6 @@ async fn terminate(server: &mut Server) -> std::process::ExitStatus {
 /// The JSON a request answers.
 async fn json_of(request: reqwest::RequestBuilder) -> Value {
     request.send().await.unwrap().json().await.unwrap()
-}
-
-/// Stops the server on every path out of the test.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
