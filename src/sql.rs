@@ -46,7 +46,7 @@ pub(crate) async fn run(a: SqlArgs) -> Result<ExitCode> {
         },
     )
     .await?;
-    let result = match engine.query(&a.sql).await {
+    let result = match engine.user_query(&a.sql).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error ({}): {e}", e.code());

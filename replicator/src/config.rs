@@ -1086,6 +1086,15 @@ conflict = "gcounter"
     }
 
     #[test]
+    fn no_room_for_user_sql_queries_is_refused_with_the_fix() {
+        let c = Config::from_toml(MINIMAL, "p.toml").unwrap();
+        assert_eq!(c.web.sql_max_concurrent, 4);
+        let text = format!("{MINIMAL}\n[web]\nsql_max_concurrent = 0\n");
+        let err = Config::from_toml(&text, "p.toml").unwrap_err().to_string();
+        assert!(err.contains("web.sql_") && err.contains("Fix:"), "{err}");
+    }
+
+    #[test]
     fn field_rules_need_merge_policy() {
         let text = format!("{MINIMAL}fields = {{ a = \"max\" }}\n");
         let err = Config::from_toml(&text, "p.toml").unwrap_err().to_string();

@@ -35,6 +35,10 @@ pub struct WebConfig {
     /// Rows one SQL query returns at most.
     #[serde(default = "default_sql_max_rows")]
     pub sql_max_rows: usize,
+    /// User SQL queries (console, `POST /api/v1/sql`) running at once at
+    /// most; one more waits a second for a slot, then is answered 503.
+    #[serde(default = "default_sql_max_concurrent")]
+    pub sql_max_concurrent: usize,
 }
 
 impl Default for WebConfig {
@@ -47,6 +51,7 @@ impl Default for WebConfig {
             sql_memory_mb: default_sql_memory_mb(),
             sql_timeout_ms: default_sql_timeout_ms(),
             sql_max_rows: default_sql_max_rows(),
+            sql_max_concurrent: default_sql_max_concurrent(),
         }
     }
 }
@@ -68,6 +73,9 @@ fn default_sql_timeout_ms() -> u64 {
 }
 fn default_sql_max_rows() -> usize {
     100_000
+}
+fn default_sql_max_concurrent() -> usize {
+    4
 }
 
 /// What an SLO measures.
@@ -228,7 +236,11 @@ pub fn validate(
             "is under 100. Fix: e.g. 15000",
         );
     }
-    if web.sql_memory_mb == 0 || web.sql_timeout_ms == 0 || web.sql_max_rows == 0 {
+    if web.sql_memory_mb == 0
+        || web.sql_timeout_ms == 0
+        || web.sql_max_rows == 0
+        || web.sql_max_concurrent == 0
+    {
         return fail(
             "web.sql_*".into(),
             "a SQL limit is 0. Fix: remove it for the default or give a positive value",

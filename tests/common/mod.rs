@@ -293,3 +293,43 @@ pub(crate) fn missing_tool(what: &str) {
     }
     eprintln!("SKIPPED: {what}");
 }
+
+/// A `parallax web` process, killed on every path out of the test.
+pub(crate) struct Server(pub(crate) Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `parallax web` on a free port; returns it and its URL.
+pub(crate) fn start_web(config: &Path, data: &Path) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parallax"))
+        .args(["web", "--config", config.to_str().unwrap()])
+        .args([
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("parallax web: ") {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("parallax web prints its URL");
+    (server, url.trim_end_matches('/').to_owned())
+}

@@ -14,9 +14,11 @@ pub mod dash;
 pub mod filters;
 pub mod notify;
 pub mod pages;
+mod pool;
 mod quantile;
 pub mod slo;
 pub mod sql;
+mod stop;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,12 +26,14 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use parallax_replicator::clock::Clock;
 use parallax_replicator::config::Config;
 use serde::Deserialize;
@@ -61,6 +65,7 @@ pub fn sql_limits(config: &Config) -> SqlLimits {
         memory_bytes: config.web.sql_memory_mb << 20,
         timeout: Duration::from_millis(config.web.sql_timeout_ms),
         max_rows: config.web.sql_max_rows,
+        max_concurrent: config.web.sql_max_concurrent,
         ..SqlLimits::default()
     }
 }
@@ -176,12 +181,69 @@ pub fn router(app: App) -> Router {
         )
         .route("/static/app.js", get(app_js))
         .route("/healthz", get(|| async { "ok" }))
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            limit_body,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(120),
         ))
         .with_state(app)
+}
+
+/// The largest request body the app takes.
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// How much of a too-large body is read (and dropped) before the 413.
+const MAX_DRAIN_BYTES: usize = 64 << 20;
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`] before the route
+/// sees it; a larger one is answered 413 naming the limit and the fix.
+/// The rest of a too-large body is read and dropped first (up to
+/// [`MAX_DRAIN_BYTES`]): a server that answers before the client has sent
+/// everything closes a socket with unread bytes in it, which the kernel
+/// turns into a reset, and the client sees the reset instead of the 413.
+async fn limit_body(State(app): State<App>, req: Request, next: Next) -> Response {
+    let too_large = || {
+        error(
+            413,
+            "payload_too_large",
+            &format!(
+                "the request body is over the {} MiB limit. Fix: send a smaller body; a SQL query \
+                 may be at most {} KiB, sent as {{\"sql\": \"SELECT ...\"}}",
+                MAX_BODY_BYTES >> 20,
+                app.sql().limits().max_sql_bytes >> 10
+            ),
+        )
+    };
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_DRAIN_BYTES) {
+        return too_large();
+    }
+    let mut chunks = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut read = 0;
+    while let Some(chunk) = chunks.next().await {
+        let Ok(chunk) = chunk else {
+            return error(400, "bad_request", "the request body could not be read");
+        };
+        read += chunk.len();
+        if read <= MAX_BODY_BYTES {
+            kept.extend_from_slice(&chunk);
+        } else if read > MAX_DRAIN_BYTES {
+            return too_large();
+        }
+    }
+    if read > MAX_BODY_BYTES {
+        return too_large();
+    }
+    next.run(Request::from_parts(parts, Body::from(kept))).await
 }
 
 /// A JSON error answer.
@@ -816,7 +878,15 @@ struct SqlRequest {
 
 async fn sql_api(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
     let Ok(body) = body else {
-        return error(413, "payload_too_large", "the request body is over 1 MiB");
+        return error(
+            413,
+            "payload_too_large",
+            &format!(
+                "the request body is over the {} MiB limit. Fix: send at most {} KiB of SQL",
+                MAX_BODY_BYTES >> 20,
+                app.sql().limits().max_sql_bytes >> 10
+            ),
+        );
     };
     let req: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -838,7 +908,7 @@ async fn sql_api(State(app): State<App>, body: Result<Bytes, BytesRejection>) ->
             &format!("format `{format}` is not one of json, csv, arrow"),
         );
     }
-    let result = match app.sql().query(&req.sql).await {
+    let result = match app.sql().user_query(&req.sql).await {
         Ok(r) => r,
         Err(e) => return sql_error(&e),
     };
@@ -927,7 +997,7 @@ async fn sql_page(app: App, text: Option<String>) -> Response {
     };
     let mut status = StatusCode::OK;
     if let Some(q) = text.filter(|t| !t.trim().is_empty()) {
-        match app.sql().query(&q).await {
+        match app.sql().user_query(&q).await {
             Ok(r) => {
                 console.result = Some(SqlTable {
                     meta: format!(

@@ -8,7 +8,18 @@
 //! `range` are table functions). A memory pool bounds each query (no spill
 //! to disk), and a time limit and a row limit apply; a query that breaks
 //! one fails alone.
+//!
+//! Two ways in: [`SqlEngine::query`] for the app's own queries (dashboards,
+//! alert rules), run on the caller's runtime and sharing one memory pool;
+//! [`SqlEngine::user_query`] for SQL a user typed, run on a pool of
+//! low-priority threads of its own with a memory pool per query and a
+//! bound on how many run at once (see `pool`), so no user query can starve
+//! the pages or the alerts. Either way every operator of the plan checks
+//! the query's [`Stop`](crate::stop) before each batch, so a query past its
+//! time limit (or one whose client went away) stops burning CPU within a
+//! batch, whether or not anyone is still reading its rows.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,10 +30,14 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
 use futures::StreamExt;
 use serde_json::Value;
+
+use crate::pool::{Pool, QUEUE_WAIT};
+use crate::stop::{self, Stop};
 
 /// Limits of one query.
 #[derive(Clone, Debug)]
@@ -35,6 +50,8 @@ pub struct SqlLimits {
     pub max_rows: usize,
     /// Longest SQL text accepted (bytes).
     pub max_sql_bytes: usize,
+    /// User queries ([`SqlEngine::user_query`]) running at once at most.
+    pub max_concurrent: usize,
 }
 
 impl Default for SqlLimits {
@@ -44,6 +61,7 @@ impl Default for SqlLimits {
             timeout: Duration::from_secs(30),
             max_rows: 100_000,
             max_sql_bytes: 64 << 10,
+            max_concurrent: 4,
         }
     }
 }
@@ -64,9 +82,20 @@ pub enum SqlError {
     Memory(usize),
     /// The query ran longer than the limit.
     #[error(
-        "the query ran longer than the {0} s time limit and was stopped. Fix: filter on ts, region, date or hour to read fewer files"
+        "the query ran longer than the {0} s time limit and was stopped. Fix: filter on ts, region, date or hour to read fewer rows, give every join an ON condition, or raise web.sql_timeout_ms"
     )]
     Timeout(u64),
+    /// The SQL text is longer than the limit (its length, the limit).
+    #[error(
+        "the query is {0} bytes, over the {1}-byte limit. Fix: shorten it (select fewer columns by name, move long IN lists into a filter on a partition column)"
+    )]
+    TooLarge(usize, usize),
+    /// As many user queries as the bound allows were running (the bound).
+    #[error(
+        "{0} SQL queries were running already, the most web.sql_max_concurrent allows, and none finished within {wait} s. Fix: retry in a few seconds (a query runs at most web.sql_timeout_ms), or raise web.sql_max_concurrent",
+        wait = QUEUE_WAIT.as_secs()
+    )]
+    Busy(usize),
     /// Something else failed while running it.
     #[error("the query failed: {0}")]
     Failed(String),
@@ -80,6 +109,8 @@ impl SqlError {
             SqlError::Invalid(_) => 400,
             SqlError::Memory(_) => 422,
             SqlError::Timeout(_) => 408,
+            SqlError::TooLarge(..) => 413,
+            SqlError::Busy(_) => 503,
             SqlError::Failed(_) => 500,
         }
     }
@@ -91,6 +122,8 @@ impl SqlError {
             SqlError::Invalid(_) => "invalid_query",
             SqlError::Memory(_) => "memory_limit",
             SqlError::Timeout(_) => "time_limit",
+            SqlError::TooLarge(..) => "too_large",
+            SqlError::Busy(_) => "busy",
             SqlError::Failed(_) => "query_failed",
         }
     }
@@ -244,6 +277,7 @@ pub struct SqlEngine {
     ctx: SessionContext,
     limits: SqlLimits,
     root: PathBuf,
+    users: Arc<Pool>,
 }
 
 impl std::fmt::Debug for SqlEngine {
@@ -255,6 +289,9 @@ impl std::fmt::Debug for SqlEngine {
 }
 
 fn classify(e: DataFusionError, limits: &SqlLimits) -> SqlError {
+    if stop::is_stopped(&e) {
+        return SqlError::Timeout(limits.timeout.as_secs());
+    }
     let text = e.to_string();
     let root = e.find_root();
     if matches!(root, DataFusionError::ResourcesExhausted(_))
@@ -335,7 +372,13 @@ impl SqlEngine {
                 .map_err(|e| SqlError::Failed(format!("cannot register table {table}: {e}")))?;
         }
         register_divergence_view(&ctx).await?;
-        Ok(SqlEngine { ctx, limits, root })
+        let users = Arc::new(Pool::new(limits.max_concurrent)?);
+        Ok(SqlEngine {
+            ctx,
+            limits,
+            root,
+            users,
+        })
     }
 
     /// The limits in force.
@@ -343,60 +386,16 @@ impl SqlEngine {
         &self.limits
     }
 
-    /// Runs one read-only query.
+    /// Runs one of the app's own read-only queries (a dashboard's, an alert
+    /// rule's) on the caller's runtime.
     pub async fn query(&self, sql: &str) -> Result<QueryResult, SqlError> {
         let started = Instant::now();
-        if sql.trim().is_empty() {
-            return Err(SqlError::Invalid(
-                "the query is empty. Fix: send e.g. SELECT count(*) FROM requests".into(),
-            ));
-        }
-        if sql.len() > self.limits.max_sql_bytes {
-            return Err(SqlError::Invalid(format!(
-                "the query is {} bytes, over the {}-byte limit",
-                sql.len(),
-                self.limits.max_sql_bytes
-            )));
-        }
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let run = async {
-            let df = self
-                .ctx
-                .sql_with_options(sql, options)
-                .await
-                .map_err(|e| classify(e, &self.limits))?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let mut stream = df
-                .execute_stream()
-                .await
-                .map_err(|e| classify(e, &self.limits))?;
-            let mut batches = Vec::new();
-            let mut rows = 0;
-            let mut truncated = false;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| classify(e, &self.limits))?;
-                let room = self.limits.max_rows - rows;
-                if batch.num_rows() > room {
-                    batches.push(batch.slice(0, room));
-                    truncated = true;
-                    break;
-                }
-                rows += batch.num_rows();
-                batches.push(batch);
-                if rows == self.limits.max_rows {
-                    truncated = stream.next().await.is_some();
-                    break;
-                }
-            }
-            Ok::<_, SqlError>((schema, batches, truncated))
-        };
-        let (schema, batches, truncated) =
-            tokio::time::timeout(self.limits.timeout, run)
-                .await
-                .map_err(|_| SqlError::Timeout(self.limits.timeout.as_secs()))??;
+        check_text(sql, &self.limits)?;
+        let stop = Stop::after(self.limits.timeout);
+        let answer = run(&self.ctx, sql, &self.limits, &stop, None);
+        let (schema, batches, truncated) = tokio::time::timeout(self.limits.timeout, answer)
+            .await
+            .map_err(|_| SqlError::Timeout(self.limits.timeout.as_secs()))??;
         Ok(QueryResult {
             schema,
             batches,
@@ -404,6 +403,111 @@ impl SqlEngine {
             elapsed: started.elapsed(),
         })
     }
+
+    /// Runs one read-only query a user typed, on the user-query pool with
+    /// a memory pool of its own. The time limit covers planning as well as
+    /// running. Dropping the returned future (the client went away) stops
+    /// the query; so does its time limit, whether or not it is awaited.
+    pub async fn user_query(&self, sql: &str) -> Result<QueryResult, SqlError> {
+        let started = Instant::now();
+        check_text(sql, &self.limits)?;
+        let slot = self.users.admit().await?;
+        let stop = Stop::after(self.limits.timeout);
+        let (ctx, limits, sql) = (self.ctx.clone(), self.limits.clone(), sql.to_owned());
+        let memory = self.memory_of_one_query();
+        let inside = Arc::clone(&stop);
+        let running = self.users.spawn(stop, async move {
+            let answer = run(&ctx, &sql, &limits, &inside, Some(memory)).await;
+            drop(slot);
+            answer
+        });
+        let (schema, batches, truncated) = tokio::time::timeout(self.limits.timeout, running)
+            .await
+            .map_err(|_| SqlError::Timeout(self.limits.timeout.as_secs()))???;
+        Ok(QueryResult {
+            schema,
+            batches,
+            truncated,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// The engine's runtime with a memory pool of `memory_bytes` for one
+    /// query alone: a user query that fills its pool fails by itself and
+    /// leaves the dashboards' pool alone.
+    fn memory_of_one_query(&self) -> Arc<RuntimeEnv> {
+        let base = self.ctx.runtime_env();
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(self.limits.memory_bytes),
+            NonZeroUsize::new(5).expect("5 is not 0"),
+        );
+        Arc::new(RuntimeEnv {
+            memory_pool: Arc::new(pool),
+            ..RuntimeEnv::clone(&base)
+        })
+    }
+}
+
+/// Refuses an empty query and one over the length limit.
+fn check_text(sql: &str, limits: &SqlLimits) -> Result<(), SqlError> {
+    if sql.trim().is_empty() {
+        return Err(SqlError::Invalid(
+            "the query is empty. Fix: send e.g. SELECT count(*) FROM requests".into(),
+        ));
+    }
+    if sql.len() > limits.max_sql_bytes {
+        return Err(SqlError::TooLarge(sql.len(), limits.max_sql_bytes));
+    }
+    Ok(())
+}
+
+/// A query's columns, its batches (at most `max_rows` rows) and whether
+/// rows were cut off.
+type Rows = (SchemaRef, Vec<RecordBatch>, bool);
+
+/// Plans and runs `sql`, every operator checking `stop`; `memory` replaces
+/// the engine's memory pool for this query.
+async fn run(
+    ctx: &SessionContext,
+    sql: &str,
+    limits: &SqlLimits,
+    stop: &Arc<Stop>,
+    memory: Option<Arc<RuntimeEnv>>,
+) -> Result<Rows, SqlError> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let fail = |e| classify(e, limits);
+    let df = ctx.sql_with_options(sql, options).await.map_err(fail)?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let plan = df.create_physical_plan().await.map_err(fail)?;
+    let plan = stop::guard(plan, stop).map_err(fail)?;
+    let mut task = df.task_ctx();
+    if let Some(memory) = memory {
+        task = task.with_runtime(memory);
+    }
+    let mut stream =
+        datafusion::physical_plan::execute_stream(plan, Arc::new(task)).map_err(fail)?;
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    let mut truncated = false;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(fail)?;
+        let room = limits.max_rows - rows;
+        if batch.num_rows() > room {
+            batches.push(batch.slice(0, room));
+            truncated = true;
+            break;
+        }
+        rows += batch.num_rows();
+        batches.push(batch);
+        if rows == limits.max_rows {
+            truncated = stream.next().await.is_some();
+            break;
+        }
+    }
+    Ok((schema, batches, truncated))
 }
 
 /// Where `divergence` rows are read from before [`register_divergence_view`]

@@ -413,3 +413,114 @@ async fn an_hour_before_ten_is_found_by_equality_on_every_partition() {
         .unwrap();
     assert_eq!(r.json_rows(), vec![vec![json!(6)]], "{scan}");
 }
+
+/// Every operator of a plan is checked for its stop; the check changes no
+/// answer: a recursive query (its work table must reach the operator
+/// inside the check), a hash join, and `EXPLAIN ANALYZE` (which shows the
+/// operators, not the checks), asked by the app and by a user alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stoppable_plans_answer_as_plain_ones() {
+    let (_d, e) = engine(SqlLimits::default()).await;
+    for user in [false, true] {
+        let ask = async |sql: &str| {
+            let r = if user {
+                e.user_query(sql).await
+            } else {
+                e.query(sql).await
+            };
+            r.unwrap_or_else(|err| panic!("{sql}: {err}")).json_rows()
+        };
+        let sum = ask(
+            "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 10) \
+             SELECT sum(n) FROM t",
+        )
+        .await;
+        assert_eq!(sum, vec![vec![json!(55)]]);
+        let joined = ask("SELECT count(*) FROM requests a JOIN requests b \
+             ON a.ts = b.ts AND a.region = b.region")
+        .await;
+        assert_eq!(joined, vec![vec![json!(200)]]);
+        let q = "SELECT count(*) FROM requests WHERE status >= 500";
+        let planned = ask(&format!("EXPLAIN {q}")).await;
+        let planned = planned.iter().find(|r| r[0] == "physical_plan").unwrap()[1]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let analyzed = ask(&format!("EXPLAIN ANALYZE {q}")).await[0][1]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            analyzed.lines().count(),
+            planned.lines().count(),
+            "one line per operator:\n{analyzed}\nplanned:\n{planned}"
+        );
+        assert!(
+            analyzed.contains("output_rows=20"),
+            "the scan's metrics: {analyzed}"
+        );
+    }
+}
+
+/// A user query runs on threads of its own: its time limit holds even when
+/// the caller's runtime has one thread, and the rows of a cross join that
+/// would take hours never get a chance to block it.
+#[tokio::test]
+async fn a_user_query_stops_at_its_limit_whatever_the_callers_runtime() {
+    let (_d, e) = engine(SqlLimits {
+        timeout: Duration::from_secs(1),
+        ..SqlLimits::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let err = e
+        .user_query(
+            "SELECT sum(a.value + b.value) FROM generate_series(1, 1000000) a, \
+             generate_series(1, 1000000) b",
+        )
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, SqlError::Timeout(1)), "{err:?}");
+    assert_eq!((err.status(), err.code()), (408, "time_limit"));
+    assert!(
+        took < Duration::from_millis(1_500),
+        "refused after {took:?}"
+    );
+    // Still serving (its slot was given back).
+    let r = e.user_query("SELECT count(*) FROM requests").await.unwrap();
+    assert_eq!(r.json_rows(), vec![vec![json!(200)]]);
+}
+
+/// Past the concurrency bound a user query waits a moment for a slot, then
+/// is told the bound and the fix; SQL text over its limit is a 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_query_over_the_bound_is_told_so() {
+    let (_d, e) = engine(SqlLimits {
+        timeout: Duration::from_secs(30),
+        max_concurrent: 1,
+        ..SqlLimits::default()
+    })
+    .await;
+    let runaway = {
+        let e = e.clone();
+        tokio::spawn(async move {
+            e.user_query("SELECT sum(value) FROM generate_series(1, 100000000000)")
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let err = e.user_query("SELECT 1").await.unwrap_err();
+    assert!(matches!(err, SqlError::Busy(1)), "{err:?}");
+    assert_eq!((err.status(), err.code()), (503, "busy"));
+    assert!(err.to_string().contains("Fix:"), "{err}");
+    // Dropping the waiting caller stops the query and frees the slot.
+    runaway.abort();
+    let r = e.user_query("SELECT 1 AS one").await.unwrap();
+    assert_eq!(r.json_rows(), vec![vec![json!(1)]]);
+
+    let long = format!("SELECT 1 -- {}", "x".repeat(70_000));
+    let err = e.user_query(&long).await.unwrap_err();
+    assert_eq!((err.status(), err.code()), (413, "too_large"));
+    assert!(err.to_string().contains("65536-byte limit"), "{err}");
+}

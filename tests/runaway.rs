@@ -1,0 +1,385 @@
+//! End to end: one SQL query must not silence `parallax web`.
+//!
+//! Runaway queries (a three-way cross join, a `generate_series` of 10^11
+//! rows, a top 5 of a three-way cross join, an endless recursive query)
+//! sent to `POST /api/v1/sql` leave the pages, their JSON twins and the
+//! alert evaluator answering within a second while they run; each is
+//! refused at its time limit (±2 s), and the server's CPU is back to idle
+//! right after. A client that gives up mid-query stops its query the same
+//! way, a query over the concurrency bound is told so, and a 5 MB body
+//! gets a 413 naming the limit.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Server, start_web};
+use parallax_collector::{Collector, CollectorOptions};
+use parallax_replicator::clock::{Clock, ManualClock, SystemClock};
+use parallax_replicator::config::CollectorConfig;
+use parallax_replicator::telemetry::{Event, ReplicationEvent, RequestEvent};
+use serde_json::{Value, json};
+
+/// One test at a time: each measures its server's CPU and latency, which
+/// another test's runaway query would disturb.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Requests (and replication samples) the collector writes: 5,000³ rows
+/// make a three-way cross join that runs for hours.
+const ROWS: u64 = 5_000;
+
+/// The time limit of the runaway test's server.
+const LIMIT: Duration = Duration::from_secs(5);
+
+/// Queries that would run for hours.
+const RUNAWAYS: [&str; 4] = [
+    "SELECT sum(a.latency_us + b.latency_us + c.latency_us) FROM requests a, requests b, requests c",
+    "SELECT sum(value) FROM generate_series(1, 100000000000)",
+    "SELECT a.latency_us * b.latency_us - c.latency_us AS v FROM requests a, requests b, requests c \
+     ORDER BY v DESC LIMIT 5",
+    "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t",
+];
+
+/// [`ROWS`] requests and replication samples in us-east over the last ten
+/// minutes, written by the collector, so the pages' default hour reads them.
+fn fill(data: &Path) {
+    let now_us = SystemClock.now_us();
+    let c = Collector::new(
+        CollectorOptions {
+            root: data.join("tables"),
+            region: "us-east".into(),
+            config: CollectorConfig::default(),
+            probe_urls: BTreeMap::new(),
+            tokens: vec![],
+            clock: Arc::new(ManualClock::new(now_us / 1_000)),
+        },
+        None,
+    )
+    .unwrap();
+    let span_us = 600_000_000;
+    for n in 0..ROWS {
+        let ts_us = now_us - span_us + n * (span_us / ROWS);
+        c.ingest(Event::Request(RequestEvent {
+            ts_us,
+            region: "us-east".into(),
+            op: "get".into(),
+            class: "likes".into(),
+            status: if n % 50 == 0 { 503 } else { 200 },
+            latency_us: 1_000 + n % 997,
+            consistency: "local".into(),
+            served_by: "us-east".into(),
+            client_geo: String::new(),
+        }));
+        c.ingest(Event::Replication(ReplicationEvent {
+            ts_us,
+            src: "us-west".into(),
+            dst: "us-east".into(),
+            lag_ms: n % 300,
+            backlog_ops: 0,
+            backlog_bytes: 0,
+            applied_ops: 1,
+            batches: 1,
+            heartbeats: 0,
+        }));
+    }
+    c.flush().unwrap();
+}
+
+/// Two regions (nobody listening: the overview finds them unreachable at
+/// once), two alert rules over the tables evaluated every 250 ms, and
+/// these `[web]` SQL settings.
+fn config(dir: &Path, sql_timeout: Duration, max_concurrent: usize) -> PathBuf {
+    let path = dir.join("parallax.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[cluster]\nclient_token = \"c\"\nadmin_token = \"a\"\npeer_secret = \"p\"\n\n\
+             [regions.us-east]\nlisten = \"127.0.0.1:{}\"\nlocation = {{ lat = 39.0, lon = -77.5 }}\n\n\
+             [regions.us-west]\nlisten = \"127.0.0.1:{}\"\nlocation = {{ lat = 45.6, lon = -121.2 }}\n\n\
+             [classes.likes]\nconflict = \"gcounter\"\n\n\
+             [web]\neval_interval_ms = 250\nsql_timeout_ms = {}\nsql_max_concurrent = {max_concurrent}\n\n\
+             [alerts.lag_high]\nkind = \"lag\"\nthreshold_ms = 250\n\n\
+             [alerts.errors]\nkind = \"sql\"\n\
+             sql = \"SELECT region, count(*) AS value FROM requests WHERE status >= 500 GROUP BY region\"\n",
+            common::free_port(),
+            common::free_port(),
+            sql_timeout.as_millis()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A data directory with the collector's files and `parallax web` over it.
+fn serve(sql_timeout: Duration, max_concurrent: usize) -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fill(&data);
+    let (server, url) = start_web(&config(dir.path(), sql_timeout, max_concurrent), &data);
+    (dir, server, url)
+}
+
+/// CPU time the process has used (utime + stime of /proc/<pid>/stat), in
+/// seconds (the kernel counts it in ticks of USER_HZ = 100 a second).
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks = |field: usize| fields[field - 3].parse::<u64>().unwrap();
+    (ticks(14) + ticks(15)) as f64 / 100.0
+}
+
+/// Cores the process keeps busy over `window`.
+async fn cores_busy(pid: u32, window: Duration) -> f64 {
+    let before = cpu_s(pid);
+    tokio::time::sleep(window).await;
+    (cpu_s(pid) - before) / window.as_secs_f64()
+}
+
+/// What [`watch`] saw while a query ran.
+#[derive(Debug, Default)]
+struct Watched {
+    /// Requests made.
+    requests: usize,
+    /// The slowest answer and its path.
+    worst: (Duration, String),
+    /// The longest time the oldest rule's `evaluated_at` stood still.
+    alerts_still: Duration,
+}
+
+/// Asks `/`, `/api/v1/overview` and `/api/v1/alerts` in turn, one every
+/// 200 ms, until `done`; every answer must be a 200.
+async fn watch(http: reqwest::Client, url: String, done: Arc<AtomicBool>) -> Watched {
+    let mut seen = Watched::default();
+    let mut evaluated = String::new();
+    let mut moved = Instant::now();
+    for path in ["/", "/api/v1/overview", "/api/v1/alerts"].iter().cycle() {
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
+        let asked = Instant::now();
+        let answer = http
+            .get(format!("{url}{path}"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(answer.status(), 200, "{path}");
+        let body = answer.bytes().await.unwrap();
+        let took = asked.elapsed();
+        seen.requests += 1;
+        if took > seen.worst.0 {
+            seen.worst = (took, (*path).to_owned());
+        }
+        if *path == "/api/v1/alerts" {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            // RFC 3339 to the second: the oldest sorts first.
+            let oldest = v["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["evaluated_at"].as_str().unwrap_or("").to_owned())
+                .min()
+                .unwrap();
+            if oldest != evaluated {
+                evaluated = oldest;
+                moved = Instant::now();
+            }
+            seen.alerts_still = seen.alerts_still.max(moved.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    seen
+}
+
+/// Pages once, so the figures below are of a warm server, and returns the
+/// cores it keeps busy at rest (alert evaluation every 250 ms).
+async fn warm_up(http: &reqwest::Client, url: &str, pid: u32) -> f64 {
+    for path in ["/", "/api/v1/overview", "/api/v1/alerts"] {
+        let r = http.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    cores_busy(pid, Duration::from_secs(2)).await
+}
+
+async fn post_sql(http: &reqwest::Client, url: &str, sql: &str) -> (u16, Value) {
+    let r = http
+        .post(format!("{url}/api/v1/sql"))
+        .json(&json!({ "sql": sql }))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_queries_stop_at_their_time_limit_and_pages_and_alerts_keep_answering() {
+    let _serial = SERIAL.lock().await;
+    let (_dir, server, url) = serve(LIMIT, 4);
+    let pid = server.0.id();
+    let http = reqwest::Client::new();
+    let at_rest = warm_up(&http, &url, pid).await;
+    eprintln!("at rest (alerts evaluated every 250 ms): {at_rest:.2} cores");
+    for sql in RUNAWAYS {
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(watch(http.clone(), url.clone(), Arc::clone(&done)));
+        let cpu_before = cpu_s(pid);
+        let sent = Instant::now();
+        let (status, body) = post_sql(&http, &url, sql).await;
+        let took = sent.elapsed();
+        let busy = (cpu_s(pid) - cpu_before) / took.as_secs_f64();
+        done.store(true, Ordering::SeqCst);
+        let seen = watcher.await.unwrap();
+
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (408, Some("time_limit")),
+            "{sql}: {body}"
+        );
+        assert!(
+            took.abs_diff(LIMIT) <= Duration::from_secs(2),
+            "{sql}: refused after {took:?}, the limit is {LIMIT:?}"
+        );
+        assert!(
+            busy > 0.3,
+            "{sql}: the query kept only {busy:.2} cores busy: did it run?"
+        );
+        assert!(
+            seen.requests >= 10,
+            "{sql}: only {} page requests",
+            seen.requests
+        );
+        assert!(
+            seen.worst.0 < Duration::from_secs(1),
+            "{sql}: {} took {:?} while the query ran",
+            seen.worst.1,
+            seen.worst.0
+        );
+        assert!(
+            seen.alerts_still < Duration::from_millis(2_500),
+            "{sql}: the alert rules were not evaluated for {:?}",
+            seen.alerts_still
+        );
+        // The query's operators stopped with it: the CPU is back to rest.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = cores_busy(pid, Duration::from_secs(2)).await;
+        eprintln!(
+            "{sql}\n  refused after {took:.2?} ({busy:.2} cores busy); {} page requests, \
+             slowest {:?} ({}); alerts still at most {:?}; 1-3 s after: {after:.2} cores",
+            seen.requests, seen.worst.0, seen.worst.1, seen.alerts_still
+        );
+        assert!(
+            after < 0.2,
+            "{sql}: {after:.2} cores busy 1-3 s after the query was refused"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_whose_client_went_away_stops_and_frees_its_slot() {
+    let _serial = SERIAL.lock().await;
+    // A time limit far away, and room for one user query.
+    let (_dir, server, url) = serve(Duration::from_secs(120), 1);
+    let pid = server.0.id();
+    let http = reqwest::Client::new();
+    let at_rest = warm_up(&http, &url, pid).await;
+    eprintln!("at rest (alerts evaluated every 250 ms): {at_rest:.2} cores");
+
+    let gives_up = Duration::from_secs(3);
+    let client = http.clone();
+    let sent = url.clone();
+    let runaway = tokio::spawn(async move {
+        client
+            .post(format!("{sent}/api/v1/sql"))
+            .json(&json!({ "sql": RUNAWAYS[0] }))
+            .timeout(gives_up)
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = cores_busy(pid, Duration::from_secs(1)).await;
+    assert!(
+        running > 0.3,
+        "the query keeps only {running:.2} cores busy: did it run?"
+    );
+
+    // Over the bound: told so after waiting a moment.
+    let asked = Instant::now();
+    let (status, body) = post_sql(&http, &url, "SELECT 1").await;
+    let waited = asked.elapsed();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("busy")),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("web.sql_max_concurrent") && detail.contains("Fix:"),
+        "{detail}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(2),
+        "answered busy after {waited:?}"
+    );
+
+    let gone = runaway.await.unwrap().unwrap_err();
+    assert!(gone.is_timeout(), "{gone}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = cores_busy(pid, Duration::from_secs(2)).await;
+    eprintln!("running: {running:.2} cores; 1-3 s after the client left: {after:.2} cores");
+    assert!(
+        after < 0.2,
+        "{after:.2} cores busy 1-3 s after the client went away"
+    );
+    // Its slot is free again.
+    let (status, body) = post_sql(&http, &url, "SELECT 1 AS one").await;
+    assert_eq!((status, &body["rows"]), (200, &json!([[1]])), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_megabyte_sql_body_gets_a_413_naming_the_limit() {
+    let _serial = SERIAL.lock().await;
+    let (_dir, _server, url) = serve(LIMIT, 4);
+    let http = reqwest::Client::new();
+    let (status, body) =
+        post_sql(&http, &url, &format!("SELECT 1 -- {}", "x".repeat(5 << 20))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("1 MiB") && detail.contains("Fix:"),
+        "{detail}"
+    );
+
+    // Under the body limit but over the SQL text limit: 413 too.
+    let (status, body) = post_sql(
+        &http,
+        &url,
+        &format!("SELECT 1 -- {}", "x".repeat(100 << 10)),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("too_large")),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("65536-byte limit") && detail.contains("Fix:"),
+        "{detail}"
+    );
+
+    // The connection was left in order: the next query is answered.
+    let (status, body) = post_sql(&http, &url, "SELECT 1 AS one").await;
+    assert_eq!((status, &body["rows"]), (200, &json!([[1]])), "{body}");
+}
