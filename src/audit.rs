@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use parallax_auditor::{AuditOptions, AuditReport, HttpRegion, Target};
+use parallax_auditor::{AuditOptions, AuditReport, Target};
+use parallax_replicator::RegionClient;
+use parallax_replicator::api::AuditRecords;
 use parallax_replicator::clock::SystemClock;
 use parallax_replicator::config::Config;
 
@@ -58,15 +60,8 @@ pub(crate) async fn run(a: AuditArgs) -> Result<ExitCode> {
     let targets: Vec<Box<dyn Target>> = config
         .regions
         .keys()
-        .map(|r| {
-            let url = config.region_url(r).unwrap_or_default();
-            Box::new(HttpRegion::new(
-                r,
-                &url,
-                &config.cluster.admin_token,
-                Duration::from_secs(60),
-            )) as Box<dyn Target>
-        })
+        .filter_map(|r| RegionClient::from_config(&config, r))
+        .map(|c| Box::new(c.with_timeout(Duration::from_secs(60))) as Box<dyn Target>)
         .collect();
     let opts = AuditOptions {
         classes,
@@ -119,11 +114,10 @@ async fn record(
     audits: &[parallax_auditor::AuditRecord],
     records: &[parallax_auditor::DivergenceRecord],
 ) -> Option<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .ok()?;
-    let body = serde_json::json!({ "audits": audits, "records": records });
+    let body = AuditRecords {
+        audits: audits.to_vec(),
+        records: records.to_vec(),
+    };
     let mut regions: Vec<String> = vec![config.primary().to_owned()];
     regions.extend(
         config
@@ -133,22 +127,11 @@ async fn record(
             .cloned(),
     );
     for region in regions {
-        let url = format!(
-            "{}/v1/admin/audit-records",
-            config.region_url(&region).unwrap_or_default()
-        );
-        match client
-            .post(&url)
-            .bearer_auth(&config.cluster.admin_token)
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => return Some(region),
-            Ok(r) => eprintln!(
-                "warning: {region} did not take the audit records: HTTP {}",
-                r.status()
-            ),
+        let Some(client) = RegionClient::from_config(config, &region) else {
+            continue;
+        };
+        match client.audit_records(&body).await {
+            Ok(_) => return Some(region),
             Err(e) => eprintln!("warning: {region} did not take the audit records: {e}"),
         }
     }

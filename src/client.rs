@@ -1,11 +1,16 @@
-//! Client commands for humans: `parallax get|put|delete|incr|add|remove|conflicts|resolve|stats`.
+//! Client commands for humans: `parallax get|put|delete|incr|add|remove|conflicts|resolve|stats`
+//! and the administration commands, each one call of [`RegionClient`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
+use parallax_replicator::api::{EntityOp, Resolution};
 use parallax_replicator::config::Config;
+use parallax_replicator::{ClientError, Fault, ReadOptions, RegionClient, WriteOptions};
+use serde::Serialize;
 use serde_json::Value;
 
 /// Which region to talk to, and how.
@@ -113,101 +118,76 @@ pub(crate) struct FailoverArgs {
     pub(crate) to: String,
 }
 
+/// How long the CLI waits for a region (an anti-entropy pass or a quorum
+/// write may take a while).
+const TIMEOUT: Duration = Duration::from_secs(60);
+
 impl RegionTarget {
-    fn resolve_with(&self, admin: bool) -> Result<(String, String)> {
+    /// The client of the region these flags name, with the tokens to use.
+    fn client(&self) -> Result<RegionClient> {
         let config = match &self.config {
             Some(path) => Some(Config::load(path)?),
             None => None,
         };
-        let url = match (&self.url, &config) {
-            (Some(u), _) => u.trim_end_matches('/').to_owned(),
+        let (region, url) = match (&self.url, &config) {
+            (Some(u), _) => (
+                self.region
+                    .clone()
+                    .unwrap_or_else(|| "the region".to_owned()),
+                u.clone(),
+            ),
             (None, Some(c)) => {
                 let region = self
                     .region
                     .clone()
                     .unwrap_or_else(|| c.primary().to_owned());
-                c.region_url(&region).with_context(|| {
+                let url = c.region_url(&region).with_context(|| {
                     format!(
                         "region `{region}` is not declared in the config (declared: {}). Fix: pass --region with one of those",
                         c.region_names().join(", ")
                     )
-                })?
+                })?;
+                (region, url)
             }
             (None, None) => bail!(
                 "no region to talk to. Fix: pass --config parallax.toml (and --region), or --url and --token"
             ),
         };
-        let token = match (&self.token, &config) {
-            (Some(t), _) => t.clone(),
-            (None, Some(c)) if admin => c.cluster.admin_token.clone(),
-            (None, Some(c)) => c.cluster.client_token.clone(),
+        let (client_token, admin_token) = match (&self.token, &config) {
+            (Some(t), _) => (t.clone(), t.clone()),
+            (None, Some(c)) => (
+                c.cluster.client_token.clone(),
+                c.cluster.admin_token.clone(),
+            ),
             (None, None) => bail!("no client token. Fix: pass --config parallax.toml, or --token"),
         };
-        Ok((url, token))
+        Ok(RegionClient::new(&region, &url)
+            .with_tokens(&client_token, &admin_token)
+            .with_timeout(TIMEOUT))
     }
 }
 
-fn path(class: &str, key: &str) -> String {
-    format!("/v1/entities/{}/{}", encode(class), encode(key))
-}
-
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+/// Prints a region's answer as JSON on stdout; a refusal prints the HTTP
+/// status and the region's error on stderr and exits 1.
+fn show<T: Serialize>(answer: Result<T, ClientError>) -> Result<ExitCode> {
+    match answer {
+        Ok(v) => {
+            println!("{}", pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
         }
+        Err(ClientError::Refused { error, .. }) => {
+            let status = reqwest::StatusCode::from_u16(error.status)
+                .map_or_else(|_| error.status.to_string(), |s| s.to_string());
+            eprintln!("HTTP {status}\n{}", pretty(&error)?);
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
     }
-    out
 }
 
-async fn send(
-    target: &RegionTarget,
-    method: reqwest::Method,
-    path_and_query: &str,
-    body: Option<Value>,
-    session: Option<&str>,
-) -> Result<ExitCode> {
-    send_as(target, false, method, path_and_query, body, session).await
-}
-
-async fn send_as(
-    target: &RegionTarget,
-    admin: bool,
-    method: reqwest::Method,
-    path_and_query: &str,
-    body: Option<Value>,
-    session: Option<&str>,
-) -> Result<ExitCode> {
-    let (url, token) = target.resolve_with(admin)?;
-    let client = reqwest::Client::new();
-    let mut req = client
-        .request(method, format!("{url}{path_and_query}"))
-        .bearer_auth(token);
-    if let Some(s) = session {
-        req = req.header(parallax_replicator::api::TOKEN_HEADER, s);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.with_context(|| {
-        format!("cannot reach {url}. Fix: is the region running? (parallax region --config ...)")
-    })?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    let pretty = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(text);
-    if status.is_success() {
-        println!("{pretty}");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("HTTP {status}\n{pretty}");
-        Ok(ExitCode::from(1))
-    }
+/// Pretty JSON with sorted keys, as the answer's JSON reads.
+fn pretty<T: Serialize>(v: &T) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&serde_json::to_value(v)?)?)
 }
 
 fn json_arg(text: &str, what: &str) -> Result<Value> {
@@ -218,142 +198,100 @@ fn json_arg(text: &str, what: &str) -> Result<Value> {
 
 /// `parallax get`.
 pub(crate) async fn get(a: GetArgs) -> Result<ExitCode> {
-    let mut q = format!("?consistency={}", encode(&a.consistency));
-    if let Some(ms) = a.max_staleness_ms {
-        q.push_str(&format!("&max_staleness_ms={ms}"));
-    }
-    send(
-        &a.key.target,
-        reqwest::Method::GET,
-        &format!("{}{q}", path(&a.key.class, &a.key.key)),
-        None,
-        a.key.session.as_deref(),
-    )
-    .await
+    let opts = ReadOptions {
+        consistency: Some(a.consistency),
+        max_staleness_ms: a.max_staleness_ms,
+        session: a.key.session,
+    };
+    let client = a.key.target.client()?;
+    show(client.get(&a.key.class, &a.key.key, &opts).await)
 }
 
 /// `parallax put` (or `resolve`).
 pub(crate) async fn put(a: PutArgs, resolve: bool) -> Result<ExitCode> {
     let value = json_arg(&a.value, "value")?;
+    let client = a.key.target.client()?;
     if resolve {
-        let p = format!(
-            "/v1/conflicts/{}/{}/resolve",
-            encode(&a.key.class),
-            encode(&a.key.key)
+        let r = Resolution::Value(value);
+        return show(
+            client
+                .resolve(&a.key.class, &a.key.key, &r, a.key.session.as_deref())
+                .await,
         );
-        return send(
-            &a.key.target,
-            reqwest::Method::POST,
-            &p,
-            Some(serde_json::json!({ "value": value })),
-            a.key.session.as_deref(),
-        )
-        .await;
     }
-    let mut q = format!("?consistency={}", encode(&a.consistency));
-    if let Some(h) = &a.home {
-        q.push_str(&format!("&home={}", encode(h)));
-    }
-    send(
-        &a.key.target,
-        reqwest::Method::PUT,
-        &format!("{}{q}", path(&a.key.class, &a.key.key)),
-        Some(value),
-        a.key.session.as_deref(),
-    )
-    .await
+    let opts = WriteOptions {
+        consistency: Some(a.consistency),
+        home: a.home,
+        session: a.key.session,
+    };
+    show(client.put(&a.key.class, &a.key.key, &value, &opts).await)
 }
 
 /// `parallax delete`.
 pub(crate) async fn delete(a: KeyArgs) -> Result<ExitCode> {
-    send(
-        &a.target,
-        reqwest::Method::DELETE,
-        &path(&a.class, &a.key),
-        None,
-        a.session.as_deref(),
-    )
-    .await
+    let opts = WriteOptions {
+        session: a.session,
+        ..WriteOptions::default()
+    };
+    let client = a.target.client()?;
+    show(client.delete(&a.class, &a.key, &opts).await)
 }
 
 /// `parallax incr`.
 pub(crate) async fn incr(a: IncrArgs) -> Result<ExitCode> {
-    let body = serde_json::json!({ "op": "incr", "by": a.by });
-    let p = format!(
-        "{}/ops?consistency={}",
-        path(&a.key.class, &a.key.key),
-        encode(&a.consistency)
-    );
-    send(
-        &a.key.target,
-        reqwest::Method::POST,
-        &p,
-        Some(body),
-        a.key.session.as_deref(),
-    )
-    .await
+    let opts = WriteOptions {
+        consistency: Some(a.consistency),
+        session: a.key.session,
+        ..WriteOptions::default()
+    };
+    let client = a.key.target.client()?;
+    let op = EntityOp::Incr { by: a.by };
+    show(client.op(&a.key.class, &a.key.key, &op, &opts).await)
 }
 
-/// `parallax add` / `parallax remove`.
-pub(crate) async fn member(a: MemberArgs, op: &str) -> Result<ExitCode> {
+/// `parallax add`.
+pub(crate) async fn add(a: MemberArgs) -> Result<ExitCode> {
+    member(a, |member| EntityOp::Add { member }).await
+}
+
+/// `parallax remove`.
+pub(crate) async fn remove(a: MemberArgs) -> Result<ExitCode> {
+    member(a, |member| EntityOp::Remove { member }).await
+}
+
+async fn member(a: MemberArgs, op: fn(Value) -> EntityOp) -> Result<ExitCode> {
     let member = serde_json::from_str(&a.member).unwrap_or(Value::String(a.member.clone()));
-    let body = serde_json::json!({ "op": op, "member": member });
-    send(
-        &a.key.target,
-        reqwest::Method::POST,
-        &format!("{}/ops", path(&a.key.class, &a.key.key)),
-        Some(body),
-        a.key.session.as_deref(),
+    let opts = WriteOptions {
+        session: a.key.session,
+        ..WriteOptions::default()
+    };
+    let client = a.key.target.client()?;
+    show(
+        client
+            .op(&a.key.class, &a.key.key, &op(member), &opts)
+            .await,
     )
-    .await
 }
 
 /// `parallax conflicts`.
 pub(crate) async fn conflicts(a: ConflictsArgs) -> Result<ExitCode> {
-    let q = a
-        .class
-        .map(|c| format!("?class={}", encode(&c)))
-        .unwrap_or_default();
-    send(
-        &a.target,
-        reqwest::Method::GET,
-        &format!("/v1/conflicts{q}"),
-        None,
-        None,
-    )
-    .await
+    let client = a.target.client()?;
+    show(client.conflicts(a.class.as_deref(), None).await)
 }
 
 /// `parallax stats`.
 pub(crate) async fn stats(target: RegionTarget) -> Result<ExitCode> {
-    send(&target, reqwest::Method::GET, "/v1/stats", None, None).await
+    show(target.client()?.stats().await)
 }
 
 /// `parallax failover`.
 pub(crate) async fn failover(a: FailoverArgs) -> Result<ExitCode> {
-    let body = serde_json::json!({ "region": a.from, "delegate": a.to });
-    send_as(
-        &a.target,
-        true,
-        reqwest::Method::POST,
-        "/v1/admin/ownership",
-        Some(body),
-        None,
-    )
-    .await
+    show(a.target.client()?.move_ownership(&a.from, &a.to).await)
 }
 
 /// `parallax ownership`.
 pub(crate) async fn ownership(target: RegionTarget) -> Result<ExitCode> {
-    send_as(
-        &target,
-        true,
-        reqwest::Method::GET,
-        "/v1/admin/ownership",
-        None,
-        None,
-    )
-    .await
+    show(target.client()?.ownership().await)
 }
 
 /// Arguments of `parallax anti-entropy`.
@@ -368,19 +306,7 @@ pub(crate) struct AntiEntropyArgs {
 
 /// `parallax anti-entropy`.
 pub(crate) async fn anti_entropy(a: AntiEntropyArgs) -> Result<ExitCode> {
-    let body = match a.peer {
-        Some(p) => serde_json::json!({ "peer": p }),
-        None => serde_json::json!({}),
-    };
-    send_as(
-        &a.target,
-        true,
-        reqwest::Method::POST,
-        "/v1/admin/anti-entropy",
-        Some(body),
-        None,
-    )
-    .await
+    show(a.target.client()?.anti_entropy(a.peer.as_deref()).await)
 }
 
 /// Arguments of `parallax fault`.
@@ -398,14 +324,11 @@ pub(crate) struct FaultArgs {
 
 /// `parallax fault`.
 pub(crate) async fn fault(a: FaultArgs) -> Result<ExitCode> {
-    let body = serde_json::json!({ "class": a.class, "key": a.key, "action": a.action });
-    send_as(
-        &a.target,
-        true,
-        reqwest::Method::POST,
-        "/v1/admin/fault",
-        Some(body),
-        None,
-    )
-    .await
+    let action: Fault = serde_json::from_value(Value::String(a.action.clone())).map_err(|_| {
+        anyhow!(
+            "the action `{}` is not a fault. Fix: use corrupt, drop or rollback",
+            a.action
+        )
+    })?;
+    show(a.target.client()?.fault(&a.class, &a.key, action).await)
 }

@@ -11,9 +11,9 @@
 //! `repair`, divergent keys get the merged version (or, for corruption, the
 //! majority's copy) and the audit runs again.
 //!
-//! Regions are reached through [`Target`]s: over HTTP ([`HttpRegion`],
-//! `POST /v1/audit` with the admin token) or in the same process
-//! ([`NodeRegion`], for simulations).
+//! Regions are reached through [`Target`]s: over HTTP (a
+//! [`RegionClient`], `POST /v1/audit` with the admin token) or in the same
+//! process ([`NodeRegion`], for simulations).
 
 pub mod classify;
 
@@ -24,11 +24,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use parallax_replicator::clock::Clock;
 use parallax_replicator::entity::Entity;
-use parallax_replicator::protocol::{
-    AuditRequest, AuditResponse, RepairItem, TreeRequest, TreeResponse,
-};
+use parallax_replicator::protocol::{AuditRequest, RepairItem, TreeRequest, TreeResponse};
 use parallax_replicator::sync::{DiffOptions, TreeSource, diff_classes};
-use parallax_replicator::{Error, Node, Result};
+use parallax_replicator::{Error, Node, RegionClient, Result};
 use serde::{Deserialize, Serialize};
 
 pub use classify::{Verdict, classify};
@@ -41,93 +39,21 @@ pub trait Target: TreeSource {
     fn replace(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>>;
 }
 
-/// A region reached over HTTP.
-#[derive(Debug, Clone)]
-pub struct HttpRegion {
-    name: String,
-    url: String,
-    token: String,
-    client: reqwest::Client,
-}
-
-impl HttpRegion {
-    /// Region `name` at base URL `url`, asked with the admin token.
-    pub fn new(name: &str, url: &str, token: &str, timeout: Duration) -> HttpRegion {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .expect("HTTP client builds");
-        HttpRegion {
-            name: name.to_owned(),
-            url: url.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-            client,
-        }
-    }
-
-    async fn send(&self, req: AuditRequest) -> Result<(AuditResponse, u64)> {
-        let body = rmp_serde::to_vec(&req).expect("audit request encodes");
-        let sent = body.len() as u64;
-        let url = format!("{}/v1/audit", self.url);
-        let resp = self
-            .client
-            .post(&url)
-            .bearer_auth(&self.token)
-            .header("content-type", "application/msgpack")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "region {} at {url} cannot be reached: {e}",
-                    self.name
-                ))
-            })?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::Unavailable(format!("region {}: {e}", self.name)))?;
-        if !status.is_success() {
-            return Err(Error::Unavailable(format!(
-                "region {} answered HTTP {status}: {}",
-                self.name,
-                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
-            )));
-        }
-        let answer: std::result::Result<AuditResponse, parallax_replicator::error::WireError> =
-            rmp_serde::from_slice(&bytes).map_err(|e| {
-                Error::Internal(format!("region {}: undecodable answer: {e}", self.name))
-            })?;
-        Ok((answer.map_err(Error::from)?, sent + bytes.len() as u64))
-    }
-}
-
-impl TreeSource for HttpRegion {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>> {
-        Box::pin(async move {
-            match self.send(AuditRequest::Tree(req)).await? {
-                (AuditResponse::Tree(t), n) => Ok((t, n)),
-                (other, _) => Err(Error::Internal(format!(
-                    "region {}: unexpected answer {other:?}",
-                    self.name
-                ))),
-            }
-        })
-    }
-}
-
-impl Target for HttpRegion {
+/// A region reached over HTTP: tree questions, repairs and replacements
+/// through `POST /v1/audit` with the admin token.
+impl Target for RegionClient {
     fn repair(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.send(AuditRequest::Repair(items)).await.map(|_| ()) })
+        Box::pin(async move {
+            self.audit(&AuditRequest::Repair(items)).await?;
+            Ok(())
+        })
     }
 
     fn replace(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.send(AuditRequest::Replace(items)).await.map(|_| ()) })
+        Box::pin(async move {
+            self.audit(&AuditRequest::Replace(items)).await?;
+            Ok(())
+        })
     }
 }
 

@@ -3,6 +3,11 @@
 //! Client routes need `Authorization: Bearer <cluster.client_token>`;
 //! `POST /v1/peer/rpc` needs the peer secret; `/healthz` and `/readyz` are
 //! open. Every error is JSON `{"error": <code>, "detail": <sentence>}`.
+//!
+//! Class and key are path segments, percent-encoded by clients; the router
+//! decodes them. The bodies and answers of the routes are the types declared
+//! here (and in [`crate::protocol`]); [`crate::client`] sends and reads the
+//! same types, so the two sides cannot drift apart.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower_http::timeout::TimeoutLayer;
 
@@ -24,8 +29,12 @@ use crate::node::{Node, ReadRequest, WriteRequest, parse_op};
 use crate::protocol::{
     PeerRequest, ReadConsistency, SessionToken, WriteConsistency, decode, encode,
 };
-use crate::telemetry::{Event, RequestEvent};
+use crate::routing::{Delegation, OwnershipView};
+use crate::store::{ConflictRecord, QueuedConflict};
+use crate::sync::AntiEntropyReport;
+use crate::telemetry::{AuditEvent, DivergenceEvent, Event, RequestEvent};
 use crate::transport::{FROM_HEADER, PEER_PATH};
+use crate::writer::Fault;
 
 /// Header carrying a session token (the query parameter `token` also works).
 pub const TOKEN_HEADER: &str = "x-parallax-token";
@@ -94,6 +103,191 @@ pub fn router(node: Node) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// `GET /v1/conflicts`: a region's reconciliation queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictList {
+    /// The region that answered.
+    pub region: String,
+    /// Its conflicted entities.
+    pub conflicts: Vec<QueuedConflict>,
+}
+
+/// `GET /v1/conflicts/log`: recorded conflict outcomes, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictLog {
+    /// The region that answered.
+    pub region: String,
+    /// Its records.
+    pub records: Vec<ConflictRecord>,
+}
+
+/// The body of `POST /v1/conflicts/{class}/{key}/resolve`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    /// `{"value": <the reconciled value>}`.
+    Value(Value),
+    /// `{"delete": true}`: the entity is deleted.
+    Delete,
+}
+
+impl Resolution {
+    /// Reads a resolve body, naming the fix when it is neither form.
+    pub fn parse(body: &Value) -> Result<Resolution, Error> {
+        match (body.get("value"), body.get("delete")) {
+            (Some(value), None) => Ok(Resolution::Value(value.clone())),
+            (None, Some(Value::Bool(true))) => Ok(Resolution::Delete),
+            _ => Err(Error::BadRequest(
+                "a resolution needs exactly one of \"value\" or \"delete\". \
+                 Fix: send {\"value\": <the reconciled value>} or {\"delete\": true}"
+                    .into(),
+            )),
+        }
+    }
+}
+
+impl Serialize for Resolution {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            Resolution::Value(v) => m.serialize_entry("value", v)?,
+            Resolution::Delete => m.serialize_entry("delete", &true)?,
+        }
+        m.end()
+    }
+}
+
+/// The body of `POST /v1/entities/{class}/{key}/ops`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum EntityOp {
+    /// Adds `by` to a counter (negative for a pncounter).
+    Incr {
+        /// The amount.
+        by: i64,
+    },
+    /// Subtracts `by` from a pncounter.
+    Decr {
+        /// The amount.
+        by: u64,
+    },
+    /// Adds a member to a set.
+    Add {
+        /// The member (any JSON).
+        member: Value,
+    },
+    /// Removes a member from a set.
+    Remove {
+        /// The member (any JSON).
+        member: Value,
+    },
+}
+
+/// `GET` and `POST /v1/admin/ownership`: the delegations in force and the
+/// effective owner of each region's keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ownership {
+    /// The region that answered.
+    pub region: String,
+    /// Original owner -> delegation.
+    pub delegations: std::collections::BTreeMap<String, Delegation>,
+    /// Original owner -> who owns its keys now.
+    pub owners: std::collections::BTreeMap<String, EffectiveOwner>,
+}
+
+/// Who owns a region's keys now, under which epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveOwner {
+    /// The owning region.
+    pub owner: String,
+    /// The epoch of its ownership.
+    pub epoch: u64,
+}
+
+/// The body of `POST /v1/admin/ownership`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveOwnership {
+    /// The region whose keys move.
+    pub region: String,
+    /// The region taking them (the same region hands them back).
+    pub delegate: String,
+}
+
+/// The body of `POST /v1/admin/fault`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRequest {
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// What to do to it.
+    pub action: Fault,
+}
+
+/// What `POST /v1/admin/fault` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultAnswer {
+    /// The region that changed its copy.
+    pub region: String,
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// What was done.
+    pub action: Fault,
+}
+
+/// The body of `POST /v1/admin/anti-entropy` (empty: every peer).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AntiEntropyRequest {
+    /// Only with this peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+/// What `POST /v1/admin/anti-entropy` answers: one report per peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AntiEntropyAnswer {
+    /// The region that ran it.
+    pub region: String,
+    /// One report per peer.
+    pub reports: Vec<AntiEntropyReport>,
+}
+
+/// The body of `POST /v1/admin/audit-records`: the rows of the `audits`
+/// and `divergence` tables.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecords {
+    /// One row per audited class.
+    pub audits: Vec<AuditEvent>,
+    /// One row per key found differing.
+    pub records: Vec<DivergenceEvent>,
+}
+
+/// What `POST /v1/admin/audit-records` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecordsAnswer {
+    /// The region whose collector keeps them.
+    pub region: String,
+    /// Rows of `audits` taken.
+    pub audits: usize,
+    /// Rows of `divergence` taken.
+    pub records: usize,
+}
+
+/// What `/healthz` and `/readyz` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` (healthz) or `ready` (readyz).
+    pub status: String,
+    /// The region that answered.
+    pub region: String,
 }
 
 /// Query parameters of entity requests.
@@ -423,15 +617,10 @@ async fn resolve(
     let limit = state.node.config().limits.max_body_bytes;
     write(&state, "resolve", path, query, &headers, |_| {
         let body = body.map_err(|e| body_error(e, limit))?;
-        let v = parse_json(&body)?;
-        let usage = "Fix: send {\"value\": <the reconciled value>} or {\"delete\": true}";
-        match (v.get("value"), v.get("delete")) {
-            (Some(value), None) => Ok(Op::Resolve(Some(value.clone()))),
-            (None, Some(Value::Bool(true))) => Ok(Op::Resolve(None)),
-            _ => Err(Error::BadRequest(format!(
-                "a resolution needs exactly one of \"value\" or \"delete\". {usage}"
-            ))),
-        }
+        Ok(match Resolution::parse(&parse_json(&body)?)? {
+            Resolution::Value(v) => Op::Resolve(Some(v)),
+            Resolution::Delete => Op::Resolve(None),
+        })
     })
     .await
 }
@@ -459,7 +648,10 @@ async fn list_conflicts(
             .queue(p.class.as_deref(), p.limit.unwrap_or(1_000))?;
         Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({ "region": state.node.region(), "conflicts": queue }),
+            &ConflictList {
+                region: state.node.region().to_owned(),
+                conflicts: queue,
+            },
         ))
     })();
     result.unwrap_or_else(|e| error_response(&e))
@@ -480,7 +672,10 @@ async fn conflict_log(
             .conflict_log(p.after.unwrap_or(0), p.limit.unwrap_or(1_000))?;
         Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({ "region": state.node.region(), "records": records }),
+            &ConflictLog {
+                region: state.node.region().to_owned(),
+                records,
+            },
         ))
     })();
     result.unwrap_or_else(|e| error_response(&e))
@@ -497,21 +692,22 @@ fn admin_auth(state: &ApiState, headers: &HeaderMap) -> Result<(), Error> {
     authorize(headers, &[("cluster.admin_token", &state.admin_token)])
 }
 
-fn ownership_body(state: &ApiState, view: &crate::routing::OwnershipView) -> Value {
-    let owners: serde_json::Map<String, Value> = state
+fn ownership_body(state: &ApiState, view: &OwnershipView) -> Ownership {
+    let owners = state
         .node
         .config()
         .regions
         .keys()
         .map(|r| {
             let (owner, epoch) = view.effective(r);
-            (
-                r.clone(),
-                serde_json::json!({ "owner": owner, "epoch": epoch }),
-            )
+            (r.clone(), EffectiveOwner { owner, epoch })
         })
         .collect();
-    serde_json::json!({ "region": state.node.region(), "delegations": view.delegations, "owners": owners })
+    Ownership {
+        region: state.node.region().to_owned(),
+        delegations: view.delegations.clone(),
+        owners,
+    }
 }
 
 async fn get_ownership(State(state): State<ApiState>, headers: HeaderMap) -> Response {
@@ -522,13 +718,6 @@ async fn get_ownership(State(state): State<ApiState>, headers: HeaderMap) -> Res
         ),
         Err(e) => error_response(&e),
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MoveOwnership {
-    region: String,
-    delegate: String,
 }
 
 async fn move_ownership(
@@ -552,14 +741,6 @@ async fn move_ownership(
     result.unwrap_or_else(|e| error_response(&e))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultBody {
-    class: String,
-    key: String,
-    action: crate::writer::Fault,
-}
-
 async fn inject_fault(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -572,7 +753,7 @@ async fn inject_fault(
     let result = async {
         admin_auth(&state, &headers)?;
         let body = body.map_err(|e| body_error(e, limit))?;
-        let f: FaultBody = serde_json::from_value(parse_json(&body)?).map_err(|e| {
+        let f: FaultRequest = serde_json::from_value(parse_json(&body)?).map_err(|e| {
             Error::BadRequest(format!(
                 "{e}. Fix: send {{\"class\": .., \"key\": .., \"action\": \"corrupt\" | \"drop\" | \"rollback\"}}"
             ))
@@ -580,18 +761,16 @@ async fn inject_fault(
         state.node.inject_fault(&f.class, &f.key, f.action).await?;
         Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({ "region": state.node.region(), "class": f.class, "key": f.key, "action": f.action }),
+            &FaultAnswer {
+                region: state.node.region().to_owned(),
+                class: f.class,
+                key: f.key,
+                action: f.action,
+            },
         ))
     }
     .await;
     result.unwrap_or_else(|e| error_response(&e))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditRecords {
-    audits: Vec<crate::telemetry::AuditEvent>,
-    records: Vec<crate::telemetry::DivergenceEvent>,
 }
 
 /// The auditor hands its records to a region, whose collector keeps them.
@@ -613,16 +792,14 @@ async fn audit_records(
         state.node.record_audit(r.audits, r.records);
         Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({ "region": state.node.region(), "audits": a, "records": d }),
+            &AuditRecordsAnswer {
+                region: state.node.region().to_owned(),
+                audits: a,
+                records: d,
+            },
         ))
     })();
     result.unwrap_or_else(|e| error_response(&e))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AntiEntropyBody {
-    peer: Option<String>,
 }
 
 async fn anti_entropy(
@@ -634,8 +811,8 @@ async fn anti_entropy(
     let result = async {
         admin_auth(&state, &headers)?;
         let body = body.map_err(|e| body_error(e, limit))?;
-        let req: AntiEntropyBody = if body.is_empty() {
-            AntiEntropyBody::default()
+        let req: AntiEntropyRequest = if body.is_empty() {
+            AntiEntropyRequest::default()
         } else {
             serde_json::from_value(parse_json(&body)?).map_err(|e| {
                 Error::BadRequest(format!("{e}. Fix: send {{}} or {{\"peer\": <region>}}"))
@@ -644,7 +821,10 @@ async fn anti_entropy(
         let reports = state.node.run_anti_entropy(req.peer.as_deref()).await?;
         Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({ "region": state.node.region(), "reports": reports }),
+            &AntiEntropyAnswer {
+                region: state.node.region().to_owned(),
+                reports,
+            },
         ))
     }
     .await;
@@ -775,7 +955,10 @@ async fn audit_rpc(
 async fn healthz(State(state): State<ApiState>) -> Response {
     json_response(
         StatusCode::OK,
-        &serde_json::json!({ "status": "ok", "region": state.node.region() }),
+        &Health {
+            status: "ok".into(),
+            region: state.node.region().to_owned(),
+        },
     )
 }
 
@@ -783,7 +966,10 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     if state.node.is_ready() {
         json_response(
             StatusCode::OK,
-            &serde_json::json!({ "status": "ready", "region": state.node.region() }),
+            &Health {
+                status: "ready".into(),
+                region: state.node.region().to_owned(),
+            },
         )
     } else {
         error_response(&Error::ShuttingDown(state.node.region().to_owned()))

@@ -15,9 +15,11 @@
 //! - [`transport`]: region-to-region calls (HTTP, or in-process with faults).
 //! - [`merkle`]: Merkle trees over a class's entities (pure).
 //! - [`sync`]: comparing two regions' trees; anti-entropy.
-//! - [`api`]: the HTTP API.
+//! - [`api`]: the HTTP API, and the bodies and answers of its routes.
+//! - [`client`]: the typed client of that API (CLI, web app, auditor).
 
 pub mod api;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod entity;
@@ -36,6 +38,7 @@ mod wal;
 pub mod web_config;
 mod writer;
 
+pub use client::{ClientError, ReadOptions, RegionClient, WriteOptions};
 pub use error::{ApiError, Error, Result};
 pub use node::{Node, NodeOptions, NodeStats, ReadRequest, WriteRequest, WriterMode};
 pub use replication::{AntiEntropyStats, PeerStats, ReplicationStats};

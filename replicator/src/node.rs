@@ -559,6 +559,13 @@ impl Node {
                 "the key contains control characters. Fix: use printable characters only".into(),
             ));
         }
+        // URL parsers drop a `.` or `..` path segment, percent-encoded or
+        // not, so no client could name such an entity again.
+        if key == "." || key == ".." {
+            return Err(Error::BadRequest(format!(
+                "the key `{key}` cannot be a URL path segment. Fix: use another key, e.g. `{key}-`"
+            )));
+        }
         Ok(())
     }
 

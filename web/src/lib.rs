@@ -34,8 +34,12 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
+use parallax_replicator::api::Resolution;
+use parallax_replicator::client::percent_encode;
 use parallax_replicator::clock::Clock;
 use parallax_replicator::config::Config;
+use parallax_replicator::sync::AntiEntropyReport;
+use parallax_replicator::{ClientError, ReadOptions, RegionClient};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -55,7 +59,8 @@ struct Inner {
     sql: Arc<SqlEngine>,
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
-    http: reqwest::Client,
+    /// One client per region, built once (each holds its connection pool).
+    regions: BTreeMap<String, RegionClient>,
     alerter: Alerter,
 }
 
@@ -73,10 +78,11 @@ pub fn sql_limits(config: &Config) -> SqlLimits {
 impl App {
     /// An app over a SQL engine, for the cluster `config`.
     pub fn new(sql: SqlEngine, config: Config, clock: Arc<dyn Clock>) -> App {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let regions = config
+            .region_names()
+            .into_iter()
+            .filter_map(|r| Some((r.clone(), RegionClient::from_config(&config, &r)?)))
+            .collect();
         let sql = Arc::new(sql);
         let config = Arc::new(config);
         let alerter = Alerter::new(Arc::clone(&config), Arc::clone(&sql), Arc::clone(&clock));
@@ -85,7 +91,7 @@ impl App {
                 sql,
                 config,
                 clock,
-                http,
+                regions,
                 alerter,
             }),
         }
@@ -135,6 +141,16 @@ impl App {
             self.now_us(),
             self.inner.config.web.refresh_s,
         )
+    }
+
+    /// The client of `region`, or an error naming the regions there are.
+    fn region(&self, region: &str) -> Result<RegionClient, String> {
+        self.inner.regions.get(region).cloned().ok_or_else(|| {
+            format!(
+                "region `{region}` is not in the config. Fix: pick one of {}",
+                self.config().region_names().join(", ")
+            )
+        })
     }
 
     fn admin_ok(&self, token: &str) -> bool {
@@ -447,22 +463,16 @@ async fn ask_regions(
     regions: impl Iterator<Item = String>,
 ) -> BTreeMap<String, (String, Option<f64>)> {
     let asks = regions.map(|region| async move {
-        let Some(base) = app.config().region_url(&region) else {
+        let Ok(client) = app.region(&region) else {
             return (region, ("unreachable".to_owned(), None));
         };
         let started = std::time::Instant::now();
-        let answer = app
-            .inner
-            .http
-            .get(format!("{base}/readyz"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
+        let answer = client.with_timeout(Duration::from_secs(2)).readyz().await;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         let state = match answer {
-            Ok(r) if r.status().is_success() => "ready",
-            Ok(_) => "not ready",
-            Err(_) => "unreachable",
+            Ok(_) => "ready",
+            Err(ClientError::Unreachable { .. }) => "unreachable",
+            Err(_) => "not ready",
         };
         (region, (state.to_owned(), Some(ms)))
     });
@@ -473,83 +483,63 @@ async fn ask_regions(
 /// siblings of each queued entity.
 async fn live_queue(app: &App, f: &Filters) -> Queue {
     let cfg = app.config();
-    let token = &cfg.cluster.client_token;
     let mut items: BTreeMap<(String, String), QueueItem> = BTreeMap::new();
     let mut errors = Vec::new();
-    let class_param = if f.classes.len() == 1 {
-        format!("&class={}", f.classes[0])
-    } else {
-        String::new()
-    };
+    let class = (f.classes.len() == 1).then(|| f.classes[0].as_str());
     for region in cfg.region_names().iter().filter(|r| f.wants_region(r)) {
-        let Some(base) = cfg.region_url(region) else {
+        let Ok(client) = app.region(region) else {
             continue;
         };
-        let answer = app
-            .inner
-            .http
-            .get(format!("{base}/v1/conflicts?limit=200{class_param}"))
-            .bearer_auth(token)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await;
-        let body: Value = match answer {
-            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
-            Ok(r) => {
+        let list = match client
+            .with_timeout(QUEUE_TIMEOUT)
+            .conflicts(class, Some(200))
+            .await
+        {
+            Ok(list) => list,
+            Err(ClientError::Unreachable { url, cause, .. }) => {
                 errors.push(format!(
-                    "{region} answered {} to GET /v1/conflicts",
-                    r.status()
+                    "{region} could not be asked for its queue at {url}: {cause}"
                 ));
                 continue;
             }
             Err(e) => {
-                errors.push(format!("{region} could not be asked for its queue: {e}"));
+                errors.push(e.to_string());
                 continue;
             }
         };
-        for c in body["conflicts"].as_array().into_iter().flatten() {
-            let class = c["class"].as_str().unwrap_or_default().to_owned();
-            let key = c["key"].as_str().unwrap_or_default().to_owned();
-            if !f.classes.is_empty() && !f.classes.contains(&class) {
+        for c in list.conflicts {
+            if !f.classes.is_empty() && !f.classes.contains(&c.class) {
                 continue;
             }
-            let first = c["first_seen_us"].as_i64().unwrap_or(0);
             let item = items
-                .entry((class.clone(), key.clone()))
+                .entry((c.class.clone(), c.key.clone()))
                 .or_insert_with(|| QueueItem {
-                    class,
-                    key,
+                    class: c.class,
+                    key: c.key,
                     regions: Vec::new(),
-                    first_seen: pages::local_time(first).replace('T', " "),
+                    first_seen: pages::local_time(c.first_seen_us as i64).replace('T', " "),
                     siblings: Vec::new(),
                 });
             item.regions.push(region.clone());
         }
     }
     for item in items.values_mut().take(50) {
-        let Some(base) = cfg.region_url(&item.regions[0]) else {
+        let Ok(client) = app.region(&item.regions[0]) else {
             continue;
         };
-        let url = format!("{base}/v1/entities/{}/{}", item.class, item.key);
-        if let Ok(r) = app
-            .inner
-            .http
-            .get(url)
-            .bearer_auth(token)
-            .timeout(Duration::from_secs(3))
-            .send()
+        if let Ok(read) = client
+            .with_timeout(QUEUE_TIMEOUT)
+            .get(&item.class, &item.key, &ReadOptions::default())
             .await
-            && let Ok(v) = r.json::<Value>().await
         {
-            item.siblings = v["siblings"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            item.siblings = read
+                .siblings
+                .iter()
                 .map(|s| {
-                    if s["deleted"] == Value::Bool(true) {
+                    if s.deleted {
                         "deleted".to_owned()
                     } else {
-                        s["value"].to_string()
+                        s.value.to_string()
                     }
                 })
                 .collect();
@@ -561,12 +551,8 @@ async fn live_queue(app: &App, f: &Filters) -> Queue {
     }
 }
 
-/// What resolving asks for.
-#[derive(Debug)]
-enum Resolution {
-    Value(Value),
-    Delete,
-}
+/// How long the conflicts page waits for each region's queue and siblings.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Sends a resolve to `region`, following a 421 to the owner once.
 async fn resolve(
@@ -576,43 +562,21 @@ async fn resolve(
     key: &str,
     r: Resolution,
 ) -> Result<String, String> {
-    let cfg = app.config();
-    let body = match r {
-        Resolution::Value(v) => json!({ "value": v }),
-        Resolution::Delete => json!({ "delete": true }),
-    };
     let mut target = region.to_owned();
     for _ in 0..2 {
-        let base = region_base(cfg, &target)?;
-        let answer = app
-            .inner
-            .http
-            .post(format!("{base}/v1/conflicts/{class}/{key}/resolve"))
-            .bearer_auth(&cfg.cluster.client_token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| format!("{target} could not be reached: {e}"))?;
-        let status = answer.status();
-        let v: Value = answer.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(format!(
-                "Resolved {class}/{key} in {target}; it replicates to every region."
-            ));
+        match app.region(&target)?.resolve(class, key, &r, None).await {
+            Ok(_) => {
+                return Ok(format!(
+                    "Resolved {class}/{key} in {target}; it replicates to every region."
+                ));
+            }
+            Err(ClientError::Refused { error, .. })
+                if error.status == 421 && error.owner.is_some() =>
+            {
+                target = error.owner.unwrap_or_default();
+            }
+            Err(e) => return Err(e.to_string()),
         }
-        if status.as_u16() == 421
-            && let Some(owner) = v["owner"].as_str()
-        {
-            target = owner.to_owned();
-            continue;
-        }
-        return Err(format!(
-            "{target} refused the resolve ({status}): {}",
-            v["detail"]
-                .as_str()
-                .or(v["error"].as_str())
-                .unwrap_or("no detail")
-        ));
     }
     Err("the owner moved twice while resolving; try again".into())
 }
@@ -644,27 +608,14 @@ fn back(path: &str, q: &FilterQuery, ok: Result<String, String>) -> Response {
         ("class", &f.class),
     ] {
         if let Some(v) = v {
-            qs.push(format!("{k}={}", urlencode(v)));
+            qs.push(format!("{k}={}", percent_encode(v)));
         }
     }
     match ok {
-        Ok(m) => qs.push(format!("flash={}", urlencode(&m))),
-        Err(m) => qs.push(format!("failed={}", urlencode(&m))),
+        Ok(m) => qs.push(format!("flash={}", percent_encode(&m))),
+        Err(m) => qs.push(format!("failed={}", percent_encode(&m))),
     }
     Redirect::to(&format!("{path}?{}", qs.join("&"))).into_response()
-}
-
-/// Percent-encodes a query value.
-pub fn urlencode(s: &str) -> String {
-    let mut o = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
 }
 
 async fn resolve_form(
@@ -719,30 +670,18 @@ async fn sibling(
     key: &str,
     i: usize,
 ) -> Result<Option<Value>, String> {
-    let cfg = app.config();
-    let base = region_base(cfg, region)?;
-    let v: Value = app
-        .inner
-        .http
-        .get(format!("{base}/v1/entities/{class}/{key}"))
-        .bearer_auth(&cfg.cluster.client_token)
-        .send()
+    let read = app
+        .region(region)?
+        .get(class, key, &ReadOptions::default())
         .await
-        .map_err(|e| format!("{region} could not be reached: {e}"))?
-        .json()
-        .await
-        .map_err(|e| format!("{region} answered no JSON: {e}"))?;
-    let s = v["siblings"].get(i).ok_or_else(|| {
+        .map_err(|e| e.to_string())?;
+    let s = read.siblings.get(i).ok_or_else(|| {
         format!(
             "{class}/{key} has no sibling {} any more (it may be resolved already)",
             i + 1
         )
     })?;
-    Ok(if s["deleted"] == Value::Bool(true) {
-        None
-    } else {
-        Some(s["value"].clone())
-    })
+    Ok((!s.deleted).then(|| s.value.clone()))
 }
 
 fn bearer(headers: &HeaderMap) -> &str {
@@ -795,36 +734,15 @@ struct AntiEntropyForm {
     admin_token: String,
 }
 
-/// The base URL of `region`, or an error naming the regions there are.
-fn region_base(cfg: &Config, region: &str) -> Result<String, String> {
-    cfg.region_url(region).ok_or_else(|| {
-        format!(
-            "region `{region}` is not in the config. Fix: pick one of {}",
-            cfg.region_names().join(", ")
-        )
-    })
-}
-
-async fn run_anti_entropy(app: &App, region: &str) -> Result<Value, String> {
-    let cfg = app.config();
-    let base = region_base(cfg, region)?;
-    let r = app
-        .inner
-        .http
-        .post(format!("{base}/v1/admin/anti-entropy"))
-        .bearer_auth(&cfg.cluster.admin_token)
-        .json(&json!({}))
-        .timeout(Duration::from_secs(60))
-        .send()
+/// Runs anti-entropy in `region` with every peer.
+async fn run_anti_entropy(app: &App, region: &str) -> Result<Vec<AntiEntropyReport>, String> {
+    let answer = app
+        .region(region)?
+        .with_timeout(Duration::from_secs(60))
+        .anti_entropy(None)
         .await
-        .map_err(|e| format!("{region} could not be reached: {e}"))?;
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    if status.is_success() {
-        Ok(v)
-    } else {
-        Err(format!("{region} answered {status}: {v}"))
-    }
+        .map_err(|e| e.to_string())?;
+    Ok(answer.reports)
 }
 
 async fn anti_entropy_form(
@@ -835,13 +753,11 @@ async fn anti_entropy_form(
     if !app.admin_ok(&body.admin_token) {
         return back("/divergence", &q, Err(WRONG_TOKEN.into()));
     }
-    let out = run_anti_entropy(&app, &body.region).await.map(|v| {
-        let pulled: i64 = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|p| p["classes"].as_array().into_iter().flatten())
-            .map(|c| c["pulled"].as_i64().unwrap_or(0) + c["pushed"].as_i64().unwrap_or(0))
+    let out = run_anti_entropy(&app, &body.region).await.map(|reports| {
+        let pulled: u64 = reports
+            .iter()
+            .flat_map(|p| &p.classes)
+            .map(|c| c.pulled + c.pushed)
             .sum();
         format!(
             "Anti-entropy ran in {}: {pulled} entities repaired.",
@@ -864,7 +780,7 @@ async fn anti_entropy_api(
         .and_then(|b| b.0["region"].as_str().map(str::to_owned))
         .unwrap_or_else(|| app.config().primary().to_owned());
     match run_anti_entropy(&app, &region).await {
-        Ok(v) => axum::Json(json!({ "region": region, "reports": v })).into_response(),
+        Ok(reports) => axum::Json(json!({ "region": region, "reports": reports })).into_response(),
         Err(m) => error(502, "anti_entropy_failed", &m),
     }
 }
@@ -992,7 +908,12 @@ async fn sql_page(app: App, text: Option<String>) -> Response {
         result: None,
         examples: EXAMPLES
             .iter()
-            .map(|(label, q)| ((*label).to_owned(), format!("/sql?sql={}", urlencode(q))))
+            .map(|(label, q)| {
+                (
+                    (*label).to_owned(),
+                    format!("/sql?sql={}", percent_encode(q)),
+                )
+            })
             .collect(),
     };
     let mut status = StatusCode::OK;

@@ -1,0 +1,775 @@
+//! A typed client of the region API ([`crate::api`]): one method per call,
+//! used by the `parallax` CLI, the web app and the auditor, so that every
+//! caller builds URLs, authenticates and reads errors the same way.
+//!
+//! Class and key travel as path segments: every byte outside RFC 3986's
+//! unreserved characters is percent-encoded (a `/` in a key becomes `%2F`),
+//! and the region's router decodes each segment back to the same text.
+//! Query values are encoded the same way. A segment `.` or `..` cannot
+//! travel at all (URL parsers remove it, percent-encoded or not), so regions
+//! refuse such keys and this client does not send them.
+//!
+//! Client calls carry the cluster's client token, administration calls and
+//! the auditor's `POST /v1/audit` the admin token. Answers are the types
+//! the region serialises; a failed call is a [`ClientError`] naming the
+//! region and the URL, with the region's own JSON error when it answered.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::{Method, RequestBuilder, StatusCode, header};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::api::{
+    AntiEntropyAnswer, AntiEntropyRequest, AuditRecords, AuditRecordsAnswer, ConflictList,
+    ConflictLog, EntityOp, FaultAnswer, FaultRequest, Health, MoveOwnership, Ownership, Resolution,
+    TOKEN_HEADER,
+};
+use crate::config::Config;
+use crate::error::{ApiError, Error, WireError};
+use crate::node::NodeStats;
+use crate::protocol::{
+    AuditRequest, AuditResponse, ReadOutcome, TreeRequest, TreeResponse, WriteOutcome, decode,
+    encode,
+};
+use crate::sync::TreeSource;
+use crate::transport::error_chain;
+use crate::writer::Fault;
+
+/// Every byte but RFC 3986's unreserved `A-Z a-z 0-9 - . _ ~`.
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes `text` as a URL path segment or query value: every byte
+/// outside RFC 3986's unreserved characters becomes `%XX`.
+pub fn percent_encode(text: &str) -> String {
+    utf8_percent_encode(text, NOT_UNRESERVED).to_string()
+}
+
+/// How long a call may take unless [`RegionClient::with_timeout`] says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a call to a region failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// The call cannot be made as asked (a key no URL can carry).
+    #[error("{0}")]
+    Invalid(String),
+    /// No connection, or no answer in time.
+    #[error(
+        "{region} could not be reached at {url}: {cause}. Fix: is the region running? (parallax region --config ...)"
+    )]
+    Unreachable {
+        /// The region asked.
+        region: String,
+        /// The URL asked.
+        url: String,
+        /// What went wrong, with its causes.
+        cause: String,
+    },
+    /// The region answered with an error.
+    #[error("{region} answered HTTP {} to {method} {url}: {}", .error.status, .error.detail)]
+    Refused {
+        /// The region that answered.
+        region: String,
+        /// The method of the call.
+        method: String,
+        /// The URL asked.
+        url: String,
+        /// The region's answer (its status in `status`).
+        error: Box<ApiError>,
+    },
+    /// The answer could not be read.
+    #[error("{region} answered {url} with something this client cannot read: {cause}")]
+    BadAnswer {
+        /// The region that answered.
+        region: String,
+        /// The URL asked.
+        url: String,
+        /// Why it could not be read.
+        cause: String,
+    },
+}
+
+impl ClientError {
+    /// The region's error answer, when it answered with one.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        match self {
+            ClientError::Refused { error, .. } => Some(error.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status the region answered, when it answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        self.api_error().map(|e| e.status)
+    }
+}
+
+impl From<ClientError> for Error {
+    fn from(e: ClientError) -> Error {
+        match e {
+            ClientError::Invalid(m) => Error::BadRequest(m),
+            ClientError::Unreachable { .. } => Error::Unavailable(e.to_string()),
+            ClientError::Refused { ref error, .. } => Error::Remote(ApiError {
+                detail: e.to_string(),
+                ..error.as_ref().clone()
+            }),
+            ClientError::BadAnswer { .. } => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// How a read is served.
+#[derive(Clone, Debug, Default)]
+pub struct ReadOptions {
+    /// `local` (the region's default), `session`, `bounded`, `quorum` or `strong`.
+    pub consistency: Option<String>,
+    /// Staleness bound of a `bounded` read (ms).
+    pub max_staleness_ms: Option<u64>,
+    /// Session token from an earlier write.
+    pub session: Option<String>,
+}
+
+/// How a write is acknowledged.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    /// `async` (the region's default) or `quorum`.
+    pub consistency: Option<String>,
+    /// Home region of a new entity of a home-owned class.
+    pub home: Option<String>,
+    /// Session token from an earlier write.
+    pub session: Option<String>,
+}
+
+/// Which token a call carries.
+#[derive(Clone, Copy, Debug)]
+enum Auth {
+    None,
+    Client,
+    Admin,
+}
+
+/// One region's API. Cheap to clone (the connection pool is shared).
+#[derive(Clone, Debug)]
+pub struct RegionClient {
+    region: String,
+    base: String,
+    client_token: String,
+    admin_token: String,
+    timeout: Duration,
+    http: reqwest::Client,
+}
+
+impl RegionClient {
+    /// Region `region` at base URL `url` (e.g. `http://127.0.0.1:7101`),
+    /// without tokens until [`RegionClient::with_tokens`].
+    pub fn new(region: &str, url: &str) -> RegionClient {
+        RegionClient {
+            region: region.to_owned(),
+            base: url.trim_end_matches('/').to_owned(),
+            client_token: String::new(),
+            admin_token: String::new(),
+            timeout: DEFAULT_TIMEOUT,
+            http: reqwest::Client::builder()
+                .build()
+                .expect("HTTP client builds"),
+        }
+    }
+
+    /// Region `region` of the cluster `config`, at its advertised URL, with
+    /// the cluster's tokens; `None` when the config does not declare it.
+    pub fn from_config(config: &Config, region: &str) -> Option<RegionClient> {
+        let url = config.region_url(region)?;
+        Some(
+            RegionClient::new(region, &url)
+                .with_tokens(&config.cluster.client_token, &config.cluster.admin_token),
+        )
+    }
+
+    /// Sends `client_token` with client calls and `admin_token` with
+    /// administration calls.
+    pub fn with_tokens(mut self, client_token: &str, admin_token: &str) -> RegionClient {
+        self.client_token = client_token.to_owned();
+        self.admin_token = admin_token.to_owned();
+        self
+    }
+
+    /// Gives each call at most `timeout`, connecting included.
+    pub fn with_timeout(mut self, timeout: Duration) -> RegionClient {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The region's name.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The region's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /v1/entities/{class}/{key}`.
+    pub async fn get(
+        &self,
+        class: &str,
+        key: &str,
+        opts: &ReadOptions,
+    ) -> Result<ReadOutcome, ClientError> {
+        let staleness = opts.max_staleness_ms.map(|ms| ms.to_string());
+        let path = format!(
+            "{}{}",
+            entity_path(class, key)?,
+            query(&[
+                ("consistency", opts.consistency.as_deref()),
+                ("max_staleness_ms", staleness.as_deref()),
+            ])
+        );
+        self.call(
+            Method::GET,
+            &path,
+            Auth::Client,
+            opts.session.as_deref(),
+            None,
+        )
+        .await
+    }
+
+    /// `PUT /v1/entities/{class}/{key}`: writes `value`.
+    pub async fn put(
+        &self,
+        class: &str,
+        key: &str,
+        value: &Value,
+        opts: &WriteOptions,
+    ) -> Result<WriteOutcome, ClientError> {
+        let path = format!("{}{}", entity_path(class, key)?, write_query(opts));
+        self.call(
+            Method::PUT,
+            &path,
+            Auth::Client,
+            opts.session.as_deref(),
+            Some(json_body(value)?),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/entities/{class}/{key}`.
+    pub async fn delete(
+        &self,
+        class: &str,
+        key: &str,
+        opts: &WriteOptions,
+    ) -> Result<WriteOutcome, ClientError> {
+        let path = format!("{}{}", entity_path(class, key)?, write_query(opts));
+        self.call(
+            Method::DELETE,
+            &path,
+            Auth::Client,
+            opts.session.as_deref(),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/entities/{class}/{key}/ops`: a counter or set operation.
+    pub async fn op(
+        &self,
+        class: &str,
+        key: &str,
+        op: &EntityOp,
+        opts: &WriteOptions,
+    ) -> Result<WriteOutcome, ClientError> {
+        let path = format!("{}/ops{}", entity_path(class, key)?, write_query(opts));
+        self.call(
+            Method::POST,
+            &path,
+            Auth::Client,
+            opts.session.as_deref(),
+            Some(json_body(op)?),
+        )
+        .await
+    }
+
+    /// `GET /v1/conflicts`: the reconciliation queue, of one class or all.
+    pub async fn conflicts(
+        &self,
+        class: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ConflictList, ClientError> {
+        let limit = limit.map(|n| n.to_string());
+        let path = format!(
+            "/v1/conflicts{}",
+            query(&[("class", class), ("limit", limit.as_deref())])
+        );
+        self.call(Method::GET, &path, Auth::Client, None, None)
+            .await
+    }
+
+    /// `GET /v1/conflicts/log`: recorded outcomes after record `after`.
+    pub async fn conflict_log(
+        &self,
+        after: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<ConflictLog, ClientError> {
+        let after = after.map(|n| n.to_string());
+        let limit = limit.map(|n| n.to_string());
+        let path = format!(
+            "/v1/conflicts/log{}",
+            query(&[("after", after.as_deref()), ("limit", limit.as_deref())])
+        );
+        self.call(Method::GET, &path, Auth::Client, None, None)
+            .await
+    }
+
+    /// `POST /v1/conflicts/{class}/{key}/resolve`.
+    pub async fn resolve(
+        &self,
+        class: &str,
+        key: &str,
+        resolution: &Resolution,
+        session: Option<&str>,
+    ) -> Result<WriteOutcome, ClientError> {
+        let path = format!(
+            "/v1/conflicts/{}/{}/resolve",
+            segment("class", class)?,
+            segment("key", key)?
+        );
+        self.call(
+            Method::POST,
+            &path,
+            Auth::Client,
+            session,
+            Some(json_body(resolution)?),
+        )
+        .await
+    }
+
+    /// `GET /v1/stats`.
+    pub async fn stats(&self) -> Result<NodeStats, ClientError> {
+        self.call(Method::GET, "/v1/stats", Auth::Client, None, None)
+            .await
+    }
+
+    /// `GET /v1/admin/ownership`.
+    pub async fn ownership(&self) -> Result<Ownership, ClientError> {
+        self.call(Method::GET, "/v1/admin/ownership", Auth::Admin, None, None)
+            .await
+    }
+
+    /// `POST /v1/admin/ownership`: `region`'s keys move to `delegate`.
+    pub async fn move_ownership(
+        &self,
+        region: &str,
+        delegate: &str,
+    ) -> Result<Ownership, ClientError> {
+        let body = MoveOwnership {
+            region: region.to_owned(),
+            delegate: delegate.to_owned(),
+        };
+        self.call(
+            Method::POST,
+            "/v1/admin/ownership",
+            Auth::Admin,
+            None,
+            Some(json_body(&body)?),
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/fault` (drills only).
+    pub async fn fault(
+        &self,
+        class: &str,
+        key: &str,
+        action: Fault,
+    ) -> Result<FaultAnswer, ClientError> {
+        let body = FaultRequest {
+            class: class.to_owned(),
+            key: key.to_owned(),
+            action,
+        };
+        self.call(
+            Method::POST,
+            "/v1/admin/fault",
+            Auth::Admin,
+            None,
+            Some(json_body(&body)?),
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/anti-entropy`: with `peer`, or every peer.
+    pub async fn anti_entropy(&self, peer: Option<&str>) -> Result<AntiEntropyAnswer, ClientError> {
+        let body = AntiEntropyRequest {
+            peer: peer.map(str::to_owned),
+        };
+        self.call(
+            Method::POST,
+            "/v1/admin/anti-entropy",
+            Auth::Admin,
+            None,
+            Some(json_body(&body)?),
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/audit-records`: the region's collector keeps them.
+    pub async fn audit_records(
+        &self,
+        records: &AuditRecords,
+    ) -> Result<AuditRecordsAnswer, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/admin/audit-records",
+            Auth::Admin,
+            None,
+            Some(json_body(records)?),
+        )
+        .await
+    }
+
+    /// `GET /healthz`.
+    pub async fn healthz(&self) -> Result<Health, ClientError> {
+        self.call(Method::GET, "/healthz", Auth::None, None, None)
+            .await
+    }
+
+    /// `GET /readyz`: an error (503) while the region starts or stops.
+    pub async fn readyz(&self) -> Result<Health, ClientError> {
+        self.call(Method::GET, "/readyz", Auth::None, None, None)
+            .await
+    }
+
+    /// `POST /v1/audit` (MessagePack): the auditor's question, answered
+    /// with the bytes that crossed the network both ways.
+    pub async fn audit(&self, req: &AuditRequest) -> Result<(AuditResponse, u64), ClientError> {
+        let body = encode(req);
+        let sent = body.len() as u64;
+        let url = format!("{}/v1/audit", self.base);
+        let request = self
+            .request(&Method::POST, &url, Auth::Admin, None)
+            .header(header::CONTENT_TYPE, "application/msgpack")
+            .body(body);
+        let bytes = self.send(&Method::POST, &url, request).await?;
+        let answer: Result<AuditResponse, WireError> =
+            decode(&bytes).map_err(|e| self.bad_answer(&url, e.to_string()))?;
+        match answer {
+            Ok(a) => Ok((a, sent + bytes.len() as u64)),
+            Err(w) => Err(ClientError::Refused {
+                region: self.region.clone(),
+                method: Method::POST.to_string(),
+                url,
+                error: Box::new(ApiError {
+                    status: w.status,
+                    ..w.error
+                }),
+            }),
+        }
+    }
+
+    fn request(
+        &self,
+        method: &Method,
+        url: &str,
+        auth: Auth,
+        session: Option<&str>,
+    ) -> RequestBuilder {
+        let mut req = self.http.request(method.clone(), url).timeout(self.timeout);
+        match auth {
+            Auth::None => {}
+            Auth::Client => req = req.bearer_auth(&self.client_token),
+            Auth::Admin => req = req.bearer_auth(&self.admin_token),
+        }
+        if let Some(s) = session {
+            req = req.header(TOKEN_HEADER, s);
+        }
+        req
+    }
+
+    /// A JSON call: `path` is already encoded, `body` already JSON.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Auth,
+        session: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.request(&method, &url, auth, session);
+        if let Some(b) = body {
+            req = req.header(header::CONTENT_TYPE, "application/json").body(b);
+        }
+        let bytes = self.send(&method, &url, req).await?;
+        serde_json::from_slice(&bytes).map_err(|e| self.bad_answer(&url, e.to_string()))
+    }
+
+    /// Sends; the answer's body on success, the region's error otherwise.
+    async fn send(
+        &self,
+        method: &Method,
+        url: &str,
+        req: RequestBuilder,
+    ) -> Result<bytes::Bytes, ClientError> {
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            region: self.region.clone(),
+            url: url.to_owned(),
+            cause: if e.is_timeout() {
+                format!("no answer within {} ms", self.timeout.as_millis())
+            } else {
+                error_chain(&e)
+            },
+        };
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(ClientError::Refused {
+            region: self.region.clone(),
+            method: method.to_string(),
+            url: url.to_owned(),
+            error: Box::new(api_error(status, &bytes)),
+        })
+    }
+
+    fn bad_answer(&self, url: &str, cause: String) -> ClientError {
+        ClientError::BadAnswer {
+            region: self.region.clone(),
+            url: url.to_owned(),
+            cause,
+        }
+    }
+}
+
+/// The region's error answer, or one made of the status and the text when
+/// something else answered (a proxy, a timeout layer).
+fn api_error(status: StatusCode, body: &[u8]) -> ApiError {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => ApiError {
+            status: status.as_u16(),
+            ..e
+        },
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let text: String = text.trim().chars().take(300).collect();
+            ApiError {
+                status: status.as_u16(),
+                error: status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_lowercase()
+                    .replace(' ', "_"),
+                detail: if text.is_empty() {
+                    format!("HTTP {status} with an empty body")
+                } else {
+                    text
+                },
+                owner: None,
+                owner_url: None,
+            }
+        }
+    }
+}
+
+/// `text` as one path segment.
+fn segment(what: &str, text: &str) -> Result<String, ClientError> {
+    // A URL parser drops `.` and `..` segments, and an empty one names
+    // another route: refused here rather than sent somewhere else.
+    if text.is_empty() || text == "." || text == ".." {
+        return Err(ClientError::Invalid(format!(
+            "the {what} `{text}` cannot be a URL path segment. Fix: use another {what}"
+        )));
+    }
+    Ok(percent_encode(text))
+}
+
+fn entity_path(class: &str, key: &str) -> Result<String, ClientError> {
+    Ok(format!(
+        "/v1/entities/{}/{}",
+        segment("class", class)?,
+        segment("key", key)?
+    ))
+}
+
+/// `?name=value&...` of the pairs that have a value; empty if none has.
+fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(name, value)| Some(format!("{name}={}", percent_encode((*value)?))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn write_query(opts: &WriteOptions) -> String {
+    query(&[
+        ("consistency", opts.consistency.as_deref()),
+        ("home", opts.home.as_deref()),
+    ])
+}
+
+fn json_body<B: Serialize + ?Sized>(body: &B) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(body).map_err(|e| {
+        ClientError::Invalid(format!("the request body cannot be written as JSON: {e}"))
+    })
+}
+
+/// A region reached over HTTP answers tree questions through `POST /v1/audit`.
+impl TreeSource for RegionClient {
+    fn name(&self) -> &str {
+        &self.region
+    }
+
+    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, crate::Result<(TreeResponse, u64)>> {
+        Box::pin(async move {
+            match self.audit(&AuditRequest::Tree(req)).await? {
+                (AuditResponse::Tree(t), n) => Ok((t, n)),
+                (other, _) => Err(Error::Internal(format!(
+                    "region {}: unexpected answer {other:?} to a tree question",
+                    self.region
+                ))),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entity::Op;
+    use crate::node::parse_op;
+
+    #[test]
+    fn path_segments_encode_every_byte_but_the_unreserved() {
+        for (key, encoded) in [
+            ("plain-key_1.2~", "plain-key_1.2~"),
+            ("a/b", "a%2Fb"),
+            ("what?", "what%3F"),
+            ("x#y", "x%23y"),
+            ("100%", "100%25"),
+            ("with space", "with%20space"),
+            ("a+b=c&d", "a%2Bb%3Dc%26d"),
+            (
+                "naïve-ключ-鍵",
+                "na%C3%AFve-%D0%BA%D0%BB%D1%8E%D1%87-%E9%8D%B5",
+            ),
+            ("%2F-literal", "%252F-literal"),
+            ("...", "..."),
+            (":@!$'()*,;", "%3A%40%21%24%27%28%29%2A%2C%3B"),
+        ] {
+            assert_eq!(segment("key", key).unwrap(), encoded, "{key}");
+        }
+        assert_eq!(
+            entity_path("tickets", "a/b").unwrap(),
+            "/v1/entities/tickets/a%2Fb"
+        );
+    }
+
+    #[test]
+    fn dot_and_empty_segments_are_refused_before_sending() {
+        for key in [".", "..", ""] {
+            let e = entity_path("tickets", key).unwrap_err();
+            assert!(
+                e.to_string().contains("cannot be a URL path segment"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn queries_carry_only_the_given_values_encoded() {
+        assert_eq!(query(&[("class", None), ("limit", None)]), "");
+        assert_eq!(
+            query(&[("class", Some("a&b")), ("limit", Some("200"))]),
+            "?class=a%26b&limit=200"
+        );
+        let opts = WriteOptions {
+            consistency: Some("quorum".into()),
+            home: Some("eu west".into()),
+            session: Some("not in the query".into()),
+        };
+        assert_eq!(write_query(&opts), "?consistency=quorum&home=eu%20west");
+    }
+
+    #[test]
+    fn an_error_keeps_the_regions_json_or_its_text() {
+        let e = api_error(
+            StatusCode::CONFLICT,
+            br#"{"error":"not_conflicted","detail":"`t/k` is not in conflict"}"#,
+        );
+        assert_eq!((e.status, e.error.as_str()), (409, "not_conflicted"));
+        assert_eq!(e.detail, "`t/k` is not in conflict");
+        let e = api_error(StatusCode::REQUEST_TIMEOUT, b"");
+        assert_eq!((e.status, e.error.as_str()), (408, "request_timeout"));
+        let e = api_error(StatusCode::BAD_GATEWAY, b"upstream down\n");
+        assert_eq!(e.detail, "upstream down");
+        let refused = ClientError::Refused {
+            region: "us-east".into(),
+            method: "POST".into(),
+            url: "http://127.0.0.1:7101/v1/conflicts/t/k/resolve".into(),
+            error: Box::new(api_error(
+                StatusCode::CONFLICT,
+                br#"{"error":"not_conflicted","detail":"nothing to resolve"}"#,
+            )),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "us-east answered HTTP 409 to POST http://127.0.0.1:7101/v1/conflicts/t/k/resolve: nothing to resolve"
+        );
+        let Error::Remote(remote) = Error::from(refused) else {
+            panic!("a refusal stays the region's error");
+        };
+        assert_eq!(
+            (remote.status, remote.error.as_str()),
+            (409, "not_conflicted")
+        );
+        assert!(remote.detail.starts_with("us-east answered HTTP 409"));
+    }
+
+    /// The bodies this client sends are the ones the region parses.
+    #[test]
+    fn bodies_are_what_the_region_reads() {
+        for (op, want) in [
+            (EntityOp::Incr { by: -3 }, Op::Incr(-3)),
+            (EntityOp::Decr { by: 2 }, Op::Incr(-2)),
+            (
+                EntityOp::Add {
+                    member: Value::from("x"),
+                },
+                Op::Add(Value::from("x")),
+            ),
+            (
+                EntityOp::Remove {
+                    member: serde_json::json!({"id": 1}),
+                },
+                Op::Remove(serde_json::json!({"id": 1})),
+            ),
+        ] {
+            let body = serde_json::to_value(&op).unwrap();
+            assert_eq!(parse_op(&body, "c").unwrap(), want, "{body}");
+        }
+        for r in [
+            Resolution::Value(serde_json::json!({"status": "done"})),
+            Resolution::Delete,
+        ] {
+            let body = serde_json::to_value(&r).unwrap();
+            assert_eq!(Resolution::parse(&body).unwrap(), r, "{body}");
+        }
+        let body = serde_json::to_value(AntiEntropyRequest::default()).unwrap();
+        assert_eq!(body, serde_json::json!({}));
+    }
+}
