@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, start_web};
+use common::Web;
 use parallax_collector::{Collector, CollectorOptions};
 use parallax_replicator::clock::{Clock, ManualClock, SystemClock};
 use parallax_replicator::config::CollectorConfig;
@@ -121,12 +121,13 @@ fn config(dir: &Path, sql_timeout: Duration, max_concurrent: usize) -> PathBuf {
 }
 
 /// A data directory with the collector's files and `parallax web` over it.
-fn serve(sql_timeout: Duration, max_concurrent: usize) -> (tempfile::TempDir, Server, String) {
+fn serve(sql_timeout: Duration, max_concurrent: usize) -> (tempfile::TempDir, Web, String) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     fill(&data);
-    let (server, url) = start_web(&config(dir.path(), sql_timeout, max_concurrent), &data);
-    (dir, server, url)
+    let web = Web::start(&config(dir.path(), sql_timeout, max_concurrent), &data);
+    let url = web.url.clone();
+    (dir, web, url)
 }
 
 /// CPU time the process has used (utime + stime of /proc/<pid>/stat), in
@@ -229,7 +230,7 @@ async fn post_sql(http: &reqwest::Client, url: &str, sql: &str) -> (u16, Value) 
 async fn runaway_queries_stop_at_their_time_limit_and_pages_and_alerts_keep_answering() {
     let _serial = SERIAL.lock().await;
     let (_dir, server, url) = serve(LIMIT, 4);
-    let pid = server.0.id();
+    let pid = server.child.id();
     let http = reqwest::Client::new();
     let at_rest = warm_up(&http, &url, pid).await;
     eprintln!("at rest (alerts evaluated every 250 ms): {at_rest:.2} cores");
@@ -293,7 +294,7 @@ async fn a_query_whose_client_went_away_stops_and_frees_its_slot() {
     let _serial = SERIAL.lock().await;
     // A time limit far away, and room for one user query.
     let (_dir, server, url) = serve(Duration::from_secs(120), 1);
-    let pid = server.0.id();
+    let pid = server.child.id();
     let http = reqwest::Client::new();
     let at_rest = warm_up(&http, &url, pid).await;
     eprintln!("at rest (alerts evaluated every 250 ms): {at_rest:.2} cores");
