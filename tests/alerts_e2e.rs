@@ -610,3 +610,155 @@ async fn lag_fires_while_a_source_region_is_stopped_and_resolves_when_it_runs_ag
         .await;
     took("lag", "cure -> resolved", cure, &resolved);
 }
+
+/// The promise of the example config (deploy/examples/three-regions.toml)
+/// as an operator would run it, changed only in ports, tokens and each
+/// rule notifying the test's receiver: a region frozen with SIGSTOP while
+/// the others take writes is named by an alert within 45 s, and every alert
+/// that named it resolves once it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_rules_name_a_region_frozen_under_load_within_45_s() {
+    const PROMISED: Duration = Duration::from_secs(45);
+    let _one = ONE_AT_A_TIME.lock().await;
+    let hook = Receiver::start().await;
+    let example = include_str!("../deploy/examples/three-regions.toml");
+    let mut rules = 0;
+    let example: String = example
+        .lines()
+        .map(|line| {
+            if line.starts_with("[alerts.") {
+                rules += 1;
+                format!("{line}\nnotify = [\"hook\"]\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert!(rules >= 2, "the example has no alert rules");
+    let cluster = Cluster::from_example(
+        &example,
+        &format!(
+            "\n[notifiers.hook]\nkind = \"webhook\"\nurl = \"{}\"\n",
+            hook.url
+        ),
+    );
+    for i in 0..REGIONS.len() {
+        cluster.wait_ready(i).await;
+    }
+    let config = Config::load(&cluster.config).unwrap();
+    let web = Web::start(&cluster.config, &cluster.data_dir());
+    let r = Rig {
+        web,
+        cluster,
+        hook,
+        config,
+        http: reqwest::Client::new(),
+    };
+    let frozen_region = REGIONS[1];
+    for (rule, ready) in [
+        (
+            "region_unreachable",
+            "SELECT count(DISTINCT target) = 3 FROM probes WHERE ok",
+        ),
+        (
+            "replication_lag",
+            "SELECT count(DISTINCT concat(src, '>', dst)) = 6 FROM replication_lag",
+        ),
+    ] {
+        r.settled(rule, ready).await;
+    }
+
+    // Load: writers on the two regions that stay up, all through the test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = [0, 2]
+        .into_iter()
+        .flat_map(|i| [i, i])
+        .enumerate()
+        .map(|(n, i)| {
+            let url = format!("{}/v1/entities/likes/post-{n}/ops", r.cluster.url(i));
+            let (stop, written) = (Arc::clone(&stop), Arc::clone(&written));
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(ms(2_000))
+                    .build()
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = http
+                        .post(&url)
+                        .bearer_auth(TOKEN)
+                        .json(&json!({ "op": "incr", "by": 1 }))
+                        .send()
+                        .await;
+                    if sent.is_ok_and(|a| a.status().is_success()) {
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(ms(20)).await;
+                }
+            })
+        })
+        .collect();
+    let names_frozen =
+        |n: &Notice| n.labels.values().any(|v| v == frozen_region) && n.status == "firing";
+
+    let cause = Instant::now();
+    let frozen = r.cluster.freeze(1);
+    let before = written.load(Ordering::Relaxed);
+    until(
+        &format!("an alert naming {frozen_region} (the example promises 45 s)"),
+        PROMISED,
+        || async {
+            r.hook
+                .notices()
+                .iter()
+                .any(|n| n.at >= cause && names_frozen(n))
+        },
+    )
+    .await;
+    let fired: Vec<Notice> = r
+        .hook
+        .notices()
+        .into_iter()
+        .filter(|n| n.at >= cause && names_frozen(n))
+        .collect();
+    took(
+        &fired[0].labels["alertname"],
+        &format!("{frozen_region} frozen -> firing"),
+        cause,
+        &fired[0],
+    );
+    assert!(
+        written.load(Ordering::Relaxed) > before,
+        "the load stopped while {frozen_region} was frozen"
+    );
+
+    // Every alert that named the frozen region resolves once it runs again:
+    // within the longest window a rule looks back over (lag: a minute),
+    // a heartbeat, the pipeline and the slack.
+    let cure = Instant::now();
+    frozen.thaw();
+    let within = LAG_WINDOW + ms(r.config.replication.heartbeat_interval_ms) + r.pipeline() + SLACK;
+    let mut named: Vec<BTreeMap<String, String>> = Vec::new();
+    for n in &fired {
+        if !named.contains(&n.labels) {
+            named.push(n.labels.clone());
+        }
+    }
+    for labels in &named {
+        let want: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let resolved = r.hook.expect(&r.web, "resolved", &want, cure, within).await;
+        took(
+            &labels["alertname"],
+            &format!("{frozen_region} running -> resolved"),
+            cure,
+            &resolved,
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+}

@@ -158,11 +158,16 @@ async fn a_stopping_web_app_finishes_delivering_its_notices() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/three-regions.toml"),
     )
     .unwrap();
+    assert!(
+        example.contains("eval_interval_ms = 5000"),
+        "the example's [web] moved"
+    );
+    let example = example.replace("eval_interval_ms = 5000", "eval_interval_ms = 200");
     let config = dir.path().join("parallax.toml");
     std::fs::write(
         &config,
         format!(
-            "{example}\n[web]\neval_interval_ms = 200\n\n\
+            "{example}\n\
              [alerts.always]\nkind = \"sql\"\nsql = \"SELECT 'x' AS what\"\nnotify = [\"hook\"]\n\n\
              [notifiers.hook]\nkind = \"webhook\"\nurl = \"{hook}\"\nmax_attempts = 3\n"
         ),

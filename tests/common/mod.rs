@@ -62,6 +62,44 @@ impl Cluster {
         )
     }
 
+    /// Three regions running a whole config file's text (an example from
+    /// deploy/examples/, whose regions are [`REGIONS`]) as it is, but for
+    /// each region's `listen` moved to a free port and the harness's tokens;
+    /// `extra` (TOML) is appended.
+    pub(crate) fn from_example(example: &str, extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
+        let mut section = String::new();
+        let mut moved = 0;
+        let mut toml = String::new();
+        for line in example.lines() {
+            if line.starts_with('[') {
+                section = line.trim().to_owned();
+            }
+            let region = REGIONS
+                .iter()
+                .position(|r| section == format!("[regions.{r}]"));
+            let line = match (region, line.trim_start().starts_with("listen")) {
+                (Some(i), true) => {
+                    moved += 1;
+                    format!("listen = \"127.0.0.1:{}\"", ports[i])
+                }
+                _ if line.starts_with("client_token") => format!("client_token = \"{TOKEN}\""),
+                _ if line.starts_with("admin_token") => format!("admin_token = \"{ADMIN_TOKEN}\""),
+                _ => line.to_owned(),
+            };
+            toml.push_str(&line);
+            toml.push('\n');
+        }
+        assert_eq!(
+            moved,
+            REGIONS.len(),
+            "the example does not declare {REGIONS:?} with a listen each"
+        );
+        toml.push_str(extra);
+        Cluster::launch(dir, toml, ports, &[&[], &[], &[]])
+    }
+
     fn start(replication: &str, classes: &str, region_args: &[&[&str]; 3]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
@@ -74,6 +112,15 @@ impl Cluster {
             toml.push_str(&format!("[regions.{r}]\nlisten = \"127.0.0.1:{p}\"\nlocation = {{ lat = 0.0, lon = 0.0 }}\n\n"));
         }
         toml.push_str(classes);
+        Cluster::launch(dir, toml, ports, region_args)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        toml: String,
+        ports: Vec<u16>,
+        region_args: &[&[&str]; 3],
+    ) -> Cluster {
         let config = dir.path().join("parallax.toml");
         std::fs::write(&config, toml).unwrap();
         let mut c = Cluster {
