@@ -34,7 +34,7 @@ use crate::store::{ConflictRecord, QueuedConflict};
 use crate::sync::AntiEntropyReport;
 use crate::telemetry::{AuditEvent, DivergenceEvent, Event, RequestEvent};
 use crate::transport::{FROM_HEADER, PEER_PATH};
-use crate::writer::Fault;
+use crate::command::Fault;
 
 /// Header carrying a session token (the query parameter `token` also works).
 pub const TOKEN_HEADER: &str = "x-parallax-token";

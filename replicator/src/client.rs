@@ -37,7 +37,7 @@ use crate::protocol::{
 };
 use crate::sync::TreeSource;
 use crate::transport::error_chain;
-use crate::writer::Fault;
+use crate::command::Fault;
 
 /// Every byte but RFC 3986's unreserved `A-Z a-z 0-9 - . _ ~`.
 const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC

@@ -21,6 +21,7 @@
 pub mod api;
 pub mod client;
 pub mod clock;
+mod command;
 pub mod config;
 pub mod entity;
 pub mod error;
@@ -36,10 +37,11 @@ pub mod transport;
 pub mod version;
 mod wal;
 pub mod web_config;
+pub mod worker;
 mod writer;
 
 pub use client::{ClientError, ReadOptions, RegionClient, WriteOptions};
 pub use error::{ApiError, Error, Result};
 pub use node::{Node, NodeOptions, NodeStats, ReadRequest, WriteRequest, WriterMode};
 pub use replication::{AntiEntropyStats, PeerStats, ReplicationStats};
-pub use writer::Fault;
+pub use command::Fault;

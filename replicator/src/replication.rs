@@ -19,11 +19,12 @@ use crate::config::Config;
 use crate::merkle::{Digest, MerkleTree};
 use crate::protocol::{PeerRequest, PeerResponse, ReplicateBatch};
 use crate::routing::OwnershipView;
-use crate::store::{LogEntry, Meta};
+use crate::store::Meta;
+use crate::wal::LogEntry;
 use crate::telemetry::{ClockEvent, Event, ReplicationEvent, Telemetry};
 use crate::transport::Transport;
 use crate::wal::WalReader;
-use crate::writer::Command;
+use crate::command::Command;
 
 /// The latest local write, as published by the writer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -483,7 +484,7 @@ impl Replication {
     /// `None` if nothing was ever heard from it.
     pub(crate) fn lag_from(&self, origin: &str, now_ms: u64) -> Option<u64> {
         let fresh = self.fresh_ms(origin)?;
-        Some(crate::writer::lag_ms(now_ms, fresh, self.offset_ms(origin)))
+        Some(crate::clock::lag_ms(now_ms, fresh, self.offset_ms(origin)))
     }
 
     /// One lag sample per peer, taken whether or not anything arrived:
@@ -719,7 +720,8 @@ impl Shipper {
     /// batches in flight (the peer applies them in order), a heartbeat when
     /// idle, and on any failure starts again from the peer's watermark after
     /// a backoff.
-    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self, worker: crate::worker::Worker) {
+        let mut shutdown = worker.stop_signal();
         let cfg = &self.config.replication;
         let heartbeat = Duration::from_millis(cfg.heartbeat_interval_ms);
         let timeout = Duration::from_millis(cfg.peer_timeout_ms);

@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, HlcClock};
+use crate::command::{ApplyAck, Command, Fault, LocalApplied, LocalWrite};
 use crate::config::{Config, OWNERSHIP_CLASS};
 use crate::entity::{ConflictOutcome, Entity, Merged, Op, WriteContext};
 use crate::error::{Error, Result};
@@ -31,85 +32,16 @@ use crate::merkle::{self, Digest, MerkleTree};
 use crate::protocol::RepairItem;
 use crate::replication::Replication;
 use crate::routing::OwnershipView;
-use crate::store::{ConflictRecord, LogEntry, Meta, Store, StoreTxn};
+use crate::store::{ConflictRecord, Meta, Store, StoreTxn};
+use crate::wal::LogEntry;
 use crate::telemetry::{ConflictEvent, Event, Stats, Telemetry};
 use crate::wal::Wal;
-
-/// A local write for the writer.
-#[derive(Debug)]
-pub(crate) struct LocalWrite {
-    pub(crate) class: String,
-    pub(crate) key: String,
-    pub(crate) op: Op,
-    pub(crate) owner_epoch: u64,
-    pub(crate) home: Option<String>,
-}
-
-/// A committed local write.
-#[derive(Debug)]
-pub(crate) struct LocalApplied {
-    pub(crate) entity: Entity,
-    pub(crate) seq: u64,
-}
-
-/// Watermarks of one origin's log here after an apply.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ApplyAck {
-    /// Last sequence applied.
-    pub(crate) applied: u64,
-    /// Last sequence applied and checkpointed (survives a crash).
-    pub(crate) durable: u64,
-}
-
-/// What the writer is asked to do.
-#[derive(Debug)]
-pub(crate) enum Command {
-    Local(LocalWrite, oneshot::Sender<Result<LocalApplied>>),
-    /// Entries of `origin`'s log.
-    Apply {
-        origin: String,
-        entries: Vec<LogEntry>,
-        gap_acknowledged: bool,
-        /// Checkpoint in this group (a quorum write waits on it).
-        durable: bool,
-        reply: oneshot::Sender<Result<ApplyAck>>,
-    },
-    Repair(Vec<RepairItem>, oneshot::Sender<Result<()>>),
-    /// Remember whether `peer` needs anti-entropy (its log was dropped, or
-    /// a pass repaired it).
-    MarkAntiEntropy(String, bool),
-    /// Overwrite stored versions as they are (a repair of corruption, where
-    /// a merge cannot tell the good copy from the bad). Not replicated.
-    Replace(Vec<RepairItem>, oneshot::Sender<Result<()>>),
-    /// Change a stored entity without replicating it (fault-injection drills).
-    Fault {
-        class: String,
-        key: String,
-        fault: Fault,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    /// Checkpoint now (if anything changed); answers when durable.
-    Checkpoint(Option<oneshot::Sender<()>>),
-    Stop,
-}
 
 enum Done {
     Local(oneshot::Sender<Result<LocalApplied>>, Box<LocalApplied>),
     Apply(oneshot::Sender<Result<ApplyAck>>, String),
     Repair(oneshot::Sender<Result<()>>),
     Checkpoint(oneshot::Sender<()>),
-}
-
-/// A drill fault: how to change a stored entity without replicating it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Fault {
-    /// Same version, different content.
-    Corrupt,
-    /// Remove the entity.
-    Drop,
-    /// Replace it by an older version.
-    Rollback,
 }
 
 /// The writer's state.
@@ -736,7 +668,7 @@ impl Writer {
         let lags = g.lags.entry(origin.to_owned()).or_default();
         for (e, remote) in fresh.iter().zip(&decoded) {
             let _ = self.hlc.observe(&remote.hlc, now_ms);
-            lags.push(lag_ms(now_ms, e.wall_ms, offset));
+            lags.push(crate::clock::lag_ms(now_ms, e.wall_ms, offset));
             wm = e.seq;
         }
         for (e, remote) in fresh.iter().zip(decoded) {
@@ -913,11 +845,6 @@ impl Writer {
         }));
         Ok(())
     }
-}
-
-/// Lag of an entry written at `wall_ms` on a clock `offset_ms` ahead of ours.
-pub(crate) fn lag_ms(now_ms: u64, wall_ms: u64, offset_ms: i64) -> u64 {
-    (now_ms as i64 + offset_ms - wall_ms as i64).max(0) as u64
 }
 
 fn drain(first: Command, rx: &mut mpsc::Receiver<Command>, max: usize) -> Vec<Command> {
