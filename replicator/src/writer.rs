@@ -29,7 +29,7 @@ use crate::entity::{ConflictOutcome, Entity, Merged, Op, WriteContext};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Digest, MerkleTree};
 use crate::protocol::RepairItem;
-use crate::replication::Replication;
+use crate::replication::{self, Fresh, Replication};
 use crate::routing::OwnershipView;
 use crate::store::{ConflictRecord, LogEntry, Meta, Store, StoreTxn};
 use crate::telemetry::{ConflictEvent, Event, Stats, Telemetry};
@@ -705,15 +705,13 @@ impl Writer {
             .or_else(|| self.applied.get(origin))
             .copied()
             .unwrap_or(0);
-        let fresh: Vec<&LogEntry> = entries.iter().filter(|e| e.seq > wm).collect();
-        let Some(first) = fresh.first() else {
-            return Ok(());
+        let fresh = match replication::fresh(wm, entries, gap_acknowledged) {
+            Fresh::Apply(fresh) => fresh,
+            // Nothing new, or something between our watermark and this
+            // batch is missing: the answer (our watermark) asks the origin
+            // to resend from there.
+            Fresh::AlreadyApplied | Fresh::Missing => return Ok(()),
         };
-        if first.seq > wm + 1 && !gap_acknowledged {
-            // Something between our watermark and this batch is missing: the
-            // answer (our watermark) asks the origin to resend from there.
-            return Ok(());
-        }
         // Decode and check everything before changing anything, so a bad
         // batch changes nothing.
         let now_ms = now_us / 1_000;
