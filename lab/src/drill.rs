@@ -1,8 +1,15 @@
 //! Drills the demo plays on a running cluster: a divergence (corrupt,
 //! audit, repair, audit) and a failover (move ownership and back).
 
+use std::time::Duration;
+
+use anyhow::Result;
+use parallax_replicator::config::Config;
+
+use crate::process::RunningRegion;
+
 /// Corrupts one critical entity in one region, audits, repairs, audits again.
-async fn divergence_drill(config: &Config, regions: &[(String, RunningRegion)]) -> Result<bool> {
+pub async fn divergence_drill(config: &Config, regions: &[(String, RunningRegion)]) -> Result<bool> {
     let critical: Vec<String> = config
         .classes
         .iter()
@@ -73,7 +80,7 @@ Divergence drill: corrupted {class}/{key} in {victim} without replicating it."
 
 /// Moves the last region's keys to the first region and back, as an
 /// operator would around a regional outage.
-async fn failover_drill(config: &Config, regions: &[(String, RunningRegion)]) -> Result<()> {
+pub async fn failover_drill(config: &Config, regions: &[(String, RunningRegion)]) -> Result<()> {
     let (Some((lost, _)), Some((survivor, node))) = (regions.last(), regions.first()) else {
         return Ok(());
     };

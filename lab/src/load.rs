@@ -1,8 +1,18 @@
 //! A write load over every conflict policy, spread over the regions: what
 //! the demo (and the drills) run while they watch the cluster.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use parallax_replicator::config::Config;
+use serde_json::{Value, json};
+
+use crate::process::RunningRegion;
+use rand_like::Rng;
+
 /// A tiny RNG so the load is reproducible from its seed (xorshift*).
 mod rand_like {
+    #[derive(Debug)]
     pub struct Rng(u64);
     impl Rng {
         pub fn new(seed: u64) -> Rng {
@@ -17,20 +27,27 @@ mod rand_like {
     }
 }
 
-struct Load {
+/// The load's clients, its seeded choices and what it counted.
+#[derive(Debug)]
+pub struct Load {
     client: reqwest::Client,
     urls: Vec<String>,
     token: String,
     classes: Vec<String>,
     rng: std::sync::Mutex<Rng>,
-    ok: AtomicU64,
-    refused: AtomicU64,
-    failed: AtomicU64,
-    likes: AtomicI64,
+    /// Requests answered 2xx.
+    pub ok: AtomicU64,
+    /// Requests answered 404 or 409, as the load expects some to be.
+    pub refused: AtomicU64,
+    /// Requests that failed otherwise.
+    pub failed: AtomicU64,
+    /// Increments of `likes` acknowledged.
+    pub likes: AtomicI64,
 }
 
 impl Load {
-    fn new(config: &Config, regions: &[(String, RunningRegion)], seed: u64) -> Arc<Load> {
+    /// A load on `regions` of `config`, its choices drawn from `seed`.
+    pub fn new(config: &Config, regions: &[(String, RunningRegion)], seed: u64) -> Arc<Load> {
         Arc::new(Load {
             client: reqwest::Client::new(),
             urls: regions
@@ -95,7 +112,7 @@ impl Load {
     }
 
     /// One client operation on a random class, from a random region.
-    async fn one(&self) {
+    pub async fn one(&self) {
         let region = self.pick(self.urls.len() as u64) as usize;
         let class = self.classes[self.pick(self.classes.len() as u64) as usize].clone();
         let post = reqwest::Method::POST;

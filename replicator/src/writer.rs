@@ -30,7 +30,7 @@ use crate::entity::{ConflictOutcome, Entity, Merged, Op, WriteContext};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Digest, MerkleTree};
 use crate::protocol::RepairItem;
-use crate::replication::Replication;
+use crate::replication::{self, Fresh, Replication};
 use crate::routing::OwnershipView;
 use crate::store::{ConflictRecord, Meta, Store, StoreTxn};
 use crate::wal::LogEntry;

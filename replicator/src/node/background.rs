@@ -1,6 +1,6 @@
 //! The loops a node runs besides requests (each a [`crate::worker`]):
-//! the telemetry relay, checkpoints and the lag sampler. The shippers live
-//! in [`crate::replication`], anti-entropy in [`super::anti_entropy`].
+//! the telemetry relay and checkpoints. The shippers and the lag sampler
+//! live in [`crate::replication`], anti-entropy in [`super::anti_entropy`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,38 +12,6 @@ use crate::replication::Replication;
 use crate::telemetry::{Event, Stats, Telemetry};
 use crate::worker::Worker;
 use crate::command::Command;
-
-/// Samples, every heartbeat interval, how far this region trails each
-/// peer and how far each silent peer trails it, and emits the samples as
-/// `replication_lag` rows, whether or not anything arrived.
-pub(super) struct LagSampler {
-    pub(super) me: String,
-    pub(super) repl: Arc<Replication>,
-    pub(super) clock: Arc<dyn Clock>,
-    pub(super) telemetry: Telemetry,
-    pub(super) every: Duration,
-}
-
-impl LagSampler {
-    pub(super) async fn run(self, mut w: Worker) {
-        let silent_after_ms = 3 * self.every.as_millis() as u64;
-        let mut tick = tokio::time::interval(self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            w.idle();
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = w.stopping() => return,
-            }
-            w.busy();
-            let (now_ms, now_us) = (self.clock.now_ms(), self.clock.now_us());
-            for e in self.repl.sample_lag(&self.me, now_ms, now_us, silent_after_ms) {
-                self.telemetry.emit(Event::Replication(e));
-            }
-            w.ran(Ok::<(), String>(()));
-        }
-    }
-}
 
 /// Asks the writer for a checkpoint every `every` (it skips it if nothing
 /// changed).

@@ -34,7 +34,7 @@ use crate::config::{ClassConfig, Config};
 use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::protocol::{PeerRequest, PeerResponse};
-use crate::replication::{Replication, ReplicationStats, Shipper};
+use crate::replication::{LagSampler, Replication, ReplicationStats, Shipper};
 use crate::store::{ConflictRecord, QueuedConflict, Store};
 use crate::telemetry::{Event, EventStats, Stats, Telemetry};
 use crate::transport::{PeerHandler, Transport};
@@ -286,7 +286,7 @@ impl Node {
             }
         }
         if replicate && !peers.is_empty() {
-            let sampler = background::LagSampler {
+            let sampler = LagSampler {
                 me: region.clone(),
                 repl: Arc::clone(&repl),
                 clock: Arc::clone(&clock),

@@ -8,6 +8,7 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use super::Node;
+use crate::replication::Receiver;
 use crate::error::{Error, Result, WireError};
 use crate::protocol::{
     PeerReply, PeerRequest, PeerResponse, RepairItem, ReplicateAck, ReplicateBatch,
@@ -108,107 +109,16 @@ impl Node {
     }
 
     async fn apply_batch(&self, from: &str, batch: ReplicateBatch) -> Result<ReplicateAck> {
-        if batch.origin != from
-            || !self.inner.config.regions.contains_key(from)
-            || from == self.inner.region
-        {
-            return Err(Error::BadRequest(format!(
-                "a replication batch from `{from}` claims origin `{}`; regions ship only their own log",
-                batch.origin
-            )));
-        }
-        let now_ms = self.inner.clock.now_ms();
-        let max = self.inner.config.cluster.max_clock_offset_ms;
-        let newest = batch
-            .entries
-            .iter()
-            .map(|e| e.wall_ms)
-            .max()
-            .unwrap_or(0)
-            .max(batch.closed_ms);
-        if newest > now_ms + max {
-            self.inner.repl.count_refused_stamp();
-            return Err(Error::ClockSkew {
-                peer: from.to_owned(),
-                region: self.inner.region.clone(),
-                ahead_ms: newest - now_ms,
-                max_ms: max,
-            });
-        }
-        let n = batch.entries.len() as u64;
-        let stamps: Vec<(u64, u64)> = batch.entries.iter().map(|e| (e.seq, e.wall_ms)).collect();
-        let ack: ApplyAck = if batch.entries.is_empty() {
-            if batch.durable_now
-                && self.inner.repl.applied_from(from) > self.inner.repl.durable_from(from)
-            {
-                let (tx, rx) = oneshot::channel();
-                self.inner
-                    .writer
-                    .send(Command::Checkpoint(Some(tx)))
-                    .await
-                    .map_err(|_| Error::ShuttingDown(self.inner.region.clone()))?;
-                let _ = rx.await;
-            }
-            ApplyAck {
-                applied: self.inner.repl.applied_from(from),
-                durable: self.inner.repl.durable_from(from),
-            }
-        } else {
-            // Batches travel on several connections at once; one may arrive
-            // before the batch it follows. Give that one a moment to land.
-            let first = batch.entries[0].seq;
-            if !batch.gap_acknowledged && first > self.inner.repl.applied_from(from) + 1 {
-                let wait = Duration::from_millis(self.inner.config.replication.peer_timeout_ms / 4);
-                self.inner.repl.wait_applied(from, first - 1, wait).await;
-            }
-            let origin = from.to_owned();
-            let gap = batch.gap_acknowledged;
-            let durable = batch.durable_now;
-            let entries = batch.entries;
-            match self
-                .submit(|reply| Command::Apply {
-                    origin,
-                    entries,
-                    gap_acknowledged: gap,
-                    durable,
-                    reply,
-                })
-                .await
-            {
-                Ok(ack) => ack,
-                Err(e @ Error::ClockSkew { .. }) => {
-                    self.inner.repl.count_refused_stamp();
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            }
+        let inner = &self.inner;
+        let receiver = Receiver {
+            region: &inner.region,
+            config: &inner.config,
+            clock: inner.clock.as_ref(),
+            repl: &inner.repl,
+            writer: &inner.writer,
         };
-        let acked = ack.applied;
-        // The closed timestamp holds only if we hold everything up to the
-        // origin's head.
-        if acked >= batch.head {
-            self.inner.repl.advance_closed(from, batch.closed_ms);
-        }
-        self.inner.repl.learn_applied(from, &batch.applied);
-        let newest_applied = stamps
-            .iter()
-            .filter(|(seq, _)| *seq <= acked)
-            .map(|(_, wall_ms)| *wall_ms)
-            .max();
-        self.inner.repl.note_arrival(
-            from,
-            newest_applied,
-            n,
-            batch.head.saturating_sub(acked),
-            batch.backlog_bytes,
-        );
-        Ok(ReplicateAck {
-            acked,
-            durable: ack.durable,
-            applied: self.inner.repl.applied_vector(&self.inner.region),
-        })
+        receiver.apply(from, batch).await
     }
-}
 }
 
 impl PeerHandler for Node {

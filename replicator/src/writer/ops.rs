@@ -80,15 +80,13 @@ impl Writer {
             .or_else(|| self.applied.get(origin))
             .copied()
             .unwrap_or(0);
-        let fresh: Vec<&LogEntry> = entries.iter().filter(|e| e.seq > wm).collect();
-        let Some(first) = fresh.first() else {
-            return Ok(());
+        let fresh = match replication::fresh(wm, entries, gap_acknowledged) {
+            Fresh::Apply(fresh) => fresh,
+            // Nothing new, or something between our watermark and this
+            // batch is missing: the answer (our watermark) asks the origin
+            // to resend from there.
+            Fresh::AlreadyApplied | Fresh::Missing => return Ok(()),
         };
-        if first.seq > wm + 1 && !gap_acknowledged {
-            // Something between our watermark and this batch is missing: the
-            // answer (our watermark) asks the origin to resend from there.
-            return Ok(());
-        }
         // Decode and check everything before changing anything, so a bad
         // batch changes nothing.
         let now_ms = now_us / 1_000;
