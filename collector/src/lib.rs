@@ -14,7 +14,7 @@
 //! `flush_interval_ms` of telemetry (10 s by default) — and never leaves a
 //! corrupt or half-visible file; entity data is not affected.
 //!
-//! - [`tables`]: the schemas, and events as rows.
+//! - [`tables`]: every table declared once: its schema, its batches, its rows.
 //! - [`files`]: writing, compaction and retention.
 //! - [`metrics`]: the Prometheus metrics.
 
@@ -35,17 +35,14 @@ use axum::routing::get;
 use parallax_replicator::Node;
 use parallax_replicator::clock::Clock;
 use parallax_replicator::config::CollectorConfig;
-use parallax_replicator::telemetry::{
-    AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent,
-    ReplicationEvent, RequestEvent,
-};
+use parallax_replicator::telemetry::{Event, ProbeEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::files::FileOptions;
 use crate::metrics::Metrics;
-use crate::tables::{TableRow, date_hour};
+use crate::tables::{RowSink, Rows, TableRow, date_hour};
 
 /// The collector's errors.
 #[derive(Debug, thiserror::Error)]
@@ -70,36 +67,6 @@ pub struct CollectorOptions {
     pub tokens: Vec<String>,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
-}
-
-#[derive(Default)]
-struct Buffers {
-    requests: Vec<RequestEvent>,
-    replication_lag: Vec<ReplicationEvent>,
-    conflicts: Vec<ConflictEvent>,
-    divergence: Vec<DivergenceEvent>,
-    audits: Vec<AuditEvent>,
-    failovers: Vec<FailoverEvent>,
-    probes: Vec<ProbeEvent>,
-    clock: Vec<ClockEvent>,
-}
-
-impl Buffers {
-    fn largest(&self) -> usize {
-        [
-            self.requests.len(),
-            self.replication_lag.len(),
-            self.conflicts.len(),
-            self.divergence.len(),
-            self.audits.len(),
-            self.failovers.len(),
-            self.probes.len(),
-            self.clock.len(),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0)
-    }
 }
 
 /// What the collector has written, by table.
@@ -131,7 +98,7 @@ struct Inner {
     opts: CollectorOptions,
     files: FileOptions,
     metrics: Metrics,
-    buffers: Mutex<Buffers>,
+    buffers: Mutex<Rows>,
     written: Mutex<Written>,
     latest_probes: Mutex<BTreeMap<String, ProbeEvent>>,
     node: Option<Node>,
@@ -156,7 +123,7 @@ impl Collector {
                     row_group_rows: opts.config.row_group_rows,
                 },
                 metrics: Metrics::new(&opts.region),
-                buffers: Mutex::new(Buffers::default()),
+                buffers: Mutex::new(Rows::default()),
                 written: Mutex::new(Written::default()),
                 latest_probes: Mutex::new(BTreeMap::new()),
                 node,
@@ -193,16 +160,7 @@ impl Collector {
         self.inner.metrics.observe(&event);
         let full = {
             let mut b = self.inner.buffers.lock().expect("buffers lock");
-            match event {
-                Event::Request(e) => b.requests.push(e),
-                Event::Replication(e) => b.replication_lag.push(e),
-                Event::Conflict(e) => b.conflicts.push(e),
-                Event::Divergence(e) => b.divergence.push(e),
-                Event::Audit(e) => b.audits.push(e),
-                Event::Failover(e) => b.failovers.push(e),
-                Event::Probe(e) => b.probes.push(e),
-                Event::Clock(e) => b.clock.push(e),
-            }
+            b.push(event);
             b.largest() >= self.inner.opts.config.flush_rows
         };
         if full {
@@ -212,67 +170,8 @@ impl Collector {
 
     /// Writes everything buffered. Returns the rows written.
     pub fn flush(&self) -> Result<u64, Error> {
-        let b = {
-            let mut guard = self.inner.buffers.lock().expect("buffers lock");
-            // The next buffers start as large as these ended.
-            let next = Buffers {
-                requests: Vec::with_capacity(guard.requests.len()),
-                replication_lag: Vec::with_capacity(guard.replication_lag.len()),
-                conflicts: Vec::with_capacity(guard.conflicts.len()),
-                divergence: Vec::new(),
-                audits: Vec::new(),
-                failovers: Vec::new(),
-                probes: Vec::with_capacity(guard.probes.len()),
-                clock: Vec::with_capacity(guard.clock.len()),
-            };
-            std::mem::replace(&mut *guard, next)
-        };
-        let mut rows = 0;
-        rows += self.write(b.requests)?;
-        rows += self.write(b.replication_lag)?;
-        rows += self.write(b.conflicts)?;
-        rows += self.write(b.divergence)?;
-        rows += self.write(b.audits)?;
-        rows += self.write(b.failovers)?;
-        rows += self.write(b.probes)?;
-        rows += self.write(b.clock)?;
-        Ok(rows)
-    }
-
-    fn write<T: TableRow>(&self, rows: Vec<T>) -> Result<u64, Error> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        // Events mostly arrive in time order: sort references, not rows, and only if needed.
-        let mut rows: Vec<&T> = rows.iter().collect();
-        if !rows.is_sorted_by_key(|r| r.ts_us()) {
-            rows.sort_by_key(|r| r.ts_us());
-        }
-        let n = rows.len() as u64;
-        let mut start = 0;
-        while start < rows.len() {
-            let (date, hour) = date_hour(rows[start].ts_us());
-            // The end of this hour, in µs.
-            let hour_end = (rows[start].ts_us() / 3_600_000_000 + 1) * 3_600_000_000;
-            let end = start + rows[start..].partition_point(|r| r.ts_us() < hour_end);
-            let dir = files::partition_dir(
-                &self.inner.opts.root,
-                T::TABLE,
-                &self.inner.opts.region,
-                &date,
-                hour,
-            );
-            let batch = T::batch(&rows[start..end]);
-            let (_, size) =
-                files::write_file(&dir, &batch, rows[start].ts_us(), &self.inner.files)?;
-            self.inner.metrics.wrote(T::TABLE, (end - start) as u64);
-            let mut w = self.inner.written.lock().expect("written lock");
-            *w.rows.entry(T::TABLE.to_owned()).or_insert(0) += (end - start) as u64;
-            w.files += 1;
-            w.bytes += size;
-            start = end;
-        }
-        Ok(n)
+        let rows = self.inner.buffers.lock().expect("buffers lock").take();
+        rows.write_to(self)
     }
 
     /// Compacts closed hours and deletes partitions past retention.
@@ -486,6 +385,45 @@ impl Collector {
             .route("/metrics", get(metrics))
             .route("/v1/probes", get(probes))
             .with_state(self.clone())
+    }
+}
+
+/// Writes a table's rows sorted by `ts`, one file per hour they fall in.
+impl RowSink for Collector {
+    fn write<T: TableRow>(&self, rows: Vec<T>) -> Result<u64, Error> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Events mostly arrive in time order: sort references, not rows, and only if needed.
+        let mut rows: Vec<&T> = rows.iter().collect();
+        if !rows.is_sorted_by_key(|r| r.ts_us()) {
+            rows.sort_by_key(|r| r.ts_us());
+        }
+        let n = rows.len() as u64;
+        let mut start = 0;
+        while start < rows.len() {
+            let (date, hour) = date_hour(rows[start].ts_us());
+            // The end of this hour, in µs.
+            let hour_end = (rows[start].ts_us() / 3_600_000_000 + 1) * 3_600_000_000;
+            let end = start + rows[start..].partition_point(|r| r.ts_us() < hour_end);
+            let dir = files::partition_dir(
+                &self.inner.opts.root,
+                T::TABLE,
+                &self.inner.opts.region,
+                &date,
+                hour,
+            );
+            let batch = T::batch(&rows[start..end]);
+            let (_, size) =
+                files::write_file(&dir, &batch, rows[start].ts_us(), &self.inner.files)?;
+            self.inner.metrics.wrote(T::TABLE, (end - start) as u64);
+            let mut w = self.inner.written.lock().expect("written lock");
+            *w.rows.entry(T::TABLE.to_owned()).or_insert(0) += (end - start) as u64;
+            w.files += 1;
+            w.bytes += size;
+            start = end;
+        }
+        Ok(n)
     }
 }
 
