@@ -36,9 +36,9 @@ use parallax_replicator::Node;
 use parallax_replicator::clock::Clock;
 use parallax_replicator::config::CollectorConfig;
 use parallax_replicator::telemetry::{Event, ProbeEvent};
+use parallax_replicator::worker::{Worker, Workers};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, mpsc};
 
 use crate::files::FileOptions;
 use crate::metrics::Metrics;
@@ -104,8 +104,7 @@ struct Inner {
     node: Option<Node>,
     flush_now: Notify,
     flush_lock: tokio::sync::Mutex<()>,
-    shutdown: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    workers: Workers,
 }
 
 impl Collector {
@@ -116,7 +115,7 @@ impl Collector {
         if renamed > 0 {
             tracing::info!(renamed, root = %opts.root.display(), "renamed zero-padded hour partitions");
         }
-        let (shutdown, _) = watch::channel(false);
+        let workers = Workers::new(Arc::clone(&opts.clock));
         Ok(Collector {
             inner: Arc::new(Inner {
                 files: FileOptions {
@@ -129,8 +128,7 @@ impl Collector {
                 node,
                 flush_now: Notify::new(),
                 flush_lock: tokio::sync::Mutex::new(()),
-                shutdown,
-                tasks: Mutex::new(Vec::new()),
+                workers,
                 opts,
             }),
         })
@@ -143,15 +141,20 @@ impl Collector {
         node: Option<Node>,
     ) -> Result<Collector, Error> {
         let c = Collector::new(opts, node)?;
-        let mut tasks = vec![
-            tokio::spawn(c.clone().ingest_loop(events)),
-            tokio::spawn(c.clone().flush_loop()),
-            tokio::spawn(c.clone().maintenance_loop()),
-        ];
+        let workers = &c.inner.workers;
+        let me = c.clone();
+        workers.spawn("collector:ingest", |w| me.ingest_loop(w, events));
+        let me = c.clone();
+        workers.spawn("collector:flush", |w| me.flush_loop(w));
+        let me = c.clone();
+        workers.spawn("collector:maintenance", |w| me.maintenance_loop(w));
         if !c.inner.opts.probe_urls.is_empty() {
-            tasks.push(tokio::spawn(c.clone().probe_loop()));
+            let me = c.clone();
+            workers.spawn("collector:probes", |w| me.probe_loop(w));
         }
-        *c.inner.tasks.lock().expect("tasks lock") = tasks;
+        if let Some(node) = &c.inner.node {
+            node.observe_workers(workers.clone());
+        }
         Ok(c)
     }
 
@@ -251,16 +254,9 @@ impl Collector {
 
     /// Stops the tasks and writes what is buffered.
     pub async fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
-        let tasks: Vec<JoinHandle<()>> = self
-            .inner
-            .tasks
-            .lock()
-            .expect("tasks lock")
-            .drain(..)
-            .collect();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        let late = self.inner.workers.shutdown(Duration::from_secs(10)).await;
+        if !late.is_empty() {
+            tracing::warn!(workers = ?late, "Collector workers did not stop in time.");
         }
         let _guard = self.inner.flush_lock.lock().await;
         let me = self.clone();
@@ -273,16 +269,16 @@ impl Collector {
         }
     }
 
-    async fn ingest_loop(self, mut events: mpsc::Receiver<Event>) {
-        let mut stop = self.inner.shutdown.subscribe();
+    async fn ingest_loop(self, mut w: Worker, mut events: mpsc::Receiver<Event>) {
         let mut last_dropped = 0;
+        w.idle();
         loop {
             tokio::select! {
                 e = events.recv() => match e {
                     Some(e) => self.ingest(e),
                     None => return,
                 },
-                _ = stop.changed() => {
+                _ = w.stopping() => {
                     // Take in what is already queued, then stop.
                     while let Ok(e) = events.try_recv() {
                         self.ingest(e);
@@ -300,53 +296,60 @@ impl Collector {
         }
     }
 
-    async fn flush_loop(self) {
-        let mut stop = self.inner.shutdown.subscribe();
+    async fn flush_loop(self, mut w: Worker) {
         let every = Duration::from_millis(self.inner.opts.config.flush_interval_ms);
         loop {
+            w.idle();
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = self.inner.flush_now.notified() => {}
-                _ = stop.changed() => return,
+                _ = w.stopping() => return,
             }
+            w.busy();
             let _guard = self.inner.flush_lock.lock().await;
             let me = self.clone();
             match tokio::task::spawn_blocking(move || me.flush()).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => w.ran(Ok::<(), String>(())),
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, "Telemetry rows could not be written; they are lost.")
+                    tracing::error!(error = %e, "Telemetry rows could not be written; they are lost.");
+                    w.ran(Err(e));
                 }
-                Err(e) => tracing::error!(error = %e, "Telemetry flush task failed."),
+                Err(e) => {
+                    tracing::error!(error = %e, "Telemetry flush task failed.");
+                    w.ran(Err(e));
+                }
             }
         }
     }
 
-    async fn maintenance_loop(self) {
-        let mut stop = self.inner.shutdown.subscribe();
+    async fn maintenance_loop(self, mut w: Worker) {
         loop {
+            w.busy();
             let me = self.clone();
             match tokio::task::spawn_blocking(move || me.maintain()).await {
-                Ok(Ok((c, d))) if c + d > 0 => {
-                    tracing::info!(
-                        compacted = c,
-                        deleted = d,
-                        "Telemetry partitions compacted or expired."
-                    );
+                Ok(Ok((c, d))) => {
+                    if c + d > 0 {
+                        tracing::info!(
+                            compacted = c,
+                            deleted = d,
+                            "Telemetry partitions compacted or expired."
+                        );
+                    }
+                    w.ran(Ok::<(), String>(()));
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Telemetry compaction or retention failed; retrying later.")
+                    tracing::warn!(error = %e, "Telemetry compaction or retention failed; retrying later.");
+                    w.ran(Err(e));
                 }
-                _ => {}
+                Err(e) => w.ran(Err(e)),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(300)) => {}
-                _ = stop.changed() => return,
+            if !w.idle_for(Duration::from_secs(300)).await {
+                return;
             }
         }
     }
 
-    async fn probe_loop(self) {
-        let mut stop = self.inner.shutdown.subscribe();
+    async fn probe_loop(self, mut w: Worker) {
         let cfg = &self.inner.opts.config;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.probe_timeout_ms))
@@ -354,6 +357,8 @@ impl Collector {
             .expect("HTTP client builds");
         let every = Duration::from_millis(cfg.probe_interval_ms);
         loop {
+            w.busy();
+            let mut unreachable = Vec::new();
             for (target, url) in &self.inner.opts.probe_urls {
                 let started = std::time::Instant::now();
                 let ok = matches!(client.get(format!("{url}/healthz")).send().await, Ok(r) if r.status().is_success());
@@ -370,10 +375,17 @@ impl Collector {
                     .expect("probes lock")
                     .insert(target.clone(), probe.clone());
                 self.ingest(Event::Probe(probe));
+                if !ok {
+                    unreachable.push(target.as_str());
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.changed() => return,
+            w.ran(if unreachable.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no answer from {}", unreachable.join(", ")))
+            });
+            if !w.idle_for(every).await {
+                return;
             }
         }
     }

@@ -125,8 +125,13 @@ struct Running {
 }
 
 /// The workers of one process part (a region node, the collector, the web
-/// app), with one stop signal.
+/// app), with one stop signal. Cheap to clone: clones share the workers.
+#[derive(Clone)]
 pub struct Workers {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     stop: watch::Sender<bool>,
     running: Mutex<Vec<Running>>,
     clock: Arc<dyn Clock>,
@@ -142,9 +147,11 @@ impl Workers {
     /// No workers yet; `clock` stamps their runs.
     pub fn new(clock: Arc<dyn Clock>) -> Workers {
         Workers {
-            stop: watch::channel(false).0,
-            running: Mutex::new(Vec::new()),
-            clock,
+            shared: Arc::new(Shared {
+                stop: watch::channel(false).0,
+                running: Mutex::new(Vec::new()),
+                clock,
+            }),
         }
     }
 
@@ -162,8 +169,8 @@ impl Workers {
         }));
         let handle = Worker {
             status: Arc::clone(&status),
-            stop: self.stop.subscribe(),
-            clock: Arc::clone(&self.clock),
+            stop: self.shared.stop.subscribe(),
+            clock: Arc::clone(&self.shared.clock),
         };
         let fut = work(handle);
         let watched = Arc::clone(&status);
@@ -182,7 +189,7 @@ impl Workers {
                 tracing::error!(worker = %s.name, panic = %what, "A background worker panicked.");
             }
         });
-        self.running.lock().expect("workers").push(Running {
+        self.shared.running.lock().expect("workers").push(Running {
             status,
             task: task.abort_handle(),
         });
@@ -190,7 +197,7 @@ impl Workers {
 
     /// Every worker's status, in the order they started.
     pub fn status(&self) -> Vec<WorkerStatus> {
-        self.running
+        self.shared.running
             .lock()
             .expect("workers")
             .iter()
@@ -200,7 +207,7 @@ impl Workers {
 
     /// Tells every worker to stop.
     pub fn stop(&self) {
-        self.stop.send_replace(true);
+        self.shared.stop.send_replace(true);
     }
 
     /// Tells every worker to stop and waits at most `deadline` for them;
@@ -223,7 +230,7 @@ impl Workers {
         };
         let _ = tokio::time::timeout(deadline, wait).await;
         let mut late = Vec::new();
-        for r in self.running.lock().expect("workers").iter() {
+        for r in self.shared.running.lock().expect("workers").iter() {
             if !r.task.is_finished() {
                 late.push(r.status.lock().expect("worker status").name.clone());
                 r.task.abort();
@@ -235,7 +242,7 @@ impl Workers {
     /// Stops every worker at once, as a crash would.
     pub fn abort(&self) {
         self.stop();
-        for r in self.running.lock().expect("workers").iter() {
+        for r in self.shared.running.lock().expect("workers").iter() {
             r.task.abort();
         }
     }

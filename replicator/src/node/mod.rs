@@ -140,6 +140,8 @@ struct Inner {
     writer_done: Mutex<Option<oneshot::Receiver<()>>>,
     repl: Arc<Replication>,
     workers: Workers,
+    /// Workers of other parts of the process (the collector) shown in `/v1/stats`.
+    observed: Mutex<Vec<Workers>>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
     ready: AtomicBool,
     started_ms: u64,
@@ -253,6 +255,7 @@ impl Node {
             writer_done: Mutex::new(Some(done_rx)),
             repl: Arc::clone(&repl),
             workers: Workers::new(Arc::clone(&clock)),
+            observed: Mutex::new(Vec::new()),
             writer_task: Mutex::new(writer_task),
             ready: AtomicBool::new(false),
             started_ms: clock.now_ms(),
@@ -378,8 +381,22 @@ impl Node {
             telemetry_dropped: self.inner.telemetry.dropped(),
             anti_entropy: self.inner.repl.ae_stats(),
             reconciliation_queue: self.inner.store.queue_len().unwrap_or(0),
-            workers: self.inner.workers.status(),
+            workers: self.worker_status(),
         }
+    }
+
+    /// Shows `workers`' status in `/v1/stats` beside the node's own (the
+    /// collector of the same process registers its workers so).
+    pub fn observe_workers(&self, workers: Workers) {
+        self.inner.observed.lock().expect("observed lock").push(workers);
+    }
+
+    fn worker_status(&self) -> Vec<WorkerStatus> {
+        let mut all = self.inner.workers.status();
+        for w in self.inner.observed.lock().expect("observed lock").iter() {
+            all.extend(w.status());
+        }
+        all
     }
 
     /// The reconciliation queue.
