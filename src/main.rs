@@ -1,15 +1,12 @@
 //! `parallax`: multi-region active-active replication, divergence auditing and
 //! SLO observability, in one binary.
 //!
-//! This file parses arguments and wires the crates; see `parallax --help`.
+//! A thin CLI: this file parses arguments and hands them to the crates
+//! (the demo and the benchmarks live in `parallax-lab`); see `parallax
+//! --help`.
 
 mod audit;
-mod bench;
-mod bench_ingest;
-mod bench_merkle;
-mod bench_query;
 mod client;
-mod demo;
 mod region;
 mod sql;
 mod web;
@@ -38,7 +35,7 @@ enum Command {
     /// Run three regions on loopback (from deploy/examples/three-regions.toml)
     /// with simulated WAN latency and a small write load, then print what
     /// happened and check that the regions converged.
-    Demo(demo::DemoArgs),
+    Demo(parallax_lab::demo::DemoArgs),
     /// Read an entity.
     Get(client::GetArgs),
     /// Write an entity (lww, merge and manual classes).
@@ -78,7 +75,7 @@ enum Command {
     Web(web::WebArgs),
     /// Benchmarks (run them with --release).
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(parallax_lab::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -97,7 +94,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Region(a) => region::run(a).await,
-            Command::Demo(a) => demo::run(a).await,
+            Command::Demo(a) => parallax_lab::demo::run(a).await,
             Command::Get(a) => client::get(a).await,
             Command::Put(a) => client::put(a, false).await,
             Command::Delete(a) => client::delete(a).await,
@@ -114,7 +111,7 @@ fn main() -> ExitCode {
             Command::Web(a) => web::run(a).await,
             Command::AntiEntropy(a) => client::anti_entropy(a).await,
             Command::Fault(a) => client::fault(a).await,
-            Command::Bench(b) => bench::run(b).await,
+            Command::Bench(b) => parallax_lab::bench::run(b).await,
         }
     });
     match result {

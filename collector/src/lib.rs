@@ -14,7 +14,7 @@
 //! `flush_interval_ms` of telemetry (10 s by default) — and never leaves a
 //! corrupt or half-visible file; entity data is not affected.
 //!
-//! - [`tables`]: the schemas, and events as rows.
+//! - [`tables`]: every table declared once: its schema, its batches, its rows.
 //! - [`files`]: writing, compaction and retention.
 //! - [`metrics`]: the Prometheus metrics.
 
@@ -35,17 +35,14 @@ use axum::routing::get;
 use parallax_replicator::Node;
 use parallax_replicator::clock::Clock;
 use parallax_replicator::config::CollectorConfig;
-use parallax_replicator::telemetry::{
-    AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent,
-    ReplicationEvent, RequestEvent,
-};
+use parallax_replicator::telemetry::{Event, ProbeEvent};
+use parallax_replicator::worker::{Worker, Workers};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, mpsc};
 
 use crate::files::FileOptions;
 use crate::metrics::Metrics;
-use crate::tables::{TableRow, date_hour};
+use crate::tables::{RowSink, Rows, TableRow, date_hour};
 
 /// The collector's errors.
 #[derive(Debug, thiserror::Error)]
@@ -70,36 +67,6 @@ pub struct CollectorOptions {
     pub tokens: Vec<String>,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
-}
-
-#[derive(Default)]
-struct Buffers {
-    requests: Vec<RequestEvent>,
-    replication_lag: Vec<ReplicationEvent>,
-    conflicts: Vec<ConflictEvent>,
-    divergence: Vec<DivergenceEvent>,
-    audits: Vec<AuditEvent>,
-    failovers: Vec<FailoverEvent>,
-    probes: Vec<ProbeEvent>,
-    clock: Vec<ClockEvent>,
-}
-
-impl Buffers {
-    fn largest(&self) -> usize {
-        [
-            self.requests.len(),
-            self.replication_lag.len(),
-            self.conflicts.len(),
-            self.divergence.len(),
-            self.audits.len(),
-            self.failovers.len(),
-            self.probes.len(),
-            self.clock.len(),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0)
-    }
 }
 
 /// What the collector has written, by table.
@@ -131,14 +98,13 @@ struct Inner {
     opts: CollectorOptions,
     files: FileOptions,
     metrics: Metrics,
-    buffers: Mutex<Buffers>,
+    buffers: Mutex<Rows>,
     written: Mutex<Written>,
     latest_probes: Mutex<BTreeMap<String, ProbeEvent>>,
     node: Option<Node>,
     flush_now: Notify,
     flush_lock: tokio::sync::Mutex<()>,
-    shutdown: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    workers: Workers,
 }
 
 impl Collector {
@@ -149,21 +115,20 @@ impl Collector {
         if renamed > 0 {
             tracing::info!(renamed, root = %opts.root.display(), "renamed zero-padded hour partitions");
         }
-        let (shutdown, _) = watch::channel(false);
+        let workers = Workers::new(Arc::clone(&opts.clock));
         Ok(Collector {
             inner: Arc::new(Inner {
                 files: FileOptions {
                     row_group_rows: opts.config.row_group_rows,
                 },
                 metrics: Metrics::new(&opts.region),
-                buffers: Mutex::new(Buffers::default()),
+                buffers: Mutex::new(Rows::default()),
                 written: Mutex::new(Written::default()),
                 latest_probes: Mutex::new(BTreeMap::new()),
                 node,
                 flush_now: Notify::new(),
                 flush_lock: tokio::sync::Mutex::new(()),
-                shutdown,
-                tasks: Mutex::new(Vec::new()),
+                workers,
                 opts,
             }),
         })
@@ -176,15 +141,20 @@ impl Collector {
         node: Option<Node>,
     ) -> Result<Collector, Error> {
         let c = Collector::new(opts, node)?;
-        let mut tasks = vec![
-            tokio::spawn(c.clone().ingest_loop(events)),
-            tokio::spawn(c.clone().flush_loop()),
-            tokio::spawn(c.clone().maintenance_loop()),
-        ];
+        let workers = &c.inner.workers;
+        let me = c.clone();
+        workers.spawn("collector:ingest", |w| me.ingest_loop(w, events));
+        let me = c.clone();
+        workers.spawn("collector:flush", |w| me.flush_loop(w));
+        let me = c.clone();
+        workers.spawn("collector:maintenance", |w| me.maintenance_loop(w));
         if !c.inner.opts.probe_urls.is_empty() {
-            tasks.push(tokio::spawn(c.clone().probe_loop()));
+            let me = c.clone();
+            workers.spawn("collector:probes", |w| me.probe_loop(w));
         }
-        *c.inner.tasks.lock().expect("tasks lock") = tasks;
+        if let Some(node) = &c.inner.node {
+            node.observe_workers(workers.clone());
+        }
         Ok(c)
     }
 
@@ -193,16 +163,7 @@ impl Collector {
         self.inner.metrics.observe(&event);
         let full = {
             let mut b = self.inner.buffers.lock().expect("buffers lock");
-            match event {
-                Event::Request(e) => b.requests.push(e),
-                Event::Replication(e) => b.replication_lag.push(e),
-                Event::Conflict(e) => b.conflicts.push(e),
-                Event::Divergence(e) => b.divergence.push(e),
-                Event::Audit(e) => b.audits.push(e),
-                Event::Failover(e) => b.failovers.push(e),
-                Event::Probe(e) => b.probes.push(e),
-                Event::Clock(e) => b.clock.push(e),
-            }
+            b.push(event);
             b.largest() >= self.inner.opts.config.flush_rows
         };
         if full {
@@ -212,67 +173,8 @@ impl Collector {
 
     /// Writes everything buffered. Returns the rows written.
     pub fn flush(&self) -> Result<u64, Error> {
-        let b = {
-            let mut guard = self.inner.buffers.lock().expect("buffers lock");
-            // The next buffers start as large as these ended.
-            let next = Buffers {
-                requests: Vec::with_capacity(guard.requests.len()),
-                replication_lag: Vec::with_capacity(guard.replication_lag.len()),
-                conflicts: Vec::with_capacity(guard.conflicts.len()),
-                divergence: Vec::new(),
-                audits: Vec::new(),
-                failovers: Vec::new(),
-                probes: Vec::with_capacity(guard.probes.len()),
-                clock: Vec::with_capacity(guard.clock.len()),
-            };
-            std::mem::replace(&mut *guard, next)
-        };
-        let mut rows = 0;
-        rows += self.write(b.requests)?;
-        rows += self.write(b.replication_lag)?;
-        rows += self.write(b.conflicts)?;
-        rows += self.write(b.divergence)?;
-        rows += self.write(b.audits)?;
-        rows += self.write(b.failovers)?;
-        rows += self.write(b.probes)?;
-        rows += self.write(b.clock)?;
-        Ok(rows)
-    }
-
-    fn write<T: TableRow>(&self, rows: Vec<T>) -> Result<u64, Error> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        // Events mostly arrive in time order: sort references, not rows, and only if needed.
-        let mut rows: Vec<&T> = rows.iter().collect();
-        if !rows.is_sorted_by_key(|r| r.ts_us()) {
-            rows.sort_by_key(|r| r.ts_us());
-        }
-        let n = rows.len() as u64;
-        let mut start = 0;
-        while start < rows.len() {
-            let (date, hour) = date_hour(rows[start].ts_us());
-            // The end of this hour, in µs.
-            let hour_end = (rows[start].ts_us() / 3_600_000_000 + 1) * 3_600_000_000;
-            let end = start + rows[start..].partition_point(|r| r.ts_us() < hour_end);
-            let dir = files::partition_dir(
-                &self.inner.opts.root,
-                T::TABLE,
-                &self.inner.opts.region,
-                &date,
-                hour,
-            );
-            let batch = T::batch(&rows[start..end]);
-            let (_, size) =
-                files::write_file(&dir, &batch, rows[start].ts_us(), &self.inner.files)?;
-            self.inner.metrics.wrote(T::TABLE, (end - start) as u64);
-            let mut w = self.inner.written.lock().expect("written lock");
-            *w.rows.entry(T::TABLE.to_owned()).or_insert(0) += (end - start) as u64;
-            w.files += 1;
-            w.bytes += size;
-            start = end;
-        }
-        Ok(n)
+        let rows = self.inner.buffers.lock().expect("buffers lock").take();
+        rows.write_to(self)
     }
 
     /// Compacts closed hours and deletes partitions past retention.
@@ -352,16 +254,9 @@ impl Collector {
 
     /// Stops the tasks and writes what is buffered.
     pub async fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
-        let tasks: Vec<JoinHandle<()>> = self
-            .inner
-            .tasks
-            .lock()
-            .expect("tasks lock")
-            .drain(..)
-            .collect();
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        let late = self.inner.workers.shutdown(Duration::from_secs(10)).await;
+        if !late.is_empty() {
+            tracing::warn!(workers = ?late, "Collector workers did not stop in time.");
         }
         let _guard = self.inner.flush_lock.lock().await;
         let me = self.clone();
@@ -374,16 +269,16 @@ impl Collector {
         }
     }
 
-    async fn ingest_loop(self, mut events: mpsc::Receiver<Event>) {
-        let mut stop = self.inner.shutdown.subscribe();
+    async fn ingest_loop(self, mut w: Worker, mut events: mpsc::Receiver<Event>) {
         let mut last_dropped = 0;
+        w.idle();
         loop {
             tokio::select! {
                 e = events.recv() => match e {
                     Some(e) => self.ingest(e),
                     None => return,
                 },
-                _ = stop.changed() => {
+                _ = w.stopping() => {
                     // Take in what is already queued, then stop.
                     while let Ok(e) = events.try_recv() {
                         self.ingest(e);
@@ -401,53 +296,60 @@ impl Collector {
         }
     }
 
-    async fn flush_loop(self) {
-        let mut stop = self.inner.shutdown.subscribe();
+    async fn flush_loop(self, mut w: Worker) {
         let every = Duration::from_millis(self.inner.opts.config.flush_interval_ms);
         loop {
+            w.idle();
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = self.inner.flush_now.notified() => {}
-                _ = stop.changed() => return,
+                _ = w.stopping() => return,
             }
+            w.busy();
             let _guard = self.inner.flush_lock.lock().await;
             let me = self.clone();
             match tokio::task::spawn_blocking(move || me.flush()).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => w.ran(Ok::<(), String>(())),
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, "Telemetry rows could not be written; they are lost.")
+                    tracing::error!(error = %e, "Telemetry rows could not be written; they are lost.");
+                    w.ran(Err(e));
                 }
-                Err(e) => tracing::error!(error = %e, "Telemetry flush task failed."),
+                Err(e) => {
+                    tracing::error!(error = %e, "Telemetry flush task failed.");
+                    w.ran(Err(e));
+                }
             }
         }
     }
 
-    async fn maintenance_loop(self) {
-        let mut stop = self.inner.shutdown.subscribe();
+    async fn maintenance_loop(self, mut w: Worker) {
         loop {
+            w.busy();
             let me = self.clone();
             match tokio::task::spawn_blocking(move || me.maintain()).await {
-                Ok(Ok((c, d))) if c + d > 0 => {
-                    tracing::info!(
-                        compacted = c,
-                        deleted = d,
-                        "Telemetry partitions compacted or expired."
-                    );
+                Ok(Ok((c, d))) => {
+                    if c + d > 0 {
+                        tracing::info!(
+                            compacted = c,
+                            deleted = d,
+                            "Telemetry partitions compacted or expired."
+                        );
+                    }
+                    w.ran(Ok::<(), String>(()));
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Telemetry compaction or retention failed; retrying later.")
+                    tracing::warn!(error = %e, "Telemetry compaction or retention failed; retrying later.");
+                    w.ran(Err(e));
                 }
-                _ => {}
+                Err(e) => w.ran(Err(e)),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(300)) => {}
-                _ = stop.changed() => return,
+            if !w.idle_for(Duration::from_secs(300)).await {
+                return;
             }
         }
     }
 
-    async fn probe_loop(self) {
-        let mut stop = self.inner.shutdown.subscribe();
+    async fn probe_loop(self, mut w: Worker) {
         let cfg = &self.inner.opts.config;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.probe_timeout_ms))
@@ -455,6 +357,8 @@ impl Collector {
             .expect("HTTP client builds");
         let every = Duration::from_millis(cfg.probe_interval_ms);
         loop {
+            w.busy();
+            let mut unreachable = Vec::new();
             for (target, url) in &self.inner.opts.probe_urls {
                 let started = std::time::Instant::now();
                 let ok = matches!(client.get(format!("{url}/healthz")).send().await, Ok(r) if r.status().is_success());
@@ -471,10 +375,17 @@ impl Collector {
                     .expect("probes lock")
                     .insert(target.clone(), probe.clone());
                 self.ingest(Event::Probe(probe));
+                if !ok {
+                    unreachable.push(target.as_str());
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.changed() => return,
+            w.ran(if unreachable.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no answer from {}", unreachable.join(", ")))
+            });
+            if !w.idle_for(every).await {
+                return;
             }
         }
     }
@@ -486,6 +397,45 @@ impl Collector {
             .route("/metrics", get(metrics))
             .route("/v1/probes", get(probes))
             .with_state(self.clone())
+    }
+}
+
+/// Writes a table's rows sorted by `ts`, one file per hour they fall in.
+impl RowSink for Collector {
+    fn write<T: TableRow>(&self, rows: Vec<T>) -> Result<u64, Error> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Events mostly arrive in time order: sort references, not rows, and only if needed.
+        let mut rows: Vec<&T> = rows.iter().collect();
+        if !rows.is_sorted_by_key(|r| r.ts_us()) {
+            rows.sort_by_key(|r| r.ts_us());
+        }
+        let n = rows.len() as u64;
+        let mut start = 0;
+        while start < rows.len() {
+            let (date, hour) = date_hour(rows[start].ts_us());
+            // The end of this hour, in µs.
+            let hour_end = (rows[start].ts_us() / 3_600_000_000 + 1) * 3_600_000_000;
+            let end = start + rows[start..].partition_point(|r| r.ts_us() < hour_end);
+            let dir = files::partition_dir(
+                &self.inner.opts.root,
+                T::TABLE,
+                &self.inner.opts.region,
+                &date,
+                hour,
+            );
+            let batch = T::batch(&rows[start..end]);
+            let (_, size) =
+                files::write_file(&dir, &batch, rows[start].ts_us(), &self.inner.files)?;
+            self.inner.metrics.wrote(T::TABLE, (end - start) as u64);
+            let mut w = self.inner.written.lock().expect("written lock");
+            *w.rows.entry(T::TABLE.to_owned()).or_insert(0) += (end - start) as u64;
+            w.files += 1;
+            w.bytes += size;
+            start = end;
+        }
+        Ok(n)
     }
 }
 

@@ -1,5 +1,7 @@
-//! The Parquet tables: their schemas, and telemetry events turned into
-//! Arrow record batches.
+//! The Parquet tables, each declared once in the `tables!` list below: its
+//! schema, its Arrow record batches, its place in [`TABLES`] and its buffer
+//! of rows waiting to be written all come from that one entry. Adding a
+//! table is one entry there (and its event in `parallax_replicator::telemetry`).
 //!
 //! Every table's files live under
 //! `<data-dir>/tables/<table>/region=<R>/date=<YYYY-MM-DD>/hour=<H>/`, where
@@ -7,7 +9,7 @@
 //! are partition columns (in the path, not in the files). Timestamps are UTC
 //! microseconds; durations carry their unit in their name.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, ListBuilder, StringArray,
@@ -16,403 +18,331 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parallax_replicator::telemetry::{
-    AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, FailoverEvent, ProbeEvent,
+    AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent,
     ReplicationEvent, RequestEvent,
 };
 
-/// The table names, in the order the README documents them.
-pub const TABLES: [&str; 8] = [
-    "requests",
-    "replication_lag",
-    "conflicts",
-    "divergence",
-    "audits",
-    "failovers",
-    "probes",
-    "clock",
-];
+use crate::Error;
 
-fn ts_field(name: &str) -> Field {
-    Field::new(
-        name,
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        false,
-    )
-}
-
-fn list_field(name: &str) -> Field {
-    Field::new(
-        name,
-        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
-        false,
-    )
-}
-
-fn schema(fields: Vec<Field>) -> SchemaRef {
-    Arc::new(Schema::new(fields))
-}
-
-/// A row type of one table.
-pub trait TableRow: Send + Sync + 'static {
+/// A row type of one table: its name and columns, and from those its schema
+/// and record batches.
+pub trait TableRow: Sized + Send + Sync + 'static {
     /// The table's name.
     const TABLE: &'static str;
-    /// The table's schema (without the partition columns).
-    fn schema() -> SchemaRef;
+    /// The table's columns, `ts` first (without the partition columns).
+    const COLUMNS: &'static [Column<Self>];
+
     /// The row's timestamp (µs since epoch, UTC).
     fn ts_us(&self) -> u64;
+
+    /// The table's schema (without the partition columns).
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(
+            Self::COLUMNS.iter().map(Column::field).collect::<Vec<_>>(),
+        ))
+    }
+
     /// Rows (already in `ts` order) as a record batch.
-    fn batch(rows: &[&Self]) -> RecordBatch
-    where
-        Self: Sized;
+    fn batch(rows: &[&Self]) -> RecordBatch {
+        let columns = Self::COLUMNS.iter().map(|c| c.array(rows)).collect();
+        RecordBatch::try_new(Self::schema(), columns).expect("columns match their schema")
+    }
 }
 
-fn ts_array<T: TableRow>(rows: &[&T]) -> ArrayRef {
-    Arc::new(
-        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.ts_us() as i64))
-            .with_timezone("UTC"),
-    )
+/// One column of a table: its name, Arrow type, nullability, and how its
+/// value is read from a row.
+#[derive(Debug)]
+pub struct Column<T> {
+    name: &'static str,
+    nullable: bool,
+    values: Values<T>,
 }
 
-fn strings<T>(rows: &[&T], f: impl Fn(&T) -> &str) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| f(r))))
+/// A column's Arrow type, with how a row's value of it is read.
+#[derive(Debug)]
+enum Values<T> {
+    /// `Timestamp(µs, "UTC")`, from µs since the epoch.
+    Timestamp(fn(&T) -> u64),
+    /// `Utf8`.
+    Text(fn(&T) -> &str),
+    /// `List(Utf8)` (items nullable, named `item`, as Arrow's default).
+    TextList(fn(&T) -> &[String]),
+    /// `Int32`.
+    Int32(fn(&T) -> i32),
+    /// `Int64`.
+    Int64(fn(&T) -> i64),
+    /// `Int64`, null where the row has no value (so always nullable).
+    Int64OrNull(fn(&T) -> Option<i64>),
+    /// `Float64`.
+    Float64(fn(&T) -> f64),
+    /// `Boolean`.
+    Boolean(fn(&T) -> bool),
 }
 
-fn i64s<T>(rows: &[&T], f: impl Fn(&T) -> u64) -> ArrayRef {
-    Arc::new(Int64Array::from_iter_values(
-        rows.iter().map(|r| f(r) as i64),
-    ))
-}
-
-fn lists<T>(rows: &[&T], f: impl Fn(&T) -> &[String]) -> ArrayRef {
-    let mut b = ListBuilder::new(StringBuilder::new());
-    for r in rows {
-        for s in f(r) {
-            b.values().append_value(s);
+impl<T> Column<T> {
+    const fn new(name: &'static str, values: Values<T>) -> Column<T> {
+        let nullable = matches!(values, Values::Int64OrNull(_));
+        Column {
+            name,
+            nullable,
+            values,
         }
-        b.append(true);
     }
-    Arc::new(b.finish())
-}
+    const fn timestamp(name: &'static str, get: fn(&T) -> u64) -> Column<T> {
+        Column::new(name, Values::Timestamp(get))
+    }
+    const fn text(name: &'static str, get: fn(&T) -> &str) -> Column<T> {
+        Column::new(name, Values::Text(get))
+    }
+    const fn text_list(name: &'static str, get: fn(&T) -> &[String]) -> Column<T> {
+        Column::new(name, Values::TextList(get))
+    }
+    const fn int32(name: &'static str, get: fn(&T) -> i32) -> Column<T> {
+        Column::new(name, Values::Int32(get))
+    }
+    const fn int64(name: &'static str, get: fn(&T) -> i64) -> Column<T> {
+        Column::new(name, Values::Int64(get))
+    }
+    const fn int64_or_null(name: &'static str, get: fn(&T) -> Option<i64>) -> Column<T> {
+        Column::new(name, Values::Int64OrNull(get))
+    }
+    const fn float64(name: &'static str, get: fn(&T) -> f64) -> Column<T> {
+        Column::new(name, Values::Float64(get))
+    }
+    const fn boolean(name: &'static str, get: fn(&T) -> bool) -> Column<T> {
+        Column::new(name, Values::Boolean(get))
+    }
 
-fn batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
-    RecordBatch::try_new(schema, columns).expect("columns match their schema")
-}
+    /// The same column, declared nullable although every row has a value
+    /// (a column added later: files written before it have none).
+    const fn nullable(self) -> Column<T> {
+        Column {
+            nullable: true,
+            ..self
+        }
+    }
 
-static REQUESTS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    schema(vec![
-        ts_field("ts"),
-        Field::new("op", DataType::Utf8, false),
-        Field::new("class", DataType::Utf8, false),
-        Field::new("status", DataType::Int32, false),
-        Field::new("latency_us", DataType::Int64, false),
-        Field::new("consistency", DataType::Utf8, false),
-        Field::new("served_by", DataType::Utf8, false),
-        Field::new("client_geo", DataType::Utf8, false),
-    ])
-});
+    /// The column as a field of the table's schema.
+    pub fn field(&self) -> Field {
+        let data_type = match self.values {
+            Values::Timestamp(_) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Values::Text(_) => DataType::Utf8,
+            Values::TextList(_) => {
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+            }
+            Values::Int32(_) => DataType::Int32,
+            Values::Int64(_) | Values::Int64OrNull(_) => DataType::Int64,
+            Values::Float64(_) => DataType::Float64,
+            Values::Boolean(_) => DataType::Boolean,
+        };
+        Field::new(self.name, data_type, self.nullable)
+    }
 
-impl TableRow for RequestEvent {
-    const TABLE: &'static str = "requests";
-    fn schema() -> SchemaRef {
-        Arc::clone(&REQUESTS)
-    }
-    fn ts_us(&self) -> u64 {
-        self.ts_us
-    }
-    fn batch(rows: &[&Self]) -> RecordBatch {
-        batch(
-            Self::schema(),
-            vec![
-                ts_array(rows),
-                strings(rows, |r| &r.op),
-                strings(rows, |r| &r.class),
-                Arc::new(Int32Array::from_iter_values(
-                    rows.iter().map(|r| i32::from(r.status)),
-                )),
-                i64s(rows, |r| r.latency_us),
-                strings(rows, |r| &r.consistency),
-                strings(rows, |r| &r.served_by),
-                strings(rows, |r| &r.client_geo),
-            ],
-        )
-    }
-}
-
-static REPLICATION_LAG: LazyLock<SchemaRef> = LazyLock::new(|| {
-    schema(vec![
-        ts_field("ts"),
-        Field::new("src", DataType::Utf8, false),
-        Field::new("dst", DataType::Utf8, false),
-        Field::new("lag_ms", DataType::Int64, false),
-        Field::new("backlog_ops", DataType::Int64, false),
-        Field::new("backlog_bytes", DataType::Int64, false),
-        Field::new("applied_ops", DataType::Int64, false),
-    ])
-});
-
-impl TableRow for ReplicationEvent {
-    const TABLE: &'static str = "replication_lag";
-    fn schema() -> SchemaRef {
-        Arc::clone(&REPLICATION_LAG)
-    }
-    fn ts_us(&self) -> u64 {
-        self.ts_us
-    }
-    fn batch(rows: &[&Self]) -> RecordBatch {
-        batch(
-            Self::schema(),
-            vec![
-                ts_array(rows),
-                strings(rows, |r| &r.src),
-                strings(rows, |r| &r.dst),
-                i64s(rows, |r| r.lag_ms),
-                i64s(rows, |r| r.backlog_ops),
-                i64s(rows, |r| r.backlog_bytes),
-                i64s(rows, |r| r.applied_ops),
-            ],
-        )
-    }
-}
-
-static CONFLICTS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    schema(vec![
-        ts_field("ts"),
-        Field::new("class", DataType::Utf8, false),
-        Field::new("key", DataType::Utf8, false),
-        Field::new("policy", DataType::Utf8, false),
-        Field::new("outcome", DataType::Utf8, false),
-        Field::new("resolution_ms", DataType::Int64, false),
-    ])
-});
-
-impl TableRow for ConflictEvent {
-    const TABLE: &'static str = "conflicts";
-    fn schema() -> SchemaRef {
-        Arc::clone(&CONFLICTS)
-    }
-    fn ts_us(&self) -> u64 {
-        self.ts_us
-    }
-    fn batch(rows: &[&Self]) -> RecordBatch {
-        batch(
-            Self::schema(),
-            vec![
-                ts_array(rows),
-                strings(rows, |r| &r.class),
-                strings(rows, |r| &r.key),
-                strings(rows, |r| &r.policy),
-                strings(rows, |r| &r.outcome),
-                i64s(rows, |r| r.resolution_ms),
-            ],
-        )
-    }
-}
-
-static DIVERGENCE: LazyLock<SchemaRef> = LazyLock::new(|| {
-    schema(vec![
-        ts_field("ts"),
-        Field::new("audit_id", DataType::Utf8, false),
-        Field::new("class", DataType::Utf8, false),
-        Field::new("key", DataType::Utf8, false),
-        list_field("regions"),
-        Field::new("state", DataType::Utf8, false),
-        // Nullable: files written before the column existed have none.
-        Field::new("reason", DataType::Utf8, true),
-        ts_field("first_seen"),
-        Field::new("age_ms", DataType::Int64, false),
-    ])
-});
-
-impl TableRow for DivergenceEvent {
-    const TABLE: &'static str = "divergence";
-    fn schema() -> SchemaRef {
-        Arc::clone(&DIVERGENCE)
-    }
-    fn ts_us(&self) -> u64 {
-        self.ts_us
-    }
-    fn batch(rows: &[&Self]) -> RecordBatch {
-        batch(
-            Self::schema(),
-            vec![
-                ts_array(rows),
-                strings(rows, |r| &r.audit_id),
-                strings(rows, |r| &r.class),
-                strings(rows, |r| &r.key),
-                lists(rows, |r| &r.regions),
-                strings(rows, |r| &r.state),
-                strings(rows, |r| &r.reason),
-                Arc::new(
-                    TimestampMicrosecondArray::from_iter_values(
-                        rows.iter().map(|r| r.first_seen_us as i64),
-                    )
+    /// The column's values of some rows.
+    fn array(&self, rows: &[&T]) -> ArrayRef {
+        match self.values {
+            Values::Timestamp(get) => Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| get(r) as i64))
                     .with_timezone("UTC"),
-                ),
-                i64s(rows, |r| r.age_ms),
-            ],
-        )
+            ),
+            Values::Text(get) => {
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| get(r))))
+            }
+            Values::TextList(get) => {
+                let mut b = ListBuilder::new(StringBuilder::new());
+                for r in rows {
+                    for s in get(r) {
+                        b.values().append_value(s);
+                    }
+                    b.append(true);
+                }
+                Arc::new(b.finish())
+            }
+            Values::Int32(get) => {
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| get(r))))
+            }
+            Values::Int64(get) => {
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| get(r))))
+            }
+            Values::Int64OrNull(get) => {
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| get(r))))
+            }
+            Values::Float64(get) => {
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| get(r))))
+            }
+            Values::Boolean(get) => {
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(get(r)))))
+            }
+        }
     }
 }
 
-static AUDITS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    schema(vec![
-        ts_field("ts"),
-        Field::new("audit_id", DataType::Utf8, false),
-        Field::new("class", DataType::Utf8, false),
-        list_field("regions"),
-        Field::new("entities", DataType::Int64, false),
-        Field::new("differing", DataType::Int64, false),
-        Field::new("in_flight", DataType::Int64, false),
-        Field::new("divergent", DataType::Int64, false),
-        Field::new("round_trips", DataType::Int32, false),
-        Field::new("bytes", DataType::Int64, false),
-        Field::new("duration_ms", DataType::Int64, false),
-    ])
-});
-
-impl TableRow for AuditEvent {
-    const TABLE: &'static str = "audits";
-    fn schema() -> SchemaRef {
-        Arc::clone(&AUDITS)
-    }
-    fn ts_us(&self) -> u64 {
-        self.ts_us
-    }
-    fn batch(rows: &[&Self]) -> RecordBatch {
-        batch(
-            Self::schema(),
-            vec![
-                ts_array(rows),
-                strings(rows, |r| &r.audit_id),
-                strings(rows, |r| &r.class),
-                lists(rows, |r| &r.regions),
-                i64s(rows, |r| r.entities),
-                i64s(rows, |r| r.differing),
-                i64s(rows, |r| r.in_flight),
-                i64s(rows, |r| r.divergent),
-                Arc::new(Int32Array::from_iter_values(
-                    rows.iter().map(|r| r.round_trips as i32),
-                )),
-                i64s(rows, |r| r.bytes),
-                i64s(rows, |r| r.duration_ms),
-            ],
-        )
-    }
+/// Where each table's rows go when they are written: a function generic
+/// over the row type, which a closure cannot be.
+pub(crate) trait RowSink {
+    /// Writes one table's rows (in any order); returns how many it wrote.
+    fn write<T: TableRow>(&self, rows: Vec<T>) -> Result<u64, Error>;
 }
 
-static FAILOVERS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    schema(vec![
-        ts_field("ts"),
-        Field::new("event", DataType::Utf8, false),
-        Field::new("detected_ms", DataType::Int64, true),
-        Field::new("rerouted_ms", DataType::Int64, true),
-    ])
-});
+/// Declares the tables. Each entry reads
+/// `table = EventVariant(RowType) { "column": kind(|r| value), ... }`:
+/// `ts` (from the row's `ts_us`) comes first in every table without being
+/// listed; `kind` is one of [`Column`]'s constructors, and a trailing
+/// `nullable` marks a column nullable although every row has a value.
+/// From it come the [`TableRow`] impls, [`TABLES`], [`schema_of`] and
+/// [`Rows`] (every table's rows waiting to be written).
+macro_rules! tables {
+    ($(
+        $(#[doc = $doc:literal])*
+        $table:ident = $variant:ident($row:ty) {
+            $($col:literal: $kind:ident(|$r:ident| $get:expr) $($modifier:ident)?,)*
+        }
+    )*) => {
+        $(
+            $(#[doc = $doc])*
+            impl TableRow for $row {
+                const TABLE: &'static str = stringify!($table);
+                const COLUMNS: &'static [Column<Self>] = &[
+                    Column::<Self>::timestamp("ts", |r| r.ts_us),
+                    $(Column::<Self>::$kind($col, |$r| $get)$(.$modifier())?,)*
+                ];
+                fn ts_us(&self) -> u64 {
+                    self.ts_us
+                }
+            }
+        )*
 
-impl TableRow for FailoverEvent {
-    const TABLE: &'static str = "failovers";
-    fn schema() -> SchemaRef {
-        Arc::clone(&FAILOVERS)
-    }
-    fn ts_us(&self) -> u64 {
-        self.ts_us
-    }
-    fn batch(rows: &[&Self]) -> RecordBatch {
-        batch(
-            Self::schema(),
-            vec![
-                ts_array(rows),
-                strings(rows, |r| &r.event),
-                Arc::new(Int64Array::from_iter(
-                    rows.iter().map(|r| r.detected_ms.map(|v| v as i64)),
-                )),
-                Arc::new(Int64Array::from_iter(
-                    rows.iter().map(|r| r.rerouted_ms.map(|v| v as i64)),
-                )),
-            ],
-        )
-    }
+        /// The table names, in the order the README documents them.
+        pub const TABLES: [&str; [$(stringify!($table)),*].len()] = [$(stringify!($table)),*];
+
+        /// The schema of a table by name.
+        pub fn schema_of(table: &str) -> Option<SchemaRef> {
+            $(
+                if table == stringify!($table) {
+                    return Some(<$row as TableRow>::schema());
+                }
+            )*
+            None
+        }
+
+        /// Every table's rows waiting to be written, in the order they came.
+        #[derive(Default)]
+        pub(crate) struct Rows {
+            $($table: Vec<$row>,)*
+        }
+
+        impl Rows {
+            /// Takes an event as a row of its table.
+            pub(crate) fn push(&mut self, event: Event) {
+                match event {
+                    $(Event::$variant(row) => self.$table.push(row),)*
+                }
+            }
+
+            /// The rows of the fullest table.
+            pub(crate) fn largest(&self) -> usize {
+                [$(self.$table.len()),*].into_iter().max().unwrap_or(0)
+            }
+
+            /// Takes every row out, leaving each table room for as many
+            /// as it held.
+            pub(crate) fn take(&mut self) -> Rows {
+                let next = Rows {
+                    $($table: Vec::with_capacity(self.$table.len()),)*
+                };
+                std::mem::replace(self, next)
+            }
+
+            /// Writes every table's rows to `sink`, in table order; returns
+            /// the rows written.
+            pub(crate) fn write_to(self, sink: &impl RowSink) -> Result<u64, Error> {
+                let mut written = 0;
+                $(written += sink.write(self.$table)?;)*
+                Ok(written)
+            }
+        }
+    };
 }
 
-static PROBES: LazyLock<SchemaRef> = LazyLock::new(|| {
-    schema(vec![
-        ts_field("ts"),
-        Field::new("vantage", DataType::Utf8, false),
-        Field::new("target", DataType::Utf8, false),
-        Field::new("latency_ms", DataType::Float64, false),
-        Field::new("ok", DataType::Boolean, false),
-    ])
-});
+tables! {
+    /// One row per client request a region answered.
+    requests = Request(RequestEvent) {
+        "op": text(|r| &r.op),
+        "class": text(|r| &r.class),
+        "status": int32(|r| i32::from(r.status)),
+        "latency_us": int64(|r| r.latency_us as i64),
+        "consistency": text(|r| &r.consistency),
+        "served_by": text(|r| &r.served_by),
+        "client_geo": text(|r| &r.client_geo),
+    }
 
-impl TableRow for ProbeEvent {
-    const TABLE: &'static str = "probes";
-    fn schema() -> SchemaRef {
-        Arc::clone(&PROBES)
+    /// One lag sample per region pair per heartbeat interval.
+    replication_lag = Replication(ReplicationEvent) {
+        "src": text(|r| &r.src),
+        "dst": text(|r| &r.dst),
+        "lag_ms": int64(|r| r.lag_ms as i64),
+        "backlog_ops": int64(|r| r.backlog_ops as i64),
+        "backlog_bytes": int64(|r| r.backlog_bytes as i64),
+        "applied_ops": int64(|r| r.applied_ops as i64),
     }
-    fn ts_us(&self) -> u64 {
-        self.ts_us
-    }
-    fn batch(rows: &[&Self]) -> RecordBatch {
-        batch(
-            Self::schema(),
-            vec![
-                ts_array(rows),
-                strings(rows, |r| &r.vantage),
-                strings(rows, |r| &r.target),
-                Arc::new(Float64Array::from_iter_values(
-                    rows.iter().map(|r| r.latency_ms),
-                )),
-                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.ok)))),
-            ],
-        )
-    }
-}
 
-static CLOCK: LazyLock<SchemaRef> = LazyLock::new(|| {
-    schema(vec![
-        ts_field("ts"),
-        Field::new("peer", DataType::Utf8, false),
-        Field::new("offset_ms", DataType::Int64, false),
-        Field::new("rtt_ms", DataType::Int64, false),
-    ])
-});
+    /// One row per conflict a region detected or resolved.
+    conflicts = Conflict(ConflictEvent) {
+        "class": text(|r| &r.class),
+        "key": text(|r| &r.key),
+        "policy": text(|r| &r.policy),
+        "outcome": text(|r| &r.outcome),
+        "resolution_ms": int64(|r| r.resolution_ms as i64),
+    }
 
-impl TableRow for ClockEvent {
-    const TABLE: &'static str = "clock";
-    fn schema() -> SchemaRef {
-        Arc::clone(&CLOCK)
+    /// One row per key an audit found divergent or in flight, or repaired.
+    divergence = Divergence(DivergenceEvent) {
+        "audit_id": text(|r| &r.audit_id),
+        "class": text(|r| &r.class),
+        "key": text(|r| &r.key),
+        "regions": text_list(|r| &r.regions),
+        "state": text(|r| &r.state),
+        // Nullable: files written before the column existed have none.
+        "reason": text(|r| &r.reason) nullable,
+        "first_seen": timestamp(|r| r.first_seen_us),
+        "age_ms": int64(|r| r.age_ms as i64),
     }
-    fn ts_us(&self) -> u64 {
-        self.ts_us
-    }
-    fn batch(rows: &[&Self]) -> RecordBatch {
-        batch(
-            Self::schema(),
-            vec![
-                ts_array(rows),
-                strings(rows, |r| &r.peer),
-                Arc::new(Int64Array::from_iter_values(
-                    rows.iter().map(|r| r.offset_ms),
-                )),
-                i64s(rows, |r| r.rtt_ms),
-            ],
-        )
-    }
-}
 
-/// The schema of a table by name.
-pub fn schema_of(table: &str) -> Option<SchemaRef> {
-    Some(match table {
-        "requests" => RequestEvent::schema(),
-        "replication_lag" => ReplicationEvent::schema(),
-        "conflicts" => ConflictEvent::schema(),
-        "divergence" => DivergenceEvent::schema(),
-        "audits" => AuditEvent::schema(),
-        "failovers" => FailoverEvent::schema(),
-        "probes" => ProbeEvent::schema(),
-        "clock" => ClockEvent::schema(),
-        _ => return None,
-    })
+    /// One row per class per audit.
+    audits = Audit(AuditEvent) {
+        "audit_id": text(|r| &r.audit_id),
+        "class": text(|r| &r.class),
+        "regions": text_list(|r| &r.regions),
+        "entities": int64(|r| r.entities as i64),
+        "differing": int64(|r| r.differing as i64),
+        "in_flight": int64(|r| r.in_flight as i64),
+        "divergent": int64(|r| r.divergent as i64),
+        "round_trips": int32(|r| r.round_trips as i32),
+        "bytes": int64(|r| r.bytes as i64),
+        "duration_ms": int64(|r| r.duration_ms as i64),
+    }
+
+    /// One row per ownership move or failover.
+    failovers = Failover(FailoverEvent) {
+        "event": text(|r| &r.event),
+        "detected_ms": int64_or_null(|r| r.detected_ms.map(|v| v as i64)),
+        "rerouted_ms": int64_or_null(|r| r.rerouted_ms.map(|v| v as i64)),
+    }
+
+    /// One row per health probe a region made of a region.
+    probes = Probe(ProbeEvent) {
+        "vantage": text(|r| &r.vantage),
+        "target": text(|r| &r.target),
+        "latency_ms": float64(|r| r.latency_ms),
+        "ok": boolean(|r| r.ok),
+    }
+
+    /// One row per clock offset estimate.
+    clock = Clock(ClockEvent) {
+        "peer": text(|r| &r.peer),
+        "offset_ms": int64(|r| r.offset_ms),
+        "rtt_ms": int64(|r| r.rtt_ms as i64),
+    }
 }
 
 /// The UTC date (`YYYY-MM-DD`) and hour of a timestamp in µs.
@@ -458,5 +388,149 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every table's columns as the files already on disk and the web app's
+    /// queries have them, written out by hand rather than derived from the
+    /// declarations, so that changing a declaration fails here.
+    fn pinned() -> Vec<(&'static str, Vec<Field>)> {
+        let field = |name: &str, data_type: DataType| Field::new(name, data_type, false);
+        let ts = |name: &str| {
+            field(
+                name,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            )
+        };
+        let text = |name: &str| field(name, DataType::Utf8);
+        let int32 = |name: &str| field(name, DataType::Int32);
+        let int64 = |name: &str| field(name, DataType::Int64);
+        let texts = |name: &str| {
+            let item = Field::new("item", DataType::Utf8, true);
+            field(name, DataType::List(Arc::new(item)))
+        };
+        vec![
+            (
+                "requests",
+                vec![
+                    ts("ts"),
+                    text("op"),
+                    text("class"),
+                    int32("status"),
+                    int64("latency_us"),
+                    text("consistency"),
+                    text("served_by"),
+                    text("client_geo"),
+                ],
+            ),
+            (
+                "replication_lag",
+                vec![
+                    ts("ts"),
+                    text("src"),
+                    text("dst"),
+                    int64("lag_ms"),
+                    int64("backlog_ops"),
+                    int64("backlog_bytes"),
+                    int64("applied_ops"),
+                ],
+            ),
+            (
+                "conflicts",
+                vec![
+                    ts("ts"),
+                    text("class"),
+                    text("key"),
+                    text("policy"),
+                    text("outcome"),
+                    int64("resolution_ms"),
+                ],
+            ),
+            (
+                "divergence",
+                vec![
+                    ts("ts"),
+                    text("audit_id"),
+                    text("class"),
+                    text("key"),
+                    texts("regions"),
+                    text("state"),
+                    text("reason").with_nullable(true),
+                    ts("first_seen"),
+                    int64("age_ms"),
+                ],
+            ),
+            (
+                "audits",
+                vec![
+                    ts("ts"),
+                    text("audit_id"),
+                    text("class"),
+                    texts("regions"),
+                    int64("entities"),
+                    int64("differing"),
+                    int64("in_flight"),
+                    int64("divergent"),
+                    int32("round_trips"),
+                    int64("bytes"),
+                    int64("duration_ms"),
+                ],
+            ),
+            (
+                "failovers",
+                vec![
+                    ts("ts"),
+                    text("event"),
+                    int64("detected_ms").with_nullable(true),
+                    int64("rerouted_ms").with_nullable(true),
+                ],
+            ),
+            (
+                "probes",
+                vec![
+                    ts("ts"),
+                    text("vantage"),
+                    text("target"),
+                    field("latency_ms", DataType::Float64),
+                    field("ok", DataType::Boolean),
+                ],
+            ),
+            (
+                "clock",
+                vec![ts("ts"), text("peer"), int64("offset_ms"), int64("rtt_ms")],
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_table_keeps_the_schema_its_files_on_disk_have() {
+        let pinned = pinned();
+        let names: Vec<&str> = pinned.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            TABLES.as_slice(),
+            names.as_slice(),
+            "tables and their order"
+        );
+        let columns = |s: &Schema| -> Vec<String> {
+            s.fields()
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}: {:?}, nullable {}",
+                        f.name(),
+                        f.data_type(),
+                        f.is_nullable()
+                    )
+                })
+                .collect()
+        };
+        for (table, fields) in pinned {
+            let pinned = Schema::new(fields);
+            let declared = schema_of(table).unwrap();
+            // Column by column first, for a failure that reads.
+            assert_eq!(columns(&declared), columns(&pinned), "{table}");
+            // Then everything: list items, metadata.
+            assert_eq!(*declared, pinned, "{table}");
+        }
+        assert!(schema_of("request").is_none());
     }
 }

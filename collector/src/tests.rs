@@ -371,3 +371,223 @@ async fn probes_show_which_regions_answer_from_here() {
     assert!(rows >= 4, "probe rows written at shutdown: {rows}");
     server.abort();
 }
+
+/// One event of every kind (two failovers: with and without their
+/// durations), every field a value of its own, so a column reading the
+/// wrong field shows.
+fn one_of_each() -> Vec<Event> {
+    use parallax_replicator::telemetry::{
+        AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, FailoverEvent, ProbeEvent,
+    };
+    vec![
+        Event::Request(RequestEvent {
+            ts_us: T0 + 1,
+            region: "us-east".into(),
+            op: "put".into(),
+            class: "carts".into(),
+            status: 201,
+            latency_us: 1_234,
+            consistency: "quorum".into(),
+            served_by: "eu-west".into(),
+            client_geo: "paris".into(),
+        }),
+        Event::Replication(ReplicationEvent {
+            ts_us: T0 + 2,
+            src: "eu-west".into(),
+            dst: "us-east".into(),
+            lag_ms: 11,
+            backlog_ops: 12,
+            backlog_bytes: 13,
+            applied_ops: 14,
+            batches: 15,
+            heartbeats: 16,
+        }),
+        Event::Conflict(ConflictEvent {
+            ts_us: T0 + 3,
+            region: "us-east".into(),
+            class: "likes".into(),
+            key: "k1".into(),
+            policy: "gcounter".into(),
+            outcome: "merged".into(),
+            resolution_ms: 21,
+        }),
+        Event::Divergence(DivergenceEvent {
+            ts_us: T0 + 4,
+            audit_id: "a-1".into(),
+            class: "balances".into(),
+            key: "k2".into(),
+            regions: vec!["eu-west".into(), "us-east".into()],
+            state: "divergent".into(),
+            reason: "concurrent versions left unresolved".into(),
+            first_seen_us: T0 - 1_000_000,
+            age_ms: 31,
+        }),
+        Event::Audit(AuditEvent {
+            ts_us: T0 + 5,
+            audit_id: "a-1".into(),
+            class: "balances".into(),
+            regions: vec!["us-east".into(), "us-west".into()],
+            entities: 41,
+            differing: 42,
+            in_flight: 43,
+            divergent: 44,
+            round_trips: 45,
+            bytes: 46,
+            duration_ms: 47,
+        }),
+        Event::Failover(FailoverEvent {
+            ts_us: T0 + 6,
+            region: "us-east".into(),
+            event: "ownership eu-west -> us-east (epoch 3)".into(),
+            detected_ms: Some(51),
+            rerouted_ms: Some(52),
+        }),
+        Event::Failover(FailoverEvent {
+            ts_us: T0 + 7,
+            region: "us-east".into(),
+            event: "ownership us-east -> eu-west (epoch 4)".into(),
+            detected_ms: None,
+            rerouted_ms: None,
+        }),
+        Event::Probe(ProbeEvent {
+            ts_us: T0 + 8,
+            vantage: "us-east".into(),
+            target: "us-west".into(),
+            latency_ms: 61.5,
+            ok: true,
+        }),
+        Event::Clock(ClockEvent {
+            ts_us: T0 + 9,
+            region: "us-east".into(),
+            peer: "eu-west".into(),
+            offset_ms: -71,
+            rtt_ms: 72,
+        }),
+    ]
+}
+
+/// A table's rows read back, one line per row: `column=value, ...`.
+fn rows_of(root: &std::path::Path, table: &str) -> Vec<String> {
+    use arrow::datatypes::DataType;
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let mut out = Vec::new();
+    for b in files::read_table(root, table).unwrap() {
+        assert_eq!(
+            b.schema().fields(),
+            tables::schema_of(table).unwrap().fields(),
+            "{table}: the file's schema"
+        );
+        // Without chrono-tz, Arrow prints only offset time zones: drop "UTC".
+        let columns: Vec<arrow::array::ArrayRef> = b
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                DataType::Timestamp(unit, Some(_)) => {
+                    arrow::compute::cast(c, &DataType::Timestamp(*unit, None)).unwrap()
+                }
+                _ => Arc::clone(c),
+            })
+            .collect();
+        let options = FormatOptions::default();
+        let cells: Vec<ArrayFormatter<'_>> = columns
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for row in 0..b.num_rows() {
+            let line: Vec<String> = b
+                .schema()
+                .fields()
+                .iter()
+                .zip(&cells)
+                .map(|(f, c)| format!("{}={}", f.name(), c.value(row)))
+                .collect();
+            out.push(line.join(", "));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(dir.path(), T0 + HOUR_US);
+    for e in one_of_each() {
+        c.ingest(e);
+    }
+    assert_eq!(c.flush().unwrap(), 9);
+    let ts = |n| format!("ts=2026-11-28T10:00:00.00000{n}");
+    let expected = [
+        (
+            "requests",
+            vec![format!(
+                "{}, op=put, class=carts, status=201, latency_us=1234, consistency=quorum, served_by=eu-west, client_geo=paris",
+                ts(1)
+            )],
+        ),
+        (
+            "replication_lag",
+            vec![format!(
+                "{}, src=eu-west, dst=us-east, lag_ms=11, backlog_ops=12, backlog_bytes=13, applied_ops=14",
+                ts(2)
+            )],
+        ),
+        (
+            "conflicts",
+            vec![format!(
+                "{}, class=likes, key=k1, policy=gcounter, outcome=merged, resolution_ms=21",
+                ts(3)
+            )],
+        ),
+        (
+            "divergence",
+            vec![format!(
+                "{}, audit_id=a-1, class=balances, key=k2, regions=[eu-west, us-east], state=divergent, reason=concurrent versions left unresolved, first_seen=2026-11-28T09:59:59, age_ms=31",
+                ts(4)
+            )],
+        ),
+        (
+            "audits",
+            vec![format!(
+                "{}, audit_id=a-1, class=balances, regions=[us-east, us-west], entities=41, differing=42, in_flight=43, divergent=44, round_trips=45, bytes=46, duration_ms=47",
+                ts(5)
+            )],
+        ),
+        (
+            "failovers",
+            vec![
+                format!(
+                    "{}, event=ownership eu-west -> us-east (epoch 3), detected_ms=51, rerouted_ms=52",
+                    ts(6)
+                ),
+                format!(
+                    "{}, event=ownership us-east -> eu-west (epoch 4), detected_ms=, rerouted_ms=",
+                    ts(7)
+                ),
+            ],
+        ),
+        (
+            "probes",
+            vec![format!(
+                "{}, vantage=us-east, target=us-west, latency_ms=61.5, ok=true",
+                ts(8)
+            )],
+        ),
+        (
+            "clock",
+            vec![format!("{}, peer=eu-west, offset_ms=-71, rtt_ms=72", ts(9))],
+        ),
+    ];
+    assert_eq!(
+        expected.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        tables::TABLES,
+        "a row for every table"
+    );
+    for (table, rows) in expected {
+        assert_eq!(rows_of(dir.path(), table), rows, "{table}");
+        // The null durations are nulls, not zeros.
+        if table == "failovers" {
+            let b = &files::read_table(dir.path(), table).unwrap()[0];
+            assert_eq!(b.column_by_name("detected_ms").unwrap().null_count(), 1);
+        }
+    }
+}

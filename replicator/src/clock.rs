@@ -271,6 +271,11 @@ impl HlcClock {
     }
 }
 
+/// Lag of an entry written at `wall_ms` on a clock `offset_ms` ahead of ours.
+pub fn lag_ms(now_ms: u64, wall_ms: u64, offset_ms: i64) -> u64 {
+    (now_ms as i64 + offset_ms - wall_ms as i64).max(0) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

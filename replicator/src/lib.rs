@@ -1,9 +1,15 @@
 //! The parallax region node.
 //!
-//! A region takes reads and writes over HTTP, stores each write and its
-//! replication-log entry in one transaction, and ships its log to every
-//! other region, which applies it through the class's conflict policy.
-//! Everything that happens is reported as [`telemetry`] events.
+//! A region takes reads and writes over HTTP. One writer applies them in
+//! groups: a group's local writes are appended to the write-ahead log
+//! ([`wal`], files of its own beside the store) and synced before any is
+//! acknowledged, and the entities change in one redb transaction committed
+//! without a sync; a periodic checkpoint syncs the store and records the
+//! last log sequence it holds, and after a crash the log entries past it are
+//! applied again. That log is the replication log: each region ships it to
+//! every other region, which applies it through the class's conflict policy,
+//! and removes it once every peer holds it durably. Everything that happens
+//! is reported as [`telemetry`] events.
 //!
 //! - [`config`]: the cluster's TOML file.
 //! - [`clock`]: the injected wall clock and the hybrid logical clock.
@@ -11,7 +17,12 @@
 //! - [`entity`]: entities and their conflict policies (pure).
 //! - [`routing`]: ownership and rollout stages (pure).
 //! - [`store`]: the embedded redb store.
-//! - [`node`]: a region node: writes, reads, replication, consistency.
+//! - `wal`: the write-ahead log, which is also the replication log.
+//! - `writer`: the single writer with group commit and checkpoints.
+//! - `replication`: shipping the log to peers and applying theirs, as
+//!   state machines without I/O (the shipper's window, heartbeats and
+//!   backoff; the receiver's checks) driven by thin loops; watermarks, lag.
+//! - [`node`]: a region node: writes, reads, peer requests, consistency.
 //! - [`transport`]: region-to-region calls (HTTP, or in-process with faults).
 //! - [`merkle`]: Merkle trees over a class's entities (pure).
 //! - [`sync`]: comparing two regions' trees; anti-entropy.
@@ -21,6 +32,7 @@
 pub mod api;
 pub mod client;
 pub mod clock;
+mod command;
 pub mod config;
 pub mod entity;
 pub mod error;
@@ -36,10 +48,11 @@ pub mod transport;
 pub mod version;
 mod wal;
 pub mod web_config;
+pub mod worker;
 mod writer;
 
 pub use client::{ClientError, ReadOptions, RegionClient, WriteOptions};
+pub use command::Fault;
 pub use error::{ApiError, Error, Result};
 pub use node::{Node, NodeOptions, NodeStats, ReadRequest, WriteRequest, WriterMode};
 pub use replication::{AntiEntropyStats, PeerStats, ReplicationStats};
-pub use writer::Fault;

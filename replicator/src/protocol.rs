@@ -14,8 +14,8 @@ use crate::clock::Hlc;
 use crate::entity::{Entity, Op};
 use crate::error::{Error, WireError};
 use crate::merkle::NodeId;
-use crate::store::LogEntry;
 use crate::version::VersionVector;
+pub use crate::wal::LogEntry;
 
 /// Consistency a read asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,9 +151,9 @@ pub enum PeerRequest {
         key: String,
     },
     /// A client write passed on to the region that owns the key.
-    Write(ForwardedWrite),
+    Write(WriteRequest),
     /// A client read passed on.
-    Read(ForwardedRead),
+    Read(ReadRequest),
     /// Merged versions pushed back to a stale region after a quorum read.
     Repair(Vec<RepairItem>),
     /// Merkle tree questions (anti-entropy).
@@ -195,9 +195,10 @@ pub struct ReplicateAck {
     pub applied: BTreeMap<String, u64>,
 }
 
-/// A client write passed to another region.
+/// A client write, as a region takes it and as it passes it to another
+/// region.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ForwardedWrite {
+pub struct WriteRequest {
     /// Class.
     pub class: String,
     /// Key.
@@ -206,22 +207,23 @@ pub struct ForwardedWrite {
     pub op: Op,
     /// Consistency asked for.
     pub consistency: WriteConsistency,
-    /// Session token sent by the client.
+    /// Session token sent with it.
     pub session: Option<SessionToken>,
-    /// Home region given by the client.
+    /// Home region for a new home-owned entity.
     pub home: Option<String>,
 }
 
-/// A client read passed to another region.
+/// A client read, as a region takes it and as it passes it to another
+/// region.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ForwardedRead {
+pub struct ReadRequest {
     /// Class.
     pub class: String,
     /// Key.
     pub key: String,
     /// Consistency asked for.
     pub consistency: ReadConsistency,
-    /// Session token sent by the client.
+    /// Session token sent with it.
     pub session: Option<SessionToken>,
 }
 

@@ -32,30 +32,6 @@ const STORE_FORMAT: u64 = 1;
 /// Format marker of encoded conflict records.
 const RECORD_FORMAT: u8 = 1;
 
-/// One entry of the replication log: a local write, with the whole entity
-/// version it produced.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LogEntry {
-    /// Sequence in the origin region's log.
-    pub seq: u64,
-    /// Class of the entity.
-    pub class: String,
-    /// Key of the entity.
-    pub key: String,
-    /// Wall time of the write (its HLC wall part), ms, origin's clock.
-    pub wall_ms: u64,
-    /// The encoded entity version.
-    #[serde(with = "serde_bytes")]
-    pub entity: Vec<u8>,
-}
-
-impl LogEntry {
-    /// Approximate size on the wire.
-    pub fn size(&self) -> usize {
-        self.entity.len() + self.class.len() + self.key.len() + 24
-    }
-}
-
 /// A recorded conflict outcome: what lost, what won, when.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConflictRecord {

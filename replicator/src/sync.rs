@@ -8,9 +8,11 @@
 //! depth (at most 5), and the bytes grow with the number of differences, not
 //! with the number of entities.
 //!
-//! The two sides are [`TreeSource`]s: this region's own tree
-//! ([`LocalTree`]), another region over the peer transport ([`PeerTree`]),
-//! or (in the auditor) a region over HTTP.
+//! The two sides are [`TreeSource`]s: this region's own tree or another
+//! region over the peer transport (both supplied by the node, which this
+//! module does not know), or (in the auditor) a region over HTTP.
+//! [`anti_entropy`] takes two [`Replica`]s, tree sources that also take
+//! repairs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -20,13 +22,12 @@ use tokio::time::Instant;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::merkle::{self, DEPTH, FINGERPRINT_BYTES, MerkleTree, NodeId};
-use crate::node::Node;
 use crate::protocol::{
-    ClassRoot, NodeBody, PeerRequest, PeerResponse, RepairItem, ReplicationState, TreeEntry,
-    TreeRequest, TreeResponse, encode,
+    ClassRoot, NodeBody, RepairItem, ReplicationState, TreeEntry, TreeRequest, TreeResponse,
 };
 
 /// What a region's tree answers are made of.
@@ -150,53 +151,11 @@ pub trait TreeSource: Send + Sync {
     fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>>;
 }
 
-/// This region's own trees.
-#[derive(Debug, Clone)]
-pub struct LocalTree(pub Node);
-
-impl TreeSource for LocalTree {
-    fn name(&self) -> &str {
-        self.0.region()
-    }
-
-    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>> {
-        Box::pin(async move { self.0.handle_tree(req).map(|r| (r, 0)) })
-    }
-}
-
-/// Another region's trees, over the region-to-region transport.
-#[derive(Debug, Clone)]
-pub struct PeerTree {
-    /// The asking region.
-    pub node: Node,
-    /// The region asked.
-    pub peer: String,
-}
-
-impl TreeSource for PeerTree {
-    fn name(&self) -> &str {
-        &self.peer
-    }
-
-    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>> {
-        Box::pin(async move {
-            let sent = encode(&PeerRequest::Tree(req.clone())).len() as u64;
-            match self
-                .node
-                .call_peer(&self.peer, PeerRequest::Tree(req))
-                .await?
-            {
-                PeerResponse::Tree(t) => {
-                    let received = encode(&t).len() as u64;
-                    Ok((t, sent + received))
-                }
-                other => Err(Error::Internal(format!(
-                    "region {} answered a tree question with {other:?}",
-                    self.peer
-                ))),
-            }
-        })
-    }
+/// A region anti-entropy reads trees and versions from and hands merged
+/// versions to: this region's own store, or another region over the wire.
+pub trait Replica: TreeSource {
+    /// Merges versions into the region through their class's policy.
+    fn repair(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>>;
 }
 
 /// Tuning of a diff.
@@ -466,24 +425,20 @@ pub struct ClassRepair {
 /// Keys exchanged per request.
 const CHUNK: usize = 500;
 
-/// Compares this region's trees of `classes` with `peer`'s and exchanges
+/// Compares `local`'s trees of `classes` with `remote`'s and exchanges
 /// the differing entities both ways through the class's merge, at most
 /// `max_keys_per_sec` keys per second.
 pub async fn anti_entropy(
-    node: &Node,
-    peer: &str,
+    local: &dyn Replica,
+    remote: &dyn Replica,
     classes: &[String],
     max_keys_per_sec: u64,
+    clock: &dyn Clock,
 ) -> Result<AntiEntropyReport> {
-    let started = Instant::now();
-    let local = LocalTree(node.clone());
-    let remote = PeerTree {
-        node: node.clone(),
-        peer: peer.to_owned(),
-    };
-    let diffs = diff_classes(&local, &remote, classes, DiffOptions::default()).await?;
+    let started_us = clock.now_us();
+    let diffs = diff_classes(local, remote, classes, DiffOptions::default()).await?;
     let mut report = AntiEntropyReport {
-        peer: peer.to_owned(),
+        peer: remote.name().to_owned(),
         ..Default::default()
     };
     let mut budget_start = Instant::now();
@@ -542,16 +497,16 @@ pub async fn anti_entropy(
             class.pulled += pull.len() as u64;
             class.pushed += push.len() as u64;
             if !pull.is_empty() {
-                node.repair(pull).await?;
+                local.repair(pull).await?;
             }
             if !push.is_empty() {
-                node.call_peer(peer, PeerRequest::Repair(push)).await?;
+                remote.repair(push).await?;
             }
         }
         report.classes.push(class);
     }
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    report.finished_us = node.clock().now_us();
+    report.finished_us = clock.now_us();
+    report.duration_ms = report.finished_us.saturating_sub(started_us) / 1_000;
     Ok(report)
 }
 

@@ -18,80 +18,23 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, HlcClock};
+use crate::command::{ApplyAck, Command, Fault, LocalApplied, LocalWrite};
 use crate::config::{Config, OWNERSHIP_CLASS};
 use crate::entity::{ConflictOutcome, Entity, Merged, Op, WriteContext};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Digest, MerkleTree};
-use crate::protocol::RepairItem;
-use crate::replication::Replication;
+use crate::replication::{self, Fresh, Replication};
 use crate::routing::OwnershipView;
-use crate::store::{ConflictRecord, LogEntry, Meta, Store, StoreTxn};
+use crate::store::{ConflictRecord, Meta, Store, StoreTxn};
 use crate::telemetry::{ConflictEvent, Event, Stats, Telemetry};
+use crate::wal::LogEntry;
 use crate::wal::Wal;
-
-/// A local write for the writer.
-#[derive(Debug)]
-pub(crate) struct LocalWrite {
-    pub(crate) class: String,
-    pub(crate) key: String,
-    pub(crate) op: Op,
-    pub(crate) owner_epoch: u64,
-    pub(crate) home: Option<String>,
-}
-
-/// A committed local write.
-#[derive(Debug)]
-pub(crate) struct LocalApplied {
-    pub(crate) entity: Entity,
-    pub(crate) seq: u64,
-}
-
-/// Watermarks of one origin's log here after an apply.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ApplyAck {
-    /// Last sequence applied.
-    pub(crate) applied: u64,
-    /// Last sequence applied and checkpointed (survives a crash).
-    pub(crate) durable: u64,
-}
-
-/// What the writer is asked to do.
-#[derive(Debug)]
-pub(crate) enum Command {
-    Local(LocalWrite, oneshot::Sender<Result<LocalApplied>>),
-    /// Entries of `origin`'s log.
-    Apply {
-        origin: String,
-        entries: Vec<LogEntry>,
-        gap_acknowledged: bool,
-        /// Checkpoint in this group (a quorum write waits on it).
-        durable: bool,
-        reply: oneshot::Sender<Result<ApplyAck>>,
-    },
-    Repair(Vec<RepairItem>, oneshot::Sender<Result<()>>),
-    /// Remember whether `peer` needs anti-entropy (its log was dropped, or
-    /// a pass repaired it).
-    MarkAntiEntropy(String, bool),
-    /// Overwrite stored versions as they are (a repair of corruption, where
-    /// a merge cannot tell the good copy from the bad). Not replicated.
-    Replace(Vec<RepairItem>, oneshot::Sender<Result<()>>),
-    /// Change a stored entity without replicating it (fault-injection drills).
-    Fault {
-        class: String,
-        key: String,
-        fault: Fault,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    /// Checkpoint now (if anything changed); answers when durable.
-    Checkpoint(Option<oneshot::Sender<()>>),
-    Stop,
-}
 
 enum Done {
     Local(oneshot::Sender<Result<LocalApplied>>, Box<LocalApplied>),
@@ -100,17 +43,7 @@ enum Done {
     Checkpoint(oneshot::Sender<()>),
 }
 
-/// A drill fault: how to change a stored entity without replicating it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Fault {
-    /// Same version, different content.
-    Corrupt,
-    /// Remove the entity.
-    Drop,
-    /// Replace it by an older version.
-    Rollback,
-}
+mod ops;
 
 /// The writer's state.
 pub(crate) struct Writer {
@@ -128,8 +61,9 @@ pub(crate) struct Writer {
     marks: BTreeMap<String, bool>,
     next_conflict_id: u64,
     dirty: bool,
-    last_checkpoint: Instant,
-    checkpoint_every: Duration,
+    /// When the last checkpoint committed (ms, the injected clock).
+    last_checkpoint_ms: u64,
+    checkpoint_every_ms: u64,
     wal_files: usize,
     repl: Arc<Replication>,
     telemetry: Telemetry,
@@ -205,8 +139,9 @@ impl Writer {
         if let Some(last) = &meta.hlc {
             hlc.restore(last);
         }
-        let checkpoint_every = Duration::from_millis(config.storage.checkpoint_interval_ms);
+        let checkpoint_every_ms = config.storage.checkpoint_interval_ms;
         let wal_files = wal.files();
+        let now_ms = clock.now_ms();
         let mut w = Writer {
             region,
             config,
@@ -222,8 +157,8 @@ impl Writer {
             marks: BTreeMap::new(),
             next_conflict_id: meta.next_conflict_id.max(1),
             dirty: false,
-            last_checkpoint: Instant::now(),
-            checkpoint_every,
+            last_checkpoint_ms: now_ms,
+            checkpoint_every_ms,
             wal_files,
             repl,
             telemetry,
@@ -318,7 +253,9 @@ impl Writer {
                 Command::Stop | Command::Checkpoint(_) | Command::Apply { durable: true, .. }
             )
         });
-        let checkpoint = forced || self.last_checkpoint.elapsed() >= self.checkpoint_every;
+        let checkpoint = forced
+            || self.clock.now_ms().saturating_sub(self.last_checkpoint_ms)
+                >= self.checkpoint_every_ms;
         let txn = match self.store.begin(checkpoint) {
             Ok(t) => t,
             Err(e) => {
@@ -563,7 +500,7 @@ impl Writer {
             self.checkpoint = self.head;
             self.durable = self.applied.clone();
             self.dirty = false;
-            self.last_checkpoint = Instant::now();
+            self.last_checkpoint_ms = self.clock.now_ms();
             self.repl.publish_durable(&self.durable);
             self.marks.clear();
             self.truncate_log();
@@ -629,295 +566,6 @@ impl Writer {
         txn.set_hlc(&self.hlc.last())?;
         Ok(())
     }
-
-    fn local(
-        &mut self,
-        txn: &StoreTxn,
-        g: &mut Group,
-        req: LocalWrite,
-        now_us: u64,
-    ) -> Result<LocalApplied> {
-        let class = self
-            .config
-            .classes
-            .get(&req.class)
-            .ok_or_else(|| Error::UnknownClass {
-                class: req.class.clone(),
-                declared: self.config.class_names(),
-            })?;
-        let existing_raw = txn.get_raw(&req.class, &req.key)?;
-        let existing = existing_raw.as_deref().map(Entity::decode).transpose()?;
-        let stamp = self.hlc.now(now_us / 1_000);
-        let seq = g.head + 1;
-        let ctx = WriteContext {
-            region: &self.region,
-            class_name: &req.class,
-            key: &req.key,
-            class,
-            stamp: stamp.clone(),
-            seq,
-            owner_epoch: req.owner_epoch,
-            home: req.home.clone(),
-        };
-        let entity = Entity::apply_local(existing.as_ref(), &req.op, &ctx)?;
-        let bytes = entity.encode();
-        txn.put_entity(&req.class, &req.key, &bytes)?;
-        g.tree(&req.class, &req.key, existing_raw.as_deref(), Some(&bytes));
-        g.log.push(LogEntry {
-            seq,
-            class: req.class.clone(),
-            key: req.key.clone(),
-            wall_ms: stamp.wall_ms,
-            entity: bytes,
-        });
-        g.head = seq;
-        g.changed = true;
-        g.ownership_changed |= req.class == OWNERSHIP_CLASS;
-        if matches!(req.op, Op::Resolve(_)) {
-            let first_seen = txn.dequeue(&req.class, &req.key)?;
-            let resolution_ms = first_seen.map_or(0, |f| now_us.saturating_sub(f) / 1_000);
-            self.conflict(
-                txn,
-                g,
-                &req.class,
-                &req.key,
-                ConflictOutcome::Resolved,
-                resolution_ms,
-                None,
-                now_us,
-            )?;
-        }
-        Ok(LocalApplied { entity, seq })
-    }
-
-    fn apply(
-        &mut self,
-        txn: &StoreTxn,
-        g: &mut Group,
-        origin: &str,
-        entries: Vec<LogEntry>,
-        gap_acknowledged: bool,
-        now_us: u64,
-    ) -> Result<()> {
-        let mut wm = g
-            .applied
-            .get(origin)
-            .or_else(|| self.applied.get(origin))
-            .copied()
-            .unwrap_or(0);
-        let fresh: Vec<&LogEntry> = entries.iter().filter(|e| e.seq > wm).collect();
-        let Some(first) = fresh.first() else {
-            return Ok(());
-        };
-        if first.seq > wm + 1 && !gap_acknowledged {
-            // Something between our watermark and this batch is missing: the
-            // answer (our watermark) asks the origin to resend from there.
-            return Ok(());
-        }
-        // Decode and check everything before changing anything, so a bad
-        // batch changes nothing.
-        let now_ms = now_us / 1_000;
-        let mut decoded = Vec::with_capacity(fresh.len());
-        for e in &fresh {
-            let entity = Entity::decode(&e.entity).map_err(|err| {
-                Error::BadRequest(format!("entry {} from {origin}: {err}", e.seq))
-            })?;
-            if let Err(ahead) = self.hlc.check(&entity.hlc, now_ms) {
-                return Err(Error::ClockSkew {
-                    peer: origin.to_owned(),
-                    region: self.region.clone(),
-                    ahead_ms: ahead.ahead_ms,
-                    max_ms: self.config.cluster.max_clock_offset_ms,
-                });
-            }
-            decoded.push(entity);
-        }
-        let offset = self.repl.offset_ms(origin);
-        let lags = g.lags.entry(origin.to_owned()).or_default();
-        for (e, remote) in fresh.iter().zip(&decoded) {
-            let _ = self.hlc.observe(&remote.hlc, now_ms);
-            lags.push(lag_ms(now_ms, e.wall_ms, offset));
-            wm = e.seq;
-        }
-        for (e, remote) in fresh.iter().zip(decoded) {
-            self.merge_in(txn, g, &e.class, &e.key, &remote, now_us)?;
-        }
-        g.applied.insert(origin.to_owned(), wm);
-        g.changed = true;
-        Ok(())
-    }
-
-    /// Overwrites (or with `None` removes) a stored entity, without a log entry.
-    fn replace(
-        &mut self,
-        txn: &StoreTxn,
-        g: &mut Group,
-        class: &str,
-        key: &str,
-        entity: Option<&Entity>,
-    ) -> Result<()> {
-        let old = txn.get_raw(class, key)?;
-        match entity {
-            Some(e) => {
-                let bytes = e.encode();
-                txn.put_entity(class, key, &bytes)?;
-                g.tree(class, key, old.as_deref(), Some(&bytes));
-            }
-            None => {
-                txn.remove_entity(class, key)?;
-                g.tree(class, key, old.as_deref(), None);
-            }
-        }
-        g.changed = true;
-        g.ownership_changed |= class == OWNERSHIP_CLASS;
-        Ok(())
-    }
-
-    fn fault(
-        &mut self,
-        txn: &StoreTxn,
-        g: &mut Group,
-        class: &str,
-        key: &str,
-        fault: Fault,
-    ) -> Result<()> {
-        let Some(raw) = txn.get_raw(class, key)? else {
-            return Err(Error::NotFound {
-                class: class.to_owned(),
-                key: key.to_owned(),
-                region: self.region.clone(),
-            });
-        };
-        let entity = Entity::decode(&raw)?;
-        let changed = match fault {
-            Fault::Corrupt => Some(entity.corrupted()),
-            Fault::Drop => None,
-            Fault::Rollback => Some(entity.rolled_back()),
-        };
-        tracing::warn!(region = %self.region, class, key, ?fault, "Fault injected: a stored entity was changed without replicating.");
-        self.replace(txn, g, class, key, changed.as_ref())
-    }
-
-    /// Merges a remote version into the stored one, handling conflicts.
-    fn merge_in(
-        &mut self,
-        txn: &StoreTxn,
-        g: &mut Group,
-        class: &str,
-        key: &str,
-        remote: &Entity,
-        now_us: u64,
-    ) -> Result<()> {
-        let local_raw = txn.get_raw(class, key)?;
-        let local = local_raw.as_deref().map(Entity::decode).transpose()?;
-        let merged = match &local {
-            None => Merged {
-                entity: remote.clone(),
-                causality: crate::version::Causality::Before,
-                conflict: None,
-            },
-            Some(l) => match l.merge(remote) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(region = %self.region, class, key, error = %e, "Cannot merge a replicated version; kept the local one.");
-                    return Ok(());
-                }
-            },
-        };
-        if local.as_ref() != Some(&merged.entity) {
-            let bytes = merged.entity.encode();
-            txn.put_entity(class, key, &bytes)?;
-            g.tree(class, key, local_raw.as_deref(), Some(&bytes));
-            g.changed = true;
-            g.ownership_changed |= class == OWNERSHIP_CLASS;
-        }
-        let manual = matches!(merged.entity.state, crate::entity::State::Manual(_));
-        if manual {
-            if merged.entity.is_conflicted() {
-                let (_, new) = txn.enqueue(class, key, now_us)?;
-                if new || merged.conflict.is_some() {
-                    self.conflict(txn, g, class, key, ConflictOutcome::Queued, 0, None, now_us)?;
-                }
-            } else if let Some(first) = txn.dequeue(class, key)? {
-                let resolution_ms = now_us.saturating_sub(first) / 1_000;
-                self.conflict(
-                    txn,
-                    g,
-                    class,
-                    key,
-                    ConflictOutcome::Resolved,
-                    resolution_ms,
-                    None,
-                    now_us,
-                )?;
-            }
-        } else if let Some(c) = &merged.conflict {
-            let resolution_ms = (now_us / 1_000).saturating_sub(c.began_ms);
-            self.conflict(
-                txn,
-                g,
-                class,
-                key,
-                c.outcome,
-                resolution_ms,
-                Some(c),
-                now_us,
-            )?;
-        }
-        Ok(())
-    }
-
-    fn conflict(
-        &mut self,
-        txn: &StoreTxn,
-        g: &mut Group,
-        class: &str,
-        key: &str,
-        outcome: ConflictOutcome,
-        resolution_ms: u64,
-        detail: Option<&crate::entity::Conflict>,
-        now_us: u64,
-    ) -> Result<()> {
-        let policy = self
-            .config
-            .classes
-            .get(class)
-            .map_or("unknown", |c| c.conflict.as_str());
-        if outcome != ConflictOutcome::Merged {
-            let record = ConflictRecord {
-                id: g.next_conflict_id,
-                ts_us: now_us,
-                class: class.to_owned(),
-                key: key.to_owned(),
-                policy: policy.to_owned(),
-                outcome: outcome.as_str().to_owned(),
-                winner: detail.and_then(|c| c.winner.clone()),
-                loser: detail.and_then(|c| c.loser.clone()),
-                loser_value: detail
-                    .and_then(|c| c.loser_value.as_ref())
-                    .map(Value::to_string),
-                resolution_ms,
-            };
-            g.next_conflict_id += 1;
-            txn.record_conflict(&record, self.config.replication.conflict_log_max)?;
-            g.changed = true;
-        }
-        g.events.push(Event::Conflict(ConflictEvent {
-            ts_us: now_us,
-            region: self.region.clone(),
-            class: class.to_owned(),
-            key: key.to_owned(),
-            policy: policy.to_owned(),
-            outcome: outcome.as_str().to_owned(),
-            resolution_ms,
-        }));
-        Ok(())
-    }
-}
-
-/// Lag of an entry written at `wall_ms` on a clock `offset_ms` ahead of ours.
-pub(crate) fn lag_ms(now_ms: u64, wall_ms: u64, offset_ms: i64) -> u64 {
-    (now_ms as i64 + offset_ms - wall_ms as i64).max(0) as u64
 }
 
 fn drain(first: Command, rx: &mut mpsc::Receiver<Command>, max: usize) -> Vec<Command> {

@@ -18,10 +18,10 @@ use parallax_replicator::telemetry::{
 
 /// Arguments of `parallax bench ingest`.
 #[derive(Debug, Args)]
-pub(crate) struct IngestArgs {
+pub struct IngestArgs {
     /// Events to write.
     #[arg(long, default_value_t = 2_000_000)]
-    pub(crate) events: u64,
+    pub events: u64,
 }
 
 fn events(n: u64, start_us: u64) -> Vec<Event> {
@@ -111,7 +111,7 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 }
 
 /// `parallax bench ingest`.
-pub(crate) async fn run(a: IngestArgs) -> Result<ExitCode> {
+pub(super) async fn run(a: IngestArgs) -> Result<ExitCode> {
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build; run `cargo run --release -- bench ingest` for real figures"

@@ -1,6 +1,10 @@
 //! `parallax bench`: benchmarks that report ratios against a baseline
 //! measured in the same run. Run them with `--release`.
 
+mod ingest;
+mod merkle;
+mod query;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,45 +18,45 @@ use parallax_replicator::NodeStats;
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
-pub(crate) enum BenchCommand {
+pub enum BenchCommand {
     /// Replication throughput and lag: three region processes on loopback
     /// under concurrent writers, beside one region with replication off.
     Replicate(ReplicateArgs),
     /// Merkle trees: build rate against raw BLAKE3, incremental updates, and
     /// diffs (round trips, bytes, time) against shipping every key and hash.
-    Merkle(crate::bench_merkle::MerkleArgs),
+    Merkle(merkle::MerkleArgs),
     /// Telemetry into Parquet: events per second per core and bytes per
     /// event, beside the same events written as JSON lines.
-    Ingest(crate::bench_ingest::IngestArgs),
+    Ingest(ingest::IngestArgs),
     /// The dashboards' queries over a week of telemetry (100 million rows)
     /// through parallax's SQL engine, beside DuckDB on the same files.
-    Query(crate::bench_query::QueryArgs),
+    Query(query::QueryArgs),
 }
 
 /// Arguments of `parallax bench replicate`.
 #[derive(Debug, Args)]
-pub(crate) struct ReplicateArgs {
+pub struct ReplicateArgs {
     /// Seconds of load per phase.
     #[arg(long, default_value_t = 10)]
-    pub(crate) duration: u64,
+    pub duration: u64,
     /// Concurrent writers (HTTP connections) in the throughput phases.
     #[arg(long, default_value_t = 64)]
-    pub(crate) writers: usize,
+    pub writers: usize,
     /// Distinct keys written.
     #[arg(long, default_value_t = 100_000)]
-    pub(crate) keys: u64,
+    pub keys: u64,
     /// Keep the data directory (printed) instead of removing it.
     #[arg(long)]
-    pub(crate) keep: bool,
+    pub keep: bool,
 }
 
 /// `parallax bench ...`.
-pub(crate) async fn run(cmd: BenchCommand) -> Result<ExitCode> {
+pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Replicate(a) => replicate(a).await,
-        BenchCommand::Merkle(a) => crate::bench_merkle::run(a).await,
-        BenchCommand::Ingest(a) => crate::bench_ingest::run(a).await,
-        BenchCommand::Query(a) => crate::bench_query::run(a).await,
+        BenchCommand::Merkle(a) => merkle::run(a).await,
+        BenchCommand::Ingest(a) => ingest::run(a).await,
+        BenchCommand::Query(a) => query::run(a).await,
     }
 }
 

@@ -18,20 +18,20 @@ use parallax_web::{SqlEngine, SqlLimits};
 
 /// Arguments of `parallax bench query`.
 #[derive(Debug, Args)]
-pub(crate) struct QueryArgs {
+pub struct QueryArgs {
     /// Rows to generate, over both tables (4 of 5 are requests).
     #[arg(long, default_value_t = 100_000_000)]
-    pub(crate) rows: u64,
+    pub rows: u64,
     /// Days of data, ending at the benchmark's "now".
     #[arg(long, default_value_t = 7)]
-    pub(crate) days: u64,
+    pub days: u64,
     /// Where to write the tables (default: a temporary directory, removed
     /// afterwards). An existing directory with the same row count is reused.
     #[arg(long)]
-    pub(crate) dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
     /// Runs of each query; the best is reported.
     #[arg(long, default_value_t = 3)]
-    pub(crate) runs: u32,
+    pub runs: u32,
 }
 
 const REGIONS: [&str; 3] = ["eu-west", "us-east", "us-west"];
@@ -306,7 +306,7 @@ print(json.dumps(out))
 "#;
 
 /// `parallax bench query`.
-pub(crate) async fn run(a: QueryArgs) -> Result<ExitCode> {
+pub(super) async fn run(a: QueryArgs) -> Result<ExitCode> {
     if a.rows < 1_000 || a.days == 0 || a.runs == 0 {
         bail!("--rows must be at least 1000, --days and --runs at least 1");
     }

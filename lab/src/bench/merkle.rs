@@ -19,16 +19,16 @@ use parallax_replicator::{Error, Result as PResult};
 
 /// Arguments of `parallax bench merkle`.
 #[derive(Debug, Args)]
-pub(crate) struct MerkleArgs {
+pub struct MerkleArgs {
     /// Entity counts, comma-separated.
     #[arg(long, default_value = "1000000,10000000", value_delimiter = ',')]
-    pub(crate) sizes: Vec<u64>,
+    pub sizes: Vec<u64>,
     /// Numbers of differences, comma-separated.
     #[arg(long, default_value = "0,20,2000", value_delimiter = ',')]
-    pub(crate) diffs: Vec<u64>,
+    pub diffs: Vec<u64>,
     /// Bytes of replicated state per entity.
     #[arg(long, default_value_t = 100)]
-    pub(crate) state_bytes: usize,
+    pub state_bytes: usize,
 }
 
 const CLASS: &str = "accounts";
@@ -133,7 +133,7 @@ fn human(bytes: u64) -> String {
 }
 
 /// `parallax bench merkle`.
-pub(crate) async fn run(a: MerkleArgs) -> Result<ExitCode> {
+pub(super) async fn run(a: MerkleArgs) -> Result<ExitCode> {
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build; run `cargo run --release -- bench merkle` for real figures"

@@ -5,61 +5,62 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use parallax_replicator::config::Config;
 use parallax_replicator::{Node, NodeStats};
-use rand_like::Rng;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::region::{self, RunningRegion};
+use crate::drill::{divergence_drill, failover_drill};
+use crate::load::Load;
+use crate::process::{self, RunningRegion};
 
 /// The built-in demo configuration.
-pub(crate) const EXAMPLE_CONFIG: &str = include_str!("../deploy/examples/three-regions.toml");
+pub const EXAMPLE_CONFIG: &str = include_str!("../../deploy/examples/three-regions.toml");
 
 /// Arguments of `parallax demo`.
 #[derive(Debug, Args)]
-pub(crate) struct DemoArgs {
+pub struct DemoArgs {
     /// Directory for the regions' stores (default: a temporary directory, removed at the end).
     #[arg(long)]
-    pub(crate) data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
     /// How long the write load runs (seconds).
     #[arg(long, default_value_t = 20)]
-    pub(crate) duration: u64,
+    pub duration: u64,
     /// Client operations per second, across all regions.
     #[arg(long, default_value_t = 300)]
-    pub(crate) rate: u64,
+    pub rate: u64,
     /// Run this config instead of the built-in three-region example.
     #[arg(long)]
-    pub(crate) config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// Do not delay region-to-region traffic by the config's latency table.
     #[arg(long)]
-    pub(crate) no_wan: bool,
+    pub no_wan: bool,
     /// Seed of the load generator (default: from the clock; printed).
     #[arg(long)]
-    pub(crate) seed: Option<u64>,
+    pub seed: Option<u64>,
     /// Write a JSON summary here: rows written per table, and replication
     /// lag p99 per region pair as read back from the Parquet files.
     #[arg(long)]
-    pub(crate) summary: Option<PathBuf>,
+    pub summary: Option<PathBuf>,
     /// Serve the web app (dashboards, SQL, alerts) here; default
     /// 127.0.0.1:8080, or a free port if that one is taken.
     #[arg(long)]
-    pub(crate) web: Option<std::net::SocketAddr>,
+    pub web: Option<std::net::SocketAddr>,
     /// Do not start the web app.
     #[arg(long, conflicts_with = "web")]
-    pub(crate) no_web: bool,
+    pub no_web: bool,
     /// After the demo, keep the regions and the web app running until ctrl-c,
     /// so the dashboards can be explored.
     #[arg(long)]
-    pub(crate) linger: bool,
+    pub linger: bool,
 }
 
 /// `parallax demo`.
-pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let config = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::from_toml(
@@ -88,7 +89,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     );
     let mut regions = Vec::new();
     for name in config.regions.keys() {
-        let r = region::start(region::Setup {
+        let r = process::start_region(process::Setup {
             config: Arc::clone(&config),
             region: name,
             data_dir: &data_dir,
@@ -104,33 +105,32 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         );
         regions.push((name.clone(), r));
     }
-    let web =
-        if args.no_web {
-            None
-        } else {
-            let default = config.web.listen;
-            let started =
-                match crate::web::start((*config).clone(), &data_dir, args.web.unwrap_or(default))
-                    .await
-                {
-                    Ok(w) => w,
-                    Err(e) if args.web.is_none() => {
-                        println!("  web app: {default} is taken ({e:#}); using a free port");
-                        crate::web::start(
-                            (*config).clone(),
-                            &data_dir,
-                            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                        )
-                        .await?
-                    }
-                    Err(e) => return Err(e),
-                };
-            println!(
-                "  web app  http://{}/   (dashboards, SQL console, alerts)",
-                started.addr
-            );
-            Some(started)
-        };
+    let web = if args.no_web {
+        None
+    } else {
+        let default = config.web.listen;
+        let started =
+            match process::start_web((*config).clone(), &data_dir, args.web.unwrap_or(default))
+                .await
+            {
+                Ok(w) => w,
+                Err(e) if args.web.is_none() => {
+                    println!("  web app: {default} is taken ({e:#}); using a free port");
+                    process::start_web(
+                        (*config).clone(),
+                        &data_dir,
+                        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                    )
+                    .await?
+                }
+                Err(e) => return Err(e),
+            };
+        println!(
+            "  web app  http://{}/   (dashboards, SQL console, alerts)",
+            started.addr
+        );
+        Some(started)
+    };
     let token = config.cluster.client_token.clone();
     let first = &regions[0].1;
     println!(
@@ -150,7 +150,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     let interrupted = loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = region::shutdown_signal() => break true,
+            _ = process::shutdown_signal() => break true,
         }
         if Instant::now() >= deadline {
             break false;
@@ -210,7 +210,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         } else {
             println!("\nThe regions keep running (ctrl-c stops them)");
         }
-        region::shutdown_signal().await;
+        process::shutdown_signal().await;
     }
     if let Some(w) = web {
         w.stop().await;
@@ -258,228 +258,6 @@ fn worst_lag(stats: &NodeStats) -> u64 {
         .filter_map(|p| p.lag_from_ms)
         .max()
         .unwrap_or(0)
-}
-
-/// A tiny RNG so the load is reproducible from its seed (xorshift*).
-mod rand_like {
-    pub(crate) struct Rng(u64);
-    impl Rng {
-        pub(crate) fn new(seed: u64) -> Rng {
-            Rng(seed | 1)
-        }
-        pub(crate) fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-        }
-    }
-}
-
-struct Load {
-    client: reqwest::Client,
-    urls: Vec<String>,
-    token: String,
-    classes: Vec<String>,
-    rng: std::sync::Mutex<Rng>,
-    ok: AtomicU64,
-    refused: AtomicU64,
-    failed: AtomicU64,
-    likes: AtomicI64,
-}
-
-impl Load {
-    fn new(config: &Config, regions: &[(String, RunningRegion)], seed: u64) -> Arc<Load> {
-        Arc::new(Load {
-            client: reqwest::Client::new(),
-            urls: regions
-                .iter()
-                .map(|(_, r)| format!("http://{}", r.addr))
-                .collect(),
-            token: config.cluster.client_token.clone(),
-            classes: config.classes.keys().cloned().collect(),
-            rng: std::sync::Mutex::new(Rng::new(seed)),
-            ok: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            likes: AtomicI64::new(0),
-        })
-    }
-
-    fn pick(&self, n: u64) -> u64 {
-        self.rng.lock().expect("rng lock").below(n)
-    }
-
-    async fn send(
-        &self,
-        region: usize,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Option<Value> {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.urls[region]))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        match req.send().await {
-            Ok(r) if r.status().is_success() => {
-                self.ok.fetch_add(1, Ordering::Relaxed);
-                r.json().await.ok()
-            }
-            // Reading a profile before its first write (404) and writing a
-            // ticket that waits in the reconciliation queue (409) are
-            // answers the load expects.
-            Ok(r) if matches!(r.status().as_u16(), 404 | 409) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Ok(r) => {
-                let status = r.status();
-                let body = r.text().await.unwrap_or_default();
-                if self.failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                    eprintln!("  request failed: HTTP {status}: {body}");
-                }
-                None
-            }
-            Err(e) => {
-                if self.failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                    eprintln!("  request failed: {e}");
-                }
-                None
-            }
-        }
-    }
-
-    /// One client operation on a random class, from a random region.
-    async fn one(&self) {
-        let region = self.pick(self.urls.len() as u64) as usize;
-        let class = self.classes[self.pick(self.classes.len() as u64) as usize].clone();
-        let post = reqwest::Method::POST;
-        let put = reqwest::Method::PUT;
-        match class.as_str() {
-            "likes" => {
-                let key = format!("post-{}", self.pick(20));
-                if self
-                    .send(
-                        region,
-                        post,
-                        &format!("/v1/entities/likes/{key}/ops"),
-                        Some(json!({"op": "incr", "by": 1})),
-                    )
-                    .await
-                    .is_some()
-                {
-                    self.likes.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            "stock" => {
-                let by = self.pick(11) as i64 - 5;
-                let key = format!("sku-{}", self.pick(10));
-                self.send(
-                    region,
-                    post,
-                    &format!("/v1/entities/stock/{key}/ops"),
-                    Some(json!({"op": "incr", "by": by})),
-                )
-                .await;
-            }
-            "carts" => {
-                let key = format!("cart-{}", self.pick(30));
-                let op = if self.pick(3) == 0 { "remove" } else { "add" };
-                let item = format!("item-{}", self.pick(8));
-                self.send(
-                    region,
-                    post,
-                    &format!("/v1/entities/carts/{key}/ops"),
-                    Some(json!({"op": op, "member": item})),
-                )
-                .await;
-            }
-            "profiles" => {
-                let key = format!("user-{}", self.pick(25));
-                let path = format!("/v1/entities/profiles/{key}");
-                let logins = self
-                    .send(region, reqwest::Method::GET, &path, None)
-                    .await
-                    .and_then(|v| v["value"]["logins"].as_i64())
-                    .unwrap_or(0);
-                let now = parallax_replicator::clock::Clock::now_ms(
-                    &parallax_replicator::clock::SystemClock,
-                );
-                let body = json!({
-                    "name": format!("user {} v{}", key, self.pick(100)),
-                    "last_seen": now, "first_seen": now,
-                    "tags": [format!("t{}", self.pick(6))],
-                    "logins": logins + 1,
-                });
-                self.send(region, put, &path, Some(body)).await;
-            }
-            "settings" => {
-                let key = format!("flag-{}", self.pick(5));
-                self.send(
-                    region,
-                    put,
-                    &format!("/v1/entities/settings/{key}"),
-                    Some(json!({"enabled": self.pick(2) == 1})),
-                )
-                .await;
-            }
-            "balances" => {
-                let prefix = ["us-", "usw-", "eu-"][self.pick(3) as usize];
-                let key = format!("{prefix}{}", self.pick(10));
-                self.send(
-                    region,
-                    put,
-                    &format!("/v1/entities/balances/{key}"),
-                    Some(json!({"cents": self.pick(100_000)})),
-                )
-                .await;
-            }
-            "tickets" => {
-                // Two regions edit the same ticket at once: a conflict for the queue.
-                let key = format!("ticket-{}", self.pick(6));
-                let path = format!("/v1/entities/tickets/{key}");
-                let other = (region + 1) % self.urls.len();
-                let a = self.send(
-                    region,
-                    put.clone(),
-                    &path,
-                    Some(json!({"status": "open", "by": region})),
-                );
-                let b = self.send(
-                    other,
-                    put,
-                    &path,
-                    Some(json!({"status": "closed", "by": other})),
-                );
-                let (ra, _) = tokio::join!(a, b);
-                if ra.is_none() && self.pick(2) == 0 {
-                    // Conflicted already: an operator resolves it.
-                    let resolve = format!("/v1/conflicts/tickets/{key}/resolve");
-                    self.send(
-                        region,
-                        post,
-                        &resolve,
-                        Some(json!({"value": {"status": "reviewed"}})),
-                    )
-                    .await;
-                }
-            }
-            other => {
-                let key = format!("k-{}", self.pick(10));
-                self.send(
-                    region,
-                    reqwest::Method::GET,
-                    &format!("/v1/entities/{other}/{key}"),
-                    None,
-                )
-                .await;
-            }
-        }
-    }
 }
 
 /// Waits until every region has shipped everything and holds the same
@@ -543,95 +321,6 @@ fn differing_entities(config: &Config, regions: &[(String, RunningRegion)]) -> R
         }
     }
     Ok(differing)
-}
-
-/// Corrupts one critical entity in one region, audits, repairs, audits again.
-async fn divergence_drill(config: &Config, regions: &[(String, RunningRegion)]) -> Result<bool> {
-    let critical: Vec<String> = config
-        .classes
-        .iter()
-        .filter(|(n, c)| c.critical && !n.starts_with('_'))
-        .map(|(n, _)| n.clone())
-        .collect();
-    let Some((class, key)) = critical.iter().find_map(|c| {
-        let first = regions[0]
-            .1
-            .node
-            .scan(c, None, 1)
-            .ok()?
-            .into_iter()
-            .next()?;
-        Some((c.clone(), first.0))
-    }) else {
-        return Ok(true);
-    };
-    let (victim, node) = (&regions[1].0, &regions[1].1.node);
-    node.inject_fault(&class, &key, parallax_replicator::Fault::Corrupt)
-        .await?;
-    let targets: Vec<Box<dyn parallax_auditor::Target>> = regions
-        .iter()
-        .map(|(_, r)| {
-            Box::new(parallax_auditor::NodeRegion(r.node.clone()))
-                as Box<dyn parallax_auditor::Target>
-        })
-        .collect();
-    let opts = parallax_auditor::AuditOptions {
-        classes: critical,
-        lag_bound_ms: 500,
-        recheck: true,
-        progress: false,
-    };
-    let clock = parallax_replicator::clock::SystemClock;
-    let found = parallax_auditor::audit(&targets, &opts, &clock).await?;
-    println!(
-        "
-Divergence drill: corrupted {class}/{key} in {victim} without replicating it."
-    );
-    for f in &found.divergent {
-        println!(
-            "  auditor: {}/{} divergent in {} ({})",
-            f.class,
-            f.key,
-            f.regions.join(","),
-            f.reason
-        );
-    }
-    let recorder = &regions[0].1.node;
-    recorder.record_audit(found.audits.clone(), found.records.clone());
-    let done = parallax_auditor::repair(&targets, &found, &clock).await?;
-    let repaired = done.len();
-    recorder.record_audit(Vec::new(), done);
-    let after = parallax_auditor::audit(&targets, &opts, &clock).await?;
-    recorder.record_audit(after.audits.clone(), after.records.clone());
-    let ok = found.divergent.len() == 1 && after.divergent.is_empty();
-    println!(
-        "  repaired {repaired} key(s) from the majority's copy; audit afterwards: {}",
-        if after.divergent.is_empty() {
-            "no divergence"
-        } else {
-            "STILL DIVERGENT"
-        }
-    );
-    Ok(ok)
-}
-
-/// Moves the last region's keys to the first region and back, as an
-/// operator would around a regional outage.
-async fn failover_drill(config: &Config, regions: &[(String, RunningRegion)]) -> Result<()> {
-    let (Some((lost, _)), Some((survivor, node))) = (regions.last(), regions.first()) else {
-        return Ok(());
-    };
-    if config.regions.len() < 2 {
-        return Ok(());
-    }
-    let moved = node.node.move_ownership(lost, survivor).await?;
-    let (owner, epoch) = moved.effective(lost);
-    let back = node.node.move_ownership(lost, lost).await?;
-    println!(
-        "\nFailover drill: {lost}'s keys moved to {owner} (epoch {epoch}) and back (epoch {}).",
-        back.effective(lost).1
-    );
-    Ok(())
 }
 
 /// p99 of `lag_ms` per `src->dst`, read back from the Parquet files

@@ -1,0 +1,21 @@
+//! What drives a parallax cluster rather than being part of it.
+//!
+//! The `parallax` binary only parses arguments; everything that starts
+//! regions, puts load on them, breaks them on purpose or measures them
+//! lives here, as a library, so tests, drills and benchmarks reuse one
+//! implementation:
+//!
+//! - [`process`]: a region (node, HTTP API, collector) and the web app,
+//!   started inside this process;
+//! - [`load`]: a write load over every conflict policy;
+//! - [`drill`]: drills played on a running cluster;
+//! - [`demo`]: `parallax demo`, three regions with WAN latency, load,
+//!   drills and a summary;
+//! - [`bench`]: `parallax bench`, benchmarks that report ratios against a
+//!   baseline measured in the same run.
+
+pub mod bench;
+pub mod demo;
+pub mod drill;
+pub mod load;
+pub mod process;

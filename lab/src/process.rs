@@ -1,0 +1,306 @@
+//! A region and the web app, started inside this process: what `parallax
+//! region` and `parallax web` run, and what the demo, the drills and the
+//! benchmarks start several of.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use parallax_collector::{Collector, CollectorOptions};
+use parallax_replicator::clock::{Clock, SkewedClock, SystemClock};
+use parallax_replicator::config::Config;
+use parallax_replicator::transport::HttpTransport;
+use parallax_replicator::{Node, NodeOptions};
+use parallax_web::alerts::Alerter;
+use parallax_web::{App, SqlEngine};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A region node serving HTTP, with its collector.
+pub struct RunningRegion {
+    /// The region node.
+    pub node: Node,
+    /// Its collector.
+    pub collector: Collector,
+    /// The address its API serves.
+    pub addr: SocketAddr,
+    stops: Vec<oneshot::Sender<()>>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningRegion")
+            .field("region", &self.node.region())
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl RunningRegion {
+    /// Stops accepting requests, lets in-flight ones finish, stops the node,
+    /// then writes the telemetry it buffered.
+    pub async fn stop(mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for server in &mut self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        }
+        self.node.shutdown(Duration::from_secs(10)).await;
+        self.collector.shutdown().await;
+    }
+}
+
+/// How to run a region.
+#[derive(Debug)]
+pub struct Setup<'a> {
+    /// The cluster config.
+    pub config: Arc<Config>,
+    /// Which of its regions to run.
+    pub region: &'a str,
+    /// Where the region keeps its store and tables.
+    pub data_dir: &'a Path,
+    /// Delay region-to-region traffic by the latency table.
+    pub simulate_wan: bool,
+    /// Serve fault injection.
+    pub allow_fault_injection: bool,
+    /// Run this region's clock this far ahead (ms; drills).
+    pub clock_skew_ms: i64,
+}
+
+fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stop_rx.await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed.");
+        }
+    });
+    (stop_tx, server)
+}
+
+async fn bind(addr: SocketAddr, field: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} ({field}). Fix: stop whatever uses that port, or change the port in the config")
+    })
+}
+
+/// Starts a region: store, replication, collector and HTTP server.
+pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
+    let Setup {
+        config,
+        region,
+        data_dir,
+        simulate_wan,
+        allow_fault_injection,
+        clock_skew_ms,
+    } = s;
+    let region_cfg = config.regions.get(region).with_context(|| {
+        format!(
+            "region `{region}` is not declared in the config (declared: {}). Fix: pass --region with one of those",
+            config.region_names().join(", ")
+        )
+    })?;
+    let urls: BTreeMap<String, String> = config
+        .regions
+        .keys()
+        .filter_map(|r| Some((r.clone(), config.region_url(r)?)))
+        .collect();
+    let mut transport = HttpTransport::new(
+        region,
+        urls.clone(),
+        config.cluster.peer_secret.clone(),
+        Duration::from_millis(config.replication.peer_timeout_ms),
+    );
+    if simulate_wan {
+        let delays = config
+            .regions
+            .keys()
+            .filter(|r| *r != region)
+            .map(|r| {
+                (
+                    r.clone(),
+                    Duration::from_millis(u64::from(config.latency_between(region, r))),
+                )
+            })
+            .collect();
+        transport = transport.with_delays(delays);
+    }
+    let listener = bind(region_cfg.listen, &format!("regions.{region}.listen")).await?;
+    let addr = listener.local_addr()?;
+    let clock: Arc<dyn Clock> = if clock_skew_ms == 0 {
+        Arc::new(SystemClock)
+    } else {
+        Arc::new(SkewedClock::new(Arc::new(SystemClock), clock_skew_ms))
+    };
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(config.collector.event_queue.max(1));
+    let mut opts = NodeOptions::new(
+        Arc::clone(&config),
+        region,
+        data_dir.to_owned(),
+        Arc::new(transport),
+    );
+    opts.allow_fault_injection = allow_fault_injection;
+    opts.clock = Arc::clone(&clock);
+    opts.subscriber = Some(events_tx);
+    let node = Node::start(opts)
+        .await
+        .with_context(|| format!("cannot start region {region}"))?;
+    let collector = Collector::start(
+        CollectorOptions {
+            root: data_dir.join("tables"),
+            region: region.to_owned(),
+            config: config.collector.clone(),
+            probe_urls: urls,
+            tokens: vec![
+                config.cluster.client_token.clone(),
+                config.cluster.admin_token.clone(),
+            ],
+            clock,
+        },
+        events_rx,
+        Some(node.clone()),
+    )
+    .with_context(|| format!("cannot start the collector of region {region}"))?;
+    let mut app = parallax_replicator::api::router(node.clone());
+    let mut stops = Vec::new();
+    let mut servers = Vec::new();
+    match config.collector.metrics_listen {
+        Some(metrics_addr) => {
+            let l = bind(metrics_addr, "collector.metrics_listen").await?;
+            let (stop, server) = serve(l, collector.router());
+            stops.push(stop);
+            servers.push(server);
+        }
+        None => app = app.merge(collector.router()),
+    }
+    let (stop, server) = serve(listener, app);
+    stops.push(stop);
+    servers.push(server);
+    Ok(RunningRegion {
+        node,
+        collector,
+        addr,
+        stops,
+        servers,
+    })
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// A running web app.
+pub struct RunningWeb {
+    /// The address it serves.
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+    alerts: JoinHandle<()>,
+    alerter: Alerter,
+}
+
+/// How long a stopping web app waits for notices still being delivered.
+const DELIVERY_GRACE: Duration = Duration::from_secs(10);
+
+impl std::fmt::Debug for RunningWeb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningWeb")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl RunningWeb {
+    /// Stops serving and waits for open requests, then stops evaluating
+    /// alerts and gives the notices already on their way (retries included)
+    /// up to [`DELIVERY_GRACE`] to arrive: a resolve notice sent just before
+    /// a restart is not lost to it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        self.alerts.abort();
+        if tokio::time::timeout(DELIVERY_GRACE, self.alerter.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_s = DELIVERY_GRACE.as_secs(),
+                "stopped with notices still being delivered"
+            );
+        }
+    }
+}
+
+/// Starts the web app for `config` over `data_dir` on `listen`.
+pub async fn start_web(
+    mut config: Config,
+    data_dir: &Path,
+    listen: SocketAddr,
+) -> Result<RunningWeb> {
+    let engine = SqlEngine::open(data_dir, parallax_web::sql_limits(&config))
+        .await
+        .with_context(|| format!("cannot open the tables under {}", data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen}. Fix: stop what uses it or pass --listen with a free address")
+    })?;
+    let addr = listener.local_addr()?;
+    // Alert links point at where the app really listens unless told otherwise.
+    config
+        .web
+        .external_url
+        .get_or_insert_with(|| format!("http://{addr}"));
+    let app = App::new(engine, config, Arc::new(SystemClock));
+    let alerts = app.start_alerts();
+    let alerter = app.alerter().clone();
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let router = parallax_web::router(app);
+    let server = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stop_rx.await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "web server failed");
+        }
+    });
+    Ok(RunningWeb {
+        addr,
+        stop,
+        server,
+        alerts,
+        alerter,
+    })
+}

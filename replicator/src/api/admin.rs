@@ -1,0 +1,282 @@
+//! Stats, ownership, drills, audits, anti-entropy and tree routes.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::*;
+
+pub(super) async fn stats(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    match client_auth(&state, &headers) {
+        Ok(()) => json_response(StatusCode::OK, &state.node.stats()),
+        Err(e) => error_response(&e),
+    }
+}
+
+pub(super) fn admin_auth(state: &ApiState, headers: &HeaderMap) -> Result<(), Error> {
+    authorize(headers, &[("cluster.admin_token", &state.admin_token)])
+}
+
+pub(super) fn ownership_body(state: &ApiState, view: &OwnershipView) -> Ownership {
+    let owners = state
+        .node
+        .config()
+        .regions
+        .keys()
+        .map(|r| {
+            let (owner, epoch) = view.effective(r);
+            (r.clone(), EffectiveOwner { owner, epoch })
+        })
+        .collect();
+    Ownership {
+        region: state.node.region().to_owned(),
+        delegations: view.delegations.clone(),
+        owners,
+    }
+}
+
+pub(super) async fn get_ownership(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    match admin_auth(&state, &headers) {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            &ownership_body(&state, &state.node.ownership()),
+        ),
+        Err(e) => error_response(&e),
+    }
+}
+
+pub(super) async fn move_ownership(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let limit = state.node.config().limits.max_body_bytes;
+    let result = async {
+        admin_auth(&state, &headers)?;
+        let body = body.map_err(|e| body_error(e, limit))?;
+        let req: MoveOwnership = serde_json::from_value(parse_json(&body)?).map_err(|e| {
+            Error::BadRequest(format!(
+                "{e}. Fix: send {{\"region\": <the region whose keys move>, \"delegate\": <the region taking them>}}"
+            ))
+        })?;
+        let view = state.node.move_ownership(&req.region, &req.delegate).await?;
+        Ok(json_response(StatusCode::OK, &ownership_body(&state, &view)))
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+pub(super) async fn inject_fault(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if !state.node.fault_injection_allowed() {
+        return error_response(&Error::NotFoundRoute);
+    }
+    let limit = state.node.config().limits.max_body_bytes;
+    let result = async {
+        admin_auth(&state, &headers)?;
+        let body = body.map_err(|e| body_error(e, limit))?;
+        let f: FaultRequest = serde_json::from_value(parse_json(&body)?).map_err(|e| {
+            Error::BadRequest(format!(
+                "{e}. Fix: send {{\"class\": .., \"key\": .., \"action\": \"corrupt\" | \"drop\" | \"rollback\"}}"
+            ))
+        })?;
+        state.node.inject_fault(&f.class, &f.key, f.action).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &FaultAnswer {
+                region: state.node.region().to_owned(),
+                class: f.class,
+                key: f.key,
+                action: f.action,
+            },
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+/// The auditor hands its records to a region, whose collector keeps them.
+pub(super) async fn audit_records(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let limit = state.node.config().limits.max_peer_body_bytes;
+    let result = (|| {
+        admin_auth(&state, &headers)?;
+        let body = body.map_err(|e| body_error(e, limit))?;
+        let r: AuditRecords = serde_json::from_slice(&body).map_err(|e| {
+            Error::BadRequest(format!(
+                "{e}. Fix: send {{\"audits\": [...], \"records\": [...]}} as `parallax audit` does"
+            ))
+        })?;
+        let (a, d) = (r.audits.len(), r.records.len());
+        state.node.record_audit(r.audits, r.records);
+        Ok(json_response(
+            StatusCode::OK,
+            &AuditRecordsAnswer {
+                region: state.node.region().to_owned(),
+                audits: a,
+                records: d,
+            },
+        ))
+    })();
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+pub(super) async fn anti_entropy(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let limit = state.node.config().limits.max_body_bytes;
+    let result = async {
+        admin_auth(&state, &headers)?;
+        let body = body.map_err(|e| body_error(e, limit))?;
+        let req: AntiEntropyRequest = if body.is_empty() {
+            AntiEntropyRequest::default()
+        } else {
+            serde_json::from_value(parse_json(&body)?).map_err(|e| {
+                Error::BadRequest(format!("{e}. Fix: send {{}} or {{\"peer\": <region>}}"))
+            })?
+        };
+        let reports = state.node.run_anti_entropy(req.peer.as_deref()).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &AntiEntropyAnswer {
+                region: state.node.region().to_owned(),
+                reports,
+            },
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TreeParams {
+    level: Option<u32>,
+    index: Option<u32>,
+}
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A class's Merkle tree, one node at a time, for humans.
+pub(super) async fn tree_json(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<TreeParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let result = (|| {
+        admin_auth(&state, &headers)?;
+        let Path(class) = path.map_err(path_error)?;
+        let Query(p) = query.map_err(|e| {
+            Error::BadRequest(format!("bad query: {e}. Fix: use level= and index="))
+        })?;
+        let node = crate::merkle::NodeId {
+            level: p.level.unwrap_or(0),
+            index: p.index.unwrap_or(0),
+        };
+        let (req, entries) = if node.level < crate::merkle::DEPTH {
+            (
+                crate::protocol::TreeRequest::Children {
+                    class: class.clone(),
+                    nodes: vec![node],
+                    small: 0,
+                },
+                false,
+            )
+        } else {
+            (
+                crate::protocol::TreeRequest::Entries {
+                    class: class.clone(),
+                    nodes: vec![node],
+                },
+                true,
+            )
+        };
+        let roots = state
+            .node
+            .handle_tree(crate::protocol::TreeRequest::Roots {
+                classes: vec![class.clone()],
+            })?;
+        let body = state.node.handle_tree(req)?;
+        let mut out =
+            serde_json::json!({ "region": state.node.region(), "class": class, "node": node });
+        if let crate::protocol::TreeResponse::Roots(r) = roots {
+            out["root"] = Value::from(hex(&r[0].root));
+            out["entities"] = Value::from(r[0].count);
+        }
+        if let crate::protocol::TreeResponse::Nodes(n) = body {
+            match n.into_iter().next() {
+                Some(crate::protocol::NodeBody::Children(c)) if !entries => {
+                    out["children"] = c
+                        .chunks(crate::merkle::FINGERPRINT_BYTES)
+                        .enumerate()
+                        .map(|(i, fp)| serde_json::json!({ "index": node.child(i).index, "fingerprint": hex(fp) }))
+                        .collect();
+                }
+                Some(crate::protocol::NodeBody::Entries(e)) => {
+                    out["entries"] = e
+                        .iter()
+                        .map(|e| serde_json::json!({ "key": e.key, "fingerprint": hex(&e.fp) }))
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+        Ok(json_response(StatusCode::OK, &out))
+    })();
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+pub(super) async fn audit_rpc(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(e) = authorize(
+        &headers,
+        &[
+            ("cluster.admin_token", &state.admin_token),
+            ("cluster.peer_secret", &state.peer_secret),
+        ],
+    ) {
+        return error_response(&e);
+    }
+    let limit = state.node.config().limits.max_peer_body_bytes;
+    let req: crate::protocol::AuditRequest = match body
+        .map_err(|e| body_error(e, limit))
+        .and_then(|b| decode(&b))
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    use crate::protocol::{AuditRequest, AuditResponse};
+    let result = match req {
+        AuditRequest::Tree(t) => state.node.handle_tree(t).map(AuditResponse::Tree),
+        AuditRequest::Repair(items) => state.node.repair(items).await.map(|()| AuditResponse::Done),
+        AuditRequest::Replace(items) => state
+            .node
+            .replace(items)
+            .await
+            .map(|()| AuditResponse::Done),
+    };
+    let wire: Result<AuditResponse, crate::error::WireError> = result.map_err(|e| (&e).into());
+    (
+        [(header::CONTENT_TYPE, "application/msgpack")],
+        encode(&wire),
+    )
+        .into_response()
+}

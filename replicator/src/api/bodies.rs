@@ -1,0 +1,198 @@
+//! The bodies and answers of the region API's routes, shared with
+//! [`crate::client`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::Error;
+
+use crate::command::Fault;
+use crate::routing::Delegation;
+use crate::store::{ConflictRecord, QueuedConflict};
+use crate::sync::AntiEntropyReport;
+use crate::telemetry::{AuditEvent, DivergenceEvent};
+
+/// `GET /v1/conflicts`: a region's reconciliation queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictList {
+    /// The region that answered.
+    pub region: String,
+    /// Its conflicted entities.
+    pub conflicts: Vec<QueuedConflict>,
+}
+
+/// `GET /v1/conflicts/log`: recorded conflict outcomes, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictLog {
+    /// The region that answered.
+    pub region: String,
+    /// Its records.
+    pub records: Vec<ConflictRecord>,
+}
+
+/// The body of `POST /v1/conflicts/{class}/{key}/resolve`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    /// `{"value": <the reconciled value>}`.
+    Value(Value),
+    /// `{"delete": true}`: the entity is deleted.
+    Delete,
+}
+
+impl Resolution {
+    /// Reads a resolve body, naming the fix when it is neither form.
+    pub fn parse(body: &Value) -> Result<Resolution, Error> {
+        match (body.get("value"), body.get("delete")) {
+            (Some(value), None) => Ok(Resolution::Value(value.clone())),
+            (None, Some(Value::Bool(true))) => Ok(Resolution::Delete),
+            _ => Err(Error::BadRequest(
+                "a resolution needs exactly one of \"value\" or \"delete\". \
+                 Fix: send {\"value\": <the reconciled value>} or {\"delete\": true}"
+                    .into(),
+            )),
+        }
+    }
+}
+
+impl Serialize for Resolution {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            Resolution::Value(v) => m.serialize_entry("value", v)?,
+            Resolution::Delete => m.serialize_entry("delete", &true)?,
+        }
+        m.end()
+    }
+}
+
+/// The body of `POST /v1/entities/{class}/{key}/ops`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum EntityOp {
+    /// Adds `by` to a counter (negative for a pncounter).
+    Incr {
+        /// The amount.
+        by: i64,
+    },
+    /// Subtracts `by` from a pncounter.
+    Decr {
+        /// The amount.
+        by: u64,
+    },
+    /// Adds a member to a set.
+    Add {
+        /// The member (any JSON).
+        member: Value,
+    },
+    /// Removes a member from a set.
+    Remove {
+        /// The member (any JSON).
+        member: Value,
+    },
+}
+
+/// `GET` and `POST /v1/admin/ownership`: the delegations in force and the
+/// effective owner of each region's keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ownership {
+    /// The region that answered.
+    pub region: String,
+    /// Original owner -> delegation.
+    pub delegations: std::collections::BTreeMap<String, Delegation>,
+    /// Original owner -> who owns its keys now.
+    pub owners: std::collections::BTreeMap<String, EffectiveOwner>,
+}
+
+/// Who owns a region's keys now, under which epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveOwner {
+    /// The owning region.
+    pub owner: String,
+    /// The epoch of its ownership.
+    pub epoch: u64,
+}
+
+/// The body of `POST /v1/admin/ownership`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveOwnership {
+    /// The region whose keys move.
+    pub region: String,
+    /// The region taking them (the same region hands them back).
+    pub delegate: String,
+}
+
+/// The body of `POST /v1/admin/fault`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRequest {
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// What to do to it.
+    pub action: Fault,
+}
+
+/// What `POST /v1/admin/fault` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultAnswer {
+    /// The region that changed its copy.
+    pub region: String,
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// What was done.
+    pub action: Fault,
+}
+
+/// The body of `POST /v1/admin/anti-entropy` (empty: every peer).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AntiEntropyRequest {
+    /// Only with this peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+/// What `POST /v1/admin/anti-entropy` answers: one report per peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AntiEntropyAnswer {
+    /// The region that ran it.
+    pub region: String,
+    /// One report per peer.
+    pub reports: Vec<AntiEntropyReport>,
+}
+
+/// The body of `POST /v1/admin/audit-records`: the rows of the `audits`
+/// and `divergence` tables.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecords {
+    /// One row per audited class.
+    pub audits: Vec<AuditEvent>,
+    /// One row per key found differing.
+    pub records: Vec<DivergenceEvent>,
+}
+
+/// What `POST /v1/admin/audit-records` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecordsAnswer {
+    /// The region whose collector keeps them.
+    pub region: String,
+    /// Rows of `audits` taken.
+    pub audits: usize,
+    /// Rows of `divergence` taken.
+    pub records: usize,
+}
+
+/// What `/healthz` and `/readyz` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` (healthz) or `ready` (readyz).
+    pub status: String,
+    /// The region that answered.
+    pub region: String,
+}

@@ -1,0 +1,361 @@
+//! The region's HTTP API (axum).
+//!
+//! Client routes need `Authorization: Bearer <cluster.client_token>`;
+//! `POST /v1/peer/rpc` needs the peer secret; `/healthz` and `/readyz` are
+//! open. Every error is JSON `{"error": <code>, "detail": <sentence>}`.
+//!
+//! Class and key are path segments, percent-encoded by clients; the router
+//! decodes them. The bodies and answers of the routes are the types declared
+//! here (and in [`crate::protocol`]); [`crate::client`] sends and reads the
+//! same types, so the two sides cannot drift apart.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::Value;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::entity::Op;
+use crate::error::Error;
+use crate::node::{Node, ReadRequest, WriteRequest, parse_op};
+use crate::protocol::{
+    PeerRequest, ReadConsistency, SessionToken, WriteConsistency, decode, encode,
+};
+use crate::routing::OwnershipView;
+use crate::telemetry::{Event, RequestEvent};
+use crate::transport::{FROM_HEADER, PEER_PATH};
+
+mod admin;
+mod bodies;
+mod entities;
+
+pub use bodies::*;
+
+use admin::{
+    anti_entropy, audit_records, audit_rpc, get_ownership, inject_fault, move_ownership, stats,
+    tree_json,
+};
+use entities::{
+    conflict_log, delete_entity, get_entity, list_conflicts, post_op, put_entity, resolve,
+};
+
+/// Header carrying a session token (the query parameter `token` also works).
+pub const TOKEN_HEADER: &str = "x-parallax-token";
+
+/// Shared state of the handlers.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    node: Node,
+    client_token: Arc<str>,
+    admin_token: Arc<str>,
+    peer_secret: Arc<str>,
+}
+
+impl ApiState {
+    /// State for `node`, with the tokens from its config.
+    pub fn new(node: Node) -> ApiState {
+        let c = &node.config().cluster;
+        ApiState {
+            client_token: c.client_token.as_str().into(),
+            admin_token: c.admin_token.as_str().into(),
+            peer_secret: c.peer_secret.as_str().into(),
+            node,
+        }
+    }
+}
+
+/// The region's router: client API, region-to-region endpoint, health.
+pub fn router(node: Node) -> Router {
+    let limits = node.config().limits.clone();
+    let state = ApiState::new(node);
+    let client = Router::new()
+        .route(
+            "/v1/entities/{class}/{key}",
+            get(get_entity).put(put_entity).delete(delete_entity),
+        )
+        .route("/v1/entities/{class}/{key}/ops", post(post_op))
+        .route("/v1/conflicts", get(list_conflicts))
+        .route("/v1/conflicts/log", get(conflict_log))
+        .route("/v1/conflicts/{class}/{key}/resolve", post(resolve))
+        .route("/v1/stats", get(stats))
+        .route(
+            "/v1/admin/ownership",
+            get(get_ownership).post(move_ownership),
+        )
+        .route("/v1/admin/fault", post(inject_fault))
+        .route("/v1/admin/audit-records", post(audit_records))
+        .route("/v1/admin/anti-entropy", post(anti_entropy))
+        .route("/v1/tree/{class}", get(tree_json))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(limits.request_timeout_ms),
+        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ));
+    let peer = Router::new()
+        .route(PEER_PATH, post(peer_rpc))
+        .route("/v1/audit", post(audit_rpc))
+        .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
+    Router::new()
+        .merge(client)
+        .merge(peer)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Query parameters of entity requests.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    consistency: Option<String>,
+    token: Option<String>,
+    max_staleness_ms: Option<String>,
+    home: Option<String>,
+}
+
+struct Meta {
+    op: &'static str,
+    class: String,
+    consistency: String,
+    client_geo: String,
+}
+
+/// Header naming where the client is (for the `requests` table).
+pub const CLIENT_GEO_HEADER: &str = "x-parallax-client-geo";
+
+fn client_geo(headers: &HeaderMap) -> String {
+    headers
+        .get(CLIENT_GEO_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(64)
+        .collect()
+}
+
+/// Turns an [`Error`] into its JSON answer.
+pub fn error_response(e: &Error) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(e.to_api())).into_response()
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn finish(
+    state: &ApiState,
+    meta: Meta,
+    started: Instant,
+    result: Result<(Response, String), Error>,
+) -> Response {
+    let (response, served_by) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status() >= 500 {
+                tracing::warn!(region = %state.node.region(), op = meta.op, class = %meta.class, error = %e, "Request failed.");
+            }
+            (error_response(&e), String::new())
+        }
+    };
+    let node = &state.node;
+    node.telemetry().emit(Event::Request(RequestEvent {
+        ts_us: node.clock().now_us(),
+        region: node.region().to_owned(),
+        op: meta.op.to_owned(),
+        class: meta.class,
+        status: response.status().as_u16(),
+        latency_us: started.elapsed().as_micros() as u64,
+        consistency: meta.consistency,
+        served_by,
+        client_geo: meta.client_geo,
+    }));
+    response
+}
+
+/// Compares a secret with what a request presented in time that does not
+/// depend on where they first differ (only on the length), so the time of
+/// a refusal does not tell an attacker how much of a token was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn authorize(headers: &HeaderMap, accepted: &[(&str, &str)]) -> Result<(), Error> {
+    let names: Vec<&str> = accepted.iter().map(|(name, _)| *name).collect();
+    let Some(given) = bearer(headers) else {
+        return Err(Error::Unauthorized(format!(
+            "missing bearer token. Fix: send `Authorization: Bearer <{}>` from the cluster config",
+            names.join("> or <")
+        )));
+    };
+    if accepted
+        .iter()
+        .any(|(_, t)| constant_time_eq(given.as_bytes(), t.as_bytes()))
+    {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized(format!(
+            "the bearer token is not valid here. Fix: send the {} from the cluster config",
+            names.join(" or ")
+        )))
+    }
+}
+
+fn client_auth(state: &ApiState, headers: &HeaderMap) -> Result<(), Error> {
+    authorize(
+        headers,
+        &[
+            ("cluster.client_token", &state.client_token),
+            ("cluster.admin_token", &state.admin_token),
+        ],
+    )
+}
+
+fn path_error(e: PathRejection) -> Error {
+    Error::BadRequest(format!(
+        "the path is not valid: {e}. Fix: use /v1/entities/{{class}}/{{key}} with a URL-encoded key"
+    ))
+}
+
+fn query_error(e: QueryRejection) -> Error {
+    Error::BadRequest(format!(
+        "the query string is not valid: {e}. Fix: use only consistency=, token=, max_staleness_ms= and home="
+    ))
+}
+
+fn body_error(e: BytesRejection, limit: usize) -> Error {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::PayloadTooLarge(limit)
+    } else {
+        Error::BadRequest(format!("cannot read the request body: {e}"))
+    }
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, Error> {
+    if body.is_empty() {
+        return Err(Error::BadRequest(
+            "the request body is empty. Fix: send a JSON value".into(),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Error::BadRequest(format!(
+            "the request body is not valid JSON: {e}. Fix: send a JSON value"
+        ))
+    })
+}
+
+fn session(headers: &HeaderMap, params: &Params) -> Result<Option<SessionToken>, Error> {
+    let text = match headers.get(TOKEN_HEADER) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Error::BadRequest(format!("the {TOKEN_HEADER} header is not text")))?,
+        ),
+        None => params.token.as_deref(),
+    };
+    text.map(str::parse).transpose()
+}
+
+fn staleness(params: &Params) -> Result<Option<u64>, Error> {
+    params
+        .max_staleness_ms
+        .as_deref()
+        .map(|s| {
+            s.parse::<u64>().map_err(|_| {
+                Error::BadRequest(format!(
+                    "max_staleness_ms `{s}` is not a whole number of milliseconds"
+                ))
+            })
+        })
+        .transpose()
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    json_response(
+        StatusCode::OK,
+        &Health {
+            status: "ok".into(),
+            region: state.node.region().to_owned(),
+        },
+    )
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.node.is_ready() {
+        json_response(
+            StatusCode::OK,
+            &Health {
+                status: "ready".into(),
+                region: state.node.region().to_owned(),
+            },
+        )
+    } else {
+        error_response(&Error::ShuttingDown(state.node.region().to_owned()))
+    }
+}
+
+async fn peer_rpc(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(e) = authorize(&headers, &[("cluster.peer_secret", &state.peer_secret)]) {
+        return error_response(&e);
+    }
+    let from = headers
+        .get(FROM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if !state.node.config().regions.contains_key(&from) {
+        return error_response(&Error::BadRequest(format!(
+            "region-to-region request from `{from}`, which is not a declared region"
+        )));
+    }
+    let limit = state.node.config().limits.max_peer_body_bytes;
+    let req: PeerRequest = match body
+        .map_err(|e| body_error(e, limit))
+        .and_then(|b| decode(&b))
+    {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let reply = state.node.handle_peer(&from, req).await;
+    (
+        [(header::CONTENT_TYPE, "application/msgpack")],
+        encode(&reply),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(&Error::NotFoundRoute)
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(&Error::MethodNotAllowed)
+}

@@ -1,0 +1,247 @@
+//! Anti-entropy: this region's answers about its Merkle trees, repair
+//! passes with peers, and the worker that runs them.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::Node;
+use crate::command::Command;
+use crate::config::ClassConfig;
+use crate::entity::Entity;
+use crate::error::{Error, Result};
+use crate::merkle::{self, NodeId};
+use crate::protocol::{
+    PeerRequest, PeerResponse, RepairItem, TreeEntry, TreeRequest, TreeResponse,
+};
+use crate::sync::{Replica, TreeData, TreeSource};
+use crate::worker::Worker;
+
+impl Node {
+    /// Classes in the order anti-entropy and audits take them: critical first.
+    pub fn classes_by_priority(&self) -> Vec<String> {
+        let mut classes: Vec<(&String, &ClassConfig)> = self.inner.config.classes.iter().collect();
+        classes.sort_by_key(|(name, c)| (!c.critical, (*name).clone()));
+        classes.into_iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Runs anti-entropy now with `peer` (or every peer, those marked for it
+    /// first); one report per peer. One pass runs at a time.
+    pub async fn run_anti_entropy(
+        &self,
+        peer: Option<&str>,
+    ) -> Result<Vec<crate::sync::AntiEntropyReport>> {
+        let peers: Vec<String> = match peer {
+            Some(p) if self.inner.repl.peer(p).is_some() => vec![p.to_owned()],
+            Some(p) => {
+                return Err(Error::BadRequest(format!(
+                    "`{p}` is not another region of this cluster (declared: {})",
+                    self.inner.config.region_names().join(", ")
+                )));
+            }
+            None => {
+                let marked = self.inner.repl.peers_needing_anti_entropy();
+                let mut all: Vec<String> = marked.clone();
+                all.extend(
+                    self.inner
+                        .repl
+                        .peers()
+                        .map(|(n, _)| n.clone())
+                        .filter(|n| !marked.contains(n)),
+                );
+                all
+            }
+        };
+        let _one_at_a_time = self.inner.ae_lock.lock().await;
+        let classes = self.classes_by_priority();
+        let max = self.inner.config.anti_entropy.max_keys_per_sec;
+        let mut reports = Vec::new();
+        for peer in peers {
+            self.inner.repl.ae_running(Some(peer.clone()));
+            let was_marked = self.inner.repl.peers_needing_anti_entropy().contains(&peer);
+            let local = LocalReplica(self.clone());
+            let remote = PeerReplica {
+                node: self.clone(),
+                peer: peer.clone(),
+            };
+            let clock = self.inner.clock.as_ref();
+            let report = match crate::sync::anti_entropy(&local, &remote, &classes, max, clock)
+                .await
+            {
+                Ok(r) => {
+                    if was_marked {
+                        self.inner.repl.clear_anti_entropy(&peer);
+                        let _ = self
+                            .inner
+                            .writer
+                            .send(Command::MarkAntiEntropy(peer.clone(), false))
+                            .await;
+                    }
+                    let repaired: u64 = r.classes.iter().map(|c| c.pulled + c.pushed).sum();
+                    if repaired > 0 {
+                        tracing::info!(region = %self.inner.region, peer = %peer, repaired, "Anti-entropy repaired differences.");
+                    }
+                    r
+                }
+                Err(e) => crate::sync::AntiEntropyReport {
+                    peer: peer.clone(),
+                    finished_us: self.inner.clock.now_us(),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                },
+            };
+            self.inner.repl.ae_done(report.clone());
+            reports.push(report);
+        }
+        self.inner.repl.ae_running(None);
+        Ok(reports)
+    }
+
+    /// Answers a question about this region's Merkle trees.
+    pub fn handle_tree(&self, req: TreeRequest) -> Result<TreeResponse> {
+        crate::sync::answer(self, req)
+    }
+}
+
+/// Runs anti-entropy on a timer, and soon after a peer is marked for it.
+pub(super) async fn worker(node: Node, mut w: Worker) {
+    let every = Duration::from_millis(node.inner.config.anti_entropy.interval_ms);
+    let mut next_full = tokio::time::Instant::now() + every;
+    let mut last_marked_try = tokio::time::Instant::now() - Duration::from_secs(60);
+    while w.idle_for(Duration::from_secs(1)).await {
+        let now = tokio::time::Instant::now();
+        let peers = if now >= next_full {
+            next_full = now + every;
+            None
+        } else if !node.inner.repl.peers_needing_anti_entropy().is_empty()
+            && now.duration_since(last_marked_try) >= Duration::from_secs(10)
+        {
+            last_marked_try = now;
+            Some(node.inner.repl.peers_needing_anti_entropy())
+        } else {
+            continue;
+        };
+        w.busy();
+        let reports = match peers {
+            None => node.run_anti_entropy(None).await,
+            Some(peers) => {
+                let mut all = Vec::new();
+                for peer in peers {
+                    all.extend(node.run_anti_entropy(Some(&peer)).await.unwrap_or_default());
+                }
+                Ok(all)
+            }
+        };
+        let failed: Vec<String> = reports
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| r.error.map(|e| format!("{}: {e}", r.peer)))
+            .collect();
+        w.ran(if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        });
+    }
+}
+
+/// This region's own trees and store, as one side of an anti-entropy pass.
+struct LocalReplica(Node);
+
+impl TreeSource for LocalReplica {
+    fn name(&self) -> &str {
+        self.0.region()
+    }
+
+    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>> {
+        Box::pin(async move { self.0.handle_tree(req).map(|r| (r, 0)) })
+    }
+}
+
+impl Replica for LocalReplica {
+    fn repair(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.0.repair(items))
+    }
+}
+
+/// Another region, over the region-to-region transport, as the other side.
+struct PeerReplica {
+    node: Node,
+    peer: String,
+}
+
+impl TreeSource for PeerReplica {
+    fn name(&self) -> &str {
+        &self.peer
+    }
+
+    fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>> {
+        Box::pin(async move {
+            let sent = crate::protocol::encode(&PeerRequest::Tree(req.clone())).len() as u64;
+            match self.node.call(&self.peer, PeerRequest::Tree(req)).await? {
+                PeerResponse::Tree(t) => {
+                    let received = crate::protocol::encode(&t).len() as u64;
+                    Ok((t, sent + received))
+                }
+                other => Err(Error::Internal(format!(
+                    "region {} answered a tree question with {other:?}",
+                    self.peer
+                ))),
+            }
+        })
+    }
+}
+
+impl Replica for PeerReplica {
+    fn repair(&self, items: Vec<RepairItem>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.node
+                .call(&self.peer, PeerRequest::Repair(items))
+                .await
+                .map(|_| ())
+        })
+    }
+}
+
+impl TreeData for Node {
+    fn has_class(&self, class: &str) -> bool {
+        self.inner.config.classes.contains_key(class)
+    }
+
+    fn class_error(&self, class: &str) -> Error {
+        Error::UnknownClass {
+            class: class.to_owned(),
+            declared: self.inner.config.class_names(),
+        }
+    }
+
+    fn with_tree<T>(&self, class: &str, f: impl FnOnce(&mut merkle::MerkleTree) -> T) -> T {
+        self.inner.repl.with_tree(class, f)
+    }
+
+    fn entries(&self, class: &str, node: NodeId) -> Result<Vec<TreeEntry>> {
+        Ok(self
+            .inner
+            .store
+            .scan_buckets(class, node.buckets(), usize::MAX)?
+            .into_iter()
+            .map(|(key, bytes)| {
+                let fp = merkle::fingerprint(&merkle::entry_hash(class, &key, &bytes)).to_vec();
+                TreeEntry { key, fp }
+            })
+            .collect())
+    }
+
+    fn versions(&self, class: &str, keys: &[String]) -> Result<Vec<Option<Entity>>> {
+        keys.iter()
+            .map(|k| self.inner.store.read_entity(class, k))
+            .collect()
+    }
+
+    fn state(&self) -> crate::protocol::ReplicationState {
+        crate::protocol::ReplicationState {
+            applied: self.inner.repl.applied_vector(&self.inner.region),
+            log_dropped_for: self.inner.repl.peers_needing_anti_entropy(),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The loops a node runs besides requests (each a [`crate::worker`]):
+//! the telemetry relay and checkpoints. The shippers and the lag sampler
+//! live in [`crate::replication`], anti-entropy in [`super::anti_entropy`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::command::Command;
+use crate::telemetry::{Event, Stats, Telemetry};
+use crate::worker::Worker;
+
+/// Asks the writer for a checkpoint every `every` (it skips it if nothing
+/// changed).
+pub(super) async fn checkpoints(mut w: Worker, writer: mpsc::Sender<Command>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    while w.next_tick(&mut tick).await {
+        if writer.send(Command::Checkpoint(None)).await.is_err() {
+            w.ran(Err("the writer has stopped"));
+            return;
+        }
+        w.ran(Ok::<(), String>(()));
+    }
+}
+
+/// Counts every telemetry event and forwards it to the subscriber (the
+/// collector) without blocking; when told to stop, relays what is queued
+/// first.
+pub(super) async fn relay_events(
+    mut w: Worker,
+    mut rx: mpsc::Receiver<Event>,
+    stats: Arc<Stats>,
+    subscriber: Option<mpsc::Sender<Event>>,
+    telemetry: Telemetry,
+) {
+    let mut forward_dropped = 0u64;
+    let mut relay = |event: Event| {
+        stats.observe(&event);
+        if let Some(sub) = &subscriber
+            && sub.try_send(event).is_err()
+        {
+            forward_dropped += 1;
+            telemetry.count_drop();
+            if forward_dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = forward_dropped,
+                    "Telemetry subscriber is behind; events dropped."
+                );
+            }
+        }
+    };
+    w.idle();
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(event) => relay(event),
+                None => return,
+            },
+            _ = w.stopping() => break,
+        }
+    }
+    while let Ok(event) = rx.try_recv() {
+        relay(event);
+    }
+}

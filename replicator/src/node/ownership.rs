@@ -1,0 +1,154 @@
+//! Ownership: the delegations in force, moving them (a failover), and the
+//! owner of a key.
+
+use super::Node;
+use crate::command::{Command, LocalWrite};
+use crate::config::{ClassConfig, Ownership};
+use crate::entity::Op;
+use crate::error::{Error, Result};
+use crate::protocol::{ReadConsistency, ReadRequest};
+use crate::routing::{self, OwnershipView};
+use crate::telemetry::Event;
+
+impl Node {
+    /// The ownership delegations in force, as this region knows them.
+    pub fn ownership(&self) -> OwnershipView {
+        self.inner.repl.ownership()
+    }
+
+    /// Moves ownership of what `region` owns by config to `delegate` (a
+    /// failover; `delegate == region` moves it back), under a new epoch
+    /// higher than any before. The change replicates like any write.
+    pub async fn move_ownership(&self, region: &str, delegate: &str) -> Result<OwnershipView> {
+        for (what, r) in [("region", region), ("delegate", delegate)] {
+            if !self.inner.config.regions.contains_key(r) {
+                return Err(Error::BadRequest(format!(
+                    "{what} `{r}` is not a declared region (declared: {}). Fix: name one of those",
+                    self.inner.config.region_names().join(", ")
+                )));
+            }
+        }
+        let epoch = self.inner.repl.ownership().max_epoch() + 1;
+        let value = serde_json::json!({ "delegate": delegate, "epoch": epoch });
+        self.submit(|tx| {
+            Command::Local(
+                LocalWrite {
+                    class: crate::config::OWNERSHIP_CLASS.to_owned(),
+                    key: region.to_owned(),
+                    op: Op::Put(value),
+                    owner_epoch: epoch,
+                    home: None,
+                },
+                tx,
+            )
+        })
+        .await?;
+        tracing::warn!(region = %self.inner.region, from = region, to = delegate, epoch, "Ownership moved.");
+        self.inner
+            .telemetry
+            .emit(Event::Failover(crate::telemetry::FailoverEvent {
+                ts_us: self.inner.clock.now_us(),
+                region: self.inner.region.clone(),
+                event: format!("ownership {region} -> {delegate} (epoch {epoch})"),
+                detected_ms: None,
+                rerouted_ms: None,
+            }));
+        Ok(self.inner.repl.ownership())
+    }
+
+    /// Where a read's key belongs, worked out once per request: the
+    /// entity's explicit home (read from the store for home-owned classes)
+    /// and its owner under the delegations in `view`.
+    pub(super) fn placement(
+        &self,
+        req: &ReadRequest,
+        class: &ClassConfig,
+        view: &OwnershipView,
+    ) -> Result<Placement> {
+        let explicit_home = self.explicit_home(&req.class, class, &req.key)?;
+        let owner = self.owner_under(req, class, explicit_home.as_deref(), view)?;
+        Ok(Placement {
+            explicit_home,
+            owner,
+        })
+    }
+
+    /// The home recorded in a home-owned entity (`None` for other classes,
+    /// or when it has none).
+    pub(super) fn explicit_home(
+        &self,
+        class_name: &str,
+        class: &ClassConfig,
+        key: &str,
+    ) -> Result<Option<String>> {
+        Ok(match class.ownership {
+            Ownership::Home => self
+                .inner
+                .store
+                .read_entity(class_name, key)?
+                .and_then(|e| e.home),
+            _ => None,
+        })
+    }
+
+    fn owner_under(
+        &self,
+        req: &ReadRequest,
+        class: &ClassConfig,
+        explicit_home: Option<&str>,
+        view: &OwnershipView,
+    ) -> Result<Option<String>> {
+        Ok(routing::owner(
+            &self.inner.config,
+            &req.class,
+            class,
+            &req.key,
+            explicit_home,
+            view,
+        )?
+        .map(|(o, _)| o))
+    }
+
+    /// For a strong read: checks with a majority of regions that no newer
+    /// delegation moved the key away from `owner`; returns the owner after
+    /// that check.
+    pub(super) async fn confirm_owner(
+        &self,
+        req: &ReadRequest,
+        class: &ClassConfig,
+        explicit_home: Option<&str>,
+        owner: String,
+    ) -> Result<String> {
+        let by_config = match class.ownership {
+            Ownership::Home => routing::home_of(&req.class, class, &req.key, explicit_home)?,
+            Ownership::Hash => routing::hash_owner(self.inner.config.regions.keys(), &req.key),
+            Ownership::Global => return Ok(owner),
+        };
+        let probe = ReadRequest {
+            class: crate::config::OWNERSHIP_CLASS.to_owned(),
+            key: by_config,
+            consistency: ReadConsistency::Quorum,
+            session: None,
+        };
+        match self.read_merged(&probe, false).await {
+            // Read repair has stored the merged delegation here; recompute.
+            Ok(_) | Err(Error::NotFound { .. }) => {
+                let view = self.inner.repl.ownership();
+                Ok(self
+                    .owner_under(req, class, explicit_home, &view)?
+                    .unwrap_or(owner))
+            }
+            Err(e) => Err(Error::Unavailable(format!(
+                "a strong read must confirm ownership with a majority of regions: {e}"
+            ))),
+        }
+    }
+}
+
+/// Where a key belongs, as one request sees it.
+pub(super) struct Placement {
+    /// The home recorded in the entity (home-owned classes).
+    pub(super) explicit_home: Option<String>,
+    /// The region that owns the key now; `None` for classes without one.
+    pub(super) owner: Option<String>,
+}

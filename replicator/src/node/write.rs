@@ -1,0 +1,227 @@
+//! Client writes: validation, routing to the owner, the commit and the
+//! quorum wait.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Node;
+use crate::command::{Command, LocalApplied, LocalWrite};
+use crate::config::{ClassConfig, Ownership};
+use crate::entity::Op;
+use crate::error::{Error, Result};
+use crate::protocol::{
+    PeerRequest, PeerResponse, SessionToken, WriteConsistency, WriteOutcome, WriteRequest,
+};
+use crate::routing::{self, Route};
+
+impl Node {
+    /// Takes a client write: routes it (rollout stage, ownership), commits
+    /// it, and for `quorum` waits for a majority.
+    pub async fn write(
+        &self,
+        req: WriteRequest,
+        forwarded_from: Option<&str>,
+    ) -> Result<WriteOutcome> {
+        let class = self.class(&req.class)?;
+        self.check_key(&req.key)?;
+        if !class.conflict.accepts(req.op.kind()) {
+            return Err(Error::WrongOp {
+                class: req.class.clone(),
+                policy: class.conflict.as_str().to_owned(),
+                op: req.op.kind().as_str().to_owned(),
+                hint: class.conflict.ops_hint().to_owned(),
+            });
+        }
+        if let Some(h) = &req.home
+            && !self.inner.config.regions.contains_key(h)
+        {
+            return Err(Error::BadRequest(format!(
+                "home `{h}` is not a declared region (declared: {}). Fix: pass ?home= with one of those",
+                self.inner.config.region_names().join(", ")
+            )));
+        }
+        let explicit_home = match &req.home {
+            Some(h) => Some(h.clone()),
+            None => self.explicit_home(&req.class, class, &req.key)?,
+        };
+        let view = self.inner.repl.ownership();
+        let route = routing::route_write(
+            &self.inner.config,
+            &self.inner.region,
+            &req.class,
+            class,
+            &req.key,
+            req.op.kind(),
+            explicit_home.as_deref(),
+            &view,
+        )?;
+        let epoch = match route {
+            Route::Local { epoch } => epoch,
+            Route::Remote { to, why } => {
+                return self
+                    .write_elsewhere(req, class, to, why, forwarded_from)
+                    .await;
+            }
+        };
+        let applied: LocalApplied = self
+            .submit(|tx| {
+                Command::Local(
+                    LocalWrite {
+                        class: req.class.clone(),
+                        key: req.key.clone(),
+                        op: req.op.clone(),
+                        owner_epoch: epoch,
+                        home: if class.ownership == Ownership::Home {
+                            explicit_home.clone()
+                        } else {
+                            None
+                        },
+                    },
+                    tx,
+                )
+            })
+            .await?;
+        let mut token = req.session.clone().unwrap_or_default();
+        token.include(&self.inner.region, applied.seq);
+        if req.consistency == WriteConsistency::Quorum {
+            self.await_quorum(&req, applied.seq, &token).await?;
+        }
+        Ok(WriteOutcome {
+            class: req.class,
+            key: req.key,
+            value: applied.entity.value().unwrap_or(Value::Null),
+            hlc: applied.entity.hlc.clone(),
+            version: applied.entity.version.clone(),
+            token: token.to_string(),
+            applied_in: self.acked_by(applied.seq),
+            served_by: self.inner.region.clone(),
+            seq: applied.seq,
+            consistency: req.consistency.name().to_owned(),
+        })
+    }
+
+    async fn write_elsewhere(
+        &self,
+        req: WriteRequest,
+        class: &ClassConfig,
+        to: String,
+        why: String,
+        forwarded_from: Option<&str>,
+    ) -> Result<WriteOutcome> {
+        let misdirected = |why: String| {
+            Error::Misdirected(Box::new(crate::error::Misdirected {
+                region: self.inner.region.clone(),
+                class: req.class.clone(),
+                key: req.key.clone(),
+                owner: to.clone(),
+                owner_url: self.region_url(&to),
+                why,
+            }))
+        };
+        if let Some(from) = forwarded_from {
+            return Err(misdirected(format!(
+                "{why}; it was already forwarded once, from {from}"
+            )));
+        }
+        if class.foreign_writes == crate::config::ForeignWrites::Refuse {
+            return Err(misdirected(format!("{why} (foreign_writes = \"refuse\")")));
+        }
+        match self.call(&to, PeerRequest::Write(req)).await? {
+            PeerResponse::Written(w) => Ok(w),
+            other => Err(Error::Internal(format!(
+                "region {to} answered a write with {other:?}"
+            ))),
+        }
+    }
+
+    /// Regions known to have applied this region's write `seq`.
+    fn acked_by(&self, seq: u64) -> Vec<String> {
+        let mut regions = vec![self.inner.region.clone()];
+        for (name, p) in self.inner.repl.peers() {
+            if p.acked() >= seq {
+                regions.push(name.clone());
+            }
+        }
+        regions.sort();
+        regions
+    }
+
+    /// Regions holding this region's write `seq` durably (this one always does).
+    fn durable_in(&self, seq: u64) -> usize {
+        1 + self
+            .inner
+            .repl
+            .peers()
+            .filter(|(_, p)| p.durable() >= seq)
+            .count()
+    }
+
+    async fn await_quorum(&self, req: &WriteRequest, seq: u64, token: &SessionToken) -> Result<()> {
+        let total = self.inner.config.regions.len();
+        let needed = total / 2 + 1;
+        let timeout_ms = self.inner.config.replication.quorum_timeout_ms;
+        let mut acks = self.inner.repl.subscribe_acks();
+        self.inner.repl.want_durable(seq);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            let confirmed = self.durable_in(seq);
+            if confirmed >= needed {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = acks.changed() => { if changed.is_err() { break } }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::QuorumTimeout {
+                        class: req.class.clone(),
+                        key: req.key.clone(),
+                        region: self.inner.region.clone(),
+                        token: token.to_string(),
+                        confirmed,
+                        needed,
+                        timeout_ms,
+                    });
+                }
+            }
+        }
+        Err(Error::ShuttingDown(self.inner.region.clone()))
+    }
+}
+
+/// Parses an operation body of `POST .../ops`.
+pub fn parse_op(body: &Value, class_name: &str) -> Result<Op> {
+    let obj = body.as_object().ok_or_else(|| {
+        Error::BadRequest(format!(
+            "the body of an operation on class `{class_name}` must be a JSON object like {{\"op\":\"incr\",\"by\":5}}"
+        ))
+    })?;
+    let op = obj.get("op").and_then(Value::as_str).ok_or_else(|| {
+        Error::BadRequest("the operation has no \"op\" field. Fix: send {\"op\":\"incr\",\"by\":N}, {\"op\":\"add\",\"member\":..} or {\"op\":\"remove\",\"member\":..}".into())
+    })?;
+    let member = || {
+        obj.get("member").cloned().ok_or_else(|| {
+            Error::BadRequest(format!("operation `{op}` needs a \"member\" field, e.g. {{\"op\":\"{op}\",\"member\":\"x\"}}"))
+        })
+    };
+    Ok(match op {
+        "incr" => Op::Incr(match obj.get("by") {
+            None => 1,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                Error::BadRequest(format!("\"by\" must be an integer, not {v}. Fix: send e.g. {{\"op\":\"incr\",\"by\":5}}"))
+            })?,
+        }),
+        "decr" => Op::Incr(-match obj.get("by") {
+            None => 1,
+            Some(v) => v.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
+                Error::BadRequest(format!("\"by\" of decr must be a non-negative integer, not {v}"))
+            })?,
+        }),
+        "add" => Op::Add(member()?),
+        "remove" => Op::Remove(member()?),
+        other => {
+            return Err(Error::BadRequest(format!(
+                "unknown operation `{other}`. Fix: use incr, decr, add or remove"
+            )));
+        }
+    })
+}

@@ -1,0 +1,197 @@
+//! Replication, sending and receiving.
+//!
+//! Each region ships its log (the write-ahead log, see [`crate::wal`]) to
+//! every peer, and applies the peers' logs through the writer. The
+//! decisions are plain state machines without I/O, driven by thin loops:
+//!
+//! - [`shipper`]: the sending side's decisions — window, pipelining,
+//!   heartbeats, backlog cap, truncated log, answers, backoff with jitter —
+//!   and [`ship`], its driver (one task per peer: log reads, calls,
+//!   timeouts, counters, clock-offset telemetry, shutdown);
+//! - [`receive`]: the receiving side's checks of a batch — its origin, the
+//!   clock guard, order, idempotence — and its driver, which hands the
+//!   entries to the writer and answers with the watermarks;
+//! - [`lag`]: replication lag measured at the destination, and its sampler.
+//!
+//! [`Replication`] is the state they share with the writer and the request
+//! handlers, in cohesive parts: the head, the per-origin watermarks
+//! ([`watermarks`]), the per-peer shipping state ([`peers`]), the log as the
+//! shippers read it ([`log`]), counters and `/v1/stats` ([`stats`]), and,
+//! for the node, the Merkle trees, the ownership view and anti-entropy
+//! progress.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use tokio::sync::watch;
+
+use crate::merkle::{Digest, MerkleTree};
+use crate::routing::OwnershipView;
+use crate::store::Meta;
+
+mod lag;
+mod log;
+mod peers;
+mod receive;
+mod ship;
+mod shipper;
+mod stats;
+mod watermarks;
+
+#[cfg(test)]
+mod model_tests;
+
+pub(crate) use lag::LagSampler;
+pub(crate) use peers::PeerState;
+pub(crate) use receive::{Fresh, Receiver, fresh};
+pub(crate) use ship::Shipper;
+pub use stats::{AntiEntropyStats, PeerStats, ReplicationStats};
+
+/// The latest local write, as published by the writer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Head {
+    /// Sequence of the latest committed local write.
+    pub(crate) seq: u64,
+    /// Wall time (ms) just after that commit.
+    pub(crate) committed_ms: u64,
+}
+
+/// Replication bookkeeping shared across the node.
+#[derive(Debug)]
+pub(crate) struct Replication {
+    head: watch::Sender<Head>,
+    watermarks: watermarks::Watermarks,
+    peers: BTreeMap<String, PeerState>,
+    /// Changes whenever a peer acknowledges something.
+    acks: watch::Sender<u64>,
+    /// Highest sequence a quorum write waits for peers to hold durably.
+    durable_wanted: AtomicU64,
+    log: log::ShipLog,
+    counters: stats::Counters,
+    arrivals: Mutex<BTreeMap<String, lag::Arrivals>>,
+    started_ms: u64,
+    ownership: RwLock<OwnershipView>,
+    trees: Mutex<BTreeMap<String, MerkleTree>>,
+    ae: Mutex<AntiEntropyStats>,
+}
+
+impl Replication {
+    pub(crate) fn new(meta: &Meta, peers: &[String], now_ms: u64) -> Replication {
+        let peers = peers
+            .iter()
+            .map(|p| {
+                let state = PeerState::new(
+                    meta.cursors.get(p).copied().unwrap_or(0),
+                    meta.needs_anti_entropy.get(p).copied().unwrap_or(false),
+                );
+                (p.clone(), state)
+            })
+            .collect();
+        Replication {
+            head: watch::Sender::new(Head {
+                seq: meta.checkpoint,
+                committed_ms: now_ms,
+            }),
+            watermarks: watermarks::Watermarks::new(&meta.applied),
+            peers,
+            acks: watch::Sender::new(0),
+            durable_wanted: AtomicU64::new(0),
+            log: log::ShipLog::default(),
+            counters: stats::Counters::default(),
+            arrivals: Mutex::new(BTreeMap::new()),
+            started_ms: now_ms,
+            ownership: RwLock::new(OwnershipView::default()),
+            trees: Mutex::new(BTreeMap::new()),
+            ae: Mutex::new(AntiEntropyStats::default()),
+        }
+    }
+
+    pub(crate) fn peers(&self) -> impl Iterator<Item = (&String, &PeerState)> {
+        self.peers.iter()
+    }
+
+    pub(crate) fn peer(&self, name: &str) -> Option<&PeerState> {
+        self.peers.get(name)
+    }
+
+    pub(crate) fn head(&self) -> Head {
+        *self.head.borrow()
+    }
+
+    pub(crate) fn subscribe_head(&self) -> watch::Receiver<Head> {
+        self.head.subscribe()
+    }
+
+    pub(crate) fn publish_head(&self, seq: u64, committed_ms: u64) {
+        self.head.send_replace(Head { seq, committed_ms });
+    }
+
+    /// Asks shippers to have peers checkpoint entries up to `seq` at once.
+    pub(crate) fn want_durable(&self, seq: u64) {
+        self.durable_wanted.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// Highest sequence a quorum write waits for peers to hold durably.
+    pub(crate) fn durable_wanted(&self) -> u64 {
+        self.durable_wanted.load(Ordering::Relaxed)
+    }
+
+    /// Watch that changes whenever a peer acknowledges something.
+    pub(crate) fn subscribe_acks(&self) -> watch::Receiver<u64> {
+        self.acks.subscribe()
+    }
+
+    /// Tells quorum writes waiting on acknowledgements to look again.
+    pub(crate) fn notify_acked(&self) {
+        self.acks.send_modify(|v| *v += 1);
+    }
+
+    /// Peers marked for anti-entropy.
+    pub(crate) fn peers_needing_anti_entropy(&self) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.needs_anti_entropy())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    pub(crate) fn clear_anti_entropy(&self, peer: &str) {
+        if let Some(p) = self.peers.get(peer) {
+            p.set_needs_anti_entropy(false);
+        }
+    }
+
+    pub(crate) fn set_trees(&self, trees: BTreeMap<String, MerkleTree>) {
+        *self.trees.lock().expect("trees lock") = trees;
+    }
+
+    /// Applies entry changes (class, bucket, old hash, new hash) to the trees.
+    pub(crate) fn update_trees(
+        &self,
+        deltas: impl Iterator<Item = (String, u32, Option<Digest>, Option<Digest>)>,
+    ) {
+        let mut trees = self.trees.lock().expect("trees lock");
+        for (class, bucket, old, new) in deltas {
+            trees
+                .entry(class)
+                .or_default()
+                .update(bucket, old.as_ref(), new.as_ref());
+        }
+    }
+
+    /// Runs `f` on a class's tree (an empty one if the class has no entity).
+    pub(crate) fn with_tree<T>(&self, class: &str, f: impl FnOnce(&mut MerkleTree) -> T) -> T {
+        let mut trees = self.trees.lock().expect("trees lock");
+        f(trees.entry(class.to_owned()).or_default())
+    }
+
+    /// The ownership delegations in force.
+    pub(crate) fn ownership(&self) -> OwnershipView {
+        self.ownership.read().expect("ownership lock").clone()
+    }
+
+    pub(crate) fn set_ownership(&self, view: OwnershipView) {
+        *self.ownership.write().expect("ownership lock") = view;
+    }
+}

@@ -1,0 +1,169 @@
+//! Replication as `/v1/stats` serves it: the node's commit and refusal
+//! counters, and a snapshot of every peer in both directions.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Replication;
+
+/// Counters of the writer and the receiver.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    refused_stamps: AtomicU64,
+    commits: AtomicU64,
+    committed_commands: AtomicU64,
+    commit_us: AtomicU64,
+    replayed: AtomicU64,
+}
+
+/// Anti-entropy as served by `/v1/stats`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AntiEntropyStats {
+    /// The pass under way ("peer" while it runs).
+    pub running: Option<String>,
+    /// Passes finished.
+    pub passes: u64,
+    /// The last pass with each peer.
+    pub last: BTreeMap<String, crate::sync::AntiEntropyReport>,
+}
+
+/// Replication as served by `/v1/stats`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicationStats {
+    /// This region.
+    pub region: String,
+    /// Sequence of the latest local write.
+    pub head: u64,
+    /// Log entries up to here were removed (every peer had them).
+    pub truncated: u64,
+    /// Remote clock stamps refused by the offset guard.
+    pub refused_stamps: u64,
+    /// Group commits (transactions) so far.
+    pub commits: u64,
+    /// Commands (local writes, replicated batches, repairs) in those commits.
+    pub committed_commands: u64,
+    /// Time spent in those commits, fsync included (µs).
+    pub commit_us_total: u64,
+    /// Write-ahead log entries replayed at start-up (after an unclean stop).
+    pub replayed_at_start: u64,
+    /// Per peer.
+    pub peers: BTreeMap<String, PeerStats>,
+}
+
+/// Replication with one peer, both directions.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PeerStats {
+    /// Last sequence of our log the peer acknowledged.
+    pub acked: u64,
+    /// Our entries the peer still lacks.
+    pub backlog_ops: u64,
+    /// Their approximate size (bytes).
+    pub backlog_bytes: u64,
+    /// Batches sent.
+    pub batches_sent: u64,
+    /// Entries sent.
+    pub entries_sent: u64,
+    /// Heartbeats sent.
+    pub heartbeats_sent: u64,
+    /// Failed shipments.
+    pub errors: u64,
+    /// Failed shipments since the last success.
+    pub consecutive_failures: u64,
+    /// Time since the last successful shipment (ms).
+    pub last_ok_ms_ago: Option<u64>,
+    /// The last shipment error.
+    pub last_error: Option<String>,
+    /// The peer's log was dropped (backlog cap); it needs anti-entropy.
+    pub needs_anti_entropy: bool,
+    /// The peer's clock minus ours (ms).
+    pub clock_offset_ms: i64,
+    /// Round trip of the best offset sample (ms).
+    pub rtt_ms: f64,
+    /// How far we trail the peer's writes now (ms); none if never heard from.
+    pub lag_from_ms: Option<u64>,
+    /// Last sequence of the peer's log applied here.
+    pub applied_from: u64,
+}
+
+impl Replication {
+    /// Records how many log entries were replayed at start-up.
+    pub(crate) fn set_replayed(&self, n: u64) {
+        self.counters.replayed.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts one group commit of `commands` commands that took `us`.
+    pub(crate) fn count_commit(&self, commands: u64, us: u64) {
+        let c = &self.counters;
+        c.commits.fetch_add(1, Ordering::Relaxed);
+        c.committed_commands.fetch_add(commands, Ordering::Relaxed);
+        c.commit_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_refused_stamp(&self) {
+        self.counters.refused_stamps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ae_running(&self, what: Option<String>) {
+        self.ae.lock().expect("ae lock").running = what;
+    }
+
+    pub(crate) fn ae_done(&self, report: crate::sync::AntiEntropyReport) {
+        let mut ae = self.ae.lock().expect("ae lock");
+        ae.passes += 1;
+        ae.last.insert(report.peer.clone(), report);
+    }
+
+    pub(crate) fn ae_stats(&self) -> AntiEntropyStats {
+        self.ae.lock().expect("ae lock").clone()
+    }
+
+    /// A snapshot for `/v1/stats`.
+    pub(crate) fn snapshot(&self, me: &str, now_ms: u64) -> ReplicationStats {
+        let head = self.head().seq;
+        let avg = self.avg_entry_bytes();
+        let peers = self
+            .peers
+            .iter()
+            .map(|(name, p)| {
+                let acked = p.acked();
+                let backlog = head.saturating_sub(acked);
+                let (rtt_us, offset_us) = p.best_offset().unwrap_or((0, 0));
+                (
+                    name.clone(),
+                    PeerStats {
+                        acked,
+                        backlog_ops: backlog,
+                        backlog_bytes: backlog * avg,
+                        batches_sent: p.batches_sent.load(Ordering::Relaxed),
+                        entries_sent: p.entries_sent.load(Ordering::Relaxed),
+                        heartbeats_sent: p.heartbeats_sent.load(Ordering::Relaxed),
+                        errors: p.errors.load(Ordering::Relaxed),
+                        consecutive_failures: p.consecutive_failures.load(Ordering::Relaxed),
+                        last_ok_ms_ago: match p.last_ok_us() {
+                            0 => None,
+                            us => Some(now_ms.saturating_sub(us / 1_000)),
+                        },
+                        last_error: p.last_error.lock().expect("error lock").clone(),
+                        needs_anti_entropy: p.needs_anti_entropy(),
+                        clock_offset_ms: offset_us / 1_000,
+                        rtt_ms: rtt_us as f64 / 1_000.0,
+                        lag_from_ms: self.lag_from(name, now_ms),
+                        applied_from: self.applied_from(name),
+                    },
+                )
+            })
+            .collect();
+        let c = &self.counters;
+        ReplicationStats {
+            region: me.to_owned(),
+            head,
+            truncated: self.log.truncated(),
+            refused_stamps: c.refused_stamps.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            committed_commands: c.committed_commands.load(Ordering::Relaxed),
+            commit_us_total: c.commit_us.load(Ordering::Relaxed),
+            replayed_at_start: c.replayed.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+}
