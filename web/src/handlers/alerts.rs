@@ -1,0 +1,188 @@
+//! The alerts page, its JSON twin, and silences (a form and an API, with
+//! the admin token).
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{WRONG_TOKEN, back, bearer, error, html, unauthorized};
+use crate::app::App;
+use crate::filters::FilterQuery;
+use crate::pages::{self, ActionForm, Page};
+
+/// The page, its twin and the silences.
+pub(crate) fn routes() -> Router<App> {
+    Router::new()
+        .route("/alerts", get(alerts_page))
+        .route("/api/v1/alerts", get(alerts_api))
+        .route("/alerts/silence", post(silence_form))
+        .route("/api/v1/alerts/silences", post(silence_api))
+        .route("/api/v1/alerts/silences/{id}", delete(unsilence_api))
+}
+
+/// The longest silence: 30 days.
+const MAX_SILENCE_MINUTES: u64 = 60 * 24 * 30;
+
+async fn alerts_api(State(app): State<App>) -> Response {
+    axum::Json(app.alerter().view()).into_response()
+}
+
+async fn alerts_page(State(app): State<App>, Query(q): Query<FilterQuery>) -> Response {
+    let f = app.default_filters();
+    let mut c = app.chrome("Alerts", "/alerts", f);
+    c.filter_bar = false;
+    c.json_url = "/api/v1/alerts".into();
+    c.flash = q.flash;
+    c.error = q.failed;
+    let mut page = Page::new(c, pages::alerts(&app.alerter().view()));
+    page.forms.push(ActionForm {
+        id: "silence".into(),
+        title: "Silence alerts".into(),
+        note: "Alerts whose labels include every matcher are not sent to the notifiers until the silence ends (they still show here). Needs the admin token.".into(),
+        action: "/alerts/silence".into(),
+        hidden: Vec::new(),
+        selects: Vec::new(),
+        inputs: vec![
+            ("matchers".into(), "Matchers".into(), "alertname=lag_high,dst=eu-west".into()),
+            ("minutes".into(), "Minutes".into(), "60".into()),
+            ("comment".into(), "Comment".into(), "maintenance in eu-west".into()),
+        ],
+        button: "Silence".into(),
+    });
+    html(&page, StatusCode::OK)
+}
+
+/// Parses `a=b,c=d` label matchers.
+fn matchers(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!(
+                "matcher `{part}` is not label=value. Fix: e.g. alertname=lag_high,dst=eu-west"
+            ));
+        };
+        m.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    if m.is_empty() {
+        return Err(
+            "no matchers. Fix: e.g. alertname=lag_high (a silence of everything is refused)".into(),
+        );
+    }
+    Ok(m)
+}
+
+#[derive(Debug, Deserialize)]
+struct SilenceForm {
+    matchers: String,
+    #[serde(default)]
+    minutes: Option<String>,
+    #[serde(default)]
+    comment: Option<String>,
+    admin_token: String,
+}
+
+async fn silence_form(
+    State(app): State<App>,
+    Query(q): Query<FilterQuery>,
+    body: axum::Form<SilenceForm>,
+) -> Response {
+    let form = body.0;
+    if !app.admin_ok(&form.admin_token) {
+        return back("/alerts", &q, Err(WRONG_TOKEN.into()));
+    }
+    let minutes = match form
+        .minutes
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        None => 60,
+        Some(m) => match m.parse::<u64>() {
+            Ok(m) if m > 0 && m <= MAX_SILENCE_MINUTES => m,
+            _ => {
+                return back(
+                    "/alerts",
+                    &q,
+                    Err(format!("minutes `{m}` is not 1..={MAX_SILENCE_MINUTES}")),
+                );
+            }
+        },
+    };
+    let out = matchers(&form.matchers).map(|m| {
+        let s = app
+            .alerter()
+            .silence(m, minutes, form.comment.unwrap_or_default());
+        format!("Silence {} holds until {}.", s.id, s.until)
+    });
+    back("/alerts", &q, out)
+}
+
+async fn silence_api(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !app.admin_ok(bearer(&headers)) {
+        return unauthorized();
+    }
+    let fix =
+        "send {\"matchers\": {\"alertname\": \"lag_high\"}, \"minutes\": 60, \"comment\": \"...\"}";
+    let Ok(axum::Json(body)) = body else {
+        return error(400, "bad_request", fix);
+    };
+    let Some(obj) = body["matchers"].as_object().filter(|o| !o.is_empty()) else {
+        return error(400, "bad_request", fix);
+    };
+    let m: BTreeMap<String, String> = obj
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+            )
+        })
+        .collect();
+    let minutes = match &body["minutes"] {
+        Value::Null => 60,
+        v => match v.as_u64().filter(|m| (1..=MAX_SILENCE_MINUTES).contains(m)) {
+            Some(m) => m,
+            None => {
+                return error(
+                    400,
+                    "bad_request",
+                    &format!(
+                        "`minutes` = {v} is not a whole number of minutes in 1..={MAX_SILENCE_MINUTES} \
+                         (30 days). Fix: {fix}"
+                    ),
+                );
+            }
+        },
+    };
+    let s = app.alerter().silence(
+        m,
+        minutes,
+        body["comment"].as_str().unwrap_or_default().to_owned(),
+    );
+    axum::Json(s).into_response()
+}
+
+async fn unsilence_api(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    if !app.admin_ok(bearer(&headers)) {
+        return unauthorized();
+    }
+    if app.alerter().unsilence(id) {
+        axum::Json(json!({ "removed": id })).into_response()
+    } else {
+        error(404, "not_found", &format!("no silence {id}"))
+    }
+}
