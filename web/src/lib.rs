@@ -12,6 +12,7 @@ pub mod alerts;
 mod app;
 pub mod charts;
 pub mod dash;
+mod error;
 pub mod filters;
 mod handlers;
 pub mod notify;
@@ -25,6 +26,7 @@ pub mod sql;
 mod stop;
 
 pub use app::{App, sql_limits};
-pub use handlers::error;
+pub use error::WebError;
+pub use regions::RegionError;
 pub use router::router;
 pub use sql::{QueryResult, SqlEngine, SqlError, SqlLimits};

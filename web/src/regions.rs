@@ -29,6 +29,35 @@ const ANTI_ENTROPY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Queued entities whose siblings are read for the conflicts page.
 const SIBLINGS_SHOWN: usize = 50;
 
+/// Why a call to a region did not happen or did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// The config declares no such region.
+    #[error("region `{region}` is not in the config. Fix: pick one of {known}")]
+    Unknown {
+        /// The region asked for.
+        region: String,
+        /// The regions there are, comma-separated.
+        known: String,
+    },
+    /// The call failed: unreachable, refused or unreadable.
+    #[error(transparent)]
+    Call(#[from] ClientError),
+    /// The entity has fewer siblings than the form named (1-based).
+    #[error("{class}/{key} has no sibling {number} any more (it may be resolved already)")]
+    NoSibling {
+        /// Class.
+        class: String,
+        /// Key.
+        key: String,
+        /// The sibling's number, from 1.
+        number: usize,
+    },
+    /// A resolve was redirected to a new owner twice.
+    #[error("the owner moved twice while resolving; try again")]
+    OwnerMoved,
+}
+
 /// One client per region of the config, built once (each holds its
 /// connection pool).
 #[derive(Clone, Debug)]
@@ -49,13 +78,13 @@ impl Regions {
     }
 
     /// The client of `region`, or an error naming the regions there are.
-    fn client(&self, region: &str) -> Result<&RegionClient, String> {
-        self.clients.get(region).ok_or_else(|| {
-            format!(
-                "region `{region}` is not in the config. Fix: pick one of {}",
-                self.clients.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
-        })
+    fn client(&self, region: &str) -> Result<&RegionClient, RegionError> {
+        self.clients
+            .get(region)
+            .ok_or_else(|| RegionError::Unknown {
+                region: region.to_owned(),
+                known: self.clients.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
     }
 
     /// Asks each region's `GET /readyz`, all at once: `ready`, `not
@@ -158,7 +187,7 @@ impl Regions {
         class: &str,
         key: &str,
         r: Resolution,
-    ) -> Result<String, String> {
+    ) -> Result<String, RegionError> {
         let mut target = region.to_owned();
         for _ in 0..2 {
             match self.client(&target)?.resolve(class, key, &r, None).await {
@@ -172,10 +201,10 @@ impl Regions {
                 {
                     target = error.owner.unwrap_or_default();
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
-        Err("the owner moved twice while resolving; try again".into())
+        Err(RegionError::OwnerMoved)
     }
 
     /// The `i`th sibling's value (`None` for a tombstone), read again so the
@@ -186,17 +215,15 @@ impl Regions {
         class: &str,
         key: &str,
         i: usize,
-    ) -> Result<Option<Value>, String> {
+    ) -> Result<Option<Value>, RegionError> {
         let read = self
             .client(region)?
             .get(class, key, &ReadOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let s = read.siblings.get(i).ok_or_else(|| {
-            format!(
-                "{class}/{key} has no sibling {} any more (it may be resolved already)",
-                i + 1
-            )
+            .await?;
+        let s = read.siblings.get(i).ok_or_else(|| RegionError::NoSibling {
+            class: class.to_owned(),
+            key: key.to_owned(),
+            number: i + 1,
         })?;
         Ok((!s.deleted).then(|| s.value.clone()))
     }
@@ -205,14 +232,13 @@ impl Regions {
     pub(crate) async fn anti_entropy(
         &self,
         region: &str,
-    ) -> Result<Vec<AntiEntropyReport>, String> {
+    ) -> Result<Vec<AntiEntropyReport>, RegionError> {
         let answer = self
             .client(region)?
             .clone()
             .with_timeout(ANTI_ENTROPY_TIMEOUT)
             .anti_entropy(None)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(answer.reports)
     }
 }

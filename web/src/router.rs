@@ -13,7 +13,8 @@ use axum::routing::get;
 use futures::StreamExt;
 
 use crate::app::App;
-use crate::handlers::{self, error};
+use crate::error::WebError;
+use crate::handlers;
 
 /// The web app's router.
 pub fn router(app: App) -> Router {
@@ -36,7 +37,7 @@ pub fn router(app: App) -> Router {
 }
 
 /// The largest request body the app takes.
-pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
+const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// How much of a too-large body is read (and dropped) before the 413.
 const MAX_DRAIN_BYTES: usize = 64 << 20;
@@ -47,45 +48,43 @@ const MAX_DRAIN_BYTES: usize = 64 << 20;
 /// [`MAX_DRAIN_BYTES`]): a server that answers before the client has sent
 /// everything closes a socket with unread bytes in it, which the kernel
 /// turns into a reset, and the client sees the reset instead of the 413.
-async fn limit_body(State(app): State<App>, req: Request, next: Next) -> Response {
-    let too_large = || {
-        error(
-            413,
-            "payload_too_large",
-            &format!(
-                "the request body is over the {} MiB limit. Fix: send a smaller body; a SQL query \
-                 may be at most {} KiB, sent as {{\"sql\": \"SELECT ...\"}}",
-                MAX_BODY_BYTES >> 20,
-                app.sql().limits().max_sql_bytes >> 10
-            ),
-        )
-    };
+async fn limit_body(
+    State(app): State<App>,
+    req: Request,
+    next: Next,
+) -> Result<Response, WebError> {
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_DRAIN_BYTES) {
-        return too_large();
+        return Err(too_large(&app));
     }
     let mut chunks = body.into_data_stream();
     let mut kept = Vec::new();
     let mut read = 0;
     while let Some(chunk) = chunks.next().await {
-        let Ok(chunk) = chunk else {
-            return error(400, "bad_request", "the request body could not be read");
-        };
+        let chunk = chunk.map_err(|_| WebError::BodyUnreadable)?;
         read += chunk.len();
         if read <= MAX_BODY_BYTES {
             kept.extend_from_slice(&chunk);
         } else if read > MAX_DRAIN_BYTES {
-            return too_large();
+            return Err(too_large(&app));
         }
     }
     if read > MAX_BODY_BYTES {
-        return too_large();
+        return Err(too_large(&app));
     }
-    next.run(Request::from_parts(parts, Body::from(kept))).await
+    Ok(next.run(Request::from_parts(parts, Body::from(kept))).await)
+}
+
+/// 413, naming the body limit and the SQL text limit.
+pub(crate) fn too_large(app: &App) -> WebError {
+    WebError::TooLarge {
+        body_mib: MAX_BODY_BYTES >> 20,
+        sql_kib: app.sql().limits().max_sql_bytes >> 10,
+    }
 }
 
 async fn app_js() -> Response {

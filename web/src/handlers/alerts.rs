@@ -3,16 +3,19 @@
 
 use std::collections::BTreeMap;
 
-use axum::Router;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Redirect;
 use axum::routing::{delete, get, post};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{WRONG_TOKEN, back, bearer, error, html, unauthorized};
+use super::{WRONG_TOKEN, back, require_admin};
+use crate::alerts::{AlertsView, Silence};
 use crate::app::App;
+use crate::error::{PageAnswer, WebError};
 use crate::filters::FilterQuery;
 use crate::pages::{self, ActionForm, Page};
 
@@ -29,11 +32,11 @@ pub(crate) fn routes() -> Router<App> {
 /// The longest silence: 30 days.
 const MAX_SILENCE_MINUTES: u64 = 60 * 24 * 30;
 
-async fn alerts_api(State(app): State<App>) -> Response {
-    axum::Json(app.alerter().view()).into_response()
+async fn alerts_api(State(app): State<App>) -> Json<AlertsView> {
+    Json(app.alerter().view())
 }
 
-async fn alerts_page(State(app): State<App>, Query(q): Query<FilterQuery>) -> Response {
+async fn alerts_page(State(app): State<App>, Query(q): Query<FilterQuery>) -> PageAnswer {
     let f = app.default_filters();
     let mut c = app.chrome("Alerts", "/alerts", f);
     c.filter_bar = false;
@@ -55,7 +58,7 @@ async fn alerts_page(State(app): State<App>, Query(q): Query<FilterQuery>) -> Re
         ],
         button: "Silence".into(),
     });
-    html(&page, StatusCode::OK)
+    PageAnswer::ok(page)
 }
 
 /// Parses `a=b,c=d` label matchers.
@@ -91,7 +94,7 @@ async fn silence_form(
     State(app): State<App>,
     Query(q): Query<FilterQuery>,
     body: axum::Form<SilenceForm>,
-) -> Response {
+) -> Redirect {
     let form = body.0;
     if !app.admin_ok(&form.admin_token) {
         return back("/alerts", &q, Err(WRONG_TOKEN.into()));
@@ -126,19 +129,17 @@ async fn silence_form(
 async fn silence_api(
     State(app): State<App>,
     headers: HeaderMap,
-    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if !app.admin_ok(bearer(&headers)) {
-        return unauthorized();
-    }
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Silence>, WebError> {
+    require_admin(&app, &headers)?;
     let fix =
         "send {\"matchers\": {\"alertname\": \"lag_high\"}, \"minutes\": 60, \"comment\": \"...\"}";
-    let Ok(axum::Json(body)) = body else {
-        return error(400, "bad_request", fix);
-    };
-    let Some(obj) = body["matchers"].as_object().filter(|o| !o.is_empty()) else {
-        return error(400, "bad_request", fix);
-    };
+    let bad = || WebError::BadRequest(fix.to_owned());
+    let Json(body) = body.map_err(|_| bad())?;
+    let obj = body["matchers"]
+        .as_object()
+        .filter(|o| !o.is_empty())
+        .ok_or_else(bad)?;
     let m: BTreeMap<String, String> = obj
         .iter()
         .map(|(k, v)| {
@@ -150,39 +151,32 @@ async fn silence_api(
         .collect();
     let minutes = match &body["minutes"] {
         Value::Null => 60,
-        v => match v.as_u64().filter(|m| (1..=MAX_SILENCE_MINUTES).contains(m)) {
-            Some(m) => m,
-            None => {
-                return error(
-                    400,
-                    "bad_request",
-                    &format!(
-                        "`minutes` = {v} is not a whole number of minutes in 1..={MAX_SILENCE_MINUTES} \
-                         (30 days). Fix: {fix}"
-                    ),
-                );
-            }
-        },
+        v => v
+            .as_u64()
+            .filter(|m| (1..=MAX_SILENCE_MINUTES).contains(m))
+            .ok_or_else(|| {
+                WebError::BadRequest(format!(
+                    "`minutes` = {v} is not a whole number of minutes in 1..={MAX_SILENCE_MINUTES} \
+                     (30 days). Fix: {fix}"
+                ))
+            })?,
     };
-    let s = app.alerter().silence(
+    Ok(Json(app.alerter().silence(
         m,
         minutes,
         body["comment"].as_str().unwrap_or_default().to_owned(),
-    );
-    axum::Json(s).into_response()
+    )))
 }
 
 async fn unsilence_api(
     State(app): State<App>,
     headers: HeaderMap,
     Path(id): Path<u64>,
-) -> Response {
-    if !app.admin_ok(bearer(&headers)) {
-        return unauthorized();
-    }
+) -> Result<Json<Value>, WebError> {
+    require_admin(&app, &headers)?;
     if app.alerter().unsilence(id) {
-        axum::Json(json!({ "removed": id })).into_response()
+        Ok(Json(json!({ "removed": id })))
     } else {
-        error(404, "not_found", &format!("no silence {id}"))
+        Err(WebError::NoSilence(id))
     }
 }

@@ -1,17 +1,16 @@
 //! The dashboard pages and their JSON twins: one handler draws both from
 //! the same figures ([`crate::dash`]).
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::{error, html, sql_error};
 use crate::app::App;
+use crate::error::{ErrorPage, PageAnswer, WebError};
 use crate::filters::{FilterQuery, Filters};
-use crate::pages::{self, ActionForm, Page};
+use crate::pages::{self, ActionForm, Page, Queue, Section};
 use crate::sql::SqlError;
 use crate::{dash, slo};
 
@@ -28,11 +27,11 @@ pub(crate) fn routes() -> Router<App> {
         r = r
             .route(
                 path,
-                get(move |s: State<App>, q: Query<FilterQuery>| dashboard(s, q, kind, false)),
+                get(move |s: State<App>, q: Query<FilterQuery>| page(s, q, kind)),
             )
             .route(
                 &api,
-                get(move |s: State<App>, q: Query<FilterQuery>| dashboard(s, q, kind, true)),
+                get(move |s: State<App>, q: Query<FilterQuery>| twin(s, q, kind)),
             );
     }
     r
@@ -77,79 +76,82 @@ impl Kind {
     }
 }
 
-async fn dashboard(
+/// What a dashboard shows: the figures as JSON (the twin's `data`), the
+/// page's sections, and the live queue on the conflicts page.
+type Loaded = (Value, Vec<Section>, Option<Queue>);
+
+async fn load(app: &App, kind: Kind, f: &Filters) -> Result<Loaded, SqlError> {
+    let regions = app.config().region_names();
+    let e = app.sql();
+    Ok(match kind {
+        Kind::Overview => {
+            // The regions are asked while the queries run.
+            let shown = regions.iter().filter(|r| f.wants_region(r)).cloned();
+            let (d, now) = tokio::join!(
+                dash::overview(e, f, &regions),
+                app.regions().readiness(shown)
+            );
+            let mut d = d?;
+            for h in &mut d.regions {
+                if let Some((answer, ms)) = now.get(&h.region) {
+                    h.asked_now(answer, *ms);
+                }
+            }
+            (json!(d), pages::overview(&d, f), None)
+        }
+        Kind::Replication => {
+            let d = dash::replication(e, f, &regions).await?;
+            (json!(d), pages::replication(&d, f), None)
+        }
+        Kind::Conflicts => {
+            let d = dash::conflicts(e, f).await?;
+            let queue = app.regions().queue(f).await;
+            let data = json!({ "figures": d, "queue": queue });
+            (data, pages::conflicts(&d, f), Some(queue))
+        }
+        Kind::Divergence => {
+            let d = dash::divergence(e, f).await?;
+            (json!(d), pages::divergence(&d, f), None)
+        }
+        Kind::Latency => {
+            let d = dash::latency(e, f, &regions).await?;
+            (json!(d), pages::latency(&d, f), None)
+        }
+        Kind::Failovers => {
+            let d = dash::failovers(e, f).await?;
+            (json!(d), pages::failovers(&d), None)
+        }
+        Kind::Slos => {
+            let d = slo::evaluate(e, app.config(), f.to_us, &f.regions).await?;
+            (json!(d), pages::slos(&d), None)
+        }
+    })
+}
+
+/// The JSON twin: `{"filters": ..., "data": ...}`.
+async fn twin(
     State(app): State<App>,
     Query(q): Query<FilterQuery>,
     kind: Kind,
-    as_json: bool,
-) -> Response {
+) -> Result<Json<Value>, WebError> {
+    let f = app.filters(&q).map_err(WebError::BadFilter)?;
+    let (data, _, _) = load(&app, kind, &f).await?;
+    Ok(Json(json!({ "filters": f, "data": data })))
+}
+
+/// The page.
+async fn page(
+    State(app): State<App>,
+    Query(q): Query<FilterQuery>,
+    kind: Kind,
+) -> Result<PageAnswer, ErrorPage> {
     let (title, path) = kind.title();
-    let f = match app.filters(&q) {
-        Ok(f) => f,
-        Err(e) => {
-            if as_json {
-                return error(400, "bad_filter", &e);
-            }
-            let mut c = app.chrome(title, path, app.default_filters());
-            c.error = Some(e);
-            return html(&Page::new(c, Vec::new()), StatusCode::BAD_REQUEST);
-        }
-    };
-    let regions = app.config().region_names();
-    let e = app.sql();
-    let loaded: Result<_, SqlError> = async {
-        Ok(match kind {
-            Kind::Overview => {
-                // The regions are asked while the queries run.
-                let shown = regions.iter().filter(|r| f.wants_region(r)).cloned();
-                let (d, now) = tokio::join!(
-                    dash::overview(e, &f, &regions),
-                    app.regions().readiness(shown)
-                );
-                let mut d = d?;
-                for h in &mut d.regions {
-                    if let Some((answer, ms)) = now.get(&h.region) {
-                        h.asked_now(answer, *ms);
-                    }
-                }
-                (json!(d), pages::overview(&d, &f), None)
-            }
-            Kind::Replication => {
-                let d = dash::replication(e, &f, &regions).await?;
-                (json!(d), pages::replication(&d, &f), None)
-            }
-            Kind::Conflicts => {
-                let d = dash::conflicts(e, &f).await?;
-                let queue = app.regions().queue(&f).await;
-                let data = json!({ "figures": d, "queue": queue });
-                (data, pages::conflicts(&d, &f), Some(queue))
-            }
-            Kind::Divergence => {
-                let d = dash::divergence(e, &f).await?;
-                (json!(d), pages::divergence(&d, &f), None)
-            }
-            Kind::Latency => {
-                let d = dash::latency(e, &f, &regions).await?;
-                (json!(d), pages::latency(&d, &f), None)
-            }
-            Kind::Failovers => {
-                let d = dash::failovers(e, &f).await?;
-                (json!(d), pages::failovers(&d), None)
-            }
-            Kind::Slos => {
-                let d = slo::evaluate(e, app.config(), f.to_us, &f.regions).await?;
-                (json!(d), pages::slos(&d), None)
-            }
-        })
-    }
-    .await;
-    let (data, sections, queue) = match loaded {
-        Ok(loaded) => loaded,
-        Err(err) => return dash_error(&app, title, path, f, &err, as_json),
-    };
-    if as_json {
-        return axum::Json(json!({ "filters": f, "data": data })).into_response();
-    }
+    let f = app.filters(&q).map_err(|e| {
+        WebError::BadFilter(e).on_page(app.chrome(title, path, app.default_filters()))
+    })?;
+    let (_, sections, queue) = load(&app, kind, &f)
+        .await
+        .map_err(|e| WebError::Figures(e).on_page(app.chrome(title, path, f.clone())))?;
     let mut c = app.chrome(title, path, f);
     // The message a redirect after a form carries.
     c.flash = q.flash;
@@ -168,24 +170,5 @@ async fn dashboard(
             button: "Run anti-entropy".into(),
         });
     }
-    html(&page, StatusCode::OK)
-}
-
-fn dash_error(
-    app: &App,
-    title: &str,
-    path: &str,
-    f: Filters,
-    e: &SqlError,
-    as_json: bool,
-) -> Response {
-    if as_json {
-        return sql_error(e);
-    }
-    let mut c = app.chrome(title, path, f);
-    c.error = Some(format!("The figures could not be computed: {e}"));
-    html(
-        &Page::new(c, Vec::new()),
-        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-    )
+    Ok(PageAnswer::ok(page))
 }

@@ -1,68 +1,43 @@
-//! The request handlers, by area, and what they share: the JSON error
-//! answer, the HTML page answer, the admin token check and the redirect
-//! back to a page after a form.
+//! The request handlers, by area, and what they share: the admin token
+//! check and the redirect back to a page after a form. Handlers answer
+//! with their data or a [`WebError`]; pages with a
+//! [`PageAnswer`](crate::error::PageAnswer) or an
+//! [`ErrorPage`](crate::error::ErrorPage).
 
 pub(crate) mod alerts;
 pub(crate) mod dashboards;
 pub(crate) mod repair;
 pub(crate) mod sql;
 
-use askama::Template;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, header};
+use axum::response::Redirect;
 use parallax_replicator::client::percent_encode;
-use serde_json::json;
 
+use crate::app::App;
+use crate::error::WebError;
 use crate::filters::FilterQuery;
-use crate::pages::Page;
-use crate::sql::SqlError;
-
-/// A JSON error answer.
-pub fn error(status: u16, code: &str, detail: &str) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        axum::Json(json!({ "error": code, "detail": detail })),
-    )
-        .into_response()
-}
 
 /// What a form with the wrong admin token is told.
 pub(crate) const WRONG_TOKEN: &str =
     "The admin token is wrong. Fix: use cluster.admin_token from the config.";
 
-/// 401 for an API action without the admin token.
-pub(crate) fn unauthorized() -> Response {
-    error(
-        401,
-        "unauthorized",
-        "send Authorization: Bearer <cluster.admin_token>",
-    )
-}
-
-pub(crate) fn sql_error(e: &SqlError) -> Response {
-    error(e.status(), e.code(), &e.to_string())
-}
-
-pub(crate) fn html(page: &Page, status: StatusCode) -> Response {
-    match page.render() {
-        Ok(body) => (status, Html(body)).into_response(),
-        Err(e) => error(500, "render_failed", &e.to_string()),
-    }
-}
-
-/// The bearer token of a request, empty without one.
-pub(crate) fn bearer(headers: &HeaderMap) -> &str {
-    headers
+/// An API action goes on only with `Authorization: Bearer <admin token>`.
+pub(crate) fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), WebError> {
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
+        .unwrap_or("");
+    if app.admin_ok(token) {
+        Ok(())
+    } else {
+        Err(WebError::Unauthorized)
+    }
 }
 
 /// Back to `path` after a form, with the page's filters and the outcome
 /// to show once.
-pub(crate) fn back(path: &str, q: &FilterQuery, ok: Result<String, String>) -> Response {
+pub(crate) fn back(path: &str, q: &FilterQuery, ok: Result<String, String>) -> Redirect {
     let f = FilterQuery {
         flash: None,
         failed: None,
@@ -84,5 +59,5 @@ pub(crate) fn back(path: &str, q: &FilterQuery, ok: Result<String, String>) -> R
         Ok(m) => qs.push(format!("flash={}", percent_encode(&m))),
         Err(m) => qs.push(format!("failed={}", percent_encode(&m))),
     }
-    Redirect::to(&format!("{path}?{}", qs.join("&"))).into_response()
+    Redirect::to(&format!("{path}?{}", qs.join("&")))
 }

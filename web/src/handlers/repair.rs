@@ -3,17 +3,19 @@
 //! anti-entropy now. Each has a form (answered with a redirect back to its
 //! page) and an API twin.
 
-use axum::Router;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Redirect;
 use axum::routing::post;
+use axum::{Json, Router};
 use parallax_replicator::api::Resolution;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{WRONG_TOKEN, back, bearer, error, unauthorized};
+use super::{WRONG_TOKEN, back, require_admin};
 use crate::app::App;
+use crate::error::WebError;
 use crate::filters::FilterQuery;
 
 /// The forms and their API twins.
@@ -41,7 +43,7 @@ async fn resolve_form(
     State(app): State<App>,
     Query(q): Query<FilterQuery>,
     body: axum::Form<ResolveForm>,
-) -> Response {
+) -> Redirect {
     let form = body.0;
     if !app.admin_ok(&form.admin_token) {
         return back("/conflicts", &q, Err(WRONG_TOKEN.into()));
@@ -76,14 +78,15 @@ async fn resolve_form(
             {
                 Ok(Some(v)) => Resolution::Value(v),
                 Ok(None) => Resolution::Delete,
-                Err(e) => return back("/conflicts", &q, Err(e)),
+                Err(e) => return back("/conflicts", &q, Err(e.to_string())),
             }
         }
     };
     let out = app
         .regions()
         .resolve(&form.region, &form.class, &form.key, resolution)
-        .await;
+        .await
+        .map_err(|e| e.to_string());
     back("/conflicts", &q, out)
 }
 
@@ -91,17 +94,14 @@ async fn resolve_api(
     State(app): State<App>,
     Path((class, key)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if !app.admin_ok(bearer(&headers)) {
-        return unauthorized();
-    }
-    let Ok(axum::Json(body)) = body else {
-        return error(
-            400,
-            "bad_request",
-            "send {\"value\": <reconciled JSON>} or {\"delete\": true}, optionally with \"region\"",
-        );
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, WebError> {
+    require_admin(&app, &headers)?;
+    let Ok(Json(body)) = body else {
+        return Err(WebError::BadRequest(
+            "send {\"value\": <reconciled JSON>} or {\"delete\": true}, optionally with \"region\""
+                .into(),
+        ));
     };
     let region = body["region"]
         .as_str()
@@ -111,16 +111,16 @@ async fn resolve_api(
     } else if let Some(v) = body.get("value") {
         Resolution::Value(v.clone())
     } else {
-        return error(
-            400,
-            "bad_request",
-            "send {\"value\": <reconciled JSON>} or {\"delete\": true}",
-        );
+        return Err(WebError::BadRequest(
+            "send {\"value\": <reconciled JSON>} or {\"delete\": true}".into(),
+        ));
     };
-    match app.regions().resolve(&region, &class, &key, r).await {
-        Ok(m) => axum::Json(json!({ "resolved": true, "detail": m })).into_response(),
-        Err(m) => error(502, "resolve_failed", &m),
-    }
+    let m = app
+        .regions()
+        .resolve(&region, &class, &key, r)
+        .await
+        .map_err(WebError::ResolveFailed)?;
+    Ok(Json(json!({ "resolved": true, "detail": m })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,7 +133,7 @@ async fn anti_entropy_form(
     State(app): State<App>,
     Query(q): Query<FilterQuery>,
     body: axum::Form<AntiEntropyForm>,
-) -> Response {
+) -> Redirect {
     if !app.admin_ok(&body.admin_token) {
         return back("/divergence", &q, Err(WRONG_TOKEN.into()));
     }
@@ -151,24 +151,25 @@ async fn anti_entropy_form(
                 "Anti-entropy ran in {}: {pulled} entities repaired.",
                 body.region
             )
-        });
+        })
+        .map_err(|e| e.to_string());
     back("/divergence", &q, out)
 }
 
 async fn anti_entropy_api(
     State(app): State<App>,
     headers: HeaderMap,
-    body: Result<axum::Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if !app.admin_ok(bearer(&headers)) {
-        return unauthorized();
-    }
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, WebError> {
+    require_admin(&app, &headers)?;
     let region = body
         .ok()
         .and_then(|b| b.0["region"].as_str().map(str::to_owned))
         .unwrap_or_else(|| app.config().primary().to_owned());
-    match app.regions().anti_entropy(&region).await {
-        Ok(reports) => axum::Json(json!({ "region": region, "reports": reports })).into_response(),
-        Err(m) => error(502, "anti_entropy_failed", &m),
-    }
+    let reports = app
+        .regions()
+        .anti_entropy(&region)
+        .await
+        .map_err(WebError::AntiEntropyFailed)?;
+    Ok(Json(json!({ "region": region, "reports": reports })))
 }

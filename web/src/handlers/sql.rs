@@ -2,21 +2,20 @@
 //! through [`SqlEngine::user_query`](crate::sql::SqlEngine::user_query),
 //! on the user-query pool with its own limits.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use parallax_replicator::client::percent_encode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{error, html, sql_error};
 use crate::app::App;
+use crate::error::{PageAnswer, WebError};
 use crate::pages::{Cell, Page, SqlConsole, SqlTable};
-use crate::router::MAX_BODY_BYTES;
 
 /// The console and the API.
 pub(crate) fn routes() -> Router<App> {
@@ -32,65 +31,42 @@ struct SqlRequest {
     format: Option<String>,
 }
 
-async fn sql_api(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
-    let Ok(body) = body else {
-        return error(
-            413,
-            "payload_too_large",
-            &format!(
-                "the request body is over the {} MiB limit. Fix: send at most {} KiB of SQL",
-                MAX_BODY_BYTES >> 20,
-                app.sql().limits().max_sql_bytes >> 10
-            ),
-        );
-    };
-    let req: SqlRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                400,
-                "bad_request",
-                &format!(
-                    "{e}. Fix: send {{\"sql\": \"SELECT ...\", \"format\": \"json\" | \"csv\" | \"arrow\"}}"
-                ),
-            );
-        }
-    };
+async fn sql_api(
+    State(app): State<App>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, WebError> {
+    let body = body.map_err(|_| crate::router::too_large(&app))?;
+    let req: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
+        WebError::BadRequest(format!(
+            "{e}. Fix: send {{\"sql\": \"SELECT ...\", \"format\": \"json\" | \"csv\" | \"arrow\"}}"
+        ))
+    })?;
     let format = req.format.as_deref().unwrap_or("json");
     if !matches!(format, "json" | "csv" | "arrow") {
-        return error(
-            400,
-            "bad_request",
-            &format!("format `{format}` is not one of json, csv, arrow"),
-        );
+        return Err(WebError::BadRequest(format!(
+            "format `{format}` is not one of json, csv, arrow"
+        )));
     }
-    let result = match app.sql().user_query(&req.sql).await {
-        Ok(r) => r,
-        Err(e) => return sql_error(&e),
-    };
-    match format {
-        "csv" => match result.csv() {
-            Ok(bytes) => {
-                ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], bytes).into_response()
-            }
-            Err(e) => sql_error(&e),
-        },
-        "arrow" => match result.arrow_ipc() {
-            Ok(bytes) => (
-                [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
-                bytes,
-            )
-                .into_response(),
-            Err(e) => sql_error(&e),
-        },
-        _ => axum::Json(json!({
+    let result = app.sql().user_query(&req.sql).await?;
+    Ok(match format {
+        "csv" => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            result.csv()?,
+        )
+            .into_response(),
+        "arrow" => (
+            [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
+            result.arrow_ipc()?,
+        )
+            .into_response(),
+        _ => Json(json!({
             "columns": result.columns(),
             "rows": result.json_rows(),
             "truncated": result.truncated,
             "elapsed_ms": result.elapsed.as_secs_f64() * 1e3,
         }))
         .into_response(),
-    }
+    })
 }
 
 /// Example queries on the console.
@@ -123,15 +99,16 @@ struct SqlForm {
     sql: Option<String>,
 }
 
-async fn sql_page_get(State(app): State<App>, Query(form): Query<SqlForm>) -> Response {
+async fn sql_page_get(State(app): State<App>, Query(form): Query<SqlForm>) -> PageAnswer {
     sql_page(app, form.sql).await
 }
 
-async fn sql_page_post(State(app): State<App>, form: axum::Form<SqlForm>) -> Response {
+async fn sql_page_post(State(app): State<App>, form: axum::Form<SqlForm>) -> PageAnswer {
     sql_page(app, form.0.sql).await
 }
 
-async fn sql_page(app: App, text: Option<String>) -> Response {
+/// The console, with the answer to `text` (or why there is none) when given.
+async fn sql_page(app: App, text: Option<String>) -> PageAnswer {
     let f = app.default_filters();
     let mut c = app.chrome("SQL", "/sql", f);
     c.filter_bar = false;
@@ -190,14 +167,15 @@ async fn sql_page(app: App, text: Option<String>) -> Response {
                 });
             }
             Err(e) => {
-                status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-                c.error = Some(format!("{} ({}): {e}", e.code(), e.status()));
+                let e = WebError::Sql(e);
+                status = e.status();
+                c.error = Some(format!("{} ({}): {e}", e.code(), status.as_u16()));
             }
         }
     }
     let mut page = Page::new(c, Vec::new());
     page.sql = Some(console);
-    html(&page, status)
+    PageAnswer::with_status(page, status)
 }
 
 #[cfg(test)]
