@@ -23,13 +23,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::notify::{Delivery, DeliveryLog, Notice, deliver};
-use crate::pages::local_time;
 use crate::sql::{SqlEngine, SqlError};
-
-/// RFC 3339 of epoch µs.
-pub fn rfc3339(us: i64) -> String {
-    format!("{}Z", local_time(us))
-}
+use crate::time::rfc3339;
 
 /// A stable fingerprint of a label set, the one Alertmanager computes: 16
 /// hex digits of 64-bit FNV-1a over the labels sorted by name, each name and

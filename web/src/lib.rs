@@ -24,6 +24,7 @@ mod router;
 pub mod slo;
 pub mod sql;
 mod stop;
+pub mod time;
 
 pub use app::{App, sql_limits};
 pub use error::WebError;

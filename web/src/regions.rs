@@ -15,7 +15,8 @@ use parallax_replicator::{ClientError, ReadOptions, RegionClient};
 use serde_json::Value;
 
 use crate::filters::Filters;
-use crate::pages::{self, Queue, QueueItem};
+use crate::pages::{Queue, QueueItem};
+use crate::time;
 
 /// How long the overview waits for each region's `GET /readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -145,7 +146,7 @@ impl Regions {
                         class: c.class,
                         key: c.key,
                         regions: Vec::new(),
-                        first_seen: pages::local_time(c.first_seen_us as i64).replace('T', " "),
+                        first_seen: time::human(c.first_seen_us as i64),
                         siblings: Vec::new(),
                     });
                 item.regions.push(region.clone());

@@ -3,6 +3,7 @@
 use super::{Cell, Section, Table, section};
 use crate::charts;
 use crate::dash::Failovers;
+use crate::time;
 
 /// The failovers page's sections.
 pub fn failovers(d: &Failovers) -> Vec<Section> {
@@ -41,12 +42,8 @@ pub fn failovers(d: &Failovers) -> Vec<Section> {
         &d.events
             .iter()
             .filter_map(|e| {
-                e.rerouted_ms.map(|v| {
-                    (
-                        format!("{} {}", &e.ts[..19.min(e.ts.len())], e.region),
-                        v as f64,
-                    )
-                })
+                e.rerouted_ms
+                    .map(|v| (format!("{} {}", time::to_second(&e.ts), e.region), v as f64))
             })
             .collect::<Vec<_>>(),
         " ms",

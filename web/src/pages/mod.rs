@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::charts::{self, Series, num};
 use crate::dash::LagMatrix;
 use crate::filters::{Filters, RANGES};
+use crate::time;
 
 pub use alerts::alerts;
 pub use conflicts::conflicts;
@@ -235,14 +236,6 @@ pub const NAV: [(&str, &str); 9] = [
     ("/sql", "SQL"),
 ];
 
-/// `YYYY-MM-DDTHH:MM:SS` (UTC) of epoch µs.
-pub fn local_time(us: i64) -> String {
-    let s = us.div_euclid(1_000_000);
-    let day = crate::filters::civil_from_days(s.div_euclid(86_400));
-    let r = s.rem_euclid(86_400);
-    format!("{day}T{:02}:{:02}:{:02}", r / 3600, r % 3600 / 60, r % 60)
-}
-
 impl Chrome {
     /// The shared part of a page.
     pub fn new(
@@ -268,12 +261,12 @@ impl Chrome {
                 .chain(std::iter::once("custom"))
                 .map(|r| (r, r == filters.range))
                 .collect(),
-            from_local: local_time(filters.from_us)[..16].to_owned(),
-            to_local: local_time(filters.to_us)[..16].to_owned(),
+            from_local: time::minute(filters.from_us),
+            to_local: time::minute(filters.to_us),
             span: format!(
                 "{} → {} UTC",
-                local_time(filters.from_us).replace('T', " "),
-                local_time(filters.to_us).replace('T', " ")
+                time::human(filters.from_us),
+                time::human(filters.to_us)
             ),
             regions: regions
                 .into_iter()
@@ -293,7 +286,7 @@ impl Chrome {
             filter_bar: true,
             flash: None,
             error: None,
-            generated: local_time(now_us).replace('T', " "),
+            generated: time::human(now_us),
             refresh_s,
         }
     }
