@@ -58,6 +58,19 @@ pub enum WebError {
     /// A page could not be drawn.
     #[error("{0}")]
     Render(#[from] askama::Error),
+    /// As many requests of its kind as the app serves at once were being
+    /// served (what they were, the bound); this one was not started.
+    #[error(
+        "{limit} {what} were being served already, the most the web app serves at once, so this \
+         one was not started. Fix: retry after Retry-After seconds; if it keeps happening, fewer \
+         clients should poll the app or they should poll it less often"
+    )]
+    Overloaded {
+        /// The kind of request, in words.
+        what: &'static str,
+        /// The bound of that kind.
+        limit: usize,
+    },
 }
 
 impl WebError {
@@ -71,6 +84,7 @@ impl WebError {
             WebError::Sql(e) | WebError::Figures(e) => e.status(),
             WebError::ResolveFailed(_) | WebError::AntiEntropyFailed(_) => 502,
             WebError::Render(_) => 500,
+            WebError::Overloaded { .. } => 503,
         };
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
@@ -87,6 +101,7 @@ impl WebError {
             WebError::ResolveFailed(_) => "resolve_failed",
             WebError::AntiEntropyFailed(_) => "anti_entropy_failed",
             WebError::Render(_) => "render_failed",
+            WebError::Overloaded { .. } => "overloaded",
         }
     }
 

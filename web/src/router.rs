@@ -1,6 +1,9 @@
-//! The router: every area's routes, under one layer stack (a time limit on
-//! every request and a bound on request bodies).
+//! The router: every area's routes, under one layer stack. From the
+//! outside in: a trace span per request (method and path) and an event
+//! when it is answered (status and latency); the bound on requests served
+//! at once ([`crate::admission`]); a time limit; the bound on bodies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -12,12 +15,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
 
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::admission::{self, InFlight, RequestLimits};
 use crate::app::App;
 use crate::error::WebError;
 use crate::handlers;
 
-/// The web app's router.
+/// The web app's router, with the default [`RequestLimits`].
 pub fn router(app: App) -> Router {
+    router_with_limits(app, RequestLimits::default())
+}
+
+/// The web app's router, serving at most `limits` requests at once.
+pub fn router_with_limits(app: App, limits: RequestLimits) -> Router {
     handlers::dashboards::routes()
         .merge(handlers::sql::routes())
         .merge(handlers::repair::routes())
@@ -33,7 +45,33 @@ pub fn router(app: App) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(120),
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(InFlight::new(limits)),
+            admission::admit,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    tracing::info_span!("request", method = %req.method(), path = req.uri().path())
+                })
+                .on_request(())
+                .on_response(answered)
+                // `answered` has said it; the default would say it again as an ERROR.
+                .on_failure(()),
+        )
         .with_state(app)
+}
+
+/// The event of an answer, in its request's span: DEBUG, or WARN for a
+/// 5xx (the app failed, or shed load).
+fn answered(resp: &Response, latency: Duration, _span: &Span) {
+    let status = resp.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1e3;
+    if resp.status().is_server_error() {
+        tracing::warn!(status, latency_ms, "answered with a server error");
+    } else {
+        tracing::debug!(status, latency_ms, "answered");
+    }
 }
 
 /// The largest request body the app takes.
