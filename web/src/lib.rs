@@ -8,7 +8,7 @@
 //! State-changing actions (resolve a conflict, run anti-entropy) need the
 //! cluster's admin token and are carried out by a region.
 //!
-//! Where things are: [`App`] (`app`) is the shared state and [`router`]
+//! Where things are: [`App`] (`app`) is the shared state and [`router()`]
 //! (`router`) the routes under one layer stack (tracing, the bounds on
 //! requests in flight of `admission`, a time limit, the body limit). The
 //! handlers live in `handlers`, one module per area (dashboards, SQL,
@@ -18,6 +18,7 @@
 mod admission;
 pub mod alerts;
 mod app;
+mod body_limit;
 pub mod charts;
 pub mod dash;
 mod error;

@@ -7,20 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::StreamExt;
 
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::admission::{self, InFlight, RequestLimits};
 use crate::app::App;
-use crate::error::WebError;
+use crate::body_limit::{self, MAX_BODY_BYTES};
 use crate::handlers;
 
 /// The web app's router, with the default [`RequestLimits`].
@@ -39,7 +36,7 @@ pub fn router_with_limits(app: App, limits: RequestLimits) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            limit_body,
+            body_limit::limit_body,
         ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -71,57 +68,6 @@ fn answered(resp: &Response, latency: Duration, _span: &Span) {
         tracing::warn!(status, latency_ms, "answered with a server error");
     } else {
         tracing::debug!(status, latency_ms, "answered");
-    }
-}
-
-/// The largest request body the app takes.
-const MAX_BODY_BYTES: usize = 1 << 20;
-
-/// How much of a too-large body is read (and dropped) before the 413.
-const MAX_DRAIN_BYTES: usize = 64 << 20;
-
-/// Reads a request body of at most [`MAX_BODY_BYTES`] before the route
-/// sees it; a larger one is answered 413 naming the limit and the fix.
-/// The rest of a too-large body is read and dropped first (up to
-/// [`MAX_DRAIN_BYTES`]): a server that answers before the client has sent
-/// everything closes a socket with unread bytes in it, which the kernel
-/// turns into a reset, and the client sees the reset instead of the 413.
-async fn limit_body(
-    State(app): State<App>,
-    req: Request,
-    next: Next,
-) -> Result<Response, WebError> {
-    let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_DRAIN_BYTES) {
-        return Err(too_large(&app));
-    }
-    let mut chunks = body.into_data_stream();
-    let mut kept = Vec::new();
-    let mut read = 0;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|_| WebError::BodyUnreadable)?;
-        read += chunk.len();
-        if read <= MAX_BODY_BYTES {
-            kept.extend_from_slice(&chunk);
-        } else if read > MAX_DRAIN_BYTES {
-            return Err(too_large(&app));
-        }
-    }
-    if read > MAX_BODY_BYTES {
-        return Err(too_large(&app));
-    }
-    Ok(next.run(Request::from_parts(parts, Body::from(kept))).await)
-}
-
-/// 413, naming the body limit and the SQL text limit.
-pub(crate) fn too_large(app: &App) -> WebError {
-    WebError::TooLarge {
-        body_mib: MAX_BODY_BYTES >> 20,
-        sql_kib: app.sql().limits().max_sql_bytes >> 10,
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{f64_of, i64_of, rows, series_of, str_of};
+use super::common::{f64_of, i64_of, rows, series_of, str_of};
 use crate::charts::Series;
 use crate::filters::Filters;
 use crate::sql::{SqlEngine, SqlError};

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{i64_of, rows, series_of, str_of};
+use super::common::{i64_of, rows, series_of, str_of};
 use crate::charts::Series;
 use crate::filters::Filters;
 use crate::sql::{SqlEngine, SqlError};

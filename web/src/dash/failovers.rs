@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{rows, str_of};
+use super::common::{rows, str_of};
 use crate::filters::Filters;
 use crate::sql::{SqlEngine, SqlError};
 

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{f64_of, i64_of, pct, per_region, rows, series_of, shown, str_of};
+use super::common::{f64_of, i64_of, pct, per_region, rows, series_of, shown, str_of};
 use crate::charts::Series;
 use crate::filters::Filters;
 use crate::sql::{SqlEngine, SqlError};

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{LagMatrix, f64_of, i64_of, matrix, pct, per_region, rows, series_of, shown, str_of};
+use super::common::{
+    LagMatrix, f64_of, i64_of, matrix, pct, per_region, rows, series_of, shown, str_of,
+};
 use crate::charts::Series;
 use crate::filters::Filters;
 use crate::sql::{SqlEngine, SqlError};

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{WRONG_TOKEN, back, require_admin};
+use super::admin::{WRONG_TOKEN, back, require_admin};
 use crate::alerts::{AlertsView, Silence};
 use crate::app::App;
 use crate::error::{PageAnswer, WebError};

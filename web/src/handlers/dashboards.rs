@@ -1,5 +1,5 @@
-//! The dashboard pages and their JSON twins: one handler draws both from
-//! the same figures ([`crate::dash`]).
+//! The dashboard pages and their JSON twins: two handlers over one loader
+//! of the figures ([`crate::dash`]), so the two cannot disagree.
 
 use axum::Json;
 use axum::Router;

@@ -13,7 +13,7 @@ use parallax_replicator::api::Resolution;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{WRONG_TOKEN, back, require_admin};
+use super::admin::{WRONG_TOKEN, back, require_admin};
 use crate::app::App;
 use crate::error::WebError;
 use crate::filters::FilterQuery;

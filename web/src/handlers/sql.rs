@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::body_limit::too_large;
 use crate::error::{PageAnswer, WebError};
 use crate::pages::{Cell, Page, SqlConsole, SqlTable};
 
@@ -35,7 +36,7 @@ async fn sql_api(
     State(app): State<App>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, WebError> {
-    let body = body.map_err(|_| crate::router::too_large(&app))?;
+    let body = body.map_err(|_| too_large(&app))?;
     let req: SqlRequest = serde_json::from_slice(&body).map_err(|e| {
         WebError::BadRequest(format!(
             "{e}. Fix: send {{\"sql\": \"SELECT ...\", \"format\": \"json\" | \"csv\" | \"arrow\"}}"

@@ -1,6 +1,6 @@
 //! The alerts page: rules, alerts, silences and the delivery log.
 
-use super::{Cell, Section, Table, opt, section};
+use super::layout::{Cell, Section, Table, opt, section};
 
 /// The alerts page's sections.
 pub fn alerts(v: &crate::alerts::AlertsView) -> Vec<Section> {

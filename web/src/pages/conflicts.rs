@@ -1,6 +1,6 @@
 //! The conflicts page's figures (the reconciliation queue is drawn by the template).
 
-use super::{Cell, Section, Table, chart, section};
+use super::layout::{Cell, Section, Table, chart, section};
 use crate::dash::Conflicts;
 use crate::filters::Filters;
 

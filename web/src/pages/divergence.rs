@@ -1,6 +1,6 @@
 //! The divergence page: divergent keys over time, their latest state, audit runs.
 
-use super::{Cell, Section, Table, chart, section};
+use super::layout::{Cell, Section, Table, chart, section};
 use crate::dash::Divergence;
 use crate::filters::Filters;
 

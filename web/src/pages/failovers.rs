@@ -1,6 +1,6 @@
 //! The failovers page: the timeline and reroute times.
 
-use super::{Cell, Section, Table, section};
+use super::layout::{Cell, Section, Table, section};
 use crate::charts;
 use crate::dash::Failovers;
 use crate::time;

@@ -1,6 +1,6 @@
 //! The latency and errors page.
 
-use super::{Cell, Section, Table, chart, section};
+use super::layout::{Cell, Section, Table, chart, section};
 use crate::dash::Latency;
 use crate::filters::Filters;
 

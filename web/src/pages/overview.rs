@@ -1,6 +1,6 @@
 //! The overview page: region health, lag heatmap, throughput.
 
-use super::{Cell, Section, Table, chart, lag_heatmap, opt, section};
+use super::layout::{Cell, Section, Table, chart, lag_heatmap, opt, section};
 use crate::dash::Overview;
 use crate::filters::Filters;
 

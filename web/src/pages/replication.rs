@@ -1,6 +1,6 @@
 //! The replication page: the lag matrix, region pairs, lag and backlog over time.
 
-use super::{Cell, Section, Table, chart, lag_heatmap, section};
+use super::layout::{Cell, Section, Table, chart, lag_heatmap, section};
 use crate::dash::Replication;
 use crate::filters::Filters;
 

@@ -1,6 +1,6 @@
 //! The SLOs page: budgets and burn rates.
 
-use super::{Cell, Section, Table, opt, section};
+use super::layout::{Cell, Section, Table, opt, section};
 use crate::charts::{self, num};
 
 /// The SLOs page's sections.
