@@ -259,6 +259,9 @@ impl Rig {
                 evaluations.push(state["evaluated_at"].clone());
             }
             if evaluations.len() > 2 && state["state"] == "inactive" {
+                let evaluator = &alerts["evaluator"];
+                assert_eq!(evaluator["name"], "alerts", "{alerts}");
+                assert!(evaluator["runs"].as_u64() >= Some(3), "{evaluator}");
                 return;
             }
             assert!(

@@ -17,13 +17,6 @@ const LONG_FILES: [(&str, &str); 1] = [(
     "the configuration reference: every field with its documentation",
 )];
 
-/// Files still over the limit, being split (issue 11); each must leave
-/// this list in the commit that splits it.
-const NOT_YET_SPLIT: [&str; 3] = ["web/src/dash.rs", "web/src/lib.rs", "web/src/pages.rs"];
-
-/// Module circles still being broken (issue 11), likewise.
-const NOT_YET_BROKEN: [&str; 2] = ["web: alerts -> pages -> alerts", "web: pool -> sql -> pool"];
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -161,14 +154,6 @@ fn no_module_depends_on_itself_through_others() {
             }
         }
     }
-    for known in NOT_YET_BROKEN {
-        match circles.iter().position(|c| c == known) {
-            Some(i) => {
-                circles.remove(i);
-            }
-            None => panic!("`{known}` is no circle any more: take it off NOT_YET_BROKEN"),
-        }
-    }
     assert!(
         circles.is_empty(),
         "module circles (each module names the next with crate::):\n  {}",
@@ -216,14 +201,9 @@ fn no_source_file_is_too_long_to_read() {
                 .expect("readable")
                 .lines()
                 .count();
-            let waiting = NOT_YET_SPLIT.contains(&rel.as_str());
-            if lines > MAX_LINES && !waiting {
+            if lines > MAX_LINES {
                 long.push(format!("{rel}: {lines} lines"));
             }
-            assert!(
-                lines > MAX_LINES || !waiting,
-                "{rel} has {lines} lines now: take it off NOT_YET_SPLIT"
-            );
         }
     }
     assert!(

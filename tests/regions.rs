@@ -204,6 +204,61 @@ async fn a_region_that_was_down_catches_up_on_restart() {
     }
 }
 
+/// Every loop a region process runs besides serving requests is a named
+/// worker in `/v1/stats`, with its state and its runs: the node's and its
+/// collector's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_background_loop_of_a_region_shows_as_a_worker_in_its_stats() {
+    let c = Cluster::new();
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    let client = reqwest::Client::new();
+    let expected = [
+        "telemetry",
+        "checkpoints",
+        "shipper:us-west",
+        "shipper:eu-west",
+        "lag-sampler",
+        "anti-entropy",
+        "collector:ingest",
+        "collector:flush",
+        "collector:maintenance",
+        "collector:probes",
+    ];
+    // Ones that work on a timer of a second or less have run by then.
+    let ran_soon = ["shipper:us-west", "lag-sampler", "collector:probes"];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = send(
+            &client,
+            reqwest::Method::GET,
+            format!("{}/v1/stats", c.url(0)),
+            None,
+        )
+        .await
+        .unwrap_or(Value::Null);
+        let workers = stats["workers"].as_array().cloned().unwrap_or_default();
+        let named = |name: &str| workers.iter().find(|w| w["name"] == name).cloned();
+        let missing: Vec<&str> = expected
+            .iter()
+            .copied()
+            .filter(|n| named(n).is_none())
+            .collect();
+        assert!(missing.is_empty(), "no worker named {missing:?}: {stats}");
+        for w in &workers {
+            assert_ne!(w["state"], "stopped", "a worker stopped: {w}");
+        }
+        if ran_soon.iter().all(|n| {
+            named(n).is_some_and(|w| w["runs"].as_u64() > Some(0) && w["last_run_us"].is_u64())
+        }) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "workers never ran: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn a_bad_config_is_refused_naming_the_file_the_field_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();

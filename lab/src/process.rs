@@ -13,6 +13,7 @@ use parallax_collector::{Collector, CollectorOptions};
 use parallax_replicator::clock::{Clock, SkewedClock, SystemClock};
 use parallax_replicator::config::Config;
 use parallax_replicator::transport::HttpTransport;
+use parallax_replicator::worker::Workers;
 use parallax_replicator::{Node, NodeOptions};
 use parallax_web::alerts::Alerter;
 use parallax_web::{App, SqlEngine};
@@ -226,7 +227,7 @@ pub struct RunningWeb {
     pub addr: SocketAddr,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
-    alerts: JoinHandle<()>,
+    workers: Workers,
     alerter: Alerter,
 }
 
@@ -249,7 +250,8 @@ impl RunningWeb {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.server.await;
-        self.alerts.abort();
+        // An evaluation under way finishes (or is stopped after 2 s).
+        self.workers.shutdown(Duration::from_secs(2)).await;
         if tokio::time::timeout(DELIVERY_GRACE, self.alerter.flush())
             .await
             .is_err()
@@ -281,7 +283,8 @@ pub async fn start_web(
         .external_url
         .get_or_insert_with(|| format!("http://{addr}"));
     let app = App::new(engine, config, Arc::new(SystemClock));
-    let alerts = app.start_alerts();
+    app.start_alerts();
+    let workers = app.workers().clone();
     let alerter = app.alerter().clone();
     let (stop, stop_rx) = oneshot::channel::<()>();
     let router = parallax_web::router(app);
@@ -300,7 +303,7 @@ pub async fn start_web(
         addr,
         stop,
         server,
-        alerts,
+        workers,
         alerter,
     })
 }

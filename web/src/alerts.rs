@@ -11,6 +11,7 @@
 //! workbook burn-rate condition, severity page or ticket). `sql` rules fire
 //! one alert per row the query returns, its columns becoming labels.
 
+use parallax_replicator::worker::{Worker, WorkerStatus};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,13 +24,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::notify::{Delivery, DeliveryLog, Notice, deliver};
-use crate::pages::local_time;
 use crate::sql::{SqlEngine, SqlError};
-
-/// RFC 3339 of epoch µs.
-pub fn rfc3339(us: i64) -> String {
-    format!("{}Z", local_time(us))
-}
+use crate::time::rfc3339;
 
 /// A stable fingerprint of a label set, the one Alertmanager computes: 16
 /// hex digits of 64-bit FNV-1a over the labels sorted by name, each name and
@@ -123,6 +119,9 @@ pub struct AlertsView {
     pub silences: Vec<Silence>,
     /// Deliveries, newest first.
     pub deliveries: Vec<Delivery>,
+    /// The evaluator's worker: running or idle, evaluations done, the last
+    /// one's time and error.
+    pub evaluator: Option<WorkerStatus>,
 }
 
 #[derive(Debug, Default)]
@@ -236,6 +235,7 @@ impl Alerter {
                 .cloned()
                 .collect(),
             deliveries: self.log.entries(),
+            evaluator: None,
         }
     }
 
@@ -281,18 +281,16 @@ impl Alerter {
         }
     }
 
-    /// Evaluates every rule every `web.eval_interval_ms` until dropped.
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+    /// Evaluates every rule every `web.eval_interval_ms` until the worker
+    /// is told to stop; each evaluation is a run.
+    pub async fn run(self, mut w: Worker) {
         let every = Duration::from_millis(self.config.web.eval_interval_ms);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let now = self.clock.now_us() as i64;
-                self.evaluate_at(now).await;
-            }
-        })
+        let mut tick = tokio::time::interval(every);
+        while w.next_tick(&mut tick).await {
+            let now = self.clock.now_us() as i64;
+            self.evaluate_at(now).await;
+            w.ran(Ok::<(), String>(()));
+        }
     }
 
     async fn conditions(

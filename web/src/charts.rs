@@ -8,6 +8,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::time;
+
 /// Series colours (distinguishable, readable on white).
 const PALETTE: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -60,19 +62,6 @@ pub fn num(v: f64) -> String {
     }
 }
 
-/// `HH:MM` (UTC) of epoch seconds, or `MM-DD HH:MM` for long spans.
-fn clock(t: i64, long: bool) -> String {
-    let day = t.div_euclid(86_400);
-    let s = t.rem_euclid(86_400);
-    let hm = format!("{:02}:{:02}", s / 3600, s % 3600 / 60);
-    if long {
-        let date = crate::filters::civil_from_days(day);
-        format!("{} {hm}", &date[5..])
-    } else {
-        hm
-    }
-}
-
 /// A line chart of time series between `from_s` and `to_s`, `unit` after
 /// figures. Empty series draw an empty frame saying "no data".
 pub fn time_chart(series: &[Series], from_s: i64, to_s: i64, unit: &str) -> String {
@@ -118,7 +107,7 @@ pub fn time_chart(series: &[Series], from_s: i64, to_s: i64, unit: &str) -> Stri
             r##"<text x="{:.1}" y="{}" font-size="11" text-anchor="middle" fill="#555">{}</text>"##,
             x(t),
             top + ph + 16.0,
-            clock(t, long)
+            time::chart_tick(t, long)
         );
     }
     if series.iter().all(|s| s.points.is_empty()) {
@@ -151,7 +140,7 @@ pub fn time_chart(series: &[Series], from_s: i64, to_s: i64, unit: &str) -> Stri
                 x(t),
                 y(v),
                 esc(&s.label),
-                clock(t, true),
+                time::chart_tick(t, true),
                 num(v),
                 esc(unit)
             );

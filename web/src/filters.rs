@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::time;
+
 /// The named ranges, with their length in seconds.
 pub const RANGES: [(&str, i64); 5] = [
     ("15m", 900),
@@ -114,26 +116,9 @@ pub fn parse_time(field: &str, s: &str) -> Result<i64, String> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec >= 61.0 {
         return Err(bad());
     }
-    let days = days_from_civil(y, mo, day);
+    let days = time::days_from_civil(y, mo, day);
     let secs = days * 86_400 + h * 3600 + mi * 60 - offset_s;
     Ok(secs * 1_000_000 + (sec * 1e6).round() as i64)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `YYYY-MM-DD` of a day number (for partition pruning).
-/// Days before 1970 are clamped to 1970-01-01 (no telemetry is older).
-pub fn civil_from_days(z: i64) -> String {
-    parallax_collector::tables::date_hour(z.max(0) as u64 * 86_400_000_000).0
 }
 
 /// A bucket width giving about 60 points over `span_s`, rounded to a
@@ -323,7 +308,7 @@ pub fn time_scan(table: &str, from_us: i64, to_us: i64) -> String {
 
 /// The partitions of the hours `first..=last` (hours since the epoch).
 fn hours_sql(first: i64, last: i64) -> String {
-    let day = |h: i64| civil_from_days(h.div_euclid(24));
+    let day = |h: i64| time::date(h.div_euclid(24));
     let (d0, h0, d1, h1) = (
         day(first),
         first.rem_euclid(24),
@@ -364,8 +349,6 @@ mod tests {
                 .unwrap_err()
                 .contains("`from`")
         );
-        assert_eq!(civil_from_days(days_from_civil(2026, 11, 28)), "2026-11-28");
-        assert_eq!(civil_from_days(0), "1970-01-01");
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! time limit (or one whose client went away) stops burning CPU within a
 //! batch, whether or not anyone is still reading its rows.
 
+mod pool;
+
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,8 +38,9 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::pool::{Pool, QUEUE_WAIT};
 use crate::stop::{self, Stop};
+use crate::time::rfc3339_micros;
+use pool::{Pool, QUEUE_WAIT};
 
 /// Limits of one query.
 #[derive(Clone, Debug)]
@@ -232,16 +235,16 @@ pub fn json_value(col: &ArrayRef, row: usize) -> Value {
         DataType::Utf8 => Value::from(col.as_string::<i32>().value(row)),
         DataType::LargeUtf8 => Value::from(col.as_string::<i64>().value(row)),
         DataType::Utf8View => Value::from(col.as_string_view().value(row)),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => Value::from(format_ts_us(
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Value::from(rfc3339_micros(
             col.as_primitive::<t::TimestampMicrosecondType>().value(row),
         )),
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => Value::from(format_ts_us(
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => Value::from(rfc3339_micros(
             col.as_primitive::<t::TimestampNanosecondType>().value(row) / 1_000,
         )),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => Value::from(format_ts_us(
+        DataType::Timestamp(TimeUnit::Millisecond, _) => Value::from(rfc3339_micros(
             col.as_primitive::<t::TimestampMillisecondType>().value(row) * 1_000,
         )),
-        DataType::Timestamp(TimeUnit::Second, _) => Value::from(format_ts_us(
+        DataType::Timestamp(TimeUnit::Second, _) => Value::from(rfc3339_micros(
             col.as_primitive::<t::TimestampSecondType>().value(row) * 1_000_000,
         )),
         DataType::List(_) => {
@@ -256,19 +259,6 @@ pub fn json_value(col: &ArrayRef, row: usize) -> Value {
             .map(Value::from)
             .unwrap_or(Value::Null),
     }
-}
-
-/// A UTC timestamp in µs as RFC 3339 (`2026-11-28T17:42:21.123456Z`).
-pub fn format_ts_us(us: i64) -> String {
-    let secs = us.div_euclid(1_000_000);
-    let micros = us.rem_euclid(1_000_000);
-    let (date, hour) = parallax_collector::tables::date_hour((secs as u64) * 1_000_000);
-    let rem = secs.rem_euclid(3_600);
-    format!(
-        "{date}T{hour:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 60,
-        rem % 60
-    )
 }
 
 /// A read-only SQL engine over one data directory's tables.

@@ -23,7 +23,7 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::sql::SqlError;
+use super::SqlError;
 use crate::stop::Stop;
 
 /// How long a query over the concurrency bound waits for a slot.

@@ -1,0 +1,19 @@
+//! The figures behind every dashboard page, computed with SQL over the
+//! collector's tables, one module per dashboard. A page and its JSON twin
+//! render the same struct, so they cannot disagree.
+
+mod common;
+mod conflicts;
+mod divergence;
+mod failovers;
+mod latency;
+mod overview;
+mod replication;
+
+pub use common::{LagMatrix, names, per_region};
+pub use conflicts::{ConflictCount, Conflicts, Resolution, conflicts};
+pub use divergence::{AuditRun, CURRENT_STATE, Divergence, DivergentKey, divergence};
+pub use failovers::{FailoverEvent, Failovers, failovers};
+pub use latency::{Latency, RegionLatency, latency};
+pub use overview::{Overview, RegionHealth, overview};
+pub use replication::{PairStats, Replication, replication};

@@ -1,0 +1,116 @@
+//! The replication page: lag and backlog by region pair.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::common::{
+    LagMatrix, f64_of, i64_of, matrix, per_region, rows, series_of, shown, str_of,
+};
+use crate::charts::Series;
+use crate::filters::Filters;
+use crate::sql::{SqlEngine, SqlError};
+
+/// Replication statistics of one region pair.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PairStats {
+    /// Where writes come from.
+    pub src: String,
+    /// Where they are applied.
+    pub dst: String,
+    /// Batches applied in the range.
+    pub batches: i64,
+    /// Lag percentiles and maximum (ms).
+    pub p50_ms: f64,
+    /// p99 (ms).
+    pub p99_ms: f64,
+    /// Maximum (ms).
+    pub max_ms: f64,
+    /// The latest backlog (operations not yet applied).
+    pub backlog_ops: i64,
+    /// The latest backlog (bytes).
+    pub backlog_bytes: i64,
+    /// Operations applied in the range.
+    pub applied_ops: i64,
+}
+
+/// The replication page.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Replication {
+    /// The lag matrix.
+    pub lag: LagMatrix,
+    /// Per pair.
+    pub pairs: Vec<PairStats>,
+    /// p99 lag per pair over time (ms).
+    pub lag_series: Vec<Series>,
+    /// Largest backlog per pair over time (operations).
+    pub backlog_series: Vec<Series>,
+}
+
+/// The replication page.
+pub async fn replication(
+    e: &SqlEngine,
+    f: &Filters,
+    regions: &[String],
+) -> Result<Replication, SqlError> {
+    let regions = shown(regions, f);
+    let w = f.source("replication_lag", Some("dst"), None);
+    let mut cells = BTreeMap::new();
+    let mut pairs = Vec::new();
+    for r in rows(
+        e,
+        // Lag is recorded where it is applied: the region partition is `dst`.
+        &per_region(
+            &regions,
+            "src, count(*), approx_quantile(lag_ms, 0.5), \
+             approx_quantile(lag_ms, 0.99), max(lag_ms), \
+             last_value(backlog_ops ORDER BY ts), last_value(backlog_bytes ORDER BY ts), sum(applied_ops)",
+            &w,
+            "src",
+        ),
+    )
+    .await?
+    {
+        let p = PairStats {
+            dst: str_of(&r[0]),
+            src: str_of(&r[1]),
+            batches: i64_of(&r[2]),
+            p50_ms: f64_of(&r[3]).unwrap_or(0.0),
+            p99_ms: f64_of(&r[4]).unwrap_or(0.0),
+            max_ms: f64_of(&r[5]).unwrap_or(0.0),
+            backlog_ops: i64_of(&r[6]),
+            backlog_bytes: i64_of(&r[7]),
+            applied_ops: i64_of(&r[8]),
+        };
+        cells.insert((p.src.clone(), p.dst.clone()), p.p99_ms);
+        pairs.push(p);
+    }
+    pairs.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
+    let b = f.bucket_sql();
+    let mut lag = Vec::new();
+    let mut backlog = Vec::new();
+    for r in rows(
+        e,
+        &per_region(
+            &regions,
+            &format!("src, {b} AS t, approx_quantile(lag_ms, 0.99), max(backlog_ops)"),
+            &w,
+            "src, t",
+        ),
+    )
+    .await?
+    {
+        let (label, t) = (
+            format!("{} → {}", str_of(&r[1]), str_of(&r[0])),
+            i64_of(&r[2]),
+        );
+        lag.push((label.clone(), t, f64_of(&r[3]).unwrap_or(0.0)));
+        backlog.push((label, t, i64_of(&r[4]) as f64));
+    }
+    Ok(Replication {
+        lag: matrix(&regions, &cells),
+        pairs,
+        lag_series: series_of(lag),
+        backlog_series: series_of(backlog),
+    })
+}

@@ -1,0 +1,60 @@
+//! The replication page: the lag matrix, region pairs, lag and backlog over time.
+
+use super::layout::{Cell, Section, Table, chart, lag_heatmap, section};
+use crate::dash::Replication;
+use crate::filters::Filters;
+
+/// The replication page's sections.
+pub fn replication(d: &Replication, f: &Filters) -> Vec<Section> {
+    let mut m = section(
+        "matrix",
+        "Lag p99 (ms) by region pair",
+        &format!(
+            "Rows are where writes are made, columns where they are applied. Lag is sampled every heartbeat interval whether or not anything arrived: the age of the newest write or heartbeat the destination has applied from the source, so a frozen source or a cut link shows as lag growing second by second.{}",
+            if f.classes.is_empty() {
+                ""
+            } else {
+                " The class filter does not apply here: a replication batch carries writes of every class."
+            }
+        ),
+    );
+    m.svg = Some(lag_heatmap(&d.lag));
+    let mut pairs = section("pairs", "Region pairs", "");
+    let mut t = Table::new(
+        &[
+            "Source",
+            "Destination",
+            "Batches",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "Backlog ops",
+            "Backlog bytes",
+            "Applied ops",
+        ],
+        "No replication in this range.",
+    );
+    for p in &d.pairs {
+        t.rows.push(vec![
+            Cell::t(&p.src),
+            Cell::t(&p.dst),
+            Cell::i(p.batches),
+            Cell::n(p.p50_ms),
+            Cell::n(p.p99_ms),
+            Cell::n(p.max_ms),
+            Cell::i(p.backlog_ops),
+            Cell::i(p.backlog_bytes),
+            Cell::i(p.applied_ops),
+        ]);
+    }
+    pairs.table = Some(t);
+    let mut lag = section("lag-over-time", "Lag p99 over time (ms)", "");
+    lag.svg = Some(chart(&d.lag_series, f, " ms"));
+    let mut backlog = section(
+        "backlog",
+        "Backlog over time (operations not yet applied)",
+        "",
+    );
+    backlog.svg = Some(chart(&d.backlog_series, f, ""));
+    vec![m, pairs, lag, backlog]
+}
