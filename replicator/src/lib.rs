@@ -22,7 +22,10 @@
 //! - `replication`: shipping the log to peers and applying theirs, as
 //!   state machines without I/O (the shipper's window, heartbeats and
 //!   backoff; the receiver's checks) driven by thin loops; watermarks, lag.
-//! - [`node`]: a region node: writes, reads, peer requests, consistency.
+//! - `command`: what the writer is asked to do, apart from the writer.
+//! - [`worker`]: background loops with a name, a status and one stop signal.
+//! - [`node`]: a region node, a facade whose methods live by concern:
+//!   writes, reads, ownership, peer requests, anti-entropy.
 //! - [`transport`]: region-to-region calls (HTTP, or in-process with faults).
 //! - [`merkle`]: Merkle trees over a class's entities (pure).
 //! - [`sync`]: comparing two regions' trees; anti-entropy.
