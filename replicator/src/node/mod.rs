@@ -140,6 +140,9 @@ struct Inner {
     writer_done: Mutex<Option<oneshot::Receiver<()>>>,
     repl: Arc<Replication>,
     workers: Workers,
+    /// The telemetry relay, apart: it stops after the writer, so the
+    /// events of the writer's last commits still reach the collector.
+    relay: Workers,
     /// Workers of other parts of the process (the collector) shown in `/v1/stats`.
     observed: Mutex<Vec<Workers>>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
@@ -255,6 +258,7 @@ impl Node {
             writer_done: Mutex::new(Some(done_rx)),
             repl: Arc::clone(&repl),
             workers: Workers::new(Arc::clone(&clock)),
+            relay: Workers::new(Arc::clone(&clock)),
             observed: Mutex::new(Vec::new()),
             writer_task: Mutex::new(writer_task),
             ready: AtomicBool::new(false),
@@ -264,7 +268,7 @@ impl Node {
         });
         let workers = &inner.workers;
         let relay = telemetry.clone();
-        workers.spawn("telemetry", |w| {
+        inner.relay.spawn("telemetry", |w| {
             background::relay_events(w, events, stats, subscriber, relay)
         });
         let writer = writer_tx.clone();
@@ -322,7 +326,9 @@ impl Node {
             tracing::warn!(region = %inner.region, "Shutdown deadline passed with the writer still committing.");
         }
         let left = deadline.saturating_sub(started.elapsed());
-        let late = inner.workers.shutdown(left).await;
+        let mut late = inner.workers.shutdown(left).await;
+        let left = deadline.saturating_sub(started.elapsed());
+        late.extend(inner.relay.shutdown(left).await);
         if !late.is_empty() {
             tracing::warn!(region = %inner.region, workers = ?late, "Shutdown deadline passed; stopped these workers mid-work.");
         }
@@ -335,6 +341,7 @@ impl Node {
         let inner = &self.inner;
         inner.ready.store(false, Ordering::Release);
         inner.workers.abort();
+        inner.relay.abort();
         if let Some(t) = inner.writer_task.lock().expect("writer lock").take() {
             t.abort();
         }
@@ -396,7 +403,8 @@ impl Node {
     }
 
     fn worker_status(&self) -> Vec<WorkerStatus> {
-        let mut all = self.inner.workers.status();
+        let mut all = self.inner.relay.status();
+        all.extend(self.inner.workers.status());
         for w in self.inner.observed.lock().expect("observed lock").iter() {
             all.extend(w.status());
         }
