@@ -17,6 +17,12 @@ use parallax_web::{App, RequestLimits, SqlEngine, SqlLimits, router_with_limits}
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+/// The tests of this file take turns: tracing caches, per call site,
+/// whether any subscriber wants its events, and a call site first reached
+/// by another test while the capturing subscriber is being installed can
+/// stay cached as unwanted.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Room for two pages and one SQL query or action at once.
 const SMALL: RequestLimits = RequestLimits { pages: 2, work: 1 };
 
@@ -87,6 +93,7 @@ fn overloaded(status: StatusCode, retry: &str, v: &Value, took: Duration, what: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_past_their_bound_are_told_to_retry_and_sql_still_answers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let (_dir, app) = app(SqlLimits::default()).await;
     let slow: Vec<_> = (0..SMALL.pages)
         .map(|_| tokio::spawn(ask_owned(app.clone(), get("/api/v1/overview"))))
@@ -115,6 +122,7 @@ async fn pages_past_their_bound_are_told_to_retry_and_sql_still_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_past_its_bound_is_told_to_retry_and_pages_still_answer() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let (_dir, app) = app(SqlLimits {
         timeout: Duration::from_secs(2),
         ..SqlLimits::default()
@@ -212,9 +220,11 @@ impl tracing::Subscriber for Capture {
 
 #[tokio::test]
 async fn every_request_is_traced_with_method_path_status_and_latency() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let (_dir, app) = app(SqlLimits::default()).await;
     let capture = Arc::new(Capture::default());
     let _traced = tracing::subscriber::set_default(Arc::clone(&capture));
+    tracing::callsite::rebuild_interest_cache();
     for (req, status) in [
         (get("/api/v1/alerts"), StatusCode::OK),
         (post_sql("DROP TABLE requests"), StatusCode::FORBIDDEN),
