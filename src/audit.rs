@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Args;
 use parallax_auditor::{AuditOptions, AuditReport, Target};
-use parallax_replicator::RegionClient;
-use parallax_replicator::api::AuditRecords;
-use parallax_replicator::clock::SystemClock;
-use parallax_replicator::config::Config;
+use parallax_core::RegionClient;
+use parallax_core::api::AuditRecords;
+use parallax_core::clock::SystemClock;
+use parallax_core::config::Config;
 
 /// Arguments of `parallax audit`.
 #[derive(Debug, Args)]

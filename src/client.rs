@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use parallax_replicator::api::{EntityOp, Resolution};
-use parallax_replicator::config::Config;
-use parallax_replicator::{ClientError, Fault, ReadOptions, RegionClient, WriteOptions};
+use parallax_core::api::Fault;
+use parallax_core::api::{EntityOp, Resolution};
+use parallax_core::config::Config;
+use parallax_core::{ClientError, ReadOptions, RegionClient, WriteOptions};
 use serde::Serialize;
 use serde_json::Value;
 

@@ -8,6 +8,7 @@
 mod audit;
 mod client;
 mod region;
+mod router;
 mod sql;
 mod web;
 
@@ -73,6 +74,9 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Serve the dashboards, the SQL console and the alerts (http://127.0.0.1:8080).
     Web(web::WebArgs),
+    /// Route the clients of one location: check every region's health from
+    /// here and answer `GET /v1/route` with the nearest healthy region.
+    Router(router::RouterArgs),
     /// Benchmarks (run them with --release).
     #[command(subcommand)]
     Bench(parallax_lab::bench::BenchCommand),
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
             Command::Audit(a) => audit::run(a).await,
             Command::Sql(a) => sql::run(a).await,
             Command::Web(a) => web::run(a).await,
+            Command::Router(a) => router::run(a).await,
             Command::AntiEntropy(a) => client::anti_entropy(a).await,
             Command::Fault(a) => client::fault(a).await,
             Command::Bench(b) => parallax_lab::bench::run(b).await,
@@ -125,7 +130,7 @@ fn main() -> ExitCode {
 
 fn init_tracing(command: &Command) {
     let default = match command {
-        Command::Region(_) | Command::Web(_) => "info",
+        Command::Region(_) | Command::Web(_) | Command::Router(_) => "info",
         Command::Demo(_) => "error",
         Command::Bench(_) => "warn",
         _ => "error",

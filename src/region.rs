@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
+use parallax_core::config::Config;
 use parallax_lab::process::{Setup, shutdown_signal, start_region};
-use parallax_replicator::config::Config;
 
 /// Arguments of `parallax region`.
 #[derive(Debug, Args)]

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use parallax_core::config::Config;
 use parallax_lab::process::{shutdown_signal, start_web};
-use parallax_replicator::config::Config;
 
 /// Arguments of `parallax web`.
 #[derive(Debug, Args)]

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{ADMIN_TOKEN, Cluster, REGIONS, TOKEN, Web, run};
-use parallax_replicator::config::Config;
+use parallax_core::config::Config;
 use serde_json::{Value, json};
 
 /// Beyond the config's timings: processes sharing two cores, a DataFusion

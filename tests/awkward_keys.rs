@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, REGIONS, run};
-use parallax_replicator::client::percent_encode;
-use parallax_replicator::config::Config;
-use parallax_replicator::{ReadOptions, RegionClient, WriteOptions};
+use parallax_core::client::percent_encode;
+use parallax_core::config::Config;
+use parallax_core::{ReadOptions, RegionClient, WriteOptions};
 use serde_json::{Value, json};
 
 /// Keys a URL cannot carry as they are.

@@ -1,11 +1,22 @@
 //! The workspace's shape, checked: no module of a crate depends on another
-//! that depends back on it (no module circle), and no source file but a
-//! test grows past what one reader holds in mind (700 lines).
+//! that depends back on it (no module circle), no source file but a test
+//! grows past what one reader holds in mind (700 lines), and the processes
+//! that only talk to regions (collector, router, web app) do not build the
+//! store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const CRATES: [&str; 5] = ["replicator", "auditor", "collector", "web", "."];
+const CRATES: [&str; 8] = [
+    "core",
+    "replicator",
+    "auditor",
+    "collector",
+    "router",
+    "web",
+    "lab",
+    ".",
+];
 
 /// Longest a source file may be.
 const MAX_LINES: usize = 700;
@@ -201,4 +212,70 @@ fn no_source_file_is_too_long_to_read() {
         "files over {MAX_LINES} lines (split them by concern):\n  {}",
         long.join("\n  ")
     );
+}
+
+/// The workspace crates (`parallax-*`) and external crates each crate's
+/// `[dependencies]` names, by folder.
+fn dependencies(krate: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join(krate).join("Cargo.toml")).expect("a manifest");
+    let mut deps = BTreeSet::new();
+    let mut in_deps = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+            continue;
+        }
+        if in_deps && !line.starts_with('#') {
+            let name = line.split(['=', '.', ' ']).next().unwrap_or("").trim();
+            if !name.is_empty() {
+                deps.insert(name.to_owned());
+            }
+        }
+    }
+    deps
+}
+
+/// Every crate `krate` builds, directly or through workspace crates.
+fn reaches(krate: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut todo = vec![krate.to_owned()];
+    while let Some(k) = todo.pop() {
+        for d in dependencies(&k) {
+            if let Some(folder) = d.strip_prefix("parallax-") {
+                if out.insert(d.clone()) {
+                    todo.push(folder.to_owned());
+                }
+            } else {
+                out.insert(d);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn what_only_talks_to_regions_does_not_build_the_store() {
+    // The check sees what it looks for: the lab starts region nodes.
+    let lab = reaches("lab");
+    assert!(
+        lab.contains("parallax-replicator") && lab.contains("redb"),
+        "{lab:?}"
+    );
+    let core = reaches("core");
+    assert!(
+        !core.iter().any(|d| d.starts_with("parallax-")) && !core.contains("redb"),
+        "parallax-core must stand alone and hold no store: {core:?}"
+    );
+    for krate in ["collector", "router", "web"] {
+        let deps = reaches(krate);
+        assert!(
+            deps.contains("parallax-core"),
+            "{krate} should stand on parallax-core: {deps:?}"
+        );
+        assert!(
+            !deps.contains("parallax-replicator") && !deps.contains("redb"),
+            "{krate} builds the region store (parallax-replicator, redb) though it only talks to regions: {deps:?}"
+        );
+    }
 }

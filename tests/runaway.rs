@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use common::Web;
 use parallax_collector::{Collector, CollectorOptions};
-use parallax_replicator::clock::{Clock, ManualClock, SystemClock};
-use parallax_replicator::config::CollectorConfig;
-use parallax_replicator::telemetry::{Event, ReplicationEvent, RequestEvent};
+use parallax_core::clock::{Clock, ManualClock, SystemClock};
+use parallax_core::config::CollectorConfig;
+use parallax_core::telemetry::{Event, ReplicationEvent, RequestEvent};
 use parallax_web::filters::parse_time;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

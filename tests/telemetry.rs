@@ -365,10 +365,9 @@ async fn kill_9_during_flushes_and_compaction_leaves_valid_files_without_duplica
 
 /// Hours two hours ahead of now are the skewed clock's own writes.
 fn is_skewed_hour(hour: &str) -> bool {
-    let now_h =
-        (parallax_replicator::clock::Clock::now_us(&parallax_replicator::clock::SystemClock)
-            / 3_600_000_000)
-            % 24;
+    let now_h = (parallax_core::clock::Clock::now_us(&parallax_core::clock::SystemClock)
+        / 3_600_000_000)
+        % 24;
     hour.parse::<u64>()
         .is_ok_and(|h| h == (now_h + 2) % 24 || h == (now_h + 1) % 24)
 }

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::{Web, run};
 use parallax_collector::{Collector, CollectorOptions};
-use parallax_replicator::clock::ManualClock;
-use parallax_replicator::config::CollectorConfig;
-use parallax_replicator::telemetry::{Event, RequestEvent};
+use parallax_core::clock::ManualClock;
+use parallax_core::config::CollectorConfig;
+use parallax_core::telemetry::{Event, RequestEvent};
 use serde_json::{Value, json};
 
 /// 2026-11-28T04:00:00Z: an hour before ten, as `hour=4`.

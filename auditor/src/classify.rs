@@ -12,9 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use parallax_replicator::entity::Entity;
-use parallax_replicator::protocol::ReplicationState;
-use parallax_replicator::version::Causality;
+use parallax_core::entity::Entity;
+use parallax_core::protocol::ReplicationState;
+use parallax_core::version::Causality;
 use serde::{Deserialize, Serialize};
 
 /// What an audit concluded about a key.
@@ -168,9 +168,9 @@ pub fn classify(versions: &Versions, applied: &Applied, now_ms: u64, lag_bound_m
 
 #[cfg(test)]
 mod tests {
-    use parallax_replicator::clock::Hlc;
-    use parallax_replicator::config::{ClassConfig, Policy};
-    use parallax_replicator::entity::{Op, WriteContext};
+    use parallax_core::clock::Hlc;
+    use parallax_core::config::{ClassConfig, Policy};
+    use parallax_core::entity::{Op, WriteContext};
     use serde_json::json;
 
     use super::*;

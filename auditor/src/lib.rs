@@ -4,7 +4,7 @@
 //!
 //! An audit asks every region for its trees' roots; where they differ it
 //! descends, level by level, to the keys that differ (see
-//! [`parallax_replicator::sync`]), fetches those keys' versions and each
+//! [`parallax_core::sync`]), fetches those keys' versions and each
 //! region's replication watermarks, and [`classify`]s each key. Keys found
 //! in flight are checked again once the lag bound has passed, so a
 //! difference replication explains is never reported as divergence. With
@@ -22,11 +22,12 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use parallax_replicator::clock::Clock;
-use parallax_replicator::entity::Entity;
-use parallax_replicator::protocol::{AuditRequest, RepairItem, TreeRequest, TreeResponse};
-use parallax_replicator::sync::{DiffOptions, TreeSource, diff_classes};
-use parallax_replicator::{Error, Node, RegionClient, Result};
+use parallax_core::clock::Clock;
+use parallax_core::entity::Entity;
+use parallax_core::protocol::{AuditRequest, RepairItem, TreeRequest, TreeResponse};
+use parallax_core::sync::{DiffOptions, TreeSource, diff_classes};
+use parallax_core::{Error, RegionClient, Result};
+use parallax_replicator::Node;
 use serde::{Deserialize, Serialize};
 
 pub use classify::{Verdict, classify};
@@ -119,9 +120,9 @@ fn newest_age(v: &BTreeMap<String, Option<Entity>>, now_ms: u64) -> u64 {
 }
 
 /// The audit of one class: a row of the `audits` table.
-pub use parallax_replicator::telemetry::AuditEvent as AuditRecord;
+pub use parallax_core::telemetry::AuditEvent as AuditRecord;
 /// One divergent or in-flight key: a row of the `divergence` table.
-pub use parallax_replicator::telemetry::DivergenceEvent as DivergenceRecord;
+pub use parallax_core::telemetry::DivergenceEvent as DivergenceRecord;
 
 /// The result of an audit.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

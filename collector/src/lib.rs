@@ -32,11 +32,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use parallax_replicator::Node;
-use parallax_replicator::clock::Clock;
-use parallax_replicator::config::CollectorConfig;
-use parallax_replicator::telemetry::{Event, ProbeEvent};
-use parallax_replicator::worker::{Worker, Workers};
+use parallax_core::clock::Clock;
+use parallax_core::config::CollectorConfig;
+use parallax_core::stats::NodeView;
+use parallax_core::telemetry::{Event, ProbeEvent};
+use parallax_core::worker::{Worker, Workers};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 
@@ -101,7 +101,7 @@ struct Inner {
     buffers: Mutex<Rows>,
     written: Mutex<Written>,
     latest_probes: Mutex<BTreeMap<String, ProbeEvent>>,
-    node: Option<Node>,
+    node: Option<Arc<dyn NodeView>>,
     flush_now: Notify,
     flush_lock: tokio::sync::Mutex<()>,
     workers: Workers,
@@ -109,7 +109,10 @@ struct Inner {
 
 impl Collector {
     /// A collector that has not started any task (for the benchmark and tests).
-    pub fn new(opts: CollectorOptions, node: Option<Node>) -> Result<Collector, Error> {
+    pub fn new(
+        opts: CollectorOptions,
+        node: Option<Arc<dyn NodeView>>,
+    ) -> Result<Collector, Error> {
         files::recover(&opts.root)?;
         let renamed = files::migrate_padded_hours(&opts.root)?;
         if renamed > 0 {
@@ -138,7 +141,7 @@ impl Collector {
     pub fn start(
         opts: CollectorOptions,
         events: mpsc::Receiver<Event>,
-        node: Option<Node>,
+        node: Option<Arc<dyn NodeView>>,
     ) -> Result<Collector, Error> {
         let c = Collector::new(opts, node)?;
         let workers = &c.inner.workers;
@@ -287,7 +290,7 @@ impl Collector {
                 }
             }
             if let Some(node) = &self.inner.node {
-                let dropped = node.telemetry().dropped();
+                let dropped = node.telemetry_dropped();
                 if dropped > last_dropped {
                     self.count_dropped(dropped - last_dropped);
                     last_dropped = dropped;
@@ -461,7 +464,7 @@ async fn probes(State(c): State<Collector>, headers: HeaderMap) -> Response {
         .opts
         .tokens
         .iter()
-        .any(|t| parallax_replicator::api::constant_time_eq(t.as_bytes(), given.as_bytes()))
+        .any(|t| parallax_core::api::constant_time_eq(t.as_bytes(), given.as_bytes()))
     {
         let body = serde_json::json!({
             "error": "unauthorized",

@@ -5,8 +5,8 @@
 //! `status` (for conflicts, `status` is the outcome). The conflict rate is
 //! `rate(parallax_conflicts_total[5m]) / rate(parallax_replication_applied_ops_total[5m])`.
 
-use parallax_replicator::NodeStats;
-use parallax_replicator::telemetry::Event;
+use parallax_core::NodeStats;
+use parallax_core::telemetry::Event;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder, exponential_buckets,

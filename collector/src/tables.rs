@@ -1,7 +1,7 @@
 //! The Parquet tables, each declared once in the `tables!` list below: its
 //! schema, its Arrow record batches, its place in [`TABLES`] and its buffer
 //! of rows waiting to be written all come from that one entry. Adding a
-//! table is one entry there (and its event in `parallax_replicator::telemetry`).
+//! table is one entry there (and its event in `parallax_core::telemetry`).
 //!
 //! Every table's files live under
 //! `<data-dir>/tables/<table>/region=<R>/date=<YYYY-MM-DD>/hour=<H>/`, where
@@ -17,7 +17,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use parallax_replicator::telemetry::{
+use parallax_core::telemetry::{
     AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent,
     ReplicationEvent, RequestEvent,
 };

@@ -2,9 +2,9 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, Int64Array};
 use arrow::datatypes::TimestampMicrosecondType;
-use parallax_replicator::clock::ManualClock;
-use parallax_replicator::config::CollectorConfig;
-use parallax_replicator::telemetry::{Event, ReplicationEvent, RequestEvent};
+use parallax_core::clock::ManualClock;
+use parallax_core::config::CollectorConfig;
+use parallax_core::telemetry::{Event, ReplicationEvent, RequestEvent};
 
 use super::*;
 
@@ -349,7 +349,7 @@ async fn probes_show_which_regions_answer_from_here() {
             },
             probe_urls: BTreeMap::from([("eu-west".to_owned(), down), ("us-west".to_owned(), up)]),
             tokens: vec!["t".into()],
-            clock: Arc::new(parallax_replicator::clock::SystemClock),
+            clock: Arc::new(parallax_core::clock::SystemClock),
         },
         rx,
         None,
@@ -376,7 +376,7 @@ async fn probes_show_which_regions_answer_from_here() {
 /// durations), every field a value of its own, so a column reading the
 /// wrong field shows.
 fn one_of_each() -> Vec<Event> {
-    use parallax_replicator::telemetry::{
+    use parallax_core::telemetry::{
         AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, FailoverEvent, ProbeEvent,
     };
     vec![

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use parallax_replicator::NodeStats;
+use parallax_core::NodeStats;
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
@@ -94,7 +94,7 @@ impl Cluster {
         let config_path = dir.join("bench.toml");
         let text = bench_config(regions)?;
         std::fs::write(&config_path, &text)?;
-        let config = parallax_replicator::config::Config::from_toml(&text, "bench.toml")?;
+        let config = parallax_core::config::Config::from_toml(&text, "bench.toml")?;
         let exe = std::env::current_exe()?;
         let mut children = Vec::new();
         let mut urls = Vec::new();

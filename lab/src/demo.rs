@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use parallax_replicator::config::Config;
-use parallax_replicator::{Node, NodeStats};
+use parallax_core::NodeStats;
+use parallax_core::config::Config;
+use parallax_replicator::Node;
 use serde_json::json;
 
 use crate::drill::{divergence_drill, failover_drill};
@@ -79,9 +80,9 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             temp.path().to_owned()
         }
     };
-    let seed = args.seed.unwrap_or_else(|| {
-        parallax_replicator::clock::Clock::now_us(&parallax_replicator::clock::SystemClock)
-    });
+    let seed = args
+        .seed
+        .unwrap_or_else(|| parallax_core::clock::Clock::now_us(&parallax_core::clock::SystemClock));
     println!(
         "parallax demo: {} regions, data in {}, seed {seed}",
         config.regions.len(),

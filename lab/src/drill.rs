@@ -2,7 +2,7 @@
 //! audit, repair, audit) and a failover (move ownership and back).
 
 use anyhow::Result;
-use parallax_replicator::config::Config;
+use parallax_core::config::Config;
 
 use crate::process::RunningRegion;
 
@@ -30,7 +30,7 @@ pub async fn divergence_drill(
         return Ok(true);
     };
     let (victim, node) = (&regions[1].0, &regions[1].1.node);
-    node.inject_fault(&class, &key, parallax_replicator::Fault::Corrupt)
+    node.inject_fault(&class, &key, parallax_core::api::Fault::Corrupt)
         .await?;
     let targets: Vec<Box<dyn parallax_auditor::Target>> = regions
         .iter()
@@ -45,7 +45,7 @@ pub async fn divergence_drill(
         recheck: true,
         progress: false,
     };
-    let clock = parallax_replicator::clock::SystemClock;
+    let clock = parallax_core::clock::SystemClock;
     let found = parallax_auditor::audit(&targets, &opts, &clock).await?;
     println!(
         "

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use parallax_replicator::config::Config;
+use parallax_core::config::Config;
 use serde_json::{Value, json};
 
 use crate::process::RunningRegion;
@@ -164,9 +164,7 @@ impl Load {
                     .await
                     .and_then(|v| v["value"]["logins"].as_i64())
                     .unwrap_or(0);
-                let now = parallax_replicator::clock::Clock::now_ms(
-                    &parallax_replicator::clock::SystemClock,
-                );
+                let now = parallax_core::clock::Clock::now_ms(&parallax_core::clock::SystemClock);
                 let body = json!({
                     "name": format!("user {} v{}", key, self.pick(100)),
                     "last_seen": now, "first_seen": now,

@@ -1,6 +1,6 @@
-//! A region and the web app, started inside this process: what `parallax
-//! region` and `parallax web` run, and what the demo, the drills and the
-//! benchmarks start several of.
+//! A region, the web app and a router, started inside this process: what
+//! `parallax region`, `parallax web` and `parallax router` run, and what the
+//! demo, the drills and the benchmarks start several of.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,13 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use parallax_collector::{Collector, CollectorOptions};
-use parallax_replicator::clock::{Clock, SkewedClock, SystemClock};
-use parallax_replicator::config::Config;
-use parallax_replicator::transport::HttpTransport;
-use parallax_replicator::worker::Workers;
+use parallax_core::clock::{Clock, SkewedClock, SystemClock};
+use parallax_core::config::Config;
+use parallax_core::transport::HttpTransport;
+use parallax_core::worker::Workers;
 use parallax_replicator::{Node, NodeOptions};
+use parallax_router::{Router, RouterOptions};
 use parallax_web::alerts::Alerter;
 use parallax_web::{App, SqlEngine};
 use tokio::sync::oneshot;
@@ -172,7 +173,7 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
             clock,
         },
         events_rx,
-        Some(node.clone()),
+        Some(Arc::new(node.clone())),
     )
     .with_context(|| format!("cannot start the collector of region {region}"))?;
     let mut app = parallax_replicator::api::router(node.clone());
@@ -305,5 +306,61 @@ pub async fn start_web(
         server,
         workers,
         alerter,
+    })
+}
+
+/// A running router.
+#[derive(Debug)]
+pub struct RunningRouter {
+    /// The address its HTTP API serves.
+    pub addr: SocketAddr,
+    /// The router.
+    pub router: Router,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+impl RunningRouter {
+    /// Stops serving, then stops the checks.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        self.router.shutdown().await;
+    }
+}
+
+/// Starts the router of `location` on `listen` (by default its
+/// `[routers.<location>]` address).
+pub async fn start_router(
+    config: Arc<Config>,
+    location: &str,
+    listen: Option<SocketAddr>,
+) -> Result<RunningRouter> {
+    parallax_router::check_location(&config, location)?;
+    let Some(listen) = listen.or_else(|| config.routers.get(location).map(|s| s.listen)) else {
+        bail!(
+            "location `{location}` has no [routers.{location}] with a `listen` address. \
+             Fix: add one to the config, or pass --listen"
+        );
+    };
+    let router = Router::start(RouterOptions {
+        config,
+        location: location.to_owned(),
+        clock: Arc::new(SystemClock),
+    })?;
+    let listener = match bind(listen, &format!("routers.{location}.listen")).await {
+        Ok(l) => l,
+        Err(e) => {
+            router.shutdown().await;
+            return Err(e);
+        }
+    };
+    let addr = listener.local_addr()?;
+    let (stop, server) = serve(listener, parallax_router::api::app(router.clone()));
+    Ok(RunningRouter {
+        addr,
+        router,
+        stop,
+        server,
     })
 }

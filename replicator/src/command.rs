@@ -4,10 +4,11 @@
 
 use tokio::sync::oneshot;
 
-use crate::entity::{Entity, Op};
-use crate::error::Result;
-use crate::protocol::RepairItem;
-use crate::wal::LogEntry;
+use parallax_core::api::Fault;
+use parallax_core::entity::{Entity, Op};
+use parallax_core::error::Result;
+use parallax_core::protocol::LogEntry;
+use parallax_core::protocol::RepairItem;
 
 /// A local write for the writer.
 #[derive(Debug)]
@@ -65,16 +66,4 @@ pub(crate) enum Command {
     /// Checkpoint now (if anything changed); answers when durable.
     Checkpoint(Option<oneshot::Sender<()>>),
     Stop,
-}
-
-/// A drill fault: how to change a stored entity without replicating it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Fault {
-    /// Same version, different content.
-    Corrupt,
-    /// Remove the entity.
-    Drop,
-    /// Replace it by an older version.
-    Rollback,
 }

@@ -18,55 +18,32 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Hlc;
-use crate::entity::Entity;
-use crate::error::{Error, Result};
+use parallax_core::api::{ConflictRecord, QueuedConflict};
+use parallax_core::clock::Hlc;
+use parallax_core::entity::Entity;
+use parallax_core::error::{Error, Result};
 
 const ENTITIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("entities");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const QUEUE: TableDefinition<'_, &[u8], u64> = TableDefinition::new("queue");
 const CONFLICT_LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("conflict_log");
 
+/// Turns a redb error into a storage error (redb is the replicator's
+/// alone, so [`Error`] does not know it).
+pub(crate) trait Db<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Db<T> for std::result::Result<T, E> {
+    fn db(self) -> Result<T> {
+        self.map_err(|e| Error::Storage(e.to_string()))
+    }
+}
+
 /// Format marker of the store as a whole.
 const STORE_FORMAT: u64 = 1;
 /// Format marker of encoded conflict records.
 const RECORD_FORMAT: u8 = 1;
-
-/// A recorded conflict outcome: what lost, what won, when.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ConflictRecord {
-    /// Id, increasing, per region.
-    pub id: u64,
-    /// When it was recorded (µs since epoch).
-    pub ts_us: u64,
-    /// Class of the entity.
-    pub class: String,
-    /// Key of the entity.
-    pub key: String,
-    /// Conflict policy.
-    pub policy: String,
-    /// Outcome (`lww_winner`, `fenced`, `queued`, `resolved`).
-    pub outcome: String,
-    /// Stamp of the winning version.
-    pub winner: Option<Hlc>,
-    /// Stamp of the losing version.
-    pub loser: Option<Hlc>,
-    /// The losing value as JSON text.
-    pub loser_value: Option<String>,
-    /// Time from the conflict's start to its resolution here (ms).
-    pub resolution_ms: u64,
-}
-
-/// An entry of the reconciliation queue.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct QueuedConflict {
-    /// Class of the entity.
-    pub class: String,
-    /// Key of the entity.
-    pub key: String,
-    /// When this region first saw it conflicted (µs since epoch).
-    pub first_seen_us: u64,
-}
 
 /// Replication bookkeeping loaded at start-up.
 #[derive(Clone, Debug, Default)]
@@ -98,7 +75,7 @@ pub fn entity_key(class: &str, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(class.len() + key.len() + 5);
     k.extend_from_slice(class.as_bytes());
     k.push(0);
-    k.extend_from_slice(&crate::merkle::key_prefix(key));
+    k.extend_from_slice(&parallax_core::merkle::key_prefix(key));
     k.extend_from_slice(key.as_bytes());
     k
 }
@@ -180,15 +157,16 @@ fn create_atomically(path: &Path) -> Result<()> {
         let db = Database::builder()
             .create(&tmp)
             .map_err(|e| Error::Storage(format!("cannot create store {}: {e}", tmp.display())))?;
-        let txn = db.begin_write()?;
+        let txn = db.begin_write().db()?;
         {
-            txn.open_table(ENTITIES)?;
-            txn.open_table(QUEUE)?;
-            txn.open_table(CONFLICT_LOG)?;
-            let mut meta = txn.open_table(META)?;
-            meta.insert("format", u64_bytes(STORE_FORMAT).as_slice())?;
+            txn.open_table(ENTITIES).db()?;
+            txn.open_table(QUEUE).db()?;
+            txn.open_table(CONFLICT_LOG).db()?;
+            let mut meta = txn.open_table(META).db()?;
+            meta.insert("format", u64_bytes(STORE_FORMAT).as_slice())
+                .db()?;
         }
-        txn.commit()?;
+        txn.commit().db()?;
     }
     std::fs::rename(&tmp, path).map_err(|e| io("rename into place", e))?;
     if let Some(dir) = path.parent() {
@@ -226,16 +204,17 @@ impl Store {
             };
             Error::Storage(format!("cannot open store {}: {e}{hint}", path.display()))
         })?;
-        let txn = db.begin_write()?;
+        let txn = db.begin_write().db()?;
         {
-            txn.open_table(ENTITIES)?;
-            txn.open_table(QUEUE)?;
-            txn.open_table(CONFLICT_LOG)?;
-            let mut meta = txn.open_table(META)?;
-            let format = meta.get("format")?.map(|v| bytes_u64(v.value()));
+            txn.open_table(ENTITIES).db()?;
+            txn.open_table(QUEUE).db()?;
+            txn.open_table(CONFLICT_LOG).db()?;
+            let mut meta = txn.open_table(META).db()?;
+            let format = meta.get("format").db()?.map(|v| bytes_u64(v.value()));
             match format {
                 None => {
-                    meta.insert("format", u64_bytes(STORE_FORMAT).as_slice())?;
+                    meta.insert("format", u64_bytes(STORE_FORMAT).as_slice())
+                        .db()?;
                 }
                 Some(STORE_FORMAT) => {}
                 Some(v) => {
@@ -246,15 +225,15 @@ impl Store {
                 }
             }
         }
-        txn.commit()?;
+        txn.commit().db()?;
         Ok(Store { db: Arc::new(db) })
     }
 
     /// Reads one entity.
     pub fn read_entity(&self, class: &str, key: &str) -> Result<Option<Entity>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ENTITIES)?;
-        match table.get(entity_key(class, key).as_slice())? {
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(ENTITIES).db()?;
+        match table.get(entity_key(class, key).as_slice()).db()? {
             Some(v) => Entity::decode(v.value()).map(Some),
             None => Ok(None),
         }
@@ -262,11 +241,11 @@ impl Store {
 
     /// Loads the replication bookkeeping.
     pub fn load_meta(&self) -> Result<Meta> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(META)?;
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(META).db()?;
         let mut meta = Meta::default();
-        for item in table.iter()? {
-            let (k, v) = item?;
+        for item in table.iter().db()? {
+            let (k, v) = item.db()?;
             let (k, v) = (k.value(), v.value());
             if k == "checkpoint" {
                 meta.checkpoint = bytes_u64(v);
@@ -288,16 +267,16 @@ impl Store {
 
     /// The reconciliation queue, optionally for one class.
     pub fn queue(&self, class: Option<&str>, limit: usize) -> Result<Vec<QueuedConflict>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(QUEUE)?;
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(QUEUE).db()?;
         let mut out = Vec::new();
         let prefix = class.map(class_prefix);
         let iter = match &prefix {
-            Some(p) => table.range(p.as_slice()..)?,
-            None => table.range::<&[u8]>(..)?,
+            Some(p) => table.range(p.as_slice()..).db()?,
+            None => table.range::<&[u8]>(..).db()?,
         };
         for item in iter {
-            let (k, v) = item?;
+            let (k, v) = item.db()?;
             if let Some(p) = &prefix
                 && !k.value().starts_with(p)
             {
@@ -318,17 +297,17 @@ impl Store {
 
     /// Number of entries in the reconciliation queue.
     pub fn queue_len(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
-        Ok(redb::ReadableTableMetadata::len(&txn.open_table(QUEUE)?)?)
+        let txn = self.db.begin_read().db()?;
+        redb::ReadableTableMetadata::len(&txn.open_table(QUEUE).db()?).db()
     }
 
     /// Recorded conflict outcomes with id `> after`, oldest first.
     pub fn conflict_log(&self, after: u64, limit: usize) -> Result<Vec<ConflictRecord>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(CONFLICT_LOG)?;
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(CONFLICT_LOG).db()?;
         let mut out = Vec::new();
-        for item in table.range(after.saturating_add(1)..)? {
-            let (_, v) = item?;
+        for item in table.range(after.saturating_add(1)..).db()? {
+            let (_, v) = item.db()?;
             out.push(decode_record(v.value(), "conflict record")?);
             if out.len() >= limit {
                 break;
@@ -344,8 +323,8 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Entity)>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ENTITIES)?;
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(ENTITIES).db()?;
         let prefix = class_prefix(class);
         let start = match after {
             Some(k) => {
@@ -356,8 +335,8 @@ impl Store {
             None => prefix.clone(),
         };
         let mut out = Vec::new();
-        for item in table.range(start.as_slice()..)? {
-            let (k, v) = item?;
+        for item in table.range(start.as_slice()..).db()? {
+            let (k, v) = item.db()?;
             if !k.value().starts_with(&prefix) {
                 break;
             }
@@ -372,10 +351,11 @@ impl Store {
 
     /// Reads the stored bytes of one entity.
     pub fn read_raw(&self, class: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ENTITIES)?;
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(ENTITIES).db()?;
         Ok(table
-            .get(entity_key(class, key).as_slice())?
+            .get(entity_key(class, key).as_slice())
+            .db()?
             .map(|v| v.value().to_vec()))
     }
 
@@ -387,12 +367,12 @@ impl Store {
         buckets: std::ops::Range<u32>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        let shift = 32 - crate::merkle::BUCKET_BITS;
+        let shift = 32 - parallax_core::merkle::BUCKET_BITS;
         let bound = |b: u32| {
             let mut k = class_prefix(class);
             match b
                 .checked_shl(shift)
-                .filter(|_| u64::from(b) < u64::from(crate::merkle::BUCKETS))
+                .filter(|_| u64::from(b) < u64::from(parallax_core::merkle::BUCKETS))
             {
                 Some(p) => k.extend_from_slice(&p.to_be_bytes()),
                 // Past the last bucket: everything of the class.
@@ -404,11 +384,11 @@ impl Store {
             k
         };
         let (start, end) = (bound(buckets.start), bound(buckets.end));
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ENTITIES)?;
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(ENTITIES).db()?;
         let mut out = Vec::new();
-        for item in table.range(start.as_slice()..end.as_slice())? {
-            let (k, v) = item?;
+        for item in table.range(start.as_slice()..end.as_slice()).db()? {
+            let (k, v) = item.db()?;
             let (_, key) = split_entity_key(k.value());
             out.push((key, v.value().to_vec()));
             if out.len() >= limit {
@@ -420,11 +400,11 @@ impl Store {
 
     /// Calls `f(key, stored bytes)` for every entity of a class, in bucket order.
     pub fn for_each_raw(&self, class: &str, mut f: impl FnMut(&str, &[u8])) -> Result<()> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(ENTITIES)?;
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(ENTITIES).db()?;
         let prefix = class_prefix(class);
-        for item in table.range(prefix.as_slice()..)? {
-            let (k, v) = item?;
+        for item in table.range(prefix.as_slice()..).db()? {
+            let (k, v) = item.db()?;
             if !k.value().starts_with(&prefix) {
                 break;
             }
@@ -437,12 +417,12 @@ impl Store {
     /// Starts the (single) write transaction; `durable` makes its commit a
     /// checkpoint that survives a crash (with fast repair on reopen).
     pub(crate) fn begin(&self, durable: bool) -> Result<StoreTxn> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write().db()?;
         if durable {
-            txn.set_durability(redb::Durability::Immediate)?;
+            txn.set_durability(redb::Durability::Immediate).db()?;
             txn.set_quick_repair(true);
         } else {
-            txn.set_durability(redb::Durability::None)?;
+            txn.set_durability(redb::Durability::None).db()?;
         }
         Ok(StoreTxn { txn })
     }
@@ -455,73 +435,79 @@ pub(crate) struct StoreTxn {
 
 impl StoreTxn {
     pub(crate) fn get_raw(&self, class: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        let table = self.txn.open_table(ENTITIES)?;
+        let table = self.txn.open_table(ENTITIES).db()?;
         Ok(table
-            .get(entity_key(class, key).as_slice())?
+            .get(entity_key(class, key).as_slice())
+            .db()?
             .map(|v| v.value().to_vec()))
     }
 
     pub(crate) fn remove_entity(&self, class: &str, key: &str) -> Result<()> {
-        let mut table = self.txn.open_table(ENTITIES)?;
-        table.remove(entity_key(class, key).as_slice())?;
+        let mut table = self.txn.open_table(ENTITIES).db()?;
+        table.remove(entity_key(class, key).as_slice()).db()?;
         Ok(())
     }
 
     pub(crate) fn put_entity(&self, class: &str, key: &str, encoded: &[u8]) -> Result<()> {
-        let mut table = self.txn.open_table(ENTITIES)?;
-        table.insert(entity_key(class, key).as_slice(), encoded)?;
+        let mut table = self.txn.open_table(ENTITIES).db()?;
+        table
+            .insert(entity_key(class, key).as_slice(), encoded)
+            .db()?;
         Ok(())
     }
 
     pub(crate) fn set_u64(&self, key: &str, value: u64) -> Result<()> {
-        let mut table = self.txn.open_table(META)?;
-        table.insert(key, u64_bytes(value).as_slice())?;
+        let mut table = self.txn.open_table(META).db()?;
+        table.insert(key, u64_bytes(value).as_slice()).db()?;
         Ok(())
     }
 
     pub(crate) fn set_flag(&self, key: &str, value: bool) -> Result<()> {
-        let mut table = self.txn.open_table(META)?;
-        table.insert(key, [u8::from(value)].as_slice())?;
+        let mut table = self.txn.open_table(META).db()?;
+        table.insert(key, [u8::from(value)].as_slice()).db()?;
         Ok(())
     }
 
     pub(crate) fn set_hlc(&self, hlc: &Hlc) -> Result<()> {
-        let mut table = self.txn.open_table(META)?;
-        table.insert("hlc", encode_record(hlc).as_slice())?;
+        let mut table = self.txn.open_table(META).db()?;
+        table.insert("hlc", encode_record(hlc).as_slice()).db()?;
         Ok(())
     }
 
     /// Puts a key in the reconciliation queue unless it is there; returns
     /// when it was first seen.
     pub(crate) fn enqueue(&self, class: &str, key: &str, now_us: u64) -> Result<(u64, bool)> {
-        let mut table = self.txn.open_table(QUEUE)?;
+        let mut table = self.txn.open_table(QUEUE).db()?;
         let k = queue_key(class, key);
-        if let Some(v) = table.get(k.as_slice())? {
+        if let Some(v) = table.get(k.as_slice()).db()? {
             return Ok((v.value(), false));
         }
-        table.insert(k.as_slice(), now_us)?;
+        table.insert(k.as_slice(), now_us).db()?;
         Ok((now_us, true))
     }
 
     /// Takes a key out of the queue; returns when it was first seen.
     pub(crate) fn dequeue(&self, class: &str, key: &str) -> Result<Option<u64>> {
-        let mut table = self.txn.open_table(QUEUE)?;
+        let mut table = self.txn.open_table(QUEUE).db()?;
         Ok(table
-            .remove(queue_key(class, key).as_slice())?
+            .remove(queue_key(class, key).as_slice())
+            .db()?
             .map(|v| v.value()))
     }
 
     pub(crate) fn record_conflict(&self, record: &ConflictRecord, keep: u64) -> Result<()> {
-        let mut table = self.txn.open_table(CONFLICT_LOG)?;
-        table.insert(record.id, encode_record(record).as_slice())?;
+        let mut table = self.txn.open_table(CONFLICT_LOG).db()?;
+        table
+            .insert(record.id, encode_record(record).as_slice())
+            .db()?;
         if record.id > keep && record.id.is_multiple_of(1024) {
-            table.retain_in(..=record.id - keep, |_, _| false)?;
+            table.retain_in(..=record.id - keep, |_, _| false).db()?;
         }
         Ok(())
     }
 
     pub(crate) fn commit(self) -> Result<()> {
-        self.txn.commit()?;
+        self.txn.commit().db()?;
         Ok(())
     }
 }

@@ -19,33 +19,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::error::{Error, Result};
-
-/// One entry of the replication log: a local write, with the whole entity
-/// version it produced.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LogEntry {
-    /// Sequence in the origin region's log.
-    pub seq: u64,
-    /// Class of the entity.
-    pub class: String,
-    /// Key of the entity.
-    pub key: String,
-    /// Wall time of the write (its HLC wall part), ms, origin's clock.
-    pub wall_ms: u64,
-    /// The encoded entity version.
-    #[serde(with = "serde_bytes")]
-    pub entity: Vec<u8>,
-}
-
-impl LogEntry {
-    /// Approximate size on the wire.
-    pub fn size(&self) -> usize {
-        self.entity.len() + self.class.len() + self.key.len() + 24
-    }
-}
+use parallax_core::error::{Error, Result};
+use parallax_core::protocol::LogEntry;
 
 const RECORD_FORMAT: u8 = 1;
 /// Largest record accepted when reading (a guard against a corrupt length).

@@ -20,20 +20,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use parallax_core::api::ConflictRecord;
+use parallax_core::api::Fault;
+use parallax_core::clock::{Clock, HlcClock};
+use parallax_core::config::{Config, OWNERSHIP_CLASS};
+use parallax_core::entity::{ConflictOutcome, Entity, Merged, Op, WriteContext};
+use parallax_core::error::{Error, Result};
+use parallax_core::merkle::{self, Digest, MerkleTree};
+use parallax_core::protocol::LogEntry;
+use parallax_core::routing::OwnershipView;
+use parallax_core::telemetry::{ConflictEvent, Event, Stats, Telemetry};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::clock::{Clock, HlcClock};
-use crate::command::{ApplyAck, Command, Fault, LocalApplied, LocalWrite};
-use crate::config::{Config, OWNERSHIP_CLASS};
-use crate::entity::{ConflictOutcome, Entity, Merged, Op, WriteContext};
-use crate::error::{Error, Result};
-use crate::merkle::{self, Digest, MerkleTree};
+use crate::command::{ApplyAck, Command, LocalApplied, LocalWrite};
 use crate::replication::{self, Fresh, Replication};
-use crate::routing::OwnershipView;
-use crate::store::{ConflictRecord, Meta, Store, StoreTxn};
-use crate::telemetry::{ConflictEvent, Event, Stats, Telemetry};
-use crate::wal::LogEntry;
+use crate::store::{Meta, Store, StoreTxn};
 use crate::wal::Wal;
 
 enum Done {

@@ -9,14 +9,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parallax_replicator::api::{AuditRecords, EntityOp, Resolution};
-use parallax_replicator::config::Config;
-use parallax_replicator::protocol::{TreeRequest, TreeResponse};
-use parallax_replicator::sync::TreeSource;
-use parallax_replicator::transport::HttpTransport;
-use parallax_replicator::{
-    ClientError, Fault, Node, NodeOptions, ReadOptions, RegionClient, WriteOptions, api,
-};
+use parallax_core::api::Fault;
+use parallax_core::api::{AuditRecords, EntityOp, Resolution};
+use parallax_core::config::Config;
+use parallax_core::protocol::{TreeRequest, TreeResponse};
+use parallax_core::sync::TreeSource;
+use parallax_core::transport::HttpTransport;
+use parallax_core::{ClientError, ReadOptions, RegionClient, WriteOptions};
+use parallax_replicator::{Node, NodeOptions, api};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

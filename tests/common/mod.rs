@@ -24,6 +24,8 @@ pub(crate) struct Cluster {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) config: PathBuf,
     pub(crate) ports: Vec<u16>,
+    /// The routers' ports by location (`[routers.<location>]` of an example).
+    pub(crate) router_ports: std::collections::BTreeMap<String, u16>,
     children: Vec<Option<Child>>,
     region_args: Vec<Vec<String>>,
 }
@@ -64,17 +66,29 @@ impl Cluster {
 
     /// Three regions running a whole config file's text (an example from
     /// deploy/examples/, whose regions are [`REGIONS`]) as it is, but for
-    /// each region's `listen` moved to a free port and the harness's tokens;
-    /// `extra` (TOML) is appended.
+    /// each region's and router's `listen` moved to a free port and the
+    /// harness's tokens; `extra` (TOML) is appended.
     pub(crate) fn from_example(example: &str, extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
         let mut section = String::new();
         let mut moved = 0;
         let mut toml = String::new();
+        let mut router_ports = std::collections::BTreeMap::new();
         for line in example.lines() {
             if line.starts_with('[') {
                 section = line.trim().to_owned();
+            }
+            let router = section
+                .strip_prefix("[routers.")
+                .and_then(|s| s.strip_suffix(']'));
+            if let Some(location) = router
+                && line.trim_start().starts_with("listen")
+            {
+                let port = free_port();
+                router_ports.insert(location.to_owned(), port);
+                toml.push_str(&format!("listen = \"127.0.0.1:{port}\"\n"));
+                continue;
             }
             let region = REGIONS
                 .iter()
@@ -97,7 +111,9 @@ impl Cluster {
             "the example does not declare {REGIONS:?} with a listen each"
         );
         toml.push_str(extra);
-        Cluster::launch(dir, toml, ports, &[&[], &[], &[]])
+        let mut c = Cluster::launch(dir, toml, ports, &[&[], &[], &[]]);
+        c.router_ports = router_ports;
+        c
     }
 
     fn start(replication: &str, classes: &str, region_args: &[&[&str]; 3]) -> Cluster {
@@ -127,6 +143,7 @@ impl Cluster {
             dir,
             config,
             ports,
+            router_ports: std::collections::BTreeMap::new(),
             children: vec![None, None, None],
             region_args: region_args
                 .iter()

@@ -11,15 +11,15 @@
 //! workbook burn-rate condition, severity page or ticket). `sql` rules fire
 //! one alert per row the query returns, its columns becoming labels.
 
-use parallax_replicator::worker::{Worker, WorkerStatus};
+use parallax_core::worker::{Worker, WorkerStatus};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use parallax_replicator::clock::Clock;
-use parallax_replicator::config::{AlertRuleConfig, Config, RuleKind};
+use parallax_core::clock::Clock;
+use parallax_core::config::{AlertRuleConfig, Config, RuleKind};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -505,8 +505,7 @@ impl Alerter {
                 for n in &rule.notify {
                     let kind = self.config.notifiers.get(n).map(|c| c.kind);
                     // Alertmanager expires alerts not re-sent: push firing ones every minute.
-                    let repeat = kind
-                        == Some(parallax_replicator::config::NotifierKind::Alertmanager)
+                    let repeat = kind == Some(parallax_core::config::NotifierKind::Alertmanager)
                         && now - a.last_push_us >= 60_000_000;
                     if !a.notified || repeat {
                         notices

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parallax_replicator::clock::Clock;
-use parallax_replicator::config::Config;
-use parallax_replicator::worker::Workers;
+use parallax_core::clock::Clock;
+use parallax_core::config::Config;
+use parallax_core::worker::Workers;
 
 use crate::alerts::Alerter;
 use crate::dash;

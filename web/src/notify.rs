@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use parallax_replicator::config::{NotifierConfig, NotifierKind};
+use parallax_core::config::{NotifierConfig, NotifierKind};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -307,7 +307,7 @@ pub async fn deliver(
                 let retry = status.is_server_error() || status.as_u16() == 429;
                 (retry, status.to_string(), after)
             }
-            Err(e) => (true, parallax_replicator::transport::error_chain(&e), None),
+            Err(e) => (true, parallax_core::transport::error_chain(&e), None),
         };
         if !retry || attempts >= n.max_attempts {
             break ("failed", detail);

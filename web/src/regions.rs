@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use parallax_replicator::api::Resolution;
-use parallax_replicator::config::Config;
-use parallax_replicator::sync::AntiEntropyReport;
-use parallax_replicator::{ClientError, ReadOptions, RegionClient};
+use parallax_core::api::Resolution;
+use parallax_core::config::Config;
+use parallax_core::sync::AntiEntropyReport;
+use parallax_core::{ClientError, ReadOptions, RegionClient};
 use serde_json::Value;
 
 use crate::filters::Filters;

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use parallax_replicator::config::{Config, SloConfig, SloKind};
+use parallax_core::config::{Config, SloConfig, SloKind};
 use serde::Serialize;
 use serde_json::Value;
 

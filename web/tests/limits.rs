@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
-use parallax_replicator::clock::SystemClock;
-use parallax_replicator::config::Config;
+use parallax_core::clock::SystemClock;
+use parallax_core::config::Config;
 use parallax_web::{App, RequestLimits, SqlEngine, SqlLimits, router_with_limits};
 use serde_json::{Value, json};
 use tower::ServiceExt;

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
-use parallax_replicator::clock::ManualClock;
-use parallax_replicator::config::Config;
-use parallax_replicator::telemetry::{
+use parallax_core::clock::ManualClock;
+use parallax_core::config::Config;
+use parallax_core::telemetry::{
     AuditEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent, ReplicationEvent,
     RequestEvent,
 };
-use parallax_replicator::transport::HttpTransport;
+use parallax_core::transport::HttpTransport;
 use parallax_replicator::{Node, NodeOptions, api};
 use parallax_web::charts::num;
 use parallax_web::{App, SqlEngine, SqlLimits};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode};
-use parallax_replicator::telemetry::{Event, ReplicationEvent, RequestEvent};
+use parallax_core::telemetry::{Event, ReplicationEvent, RequestEvent};
 use parallax_web::{App, QueryResult, SqlEngine, SqlError, SqlLimits};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -189,7 +189,7 @@ async fn post(app: &axum::Router, body: Value) -> (StatusCode, Vec<u8>) {
 #[tokio::test]
 async fn the_sql_api_answers_json_csv_arrow_and_clear_errors() {
     let (_d, e) = engine(SqlLimits::default()).await;
-    let config = parallax_replicator::config::Config::from_toml(
+    let config = parallax_core::config::Config::from_toml(
         include_str!("../../deploy/examples/three-regions.toml"),
         "three-regions.toml",
     )
@@ -197,7 +197,7 @@ async fn the_sql_api_answers_json_csv_arrow_and_clear_errors() {
     let app = parallax_web::router(App::new(
         e,
         config,
-        std::sync::Arc::new(parallax_replicator::clock::SystemClock),
+        std::sync::Arc::new(parallax_core::clock::SystemClock),
     ));
     let (s, body) = post(
         &app,

@@ -10,11 +10,9 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use parallax_collector::{Collector, CollectorOptions};
-use parallax_replicator::clock::{Clock, SystemClock};
-use parallax_replicator::config::CollectorConfig;
-use parallax_replicator::telemetry::{
-    ClockEvent, ConflictEvent, Event, ReplicationEvent, RequestEvent,
-};
+use parallax_core::clock::{Clock, SystemClock};
+use parallax_core::config::CollectorConfig;
+use parallax_core::telemetry::{ClockEvent, ConflictEvent, Event, ReplicationEvent, RequestEvent};
 
 /// Arguments of `parallax bench ingest`.
 #[derive(Debug, Args)]

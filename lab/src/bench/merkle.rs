@@ -9,13 +9,11 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::Args;
 use futures::future::BoxFuture;
-use parallax_replicator::entity::Entity;
-use parallax_replicator::merkle::{self, MerkleTree, NodeId};
-use parallax_replicator::protocol::{
-    ReplicationState, TreeEntry, TreeRequest, TreeResponse, encode,
-};
-use parallax_replicator::sync::{DiffOptions, TreeData, TreeSource, answer, diff_classes};
-use parallax_replicator::{Error, Result as PResult};
+use parallax_core::entity::Entity;
+use parallax_core::merkle::{self, MerkleTree, NodeId};
+use parallax_core::protocol::{ReplicationState, TreeEntry, TreeRequest, TreeResponse, encode};
+use parallax_core::sync::{DiffOptions, TreeData, TreeSource, answer, diff_classes};
+use parallax_core::{Error, Result as PResult};
 
 /// Arguments of `parallax bench merkle`.
 #[derive(Debug, Args)]

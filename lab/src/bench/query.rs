@@ -13,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use clap::Args;
 use parallax_collector::files::{FileOptions, partition_dir, write_file};
 use parallax_collector::tables::{date_hour, schema_of};
-use parallax_replicator::config::CollectorConfig;
+use parallax_core::config::CollectorConfig;
 use parallax_web::{SqlEngine, SqlLimits};
 
 /// Arguments of `parallax bench query`.

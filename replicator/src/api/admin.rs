@@ -184,13 +184,13 @@ pub(super) async fn tree_json(
         let Query(p) = query.map_err(|e| {
             Error::BadRequest(format!("bad query: {e}. Fix: use level= and index="))
         })?;
-        let node = crate::merkle::NodeId {
+        let node = parallax_core::merkle::NodeId {
             level: p.level.unwrap_or(0),
             index: p.index.unwrap_or(0),
         };
-        let (req, entries) = if node.level < crate::merkle::DEPTH {
+        let (req, entries) = if node.level < parallax_core::merkle::DEPTH {
             (
-                crate::protocol::TreeRequest::Children {
+                parallax_core::protocol::TreeRequest::Children {
                     class: class.clone(),
                     nodes: vec![node],
                     small: 0,
@@ -199,7 +199,7 @@ pub(super) async fn tree_json(
             )
         } else {
             (
-                crate::protocol::TreeRequest::Entries {
+                parallax_core::protocol::TreeRequest::Entries {
                     class: class.clone(),
                     nodes: vec![node],
                 },
@@ -208,26 +208,26 @@ pub(super) async fn tree_json(
         };
         let roots = state
             .node
-            .handle_tree(crate::protocol::TreeRequest::Roots {
+            .handle_tree(parallax_core::protocol::TreeRequest::Roots {
                 classes: vec![class.clone()],
             })?;
         let body = state.node.handle_tree(req)?;
         let mut out =
             serde_json::json!({ "region": state.node.region(), "class": class, "node": node });
-        if let crate::protocol::TreeResponse::Roots(r) = roots {
+        if let parallax_core::protocol::TreeResponse::Roots(r) = roots {
             out["root"] = Value::from(hex(&r[0].root));
             out["entities"] = Value::from(r[0].count);
         }
-        if let crate::protocol::TreeResponse::Nodes(n) = body {
+        if let parallax_core::protocol::TreeResponse::Nodes(n) = body {
             match n.into_iter().next() {
-                Some(crate::protocol::NodeBody::Children(c)) if !entries => {
+                Some(parallax_core::protocol::NodeBody::Children(c)) if !entries => {
                     out["children"] = c
-                        .chunks(crate::merkle::FINGERPRINT_BYTES)
+                        .chunks(parallax_core::merkle::FINGERPRINT_BYTES)
                         .enumerate()
                         .map(|(i, fp)| serde_json::json!({ "index": node.child(i).index, "fingerprint": hex(fp) }))
                         .collect();
                 }
-                Some(crate::protocol::NodeBody::Entries(e)) => {
+                Some(parallax_core::protocol::NodeBody::Entries(e)) => {
                     out["entries"] = e
                         .iter()
                         .map(|e| serde_json::json!({ "key": e.key, "fingerprint": hex(&e.fp) }))
@@ -256,14 +256,14 @@ pub(super) async fn audit_rpc(
         return error_response(&e);
     }
     let limit = state.node.config().limits.max_peer_body_bytes;
-    let req: crate::protocol::AuditRequest = match body
+    let req: parallax_core::protocol::AuditRequest = match body
         .map_err(|e| body_error(e, limit))
         .and_then(|b| decode(&b))
     {
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    use crate::protocol::{AuditRequest, AuditResponse};
+    use parallax_core::protocol::{AuditRequest, AuditResponse};
     let result = match req {
         AuditRequest::Tree(t) => state.node.handle_tree(t).map(AuditResponse::Tree),
         AuditRequest::Repair(items) => state.node.repair(items).await.map(|()| AuditResponse::Done),
@@ -273,7 +273,8 @@ pub(super) async fn audit_rpc(
             .await
             .map(|()| AuditResponse::Done),
     };
-    let wire: Result<AuditResponse, crate::error::WireError> = result.map_err(|e| (&e).into());
+    let wire: Result<AuditResponse, parallax_core::error::WireError> =
+        result.map_err(|e| (&e).into());
     (
         [(header::CONTENT_TYPE, "application/msgpack")],
         encode(&wire),

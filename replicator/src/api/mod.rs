@@ -6,7 +6,7 @@
 //!
 //! Class and key are path segments, percent-encoded by clients; the router
 //! decodes them. The bodies and answers of the routes are the types declared
-//! here (and in [`crate::protocol`]); [`crate::client`] sends and reads the
+//! here (and in [`parallax_core::protocol`]); [`parallax_core::client`] sends and reads the
 //! same types, so the two sides cannot drift apart.
 
 use std::sync::Arc;
@@ -19,25 +19,24 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use parallax_core::entity::Op;
+use parallax_core::error::Error;
+use parallax_core::protocol::{
+    PeerRequest, ReadConsistency, SessionToken, WriteConsistency, decode, encode,
+};
+use parallax_core::routing::OwnershipView;
+use parallax_core::telemetry::{Event, RequestEvent};
+use parallax_core::transport::{FROM_HEADER, PEER_PATH};
 use serde::Deserialize;
 use serde_json::Value;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::entity::Op;
-use crate::error::Error;
-use crate::node::{Node, ReadRequest, WriteRequest, parse_op};
-use crate::protocol::{
-    PeerRequest, ReadConsistency, SessionToken, WriteConsistency, decode, encode,
-};
-use crate::routing::OwnershipView;
-use crate::telemetry::{Event, RequestEvent};
-use crate::transport::{FROM_HEADER, PEER_PATH};
+use crate::node::{Node, ReadRequest, WriteRequest};
 
 mod admin;
-mod bodies;
 mod entities;
 
-pub use bodies::*;
+pub use parallax_core::api::*;
 
 use admin::{
     anti_entropy, audit_records, audit_rpc, get_ownership, inject_fault, move_ownership, stats,
@@ -46,9 +45,6 @@ use admin::{
 use entities::{
     conflict_log, delete_entity, get_entity, list_conflicts, post_op, put_entity, resolve,
 };
-
-/// Header carrying a session token (the query parameter `token` also works).
-pub const TOKEN_HEADER: &str = "x-parallax-token";
 
 /// Shared state of the handlers.
 #[derive(Clone, Debug)]
@@ -184,16 +180,6 @@ fn finish(
         client_geo: meta.client_geo,
     }));
     response
-}
-
-/// Compares a secret with what a request presented in time that does not
-/// depend on where they first differ (only on the length), so the time of
-/// a refusal does not tell an attacker how much of a token was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

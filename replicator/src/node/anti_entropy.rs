@@ -4,18 +4,18 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use parallax_core::config::ClassConfig;
+use parallax_core::entity::Entity;
+use parallax_core::error::{Error, Result};
+use parallax_core::merkle::{self, NodeId};
+use parallax_core::protocol::{
+    PeerRequest, PeerResponse, RepairItem, TreeEntry, TreeRequest, TreeResponse,
+};
+use parallax_core::sync::{Replica, TreeData, TreeSource};
+use parallax_core::worker::Worker;
 
 use super::Node;
 use crate::command::Command;
-use crate::config::ClassConfig;
-use crate::entity::Entity;
-use crate::error::{Error, Result};
-use crate::merkle::{self, NodeId};
-use crate::protocol::{
-    PeerRequest, PeerResponse, RepairItem, TreeEntry, TreeRequest, TreeResponse,
-};
-use crate::sync::{Replica, TreeData, TreeSource};
-use crate::worker::Worker;
 
 impl Node {
     /// Classes in the order anti-entropy and audits take them: critical first.
@@ -30,7 +30,7 @@ impl Node {
     pub async fn run_anti_entropy(
         &self,
         peer: Option<&str>,
-    ) -> Result<Vec<crate::sync::AntiEntropyReport>> {
+    ) -> Result<Vec<parallax_core::sync::AntiEntropyReport>> {
         let peers: Vec<String> = match peer {
             Some(p) if self.inner.repl.peer(p).is_some() => vec![p.to_owned()],
             Some(p) => {
@@ -65,8 +65,10 @@ impl Node {
                 peer: peer.clone(),
             };
             let clock = self.inner.clock.as_ref();
-            let report = match crate::sync::anti_entropy(&local, &remote, &classes, max, clock)
-                .await
+            let report = match parallax_core::sync::anti_entropy(
+                &local, &remote, &classes, max, clock,
+            )
+            .await
             {
                 Ok(r) => {
                     if was_marked {
@@ -83,7 +85,7 @@ impl Node {
                     }
                     r
                 }
-                Err(e) => crate::sync::AntiEntropyReport {
+                Err(e) => parallax_core::sync::AntiEntropyReport {
                     peer: peer.clone(),
                     finished_us: self.inner.clock.now_us(),
                     error: Some(e.to_string()),
@@ -99,7 +101,7 @@ impl Node {
 
     /// Answers a question about this region's Merkle trees.
     pub fn handle_tree(&self, req: TreeRequest) -> Result<TreeResponse> {
-        crate::sync::answer(self, req)
+        parallax_core::sync::answer(self, req)
     }
 }
 
@@ -177,10 +179,11 @@ impl TreeSource for PeerReplica {
 
     fn ask(&self, req: TreeRequest) -> BoxFuture<'_, Result<(TreeResponse, u64)>> {
         Box::pin(async move {
-            let sent = crate::protocol::encode(&PeerRequest::Tree(req.clone())).len() as u64;
+            let sent =
+                parallax_core::protocol::encode(&PeerRequest::Tree(req.clone())).len() as u64;
             match self.node.call(&self.peer, PeerRequest::Tree(req)).await? {
                 PeerResponse::Tree(t) => {
-                    let received = crate::protocol::encode(&t).len() as u64;
+                    let received = parallax_core::protocol::encode(&t).len() as u64;
                     Ok((t, sent + received))
                 }
                 other => Err(Error::Internal(format!(
@@ -238,8 +241,8 @@ impl TreeData for Node {
             .collect()
     }
 
-    fn state(&self) -> crate::protocol::ReplicationState {
-        crate::protocol::ReplicationState {
+    fn state(&self) -> parallax_core::protocol::ReplicationState {
+        parallax_core::protocol::ReplicationState {
             applied: self.inner.repl.applied_vector(&self.inner.region),
             log_dropped_for: self.inner.repl.peers_needing_anti_entropy(),
         }

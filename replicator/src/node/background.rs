@@ -1,15 +1,15 @@
-//! The loops a node runs besides requests (each a [`crate::worker`]):
+//! The loops a node runs besides requests (each a [`parallax_core::worker`]):
 //! the telemetry relay and checkpoints. The shippers and the lag sampler
 //! live in [`crate::replication`], anti-entropy in [`super::anti_entropy`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use parallax_core::telemetry::{Event, Stats, Telemetry};
+use parallax_core::worker::Worker;
 use tokio::sync::mpsc;
 
 use crate::command::Command;
-use crate::telemetry::{Event, Stats, Telemetry};
-use crate::worker::Worker;
 
 /// Asks the writer for a checkpoint every `every` (it skips it if nothing
 /// changed).

@@ -1,7 +1,7 @@
 //! A region node: the store, the writer, the shippers and the logic of every
 //! client and region-to-region request, independent of HTTP (the
 //! [`crate::api`] module puts HTTP in front of it; simulations call it
-//! directly through [`crate::transport::SimNet`]).
+//! directly through [`parallax_core::transport::SimNet`]).
 //!
 //! [`Node`] is a small facade; its methods live by concern:
 //! - [`write`](self::write): client writes, forwarding, quorum waits;
@@ -18,29 +18,28 @@ mod peer;
 mod read;
 mod write;
 
-pub use write::parse_op;
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use parallax_core::api::{ConflictRecord, QueuedConflict};
+use parallax_core::clock::Clock;
+use parallax_core::config::{ClassConfig, Config};
+use parallax_core::entity::Entity;
+use parallax_core::error::{Error, Result};
+use parallax_core::protocol::{PeerRequest, PeerResponse};
+use parallax_core::stats::NodeStats;
+use parallax_core::telemetry::{Event, Stats, Telemetry};
+use parallax_core::transport::{PeerHandler, Transport};
+use parallax_core::worker::{WorkerStatus, Workers};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::clock::Clock;
 use crate::command::Command;
-use crate::config::{ClassConfig, Config};
-use crate::entity::Entity;
-use crate::error::{Error, Result};
-use crate::protocol::{PeerRequest, PeerResponse};
-use crate::replication::{LagSampler, Replication, ReplicationStats, Shipper};
-use crate::store::{ConflictRecord, QueuedConflict, Store};
-use crate::telemetry::{Event, EventStats, Stats, Telemetry};
-use crate::transport::{PeerHandler, Transport};
+use crate::replication::{LagSampler, Replication, Shipper};
+use crate::store::Store;
 use crate::wal::Wal;
-use crate::worker::{WorkerStatus, Workers};
 use crate::writer::{Writer, WriterParts};
 
 /// How the writer runs.
@@ -100,7 +99,7 @@ impl NodeOptions {
             config,
             region: region.to_owned(),
             data_dir,
-            clock: Arc::new(crate::clock::SystemClock),
+            clock: Arc::new(parallax_core::clock::SystemClock),
             transport,
             writer_mode: WriterMode::Thread,
             telemetry_capacity: 65_536,
@@ -112,7 +111,7 @@ impl NodeOptions {
     }
 }
 
-pub use crate::protocol::{ReadRequest, WriteRequest};
+pub use parallax_core::protocol::{ReadRequest, WriteRequest};
 
 /// A region node. Cheap to clone.
 #[derive(Clone)]
@@ -150,28 +149,6 @@ struct Inner {
     started_ms: u64,
     allow_fault_injection: bool,
     ae_lock: tokio::sync::Mutex<()>,
-}
-
-/// Everything `/v1/stats` shows.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeStats {
-    /// This region.
-    pub region: String,
-    /// Milliseconds since the node started.
-    pub uptime_ms: u64,
-    /// Replication state by peer.
-    pub replication: ReplicationStats,
-    /// Counters from the event stream.
-    pub events: EventStats,
-    /// Telemetry events dropped because the channel was full.
-    pub telemetry_dropped: u64,
-    /// Anti-entropy: the pass under way and the last pass with each peer.
-    pub anti_entropy: crate::replication::AntiEntropyStats,
-    /// Entries in the reconciliation queue.
-    pub reconciliation_queue: u64,
-    /// The node's background workers.
-    #[serde(default)]
-    pub workers: Vec<WorkerStatus>,
 }
 
 impl Node {
@@ -372,7 +349,7 @@ impl Node {
         self.inner.ready.load(Ordering::Acquire) && !self.inner.writer.is_closed()
     }
 
-    /// A handle for a [`crate::transport::SimNet`].
+    /// A handle for a [`parallax_core::transport::SimNet`].
     pub fn peer_handler(&self) -> Arc<dyn PeerHandler> {
         Arc::new(self.clone())
     }
@@ -445,7 +422,7 @@ impl Node {
             .config
             .classes
             .get(name)
-            .filter(|_| !name.starts_with(crate::config::SYSTEM_CLASS_PREFIX))
+            .filter(|_| !name.starts_with(parallax_core::config::SYSTEM_CLASS_PREFIX))
             .ok_or_else(|| Error::UnknownClass {
                 class: name.to_owned(),
                 declared: self.inner.config.class_names(),
@@ -511,5 +488,19 @@ impl Node {
             })?
             .map_err(|e| Error::Unavailable(format!("region {to} cannot be reached: {e}")))?;
         reply.result.map_err(Error::from)
+    }
+}
+
+impl parallax_core::stats::NodeView for Node {
+    fn stats(&self) -> NodeStats {
+        Node::stats(self)
+    }
+
+    fn telemetry_dropped(&self) -> u64 {
+        self.telemetry().dropped()
+    }
+
+    fn observe_workers(&self, workers: Workers) {
+        Node::observe_workers(self, workers)
     }
 }

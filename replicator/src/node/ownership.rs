@@ -1,14 +1,15 @@
 //! Ownership: the delegations in force, moving them (a failover), and the
 //! owner of a key.
 
+use parallax_core::config::{ClassConfig, Ownership};
+use parallax_core::entity::Op;
+use parallax_core::error::{Error, Result};
+use parallax_core::protocol::{ReadConsistency, ReadRequest};
+use parallax_core::routing::{self, OwnershipView};
+use parallax_core::telemetry::Event;
+
 use super::Node;
 use crate::command::{Command, LocalWrite};
-use crate::config::{ClassConfig, Ownership};
-use crate::entity::Op;
-use crate::error::{Error, Result};
-use crate::protocol::{ReadConsistency, ReadRequest};
-use crate::routing::{self, OwnershipView};
-use crate::telemetry::Event;
 
 impl Node {
     /// The ownership delegations in force, as this region knows them.
@@ -33,7 +34,7 @@ impl Node {
         self.submit(|tx| {
             Command::Local(
                 LocalWrite {
-                    class: crate::config::OWNERSHIP_CLASS.to_owned(),
+                    class: parallax_core::config::OWNERSHIP_CLASS.to_owned(),
                     key: region.to_owned(),
                     op: Op::Put(value),
                     owner_epoch: epoch,
@@ -46,7 +47,7 @@ impl Node {
         tracing::warn!(region = %self.inner.region, from = region, to = delegate, epoch, "Ownership moved.");
         self.inner
             .telemetry
-            .emit(Event::Failover(crate::telemetry::FailoverEvent {
+            .emit(Event::Failover(parallax_core::telemetry::FailoverEvent {
                 ts_us: self.inner.clock.now_us(),
                 region: self.inner.region.clone(),
                 event: format!("ownership {region} -> {delegate} (epoch {epoch})"),
@@ -125,7 +126,7 @@ impl Node {
             Ownership::Global => return Ok(owner),
         };
         let probe = ReadRequest {
-            class: crate::config::OWNERSHIP_CLASS.to_owned(),
+            class: parallax_core::config::OWNERSHIP_CLASS.to_owned(),
             key: by_config,
             consistency: ReadConsistency::Quorum,
             session: None,

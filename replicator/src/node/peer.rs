@@ -3,16 +3,16 @@
 //! injection.
 
 use futures::future::BoxFuture;
+use parallax_core::error::{Error, Result, WireError};
+use parallax_core::protocol::{
+    PeerReply, PeerRequest, PeerResponse, RepairItem, ReplicateAck, ReplicateBatch,
+};
+use parallax_core::telemetry::Event;
+use parallax_core::transport::PeerHandler;
 
 use super::Node;
 use crate::command::Command;
-use crate::error::{Error, Result, WireError};
-use crate::protocol::{
-    PeerReply, PeerRequest, PeerResponse, RepairItem, ReplicateAck, ReplicateBatch,
-};
 use crate::replication::Receiver;
-use crate::telemetry::Event;
-use crate::transport::PeerHandler;
 
 impl Node {
     /// Handles a request from another region.
@@ -62,8 +62,8 @@ impl Node {
     /// them to the `audits` and `divergence` tables).
     pub fn record_audit(
         &self,
-        audits: Vec<crate::telemetry::AuditEvent>,
-        records: Vec<crate::telemetry::DivergenceEvent>,
+        audits: Vec<parallax_core::telemetry::AuditEvent>,
+        records: Vec<parallax_core::telemetry::DivergenceEvent>,
     ) {
         for a in audits {
             self.inner.telemetry.emit(Event::Audit(a));
@@ -83,7 +83,7 @@ impl Node {
         &self,
         class: &str,
         key: &str,
-        fault: crate::command::Fault,
+        fault: parallax_core::api::Fault,
     ) -> Result<()> {
         if !self.inner.allow_fault_injection {
             return Err(Error::NotFoundRoute);

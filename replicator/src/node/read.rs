@@ -5,19 +5,19 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use parallax_core::config::ClassConfig;
+use parallax_core::entity::Entity;
+use parallax_core::error::{Error, Result};
+use parallax_core::protocol::{
+    PeerRequest, PeerResponse, ReadConsistency, ReadOutcome, ReadRequest, RepairItem, SessionToken,
+    SiblingView,
+};
+use parallax_core::routing::{self, Route};
 use serde_json::Value;
 
 use super::Node;
 use super::ownership::Placement;
 use crate::command::Command;
-use crate::config::ClassConfig;
-use crate::entity::Entity;
-use crate::error::{Error, Result};
-use crate::protocol::{
-    PeerRequest, PeerResponse, ReadConsistency, ReadOutcome, ReadRequest, RepairItem, SessionToken,
-    SiblingView,
-};
-use crate::routing::{self, Route};
 
 impl Node {
     /// Serves a client read at the consistency it asks for.
@@ -115,14 +115,16 @@ impl Node {
                     owner: Some(owner), ..
                 } => {
                     if forwarded_from.is_some() {
-                        return Err(Error::Misdirected(Box::new(crate::error::Misdirected {
-                            region: self.inner.region.clone(),
-                            class: req.class.clone(),
-                            key: req.key.clone(),
-                            owner_url: self.region_url(&owner),
-                            owner,
-                            why: "strong reads are served by the owner".into(),
-                        })));
+                        return Err(Error::Misdirected(Box::new(
+                            parallax_core::error::Misdirected {
+                                region: self.inner.region.clone(),
+                                class: req.class.clone(),
+                                key: req.key.clone(),
+                                owner_url: self.region_url(&owner),
+                                owner,
+                                why: "strong reads are served by the owner".into(),
+                            },
+                        )));
                     }
                     self.read_elsewhere(
                         req,
@@ -145,16 +147,19 @@ impl Node {
         why: String,
         forwarded_from: Option<&str>,
     ) -> Result<ReadOutcome> {
-        if forwarded_from.is_some() || class.foreign_writes == crate::config::ForeignWrites::Refuse
+        if forwarded_from.is_some()
+            || class.foreign_writes == parallax_core::config::ForeignWrites::Refuse
         {
-            return Err(Error::Misdirected(Box::new(crate::error::Misdirected {
-                region: self.inner.region.clone(),
-                class: req.class,
-                key: req.key,
-                owner_url: self.region_url(&to),
-                owner: to,
-                why,
-            })));
+            return Err(Error::Misdirected(Box::new(
+                parallax_core::error::Misdirected {
+                    region: self.inner.region.clone(),
+                    class: req.class,
+                    key: req.key,
+                    owner_url: self.region_url(&to),
+                    owner: to,
+                    why,
+                },
+            )));
         }
         match self.call(&to, PeerRequest::Read(req)).await? {
             PeerResponse::Read(r) => Ok(r),

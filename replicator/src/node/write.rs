@@ -3,17 +3,16 @@
 
 use std::time::Duration;
 
+use parallax_core::config::{ClassConfig, Ownership};
+use parallax_core::error::{Error, Result};
+use parallax_core::protocol::{
+    PeerRequest, PeerResponse, SessionToken, WriteConsistency, WriteOutcome, WriteRequest,
+};
+use parallax_core::routing::{self, Route};
 use serde_json::Value;
 
 use super::Node;
 use crate::command::{Command, LocalApplied, LocalWrite};
-use crate::config::{ClassConfig, Ownership};
-use crate::entity::Op;
-use crate::error::{Error, Result};
-use crate::protocol::{
-    PeerRequest, PeerResponse, SessionToken, WriteConsistency, WriteOutcome, WriteRequest,
-};
-use crate::routing::{self, Route};
 
 impl Node {
     /// Takes a client write: routes it (rollout stage, ownership), commits
@@ -110,7 +109,7 @@ impl Node {
         forwarded_from: Option<&str>,
     ) -> Result<WriteOutcome> {
         let misdirected = |why: String| {
-            Error::Misdirected(Box::new(crate::error::Misdirected {
+            Error::Misdirected(Box::new(parallax_core::error::Misdirected {
                 region: self.inner.region.clone(),
                 class: req.class.clone(),
                 key: req.key.clone(),
@@ -124,7 +123,7 @@ impl Node {
                 "{why}; it was already forwarded once, from {from}"
             )));
         }
-        if class.foreign_writes == crate::config::ForeignWrites::Refuse {
+        if class.foreign_writes == parallax_core::config::ForeignWrites::Refuse {
             return Err(misdirected(format!("{why} (foreign_writes = \"refuse\")")));
         }
         match self.call(&to, PeerRequest::Write(req)).await? {
@@ -186,42 +185,4 @@ impl Node {
         }
         Err(Error::ShuttingDown(self.inner.region.clone()))
     }
-}
-
-/// Parses an operation body of `POST .../ops`.
-pub fn parse_op(body: &Value, class_name: &str) -> Result<Op> {
-    let obj = body.as_object().ok_or_else(|| {
-        Error::BadRequest(format!(
-            "the body of an operation on class `{class_name}` must be a JSON object like {{\"op\":\"incr\",\"by\":5}}"
-        ))
-    })?;
-    let op = obj.get("op").and_then(Value::as_str).ok_or_else(|| {
-        Error::BadRequest("the operation has no \"op\" field. Fix: send {\"op\":\"incr\",\"by\":N}, {\"op\":\"add\",\"member\":..} or {\"op\":\"remove\",\"member\":..}".into())
-    })?;
-    let member = || {
-        obj.get("member").cloned().ok_or_else(|| {
-            Error::BadRequest(format!("operation `{op}` needs a \"member\" field, e.g. {{\"op\":\"{op}\",\"member\":\"x\"}}"))
-        })
-    };
-    Ok(match op {
-        "incr" => Op::Incr(match obj.get("by") {
-            None => 1,
-            Some(v) => v.as_i64().ok_or_else(|| {
-                Error::BadRequest(format!("\"by\" must be an integer, not {v}. Fix: send e.g. {{\"op\":\"incr\",\"by\":5}}"))
-            })?,
-        }),
-        "decr" => Op::Incr(-match obj.get("by") {
-            None => 1,
-            Some(v) => v.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
-                Error::BadRequest(format!("\"by\" of decr must be a non-negative integer, not {v}"))
-            })?,
-        }),
-        "add" => Op::Add(member()?),
-        "remove" => Op::Remove(member()?),
-        other => {
-            return Err(Error::BadRequest(format!(
-                "unknown operation `{other}`. Fix: use incr, decr, add or remove"
-            )));
-        }
-    })
 }

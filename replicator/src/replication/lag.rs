@@ -7,10 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use parallax_core::clock::Clock;
+use parallax_core::telemetry::{Event, ReplicationEvent, Telemetry};
+use parallax_core::worker::Worker;
+
 use super::Replication;
-use crate::clock::Clock;
-use crate::telemetry::{Event, ReplicationEvent, Telemetry};
-use crate::worker::Worker;
 
 /// Replication from one origin into this region: what the lag sampler
 /// reads, and what arrived since its previous sample.
@@ -70,7 +71,11 @@ impl Replication {
     /// `None` if nothing was ever heard from it.
     pub(crate) fn lag_from(&self, origin: &str, now_ms: u64) -> Option<u64> {
         let fresh = self.fresh_ms(origin)?;
-        Some(crate::clock::lag_ms(now_ms, fresh, self.offset_ms(origin)))
+        Some(parallax_core::clock::lag_ms(
+            now_ms,
+            fresh,
+            self.offset_ms(origin),
+        ))
     }
 
     /// Estimated clock offset of `peer` (its clock minus ours, ms).

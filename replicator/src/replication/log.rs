@@ -6,8 +6,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use parallax_core::protocol::LogEntry;
+
 use super::Replication;
-use crate::wal::LogEntry;
 use crate::wal::WalReader;
 
 /// Most bytes of log entries kept in memory for shippers.
@@ -76,7 +77,7 @@ impl Replication {
         upto: u64,
         max_ops: usize,
         max_bytes: usize,
-    ) -> crate::Result<Vec<LogEntry>> {
+    ) -> parallax_core::Result<Vec<LogEntry>> {
         {
             let recent = self.log.recent.lock().expect("recent lock");
             if let Some(front) = recent.entries.front()

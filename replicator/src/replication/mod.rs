@@ -24,10 +24,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use parallax_core::merkle::{Digest, MerkleTree};
+use parallax_core::routing::OwnershipView;
+use parallax_core::stats::AntiEntropyStats;
 use tokio::sync::watch;
 
-use crate::merkle::{Digest, MerkleTree};
-use crate::routing::OwnershipView;
 use crate::store::Meta;
 
 mod lag;
@@ -46,7 +47,6 @@ pub(crate) use lag::LagSampler;
 pub(crate) use peers::PeerState;
 pub(crate) use receive::{Fresh, Receiver, fresh};
 pub(crate) use ship::Shipper;
-pub use stats::{AntiEntropyStats, PeerStats, ReplicationStats};
 
 /// The latest local write, as published by the writer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -10,12 +10,12 @@
 
 use std::time::Duration;
 
+use parallax_core::protocol::LogEntry;
+use parallax_core::protocol::ReplicateBatch;
 use proptest::prelude::*;
 
 use super::receive::{self, Admit, Fresh, Here};
 use super::shipper::{Action, Limits, Reply, Shipment, ShipperMachine, Span, View};
-use crate::protocol::ReplicateBatch;
-use crate::wal::LogEntry;
 
 /// One thing that happens to the model.
 #[derive(Clone, Debug)]

@@ -12,15 +12,15 @@
 
 use std::time::Duration;
 
+use parallax_core::clock::Clock;
+use parallax_core::config::Config;
+use parallax_core::error::{Error, Result};
+use parallax_core::protocol::LogEntry;
+use parallax_core::protocol::{ReplicateAck, ReplicateBatch};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Replication;
-use crate::clock::Clock;
 use crate::command::{ApplyAck, Command};
-use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::protocol::{ReplicateAck, ReplicateBatch};
-use crate::wal::LogEntry;
 
 /// What the receiver knows of itself and of the origin when a batch arrives.
 #[derive(Clone, Copy, Debug)]

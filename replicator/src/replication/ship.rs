@@ -9,20 +9,20 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use parallax_core::clock::Clock;
+use parallax_core::config::Config;
+use parallax_core::protocol::LogEntry;
+use parallax_core::protocol::{PeerReply, PeerRequest, PeerResponse, ReplicateBatch};
+use parallax_core::telemetry::{ClockEvent, Event, Telemetry};
+use parallax_core::transport::Transport;
+use parallax_core::worker::Worker;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::peers::PeerState;
 use super::shipper::{Action, Limits, Reply, Shipment, ShipperMachine, Span, View};
 use super::{Head, Replication};
-use crate::clock::Clock;
 use crate::command::Command;
-use crate::config::Config;
-use crate::protocol::{PeerReply, PeerRequest, PeerResponse, ReplicateBatch};
-use crate::telemetry::{ClockEvent, Event, Telemetry};
-use crate::transport::Transport;
-use crate::wal::LogEntry;
-use crate::worker::Worker;
 
 /// Everything a shipper needs.
 pub(crate) struct Shipper {

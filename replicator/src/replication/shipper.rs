@@ -17,7 +17,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::ReplicationConfig;
+use parallax_core::config::ReplicationConfig;
 
 /// How long a batch waits for its answer before the shipper sends the next
 /// one anyway.
@@ -88,7 +88,7 @@ pub(crate) struct Shipment {
     pub(crate) last: u64,
     /// The head when it was read.
     pub(crate) head: u64,
-    /// The batch's closed timestamp (see [`crate::protocol::ReplicateBatch`]).
+    /// The batch's closed timestamp (see [`parallax_core::protocol::ReplicateBatch`]).
     pub(crate) closed_ms: u64,
     /// The peer should apply it even though what precedes it is missing.
     pub(crate) gap_acknowledged: bool,

@@ -1,8 +1,9 @@
 //! Replication as `/v1/stats` serves it: the node's commit and refusal
 //! counters, and a snapshot of every peer in both directions.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use parallax_core::stats::{AntiEntropyStats, PeerStats, ReplicationStats};
 
 use super::Replication;
 
@@ -14,75 +15,6 @@ pub(super) struct Counters {
     committed_commands: AtomicU64,
     commit_us: AtomicU64,
     replayed: AtomicU64,
-}
-
-/// Anti-entropy as served by `/v1/stats`.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AntiEntropyStats {
-    /// The pass under way ("peer" while it runs).
-    pub running: Option<String>,
-    /// Passes finished.
-    pub passes: u64,
-    /// The last pass with each peer.
-    pub last: BTreeMap<String, crate::sync::AntiEntropyReport>,
-}
-
-/// Replication as served by `/v1/stats`.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ReplicationStats {
-    /// This region.
-    pub region: String,
-    /// Sequence of the latest local write.
-    pub head: u64,
-    /// Log entries up to here were removed (every peer had them).
-    pub truncated: u64,
-    /// Remote clock stamps refused by the offset guard.
-    pub refused_stamps: u64,
-    /// Group commits (transactions) so far.
-    pub commits: u64,
-    /// Commands (local writes, replicated batches, repairs) in those commits.
-    pub committed_commands: u64,
-    /// Time spent in those commits, fsync included (µs).
-    pub commit_us_total: u64,
-    /// Write-ahead log entries replayed at start-up (after an unclean stop).
-    pub replayed_at_start: u64,
-    /// Per peer.
-    pub peers: BTreeMap<String, PeerStats>,
-}
-
-/// Replication with one peer, both directions.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PeerStats {
-    /// Last sequence of our log the peer acknowledged.
-    pub acked: u64,
-    /// Our entries the peer still lacks.
-    pub backlog_ops: u64,
-    /// Their approximate size (bytes).
-    pub backlog_bytes: u64,
-    /// Batches sent.
-    pub batches_sent: u64,
-    /// Entries sent.
-    pub entries_sent: u64,
-    /// Heartbeats sent.
-    pub heartbeats_sent: u64,
-    /// Failed shipments.
-    pub errors: u64,
-    /// Failed shipments since the last success.
-    pub consecutive_failures: u64,
-    /// Time since the last successful shipment (ms).
-    pub last_ok_ms_ago: Option<u64>,
-    /// The last shipment error.
-    pub last_error: Option<String>,
-    /// The peer's log was dropped (backlog cap); it needs anti-entropy.
-    pub needs_anti_entropy: bool,
-    /// The peer's clock minus ours (ms).
-    pub clock_offset_ms: i64,
-    /// Round trip of the best offset sample (ms).
-    pub rtt_ms: f64,
-    /// How far we trail the peer's writes now (ms); none if never heard from.
-    pub lag_from_ms: Option<u64>,
-    /// Last sequence of the peer's log applied here.
-    pub applied_from: u64,
 }
 
 impl Replication {
@@ -107,7 +39,7 @@ impl Replication {
         self.ae.lock().expect("ae lock").running = what;
     }
 
-    pub(crate) fn ae_done(&self, report: crate::sync::AntiEntropyReport) {
+    pub(crate) fn ae_done(&self, report: parallax_core::sync::AntiEntropyReport) {
         let mut ae = self.ae.lock().expect("ae lock");
         ae.passes += 1;
         ae.last.insert(report.peer.clone(), report);

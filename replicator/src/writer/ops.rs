@@ -109,7 +109,7 @@ impl Writer {
         let lags = g.lags.entry(origin.to_owned()).or_default();
         for (e, remote) in fresh.iter().zip(&decoded) {
             let _ = self.hlc.observe(&remote.hlc, now_ms);
-            lags.push(crate::clock::lag_ms(now_ms, e.wall_ms, offset));
+            lags.push(parallax_core::clock::lag_ms(now_ms, e.wall_ms, offset));
             wm = e.seq;
         }
         for (e, remote) in fresh.iter().zip(decoded) {
@@ -186,7 +186,7 @@ impl Writer {
         let merged = match &local {
             None => Merged {
                 entity: remote.clone(),
-                causality: crate::version::Causality::Before,
+                causality: parallax_core::version::Causality::Before,
                 conflict: None,
             },
             Some(l) => match l.merge(remote) {
@@ -204,7 +204,7 @@ impl Writer {
             g.changed = true;
             g.ownership_changed |= class == OWNERSHIP_CLASS;
         }
-        let manual = matches!(merged.entity.state, crate::entity::State::Manual(_));
+        let manual = matches!(merged.entity.state, parallax_core::entity::State::Manual(_));
         if manual {
             if merged.entity.is_conflicted() {
                 let (_, new) = txn.enqueue(class, key, now_us)?;
@@ -248,7 +248,7 @@ impl Writer {
         key: &str,
         outcome: ConflictOutcome,
         resolution_ms: u64,
-        detail: Option<&crate::entity::Conflict>,
+        detail: Option<&parallax_core::entity::Conflict>,
         now_us: u64,
     ) -> Result<()> {
         let policy = self

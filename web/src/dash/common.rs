@@ -113,11 +113,11 @@ pub(super) fn pct(part: i64, whole: i64) -> f64 {
     }
 }
 /// Classes and regions named in the data (for filter menus).
-pub fn names(config: &parallax_replicator::config::Config) -> (Vec<String>, Vec<String>) {
+pub fn names(config: &parallax_core::config::Config) -> (Vec<String>, Vec<String>) {
     let classes: BTreeSet<String> = config
         .classes
         .keys()
-        .filter(|c| !c.starts_with(parallax_replicator::config::SYSTEM_CLASS_PREFIX))
+        .filter(|c| !c.starts_with(parallax_core::config::SYSTEM_CLASS_PREFIX))
         .cloned()
         .collect();
     (config.region_names(), classes.into_iter().collect())

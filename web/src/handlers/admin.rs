@@ -3,7 +3,7 @@
 
 use axum::http::{HeaderMap, header};
 use axum::response::Redirect;
-use parallax_replicator::client::percent_encode;
+use parallax_core::client::percent_encode;
 
 use crate::app::App;
 use crate::error::WebError;

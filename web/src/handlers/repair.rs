@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::Redirect;
 use axum::routing::post;
 use axum::{Json, Router};
-use parallax_replicator::api::Resolution;
+use parallax_core::api::Resolution;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

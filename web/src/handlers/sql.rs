@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use parallax_replicator::client::percent_encode;
+use parallax_core::client::percent_encode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

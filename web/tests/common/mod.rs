@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use parallax_collector::{Collector, CollectorOptions};
-use parallax_replicator::clock::ManualClock;
-use parallax_replicator::config::CollectorConfig;
+use parallax_core::clock::ManualClock;
+use parallax_core::config::CollectorConfig;
 
 /// A collector for `region` writing under `<dir>/tables`, its clock at
 /// `now_us` (events carry their own timestamps).

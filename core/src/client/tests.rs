@@ -1,6 +1,6 @@
 use super::*;
+use crate::api::parse_op;
 use crate::entity::Op;
-use crate::node::parse_op;
 
 #[test]
 fn path_segments_encode_every_byte_but_the_unreserved() {

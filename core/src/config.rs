@@ -15,9 +15,11 @@ pub use crate::web_config::{
 
 mod class;
 mod load;
+mod router;
 
 pub use class::{ClassConfig, FieldRule, ForeignWrites, OpKind, Ownership, Policy, Rollout};
 pub use load::{estimate_latency_ms, great_circle_km};
+pub use router::{RouterConfig, RouterSite};
 
 /// Names of system classes start with this; user classes may not.
 pub const SYSTEM_CLASS_PREFIX: char = '_';
@@ -35,7 +37,8 @@ pub struct Config {
     /// The regions, by name. Every region runs one `parallax region` process.
     pub regions: BTreeMap<String, RegionConfig>,
     /// Optional one-way network latency between regions in milliseconds,
-    /// `[latency_ms.us-east] eu-west = 38`. A missing direction uses the other
+    /// `[latency_ms.us-east] eu-west = 38`; a router's location may have a
+    /// row too (its clients' latency to each region). A missing direction uses the other
     /// direction's figure; pairs with neither are estimated from the regions'
     /// locations. Used to pick the nearest region and, in the demo, to delay
     /// traffic between regions.
@@ -71,6 +74,12 @@ pub struct Config {
     /// Where alerts are delivered, by name.
     #[serde(default)]
     pub notifiers: BTreeMap<String, NotifierConfig>,
+    /// Health checks and answers every router shares.
+    #[serde(default)]
+    pub router: RouterConfig,
+    /// One router per client location, by location name.
+    #[serde(default)]
+    pub routers: BTreeMap<String, RouterSite>,
 }
 
 /// `[collector]`: where telemetry goes.

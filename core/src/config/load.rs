@@ -127,18 +127,15 @@ impl Config {
                     ),
                 );
             }
-            let Location { lat, lon } = region.location;
-            if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
-                return fail(
-                    &format!("regions.{name}.location"),
-                    format!(
-                        "is lat {lat}, lon {lon}. Fix: latitude within -90..90 and longitude within -180..180"
-                    ),
-                );
-            }
+            check_location(region.location)
+                .or_else(|m| fail(&format!("regions.{name}.location"), m))?;
         }
+        super::router::validate(&self.router, &self.routers, &self.regions)
+            .or_else(|(field, msg)| fail(&field, msg))?;
         for (from, row) in &self.latency_ms {
-            check_region(&format!("latency_ms.{from}"), from)?;
+            if !self.routers.contains_key(from) {
+                check_region(&format!("latency_ms.{from}"), from)?;
+            }
             for to in row.keys() {
                 check_region(&format!("latency_ms.{from}.{to}"), to)?;
             }
@@ -285,7 +282,8 @@ impl Config {
         })
     }
 
-    /// Configured or estimated one-way latency between two regions (milliseconds).
+    /// Configured or estimated one-way latency between two regions, or a
+    /// router's location and a region (milliseconds).
     pub fn latency_between(&self, a: &str, b: &str) -> u32 {
         if a == b {
             return 0;
@@ -294,10 +292,31 @@ impl Config {
         if let Some(ms) = given(a, b).or_else(|| given(b, a)) {
             return ms;
         }
-        match (self.regions.get(a), self.regions.get(b)) {
-            (Some(ra), Some(rb)) => estimate_latency_ms(ra.location, rb.location),
+        match (self.location_of(a), self.location_of(b)) {
+            (Some(la), Some(lb)) => estimate_latency_ms(la, lb),
             _ => 0,
         }
+    }
+
+    /// Where a region or a router's location is.
+    pub fn location_of(&self, name: &str) -> Option<Location> {
+        self.routers
+            .get(name)
+            .and_then(|site| site.location)
+            .or_else(|| self.regions.get(name).map(|r| r.location))
+    }
+
+    /// Names a client may come from: every region and every router location.
+    pub fn location_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .regions
+            .keys()
+            .chain(self.routers.keys())
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The declared user classes, comma-separated, for error messages.
@@ -332,7 +351,18 @@ pub fn great_circle_km(a: Location, b: Location) -> f64 {
     2.0 * 6371.0 * h.sqrt().asin()
 }
 
-fn valid_region_name(name: &str) -> bool {
+/// Checks a position: latitude within ±90, longitude within ±180.
+pub(super) fn check_location(Location { lat, lon }: Location) -> Result<(), String> {
+    if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) {
+        Ok(())
+    } else {
+        Err(format!(
+            "is lat {lat}, lon {lon}. Fix: latitude within -90..90 and longitude within -180..180"
+        ))
+    }
+}
+
+pub(super) fn valid_region_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')

@@ -15,7 +15,6 @@ use crate::entity::{Entity, Op};
 use crate::error::{Error, WireError};
 use crate::merkle::NodeId;
 use crate::version::VersionVector;
-pub use crate::wal::LogEntry;
 
 /// Consistency a read asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -457,6 +456,30 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
     rmp_serde::from_slice(bytes)
         .map_err(|e| Error::BadRequest(format!("undecodable region-to-region message: {e}")))
+}
+
+/// One entry of the replication log: a local write, with the whole entity
+/// version it produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Sequence in the origin region's log.
+    pub seq: u64,
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// Wall time of the write (its HLC wall part), ms, origin's clock.
+    pub wall_ms: u64,
+    /// The encoded entity version.
+    #[serde(with = "serde_bytes")]
+    pub entity: Vec<u8>,
+}
+
+impl LogEntry {
+    /// Approximate size on the wire.
+    pub fn size(&self) -> usize {
+        self.entity.len() + self.class.len() + self.key.len() + 24
+    }
 }
 
 #[cfg(test)]

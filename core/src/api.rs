@@ -4,13 +4,25 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Error;
-
-use crate::command::Fault;
+use crate::clock::Hlc;
+use crate::entity::Op;
+use crate::error::{Error, Result};
 use crate::routing::Delegation;
-use crate::store::{ConflictRecord, QueuedConflict};
 use crate::sync::AntiEntropyReport;
 use crate::telemetry::{AuditEvent, DivergenceEvent};
+
+/// Header carrying a session token (the query parameter `token` also works).
+pub const TOKEN_HEADER: &str = "x-parallax-token";
+
+/// Compares a secret with what a request presented in time that does not
+/// depend on where they first differ (only on the length), so the time of
+/// a refusal does not tell an attacker how much of a token was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// `GET /v1/conflicts`: a region's reconciliation queue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -195,4 +207,90 @@ pub struct Health {
     pub status: String,
     /// The region that answered.
     pub region: String,
+}
+
+/// A drill fault: how to change a stored entity without replicating it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// Same version, different content.
+    Corrupt,
+    /// Remove the entity.
+    Drop,
+    /// Replace it by an older version.
+    Rollback,
+}
+
+/// A recorded conflict outcome: what lost, what won, when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictRecord {
+    /// Id, increasing, per region.
+    pub id: u64,
+    /// When it was recorded (µs since epoch).
+    pub ts_us: u64,
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// Conflict policy.
+    pub policy: String,
+    /// Outcome (`lww_winner`, `fenced`, `queued`, `resolved`).
+    pub outcome: String,
+    /// Stamp of the winning version.
+    pub winner: Option<Hlc>,
+    /// Stamp of the losing version.
+    pub loser: Option<Hlc>,
+    /// The losing value as JSON text.
+    pub loser_value: Option<String>,
+    /// Time from the conflict's start to its resolution here (ms).
+    pub resolution_ms: u64,
+}
+
+/// An entry of the reconciliation queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueuedConflict {
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// When this region first saw it conflicted (µs since epoch).
+    pub first_seen_us: u64,
+}
+
+/// Parses an operation body of `POST .../ops`.
+pub fn parse_op(body: &Value, class_name: &str) -> Result<Op> {
+    let obj = body.as_object().ok_or_else(|| {
+        Error::BadRequest(format!(
+            "the body of an operation on class `{class_name}` must be a JSON object like {{\"op\":\"incr\",\"by\":5}}"
+        ))
+    })?;
+    let op = obj.get("op").and_then(Value::as_str).ok_or_else(|| {
+        Error::BadRequest("the operation has no \"op\" field. Fix: send {\"op\":\"incr\",\"by\":N}, {\"op\":\"add\",\"member\":..} or {\"op\":\"remove\",\"member\":..}".into())
+    })?;
+    let member = || {
+        obj.get("member").cloned().ok_or_else(|| {
+            Error::BadRequest(format!("operation `{op}` needs a \"member\" field, e.g. {{\"op\":\"{op}\",\"member\":\"x\"}}"))
+        })
+    };
+    Ok(match op {
+        "incr" => Op::Incr(match obj.get("by") {
+            None => 1,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                Error::BadRequest(format!("\"by\" must be an integer, not {v}. Fix: send e.g. {{\"op\":\"incr\",\"by\":5}}"))
+            })?,
+        }),
+        "decr" => Op::Incr(-match obj.get("by") {
+            None => 1,
+            Some(v) => v.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
+                Error::BadRequest(format!("\"by\" of decr must be a non-negative integer, not {v}"))
+            })?,
+        }),
+        "add" => Op::Add(member()?),
+        "remove" => Op::Remove(member()?),
+        other => {
+            return Err(Error::BadRequest(format!(
+                "unknown operation `{other}`. Fix: use incr, decr, add or remove"
+            )));
+        }
+    })
 }

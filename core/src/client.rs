@@ -25,17 +25,16 @@ use serde_json::Value;
 
 use crate::api::{
     AntiEntropyAnswer, AntiEntropyRequest, AuditRecords, AuditRecordsAnswer, ConflictList,
-    ConflictLog, EntityOp, FaultAnswer, FaultRequest, Health, MoveOwnership, Ownership, Resolution,
-    TOKEN_HEADER,
+    ConflictLog, EntityOp, Fault, FaultAnswer, FaultRequest, Health, MoveOwnership, Ownership,
+    Resolution, TOKEN_HEADER,
 };
-use crate::command::Fault;
 use crate::config::Config;
 use crate::error::{ApiError, Error, WireError};
-use crate::node::NodeStats;
 use crate::protocol::{
     AuditRequest, AuditResponse, ReadOutcome, TreeRequest, TreeResponse, WriteOutcome, decode,
     encode,
 };
+use crate::stats::NodeStats;
 use crate::sync::TreeSource;
 use crate::transport::error_chain;
 

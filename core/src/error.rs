@@ -1,4 +1,4 @@
-//! The replicator's error type and its wire form.
+//! parallax's error type and its wire form.
 //!
 //! Every variant says what failed, on which input, and what to do; the HTTP
 //! layer maps each one to a status code and a JSON body
@@ -209,30 +209,6 @@ impl Error {
         }
     }
 }
-
-impl From<redb::Error> for Error {
-    fn from(e: redb::Error) -> Self {
-        Error::Storage(e.to_string())
-    }
-}
-
-macro_rules! storage_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Storage(e.to_string())
-            }
-        }
-    )*};
-}
-storage_from!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
 
 /// Details of [`Error::Misdirected`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,45 @@
+//! What every parallax process shares, and nothing that needs a store.
+//!
+//! A region node (`parallax-replicator`) builds on this crate, and so do the
+//! processes that only talk to regions: the auditor, the collector, the web
+//! app and the router. Reading the config, decoding a region's answers or
+//! calling its API never compiles the store, the write-ahead log or the
+//! replication machinery.
+//!
+//! - [`config`]: the cluster's TOML file ([`web_config`]: its `[web]` part).
+//! - [`clock`]: the injected wall clock and the hybrid logical clock.
+//! - [`version`]: version vectors.
+//! - [`entity`]: entities and their conflict policies (pure).
+//! - [`routing`]: ownership and rollout stages (pure).
+//! - [`merkle`]: Merkle trees over a class's entities (pure).
+//! - [`sync`]: comparing two regions' trees; anti-entropy.
+//! - [`protocol`]: region-to-region messages, the replication log entry.
+//! - [`transport`]: region-to-region calls (HTTP, or in-process with faults).
+//! - [`api`]: the bodies and answers of the region API's routes.
+//! - [`stats`]: what a region's `/v1/stats` serves.
+//! - [`telemetry`]: the events every part reports, and their counters.
+//! - [`worker`]: background loops with a name, a status and one stop signal.
+//! - [`client`]: the typed client of the region API (CLI, web app, auditor,
+//!   router).
+//! - [`error`]: the error type and its wire form.
+
+pub mod api;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod entity;
+pub mod error;
+pub mod merkle;
+pub mod protocol;
+pub mod routing;
+pub mod stats;
+pub mod sync;
+pub mod telemetry;
+pub mod transport;
+pub mod version;
+pub mod web_config;
+pub mod worker;
+
+pub use client::{ClientError, ReadOptions, RegionClient, WriteOptions};
+pub use error::{ApiError, Error, Result};
+pub use stats::{AntiEntropyStats, NodeStats, PeerStats, ReplicationStats};

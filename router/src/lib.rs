@@ -1,0 +1,262 @@
+//! parallax's traffic management: one router per client location.
+//!
+//! A router checks every region's `/readyz` from where it stands
+//! ([`health`]: down after `down_after` failed checks in a row, up after
+//! `up_after` good ones), re-reads the ownership delegations in force from
+//! a region it can reach, and answers `GET /v1/route` with the nearest
+//! healthy region for a client location, or for a write to an owned key
+//! with its owner ([`decide`]). Each router decides from its own checks: a
+//! region unreachable from one place and reachable from another is routed
+//! around only where it is unreachable.
+//!
+//! - [`health`]: a region's health, a state machine without I/O.
+//! - [`decide`]: route decisions, pure.
+//! - [`checks`]: the workers that check regions and read delegations.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`api`]: the HTTP API and its answers.
+
+pub mod api;
+pub mod checks;
+pub mod decide;
+pub mod health;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use parallax_core::clock::Clock;
+use parallax_core::config::Config;
+use parallax_core::error::{Error, Result};
+use parallax_core::routing::OwnershipView;
+use parallax_core::worker::{WorkerStatus, Workers};
+
+use crate::api::{RouteAnswer, RouteQuery};
+use crate::decide::{Origin, Refusal};
+use crate::health::{Health, State, Thresholds};
+use crate::metrics::Metrics;
+
+/// Checks that `location` is one a router can serve: a `[routers.<name>]`
+/// or a region's name.
+pub fn check_location(config: &Config, location: &str) -> Result<()> {
+    if config.location_of(location).is_some() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "location `{location}` is neither a router location nor a region (known: {}). \
+         Fix: pass --location with one of those, or add [routers.{location}] with its location",
+        config.location_names().join(", ")
+    )))
+}
+
+/// How to run a router.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    /// The cluster config.
+    pub config: Arc<Config>,
+    /// The client location this router serves: a `[routers.<name>]` or a
+    /// region's name.
+    pub location: String,
+    /// The wall clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A running router: its checks, its view of the regions, its answers.
+#[derive(Clone, Debug)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Arc<Config>,
+    location: String,
+    clock: Arc<dyn Clock>,
+    health: RwLock<BTreeMap<String, Health>>,
+    view: RwLock<OwnershipView>,
+    metrics: Metrics,
+    workers: Workers,
+}
+
+impl Router {
+    /// Starts checking every region (on the current tokio runtime).
+    pub fn start(opts: RouterOptions) -> Result<Router> {
+        let RouterOptions {
+            config,
+            location,
+            clock,
+        } = opts;
+        check_location(&config, &location)?;
+        let metrics = Metrics::new(&location);
+        for region in config.regions.keys() {
+            metrics.state(region, State::Unknown);
+        }
+        let router = Router {
+            inner: Arc::new(Inner {
+                health: RwLock::new(
+                    config
+                        .regions
+                        .keys()
+                        .map(|r| (r.clone(), Health::default()))
+                        .collect(),
+                ),
+                view: RwLock::new(OwnershipView::default()),
+                metrics,
+                workers: Workers::new(Arc::clone(&clock)),
+                config,
+                location,
+                clock,
+            }),
+        };
+        for region in router.inner.config.regions.keys() {
+            let me = router.clone();
+            let region = region.clone();
+            router.inner.workers.spawn(format!("check:{region}"), |w| {
+                checks::check_loop(me, region, w)
+            });
+        }
+        let me = router.clone();
+        router
+            .inner
+            .workers
+            .spawn("ownership", |w| checks::ownership_loop(me, w));
+        tracing::info!(location = %router.inner.location, regions = router.inner.config.regions.len(), "Router started.");
+        Ok(router)
+    }
+
+    /// The location this router serves.
+    pub fn location(&self) -> &str {
+        &self.inner.location
+    }
+
+    /// The cluster config.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Every region's health as this router sees it.
+    pub fn health(&self) -> BTreeMap<String, Health> {
+        self.inner.health.read().expect("health lock").clone()
+    }
+
+    /// Every region's state as this router sees it.
+    pub fn states(&self) -> BTreeMap<String, State> {
+        self.inner
+            .health
+            .read()
+            .expect("health lock")
+            .iter()
+            .map(|(r, h)| (r.clone(), h.state))
+            .collect()
+    }
+
+    /// The ownership delegations in force, as last read.
+    pub fn ownership(&self) -> OwnershipView {
+        self.inner.view.read().expect("view lock").clone()
+    }
+
+    /// The router's background workers.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        self.inner.workers.status()
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.render()
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        let r = &self.inner.config.router;
+        Thresholds {
+            down_after: r.down_after,
+            up_after: r.up_after,
+        }
+    }
+
+    /// Where to send a client: the answer, or why there is none.
+    pub fn route(&self, q: &RouteQuery) -> std::result::Result<RouteAnswer, Refusal> {
+        let config = &self.inner.config;
+        let from = q.from.as_deref().unwrap_or(&self.inner.location);
+        let origin = decide::parse_origin(config, from)?;
+        let candidates = decide::ranked(config, &origin, &self.states());
+        let key_route = match (&q.class, &q.key) {
+            (Some(class), Some(key)) => {
+                let op = decide::parse_op(q.op.as_deref().unwrap_or("write"))?;
+                Some(decide::key_route(
+                    config,
+                    class,
+                    key,
+                    op,
+                    &self.ownership(),
+                )?)
+            }
+            (None, None) if q.op.is_none() => None,
+            _ => {
+                return Err(Refusal::Bad(
+                    "class, key and op go together: op needs a class and a key, and a class needs a key. \
+                     Fix: ?class=<class>&key=<key>[&op=write], or none of them for the nearest region"
+                        .into(),
+                ));
+            }
+        };
+        let ttl_s = config.router.ttl_s;
+        let from_name = match &origin {
+            Origin::Named(n) => n.clone(),
+            Origin::Point(p) => format!("{},{}", p.lat, p.lon),
+        };
+        let (chosen, why, owner) = match key_route.and_then(|k| Some((k.must?, k.why))) {
+            Some((owner, why)) => {
+                let c = candidates
+                    .iter()
+                    .find(|c| c.region == owner)
+                    .ok_or_else(|| {
+                        Refusal::NoRegion(format!("region `{owner}` is not in the config"))
+                    })?;
+                if c.state == State::Down {
+                    return Err(Refusal::NoRegion(format!(
+                        "region `{owner}` must take this request ({why}) but is down as seen from {}. \
+                         Fix: retry in {ttl_s} s; a failover moves its keys to another region",
+                        self.inner.location
+                    )));
+                }
+                (c.clone(), why, Some(owner))
+            }
+            None => {
+                let c = decide::nearest(&candidates).ok_or_else(|| {
+                    Refusal::NoRegion(format!(
+                        "every region is down as seen from {}. Fix: retry in {ttl_s} s",
+                        self.inner.location
+                    ))
+                })?;
+                let why = format!(
+                    "the nearest region {} ({} ms from {from_name})",
+                    if c.state == State::Up {
+                        "up"
+                    } else {
+                        "not known to be down"
+                    },
+                    c.latency_ms
+                );
+                (c.clone(), why, None)
+            }
+        };
+        Ok(RouteAnswer {
+            url: config.region_url(&chosen.region).unwrap_or_default(),
+            region: chosen.region,
+            ttl_s,
+            from: from_name,
+            router: self.inner.location.clone(),
+            why,
+            owner,
+            candidates,
+        })
+    }
+
+    /// Stops the checks.
+    pub async fn shutdown(&self) {
+        let late = self.inner.workers.shutdown(Duration::from_secs(5)).await;
+        if !late.is_empty() {
+            tracing::warn!(workers = ?late, "Router workers did not stop in time.");
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! `parallax router`: the traffic manager of one client location.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use parallax_core::config::Config;
+use parallax_lab::process::{shutdown_signal, start_router};
+
+/// Arguments of `parallax router`.
+#[derive(Debug, Args)]
+pub(crate) struct RouterArgs {
+    /// The cluster's config file (regions, latency table, [router], [routers.<location>]).
+    #[arg(long, env = "PARALLAX_CONFIG")]
+    pub(crate) config: PathBuf,
+    /// The client location this router serves: a [routers.<name>] or a
+    /// region's name. May be left out when the config has one router.
+    #[arg(long)]
+    pub(crate) location: Option<String>,
+    /// Listen address; overrides `routers.<location>.listen`.
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
+}
+
+/// `parallax router`: serve until SIGTERM or ctrl-c.
+pub(crate) async fn run(a: RouterArgs) -> Result<ExitCode> {
+    let config = Arc::new(Config::load(&a.config)?);
+    let location = match (a.location, config.routers.len()) {
+        (Some(l), _) => l,
+        (None, 1) => config.routers.keys().next().cloned().unwrap_or_default(),
+        (None, _) => bail!(
+            "which location does this router serve? Fix: pass --location with one of: {}",
+            config.location_names().join(", ")
+        ),
+    };
+    let running = start_router(config, &location, a.listen).await?;
+    println!(
+        "parallax router for {location}: http://{}/v1/route",
+        running.addr
+    );
+    shutdown_signal().await;
+    running.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
