@@ -10,7 +10,7 @@ use clap::Args;
 use parallax_core::api::Fault;
 use parallax_core::api::{EntityOp, Resolution};
 use parallax_core::config::Config;
-use parallax_core::{ClientError, ReadOptions, RegionClient, WriteOptions};
+use parallax_core::{ClientError, ReadOptions, RegionClient, RoutedClient, WriteOptions};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -29,6 +29,17 @@ pub(crate) struct RegionTarget {
     /// Bearer token, instead of the config's client token.
     #[arg(long, env = "PARALLAX_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// Send entity requests where this router says (its base URL; several,
+    /// comma-separated, are tried in turn) instead of to one region: the
+    /// answer is cached for its TTL, and a region that does not answer is
+    /// left for the next one (an increment it may have applied is reported
+    /// indeterminate, exit code 3, not sent again).
+    #[arg(long, env = "PARALLAX_ROUTER", value_delimiter = ',')]
+    pub(crate) router: Vec<String>,
+    /// With --router: where the client is (a location name or <lat>,<lon>);
+    /// by default the router's own location.
+    #[arg(long)]
+    pub(crate) location: Option<String>,
 }
 
 /// Arguments naming one entity.
@@ -154,27 +165,59 @@ impl RegionTarget {
                 "no region to talk to. Fix: pass --config parallax.toml (and --region), or --url and --token"
             ),
         };
-        let (client_token, admin_token) = match (&self.token, &config) {
-            (Some(t), _) => (t.clone(), t.clone()),
-            (None, Some(c)) => (
-                c.cluster.client_token.clone(),
-                c.cluster.admin_token.clone(),
-            ),
-            (None, None) => bail!("no client token. Fix: pass --config parallax.toml, or --token"),
-        };
+        let (client_token, admin_token) = self.tokens(config.as_ref())?;
         Ok(RegionClient::new(&region, &url)
             .with_tokens(&client_token, &admin_token)
             .with_timeout(TIMEOUT))
     }
 }
 
+impl RegionTarget {
+    /// The client and admin tokens: --token for both, else the config's.
+    fn tokens(&self, config: Option<&Config>) -> Result<(String, String)> {
+        Ok(match (&self.token, config) {
+            (Some(t), _) => (t.clone(), t.clone()),
+            (None, Some(c)) => (
+                c.cluster.client_token.clone(),
+                c.cluster.admin_token.clone(),
+            ),
+            (None, None) => bail!("no client token. Fix: pass --config parallax.toml, or --token"),
+        })
+    }
+
+    /// With --router, the client that follows it.
+    fn routed(&self) -> Result<Option<RoutedClient>> {
+        if self.router.is_empty() {
+            return Ok(None);
+        }
+        let config = match &self.config {
+            Some(path) => Some(Config::load(path)?),
+            None => None,
+        };
+        let (client_token, admin_token) = self.tokens(config.as_ref())?;
+        Ok(Some(
+            RoutedClient::new(self.router.clone(), self.location.clone())
+                .with_tokens(&client_token, &admin_token)
+                .with_timeout(ROUTED_TIMEOUT),
+        ))
+    }
+}
+
+/// How long a routed request waits for one region before the next.
+const ROUTED_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Prints a region's answer as JSON on stdout; a refusal prints the HTTP
-/// status and the region's error on stderr and exits 1.
+/// status and the region's error on stderr and exits 1; an indeterminate
+/// write exits 3.
 fn show<T: Serialize>(answer: Result<T, ClientError>) -> Result<ExitCode> {
     match answer {
         Ok(v) => {
             println!("{}", pretty(&v)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ ClientError::Indeterminate { .. }) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(3))
         }
         Err(ClientError::Refused { error, .. }) => {
             let status = reqwest::StatusCode::from_u16(error.status)
@@ -204,6 +247,9 @@ pub(crate) async fn get(a: GetArgs) -> Result<ExitCode> {
         max_staleness_ms: a.max_staleness_ms,
         session: a.key.session,
     };
+    if let Some(routed) = a.key.target.routed()? {
+        return show(routed.get(&a.key.class, &a.key.key, &opts).await);
+    }
     let client = a.key.target.client()?;
     show(client.get(&a.key.class, &a.key.key, &opts).await)
 }
@@ -211,6 +257,14 @@ pub(crate) async fn get(a: GetArgs) -> Result<ExitCode> {
 /// `parallax put` (or `resolve`).
 pub(crate) async fn put(a: PutArgs, resolve: bool) -> Result<ExitCode> {
     let value = json_arg(&a.value, "value")?;
+    if !resolve && let Some(routed) = a.key.target.routed()? {
+        let opts = WriteOptions {
+            consistency: Some(a.consistency),
+            home: a.home,
+            session: a.key.session,
+        };
+        return show(routed.put(&a.key.class, &a.key.key, &value, &opts).await);
+    }
     let client = a.key.target.client()?;
     if resolve {
         let r = Resolution::Value(value);
@@ -234,6 +288,9 @@ pub(crate) async fn delete(a: KeyArgs) -> Result<ExitCode> {
         session: a.session,
         ..WriteOptions::default()
     };
+    if let Some(routed) = a.target.routed()? {
+        return show(routed.delete(&a.class, &a.key, &opts).await);
+    }
     let client = a.target.client()?;
     show(client.delete(&a.class, &a.key, &opts).await)
 }
@@ -245,8 +302,11 @@ pub(crate) async fn incr(a: IncrArgs) -> Result<ExitCode> {
         session: a.key.session,
         ..WriteOptions::default()
     };
-    let client = a.key.target.client()?;
     let op = EntityOp::Incr { by: a.by };
+    if let Some(routed) = a.key.target.routed()? {
+        return show(routed.op(&a.key.class, &a.key.key, &op, &opts).await);
+    }
+    let client = a.key.target.client()?;
     show(client.op(&a.key.class, &a.key.key, &op, &opts).await)
 }
 
@@ -266,6 +326,13 @@ async fn member(a: MemberArgs, op: fn(Value) -> EntityOp) -> Result<ExitCode> {
         session: a.key.session,
         ..WriteOptions::default()
     };
+    if let Some(routed) = a.key.target.routed()? {
+        return show(
+            routed
+                .op(&a.key.class, &a.key.key, &op(member), &opts)
+                .await,
+        );
+    }
     let client = a.key.target.client()?;
     show(
         client

@@ -23,6 +23,10 @@ pub(crate) struct RouterArgs {
     /// Listen address; overrides `routers.<location>.listen`.
     #[arg(long)]
     pub(crate) listen: Option<SocketAddr>,
+    /// Answer DNS for `[router] zone` here (UDP and TCP); overrides
+    /// `routers.<location>.dns_listen`.
+    #[arg(long)]
+    pub(crate) dns_listen: Option<SocketAddr>,
 }
 
 /// `parallax router`: serve until SIGTERM or ctrl-c.
@@ -36,11 +40,18 @@ pub(crate) async fn run(a: RouterArgs) -> Result<ExitCode> {
             config.location_names().join(", ")
         ),
     };
-    let running = start_router(config, &location, a.listen).await?;
-    println!(
-        "parallax router for {location}: http://{}/v1/route",
-        running.addr
-    );
+    let zone = config.router.zone.clone();
+    let running = start_router(config, &location, a.listen, a.dns_listen).await?;
+    match (running.dns_addr, zone) {
+        (Some(dns), Some(zone)) => println!(
+            "parallax router for {location}: http://{}/v1/route, DNS for {zone} on {dns}",
+            running.addr
+        ),
+        _ => println!(
+            "parallax router for {location}: http://{}/v1/route",
+            running.addr
+        ),
+    }
     shutdown_signal().await;
     running.stop().await;
     Ok(ExitCode::SUCCESS)

@@ -65,6 +65,8 @@ enum Values<T> {
     Timestamp(fn(&T) -> u64),
     /// `Utf8`.
     Text(fn(&T) -> &str),
+    /// `Utf8`, null where the row has no value (so always nullable).
+    TextOrNull(fn(&T) -> Option<&str>),
     /// `List(Utf8)` (items nullable, named `item`, as Arrow's default).
     TextList(fn(&T) -> &[String]),
     /// `Int32`.
@@ -81,7 +83,7 @@ enum Values<T> {
 
 impl<T> Column<T> {
     const fn new(name: &'static str, values: Values<T>) -> Column<T> {
-        let nullable = matches!(values, Values::Int64OrNull(_));
+        let nullable = matches!(values, Values::Int64OrNull(_) | Values::TextOrNull(_));
         Column {
             name,
             nullable,
@@ -93,6 +95,9 @@ impl<T> Column<T> {
     }
     const fn text(name: &'static str, get: fn(&T) -> &str) -> Column<T> {
         Column::new(name, Values::Text(get))
+    }
+    const fn text_or_null(name: &'static str, get: fn(&T) -> Option<&str>) -> Column<T> {
+        Column::new(name, Values::TextOrNull(get))
     }
     const fn text_list(name: &'static str, get: fn(&T) -> &[String]) -> Column<T> {
         Column::new(name, Values::TextList(get))
@@ -126,7 +131,7 @@ impl<T> Column<T> {
     pub fn field(&self) -> Field {
         let data_type = match self.values {
             Values::Timestamp(_) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            Values::Text(_) => DataType::Utf8,
+            Values::Text(_) | Values::TextOrNull(_) => DataType::Utf8,
             Values::TextList(_) => {
                 DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
             }
@@ -147,6 +152,9 @@ impl<T> Column<T> {
             ),
             Values::Text(get) => {
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| get(r))))
+            }
+            Values::TextOrNull(get) => {
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| get(r))))
             }
             Values::TextList(get) => {
                 let mut b = ListBuilder::new(StringBuilder::new());
@@ -322,11 +330,27 @@ tables! {
         "duration_ms": int64(|r| r.duration_ms as i64),
     }
 
-    /// One row per ownership move or failover.
+    /// One row per ownership move by hand, and per step of a failover a
+    /// router ran (the columns after `rerouted_ms` came later: null in
+    /// older files and in moves by hand).
     failovers = Failover(FailoverEvent) {
         "event": text(|r| &r.event),
         "detected_ms": int64_or_null(|r| r.detected_ms.map(|v| v as i64)),
         "rerouted_ms": int64_or_null(|r| r.rerouted_ms.map(|v| v as i64)),
+        "failover_id": text_or_null(|r| r.id.as_deref()),
+        "router": text_or_null(|r| r.router.as_deref()),
+        "failed": text_or_null(|r| r.failed.as_deref()),
+        "phase": text_or_null(|r| r.phase.as_deref()),
+        "delegate": text_or_null(|r| r.delegate.as_deref()),
+        "epoch": int64_or_null(|r| r.epoch.map(|v| v as i64)),
+        "moved_by": text_or_null(|r| r.moved_by.as_deref()),
+        "last_ok_us": int64_or_null(|r| r.last_ok_us.map(|v| v as i64)),
+        "first_failed_us": int64_or_null(|r| r.first_failed_us.map(|v| v as i64)),
+        "down_us": int64_or_null(|r| r.down_us.map(|v| v as i64)),
+        "last_answer_us": int64_or_null(|r| r.last_answer_us.map(|v| v as i64)),
+        "moved_us": int64_or_null(|r| r.moved_us.map(|v| v as i64)),
+        "up_us": int64_or_null(|r| r.up_us.map(|v| v as i64)),
+        "handed_back_us": int64_or_null(|r| r.handed_back_us.map(|v| v as i64)),
     }
 
     /// One row per health probe a region made of a region.
@@ -482,6 +506,21 @@ mod tests {
                     text("event"),
                     int64("detected_ms").with_nullable(true),
                     int64("rerouted_ms").with_nullable(true),
+                    // Added with the router: null in files written before.
+                    text("failover_id").with_nullable(true),
+                    text("router").with_nullable(true),
+                    text("failed").with_nullable(true),
+                    text("phase").with_nullable(true),
+                    text("delegate").with_nullable(true),
+                    int64("epoch").with_nullable(true),
+                    text("moved_by").with_nullable(true),
+                    int64("last_ok_us").with_nullable(true),
+                    int64("first_failed_us").with_nullable(true),
+                    int64("down_us").with_nullable(true),
+                    int64("last_answer_us").with_nullable(true),
+                    int64("moved_us").with_nullable(true),
+                    int64("up_us").with_nullable(true),
+                    int64("handed_back_us").with_nullable(true),
                 ],
             ),
             (

@@ -438,16 +438,29 @@ fn one_of_each() -> Vec<Event> {
         Event::Failover(FailoverEvent {
             ts_us: T0 + 6,
             region: "us-east".into(),
-            event: "ownership eu-west -> us-east (epoch 3)".into(),
+            event: "eu-west moved to us-east (epoch 3)".into(),
             detected_ms: Some(51),
             rerouted_ms: Some(52),
+            id: Some("paris/eu-west/53".into()),
+            router: Some("paris".into()),
+            failed: Some("eu-west".into()),
+            phase: Some("moved".into()),
+            delegate: Some("us-east".into()),
+            epoch: Some(3),
+            moved_by: Some("this router".into()),
+            last_ok_us: Some(54),
+            first_failed_us: Some(55),
+            down_us: Some(56),
+            last_answer_us: Some(57),
+            moved_us: Some(58),
+            up_us: None,
+            handed_back_us: Some(59),
         }),
         Event::Failover(FailoverEvent {
             ts_us: T0 + 7,
             region: "us-east".into(),
             event: "ownership us-east -> eu-west (epoch 4)".into(),
-            detected_ms: None,
-            rerouted_ms: None,
+            ..Default::default()
         }),
         Event::Probe(ProbeEvent {
             ts_us: T0 + 8,
@@ -556,11 +569,18 @@ fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
             "failovers",
             vec![
                 format!(
-                    "{}, event=ownership eu-west -> us-east (epoch 3), detected_ms=51, rerouted_ms=52",
+                    "{}, event=eu-west moved to us-east (epoch 3), detected_ms=51, rerouted_ms=52, \
+                     failover_id=paris/eu-west/53, router=paris, failed=eu-west, phase=moved, \
+                     delegate=us-east, epoch=3, moved_by=this router, last_ok_us=54, \
+                     first_failed_us=55, down_us=56, last_answer_us=57, moved_us=58, up_us=, \
+                     handed_back_us=59",
                     ts(6)
                 ),
                 format!(
-                    "{}, event=ownership us-east -> eu-west (epoch 4), detected_ms=, rerouted_ms=",
+                    "{}, event=ownership us-east -> eu-west (epoch 4), detected_ms=, rerouted_ms=, \
+                     failover_id=, router=, failed=, phase=, delegate=, epoch=, moved_by=, \
+                     last_ok_us=, first_failed_us=, down_us=, last_answer_us=, moved_us=, up_us=, \
+                     handed_back_us=",
                     ts(7)
                 ),
             ],
@@ -588,6 +608,8 @@ fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
         if table == "failovers" {
             let b = &files::read_table(dir.path(), table).unwrap()[0];
             assert_eq!(b.column_by_name("detected_ms").unwrap().null_count(), 1);
+            assert_eq!(b.column_by_name("router").unwrap().null_count(), 1);
+            assert_eq!(b.column_by_name("up_us").unwrap().null_count(), 2);
         }
     }
 }

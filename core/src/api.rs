@@ -9,7 +9,7 @@ use crate::entity::Op;
 use crate::error::{Error, Result};
 use crate::routing::Delegation;
 use crate::sync::AntiEntropyReport;
-use crate::telemetry::{AuditEvent, DivergenceEvent};
+use crate::telemetry::{AuditEvent, DivergenceEvent, FailoverEvent};
 
 /// Header carrying a session token (the query parameter `token` also works).
 pub const TOKEN_HEADER: &str = "x-parallax-token";
@@ -133,6 +133,34 @@ pub struct MoveOwnership {
     pub region: String,
     /// The region taking them (the same region hands them back).
     pub delegate: String,
+    /// Move only if the region's delegation is still at this epoch (0: never
+    /// moved) after a quorum read; otherwise 409. Routers set it so that
+    /// several deciding at once do not fight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_epoch: Option<u64>,
+    /// Move only if the region answering has not reached `region` for at
+    /// least this long (ms); otherwise 409. A router cut off from a region
+    /// others still reach does not take its keys away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_for_ms: Option<u64>,
+}
+
+/// The body of `POST /v1/admin/failovers`: rows for the `failovers` table,
+/// as a router measured them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRecords {
+    /// The rows.
+    pub failovers: Vec<FailoverEvent>,
+}
+
+/// What `POST /v1/admin/failovers` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRecordsAnswer {
+    /// The region whose collector keeps them.
+    pub region: String,
+    /// Rows taken.
+    pub failovers: usize,
 }
 
 /// The body of `POST /v1/admin/fault`.

@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use crate::api::{
     AntiEntropyAnswer, AntiEntropyRequest, AuditRecords, AuditRecordsAnswer, ConflictList,
-    ConflictLog, EntityOp, Fault, FaultAnswer, FaultRequest, Health, MoveOwnership, Ownership,
-    Resolution, TOKEN_HEADER,
+    ConflictLog, EntityOp, FailoverRecords, FailoverRecordsAnswer, Fault, FaultAnswer,
+    FaultRequest, Health, MoveOwnership, Ownership, Resolution, TOKEN_HEADER,
 };
 use crate::config::Config;
 use crate::error::{ApiError, Error, WireError};
@@ -70,6 +70,24 @@ pub enum ClientError {
         /// The URL asked.
         url: String,
         /// What went wrong, with its causes.
+        cause: String,
+        /// The request may have reached the region (it connected, then got
+        /// no answer): a write may have been applied.
+        maybe_applied: bool,
+    },
+    /// A write that is not safe to repeat (an increment) may or may not
+    /// have been applied: its region took the request and did not answer.
+    /// It was not sent again.
+    #[error(
+        "{region} took the request at {url} but did not answer ({cause}): it may or may not have been applied, \
+         and it is not safe to repeat. Fix: read the entity to see whether it was"
+    )]
+    Indeterminate {
+        /// The region asked.
+        region: String,
+        /// The URL asked.
+        url: String,
+        /// What went wrong.
         cause: String,
     },
     /// The region answered with an error.
@@ -115,7 +133,9 @@ impl From<ClientError> for Error {
     fn from(e: ClientError) -> Error {
         match e {
             ClientError::Invalid(m) => Error::BadRequest(m),
-            ClientError::Unreachable { .. } => Error::Unavailable(e.to_string()),
+            ClientError::Unreachable { .. } | ClientError::Indeterminate { .. } => {
+                Error::Unavailable(e.to_string())
+            }
             ClientError::Refused { ref error, .. } => Error::Remote(ApiError {
                 detail: e.to_string(),
                 ..error.as_ref().clone()
@@ -370,16 +390,39 @@ impl RegionClient {
         region: &str,
         delegate: &str,
     ) -> Result<Ownership, ClientError> {
-        let body = MoveOwnership {
+        self.move_ownership_if(&MoveOwnership {
             region: region.to_owned(),
             delegate: delegate.to_owned(),
-        };
+            expect_epoch: None,
+            unreachable_for_ms: None,
+        })
+        .await
+    }
+
+    /// `POST /v1/admin/ownership` with its conditions: a 409
+    /// (`precondition_failed`) when one does not hold.
+    pub async fn move_ownership_if(&self, m: &MoveOwnership) -> Result<Ownership, ClientError> {
         self.call(
             Method::POST,
             "/v1/admin/ownership",
             Auth::Admin,
             None,
-            Some(json_body(&body)?),
+            Some(json_body(m)?),
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/failovers`: the region's collector keeps the rows.
+    pub async fn failover_records(
+        &self,
+        records: &FailoverRecords,
+    ) -> Result<FailoverRecordsAnswer, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/admin/failovers",
+            Auth::Admin,
+            None,
+            Some(json_body(records)?),
         )
         .await
     }
@@ -527,6 +570,7 @@ impl RegionClient {
             } else {
                 error_chain(&e)
             },
+            maybe_applied: !e.is_connect(),
         };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();

@@ -19,7 +19,7 @@ mod router;
 
 pub use class::{ClassConfig, FieldRule, ForeignWrites, OpKind, Ownership, Policy, Rollout};
 pub use load::{estimate_latency_ms, great_circle_km};
-pub use router::{RouterConfig, RouterSite};
+pub use router::{RouterConfig, RouterSite, Subnet};
 
 /// Names of system classes start with this; user classes may not.
 pub const SYSTEM_CLASS_PREFIX: char = '_';

@@ -79,6 +79,11 @@ pub enum Error {
     /// This region may not serve the request; another region must.
     #[error("region {} does not take this request for `{}/{}`: {}. Send it to {} ({})", .0.region, .0.class, .0.key, .0.why, .0.owner, .0.owner_url)]
     Misdirected(Box<Misdirected>),
+    /// A conditional change whose condition no longer holds (the ownership
+    /// epoch moved on, the region to fail over still answers); the message
+    /// says what changed and what to do.
+    #[error("{0}")]
+    Precondition(String),
     /// Missing or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -156,7 +161,7 @@ impl Error {
             Error::Unauthorized(_) => 401,
             Error::UnknownClass { .. } | Error::NotFound { .. } | Error::NotFoundRoute => 404,
             Error::MethodNotAllowed => 405,
-            Error::Conflicted { .. } | Error::NotConflicted { .. } => 409,
+            Error::Conflicted { .. } | Error::NotConflicted { .. } | Error::Precondition(_) => 409,
             Error::Misdirected(_) => 421,
             Error::PayloadTooLarge(_) => 413,
             Error::Storage(_) | Error::Internal(_) => 500,
@@ -178,6 +183,7 @@ impl Error {
             Error::WrongOp { .. } => "wrong_op",
             Error::Conflicted { .. } => "conflicted",
             Error::NotConflicted { .. } => "not_conflicted",
+            Error::Precondition(_) => "precondition_failed",
             Error::Misdirected(_) => "misdirected",
             Error::Unauthorized(_) => "unauthorized",
             Error::Unavailable(_) => "unavailable",

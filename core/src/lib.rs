@@ -21,6 +21,7 @@
 //! - [`worker`]: background loops with a name, a status and one stop signal.
 //! - [`client`]: the typed client of the region API (CLI, web app, auditor,
 //!   router).
+//! - [`routed`]: a client of the whole cluster that follows a router.
 //! - [`error`]: the error type and its wire form.
 
 pub mod api;
@@ -31,6 +32,7 @@ pub mod entity;
 pub mod error;
 pub mod merkle;
 pub mod protocol;
+pub mod routed;
 pub mod routing;
 pub mod stats;
 pub mod sync;
@@ -42,4 +44,5 @@ pub mod worker;
 
 pub use client::{ClientError, ReadOptions, RegionClient, WriteOptions};
 pub use error::{ApiError, Error, Result};
+pub use routed::RoutedClient;
 pub use stats::{AntiEntropyStats, NodeStats, PeerStats, ReplicationStats};

@@ -33,8 +33,10 @@ pub enum Event {
     Divergence(DivergenceEvent),
 }
 
-/// A failover: ownership moved, or traffic was rerouted.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A failover: ownership moved by hand, or a step of a failover a router
+/// ran and measured (one row per step, all with the same `id`; the last row
+/// of an id holds every time measured so far).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FailoverEvent {
     /// When (µs since epoch, UTC).
     pub ts_us: u64,
@@ -42,10 +44,54 @@ pub struct FailoverEvent {
     pub region: String,
     /// What happened, e.g. `ownership eu-west -> us-east (epoch 3)`.
     pub event: String,
-    /// From the failure to its detection (ms), when known.
+    /// From the first failed check to the region declared down (ms).
     pub detected_ms: Option<u64>,
-    /// From the detection to traffic being rerouted (ms), when known.
+    /// From the first failed check until no answer naming the region could
+    /// still be cached by a client (ms).
     pub rerouted_ms: Option<u64>,
+    /// The failover (`<router>/<region>/<first failed check ms>`); none for
+    /// a move by hand.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The location of the router that measured it.
+    #[serde(default)]
+    pub router: Option<String>,
+    /// The region that failed.
+    #[serde(default)]
+    pub failed: Option<String>,
+    /// `down`, `moved`, `back` or `done`.
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// The region its keys moved to.
+    #[serde(default)]
+    pub delegate: Option<String>,
+    /// The ownership epoch of the move.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    /// Who moved them (`this router`, `another router`), or why not yet.
+    #[serde(default)]
+    pub moved_by: Option<String>,
+    /// The last good check before the failure (µs since epoch).
+    #[serde(default)]
+    pub last_ok_us: Option<u64>,
+    /// The start of the first failed check (µs since epoch).
+    #[serde(default)]
+    pub first_failed_us: Option<u64>,
+    /// When the region was declared down (µs since epoch).
+    #[serde(default)]
+    pub down_us: Option<u64>,
+    /// The router's last answer naming the region (µs since epoch).
+    #[serde(default)]
+    pub last_answer_us: Option<u64>,
+    /// When its keys moved (µs since epoch).
+    #[serde(default)]
+    pub moved_us: Option<u64>,
+    /// When it was declared up again (µs since epoch).
+    #[serde(default)]
+    pub up_us: Option<u64>,
+    /// When its keys were handed back (µs since epoch).
+    #[serde(default)]
+    pub handed_back_us: Option<u64>,
 }
 
 /// One health probe of a region's `/healthz`.

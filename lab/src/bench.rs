@@ -1,6 +1,7 @@
 //! `parallax bench`: benchmarks that report ratios against a baseline
 //! measured in the same run. Run them with `--release`.
 
+mod failover;
 mod ingest;
 mod merkle;
 mod query;
@@ -31,6 +32,10 @@ pub enum BenchCommand {
     /// The dashboards' queries over a week of telemetry (100 million rows)
     /// through parallax's SQL engine, beside DuckDB on the same files.
     Query(query::QueryArgs),
+    /// Failover through the routers: kill -9 a region under client load,
+    /// several times; detection, reroute and ownership-move times and the
+    /// share of requests lost, beside Route 53's defaults.
+    Failover(failover::FailoverArgs),
 }
 
 /// Arguments of `parallax bench replicate`.
@@ -57,6 +62,7 @@ pub async fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Merkle(a) => merkle::run(a).await,
         BenchCommand::Ingest(a) => ingest::run(a).await,
         BenchCommand::Query(a) => query::run(a).await,
+        BenchCommand::Failover(a) => failover::run(a).await,
     }
 }
 

@@ -15,6 +15,7 @@ use parallax_core::config::Config;
 use parallax_core::transport::HttpTransport;
 use parallax_core::worker::Workers;
 use parallax_replicator::{Node, NodeOptions};
+use parallax_router::dns::DnsServer;
 use parallax_router::{Router, RouterOptions};
 use parallax_web::alerts::Alerter;
 use parallax_web::{App, SqlEngine};
@@ -314,27 +315,35 @@ pub async fn start_web(
 pub struct RunningRouter {
     /// The address its HTTP API serves.
     pub addr: SocketAddr,
+    /// The address it answers DNS on, if it does.
+    pub dns_addr: Option<SocketAddr>,
     /// The router.
     pub router: Router,
+    dns: Option<DnsServer>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
 }
 
 impl RunningRouter {
-    /// Stops serving, then stops the checks.
+    /// Stops serving HTTP and DNS, then stops the checks.
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        if let Some(dns) = self.dns {
+            dns.stop().await;
+        }
         self.router.shutdown().await;
     }
 }
 
 /// Starts the router of `location` on `listen` (by default its
-/// `[routers.<location>]` address).
+/// `[routers.<location>]` address), answering DNS for `[router] zone` on
+/// `dns_listen` (by default its `dns_listen`, if any).
 pub async fn start_router(
     config: Arc<Config>,
     location: &str,
     listen: Option<SocketAddr>,
+    dns_listen: Option<SocketAddr>,
 ) -> Result<RunningRouter> {
     parallax_router::check_location(&config, location)?;
     let Some(listen) = listen.or_else(|| config.routers.get(location).map(|s| s.listen)) else {
@@ -344,7 +353,7 @@ pub async fn start_router(
         );
     };
     let router = Router::start(RouterOptions {
-        config,
+        config: Arc::clone(&config),
         location: location.to_owned(),
         clock: Arc::new(SystemClock),
     })?;
@@ -356,10 +365,27 @@ pub async fn start_router(
         }
     };
     let addr = listener.local_addr()?;
+    let dns_listen = dns_listen.or_else(|| config.routers.get(location).and_then(|s| s.dns_listen));
+    let dns = match (&config.router.zone, dns_listen) {
+        (Some(zone), Some(at)) => match DnsServer::start(router.clone(), zone, at).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                router.shutdown().await;
+                bail!("{e}");
+            }
+        },
+        (None, Some(_)) => {
+            router.shutdown().await;
+            bail!("--dns-listen needs a zone to answer for. Fix: set [router] zone in the config");
+        }
+        _ => None,
+    };
     let (stop, server) = serve(listener, parallax_router::api::app(router.clone()));
     Ok(RunningRouter {
         addr,
+        dns_addr: dns.as_ref().map(|d| d.addr),
         router,
+        dns,
         stop,
         server,
     })

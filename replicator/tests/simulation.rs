@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parallax_core::Error;
+use parallax_core::api::MoveOwnership;
 use parallax_core::clock::{Clock, Hlc, SkewedClock, TokioClock};
 use parallax_core::config::Config;
 use parallax_core::entity::{Entity, Op, State};
@@ -727,6 +728,65 @@ fn failover_moves_ownership_and_fences_the_old_owner() {
                     .await
                     .map_err(|e| e.to_string())?;
                 ensure!(view.effective(eu) == (eu.to_owned(), 2), "{view:?}");
+                Ok(())
+            })
+        },
+    );
+}
+
+#[test]
+fn conditional_moves_are_made_once_whichever_region_is_asked() {
+    run_seeds(
+        "conditional_moves_are_made_once_whichever_region_is_asked",
+        |seed| {
+            Box::pin(async move {
+                let sim = Sim::new(seed).await;
+                let (eu, us, west) = ("eu-west", "us-east", "us-west");
+                sim.converge(Duration::from_secs(30)).await?;
+                sim.net.partition(eu, us);
+                sim.net.partition(eu, west);
+                let m = |delegate: &str, expect: u64, unreachable: Option<u64>| MoveOwnership {
+                    region: eu.into(),
+                    delegate: delegate.into(),
+                    expect_epoch: Some(expect),
+                    unreachable_for_ms: unreachable,
+                };
+                // us-east reached eu-west moments ago: not down from there.
+                let e = sim.nodes[us]
+                    .move_ownership_if(&m(us, 0, Some(3_600_000)))
+                    .await
+                    .unwrap_err();
+                ensure!(
+                    matches!(e, Error::Precondition(_))
+                        && e.to_string().contains("not down from here"),
+                    "{e}"
+                );
+                // A stale epoch is refused.
+                let e = sim.nodes[us]
+                    .move_ownership_if(&m(us, 7, None))
+                    .await
+                    .unwrap_err();
+                ensure!(e.status() == 409 && e.to_string().contains("not 7"), "{e}");
+                let view = sim.nodes[us]
+                    .move_ownership_if(&m(us, 0, None))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ensure!(view.effective(eu) == (us.to_owned(), 1), "{view:?}");
+                // A second router that saw epoch 0 asks another region at
+                // once: its quorum read sees the move, and it refuses.
+                let e = sim.nodes[west]
+                    .move_ownership_if(&m(west, 0, None))
+                    .await
+                    .unwrap_err();
+                ensure!(
+                    matches!(e, Error::Precondition(_))
+                        && e.to_string().contains("epoch 1 (owned by `us-east`)"),
+                    "{e}"
+                );
+                ensure!(
+                    sim.nodes[west].ownership().effective(eu) == (us.to_owned(), 1),
+                    "the refusing region learned the move"
+                );
                 Ok(())
             })
         },

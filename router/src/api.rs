@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Router;
 use crate::decide::{Candidate, Refusal};
+use crate::failover::Failover;
 use crate::health::Health;
 
 /// The query of `GET /v1/route`.
@@ -69,6 +70,8 @@ pub struct RegionsAnswer {
     pub regions: BTreeMap<String, Health>,
     /// The ownership delegations in force, as last read.
     pub ownership: OwnershipView,
+    /// The last failovers this router ran (finished, then under way).
+    pub failovers: Vec<Failover>,
     /// The router's workers.
     pub workers: Vec<WorkerStatus>,
 }
@@ -151,6 +154,7 @@ async fn regions(State(router): State<Router>) -> Json<RegionsAnswer> {
         router: router.location().to_owned(),
         regions: router.health(),
         ownership: router.ownership(),
+        failovers: router.failovers(),
         workers: router.workers(),
     })
 }

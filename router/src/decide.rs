@@ -73,6 +73,9 @@ pub fn parse_origin(config: &Config, from: &str) -> Result<Origin, Refusal> {
 pub struct Candidate {
     /// The region.
     pub region: String,
+    /// Its base URL (clients move to the next candidate that is up when
+    /// theirs does not answer).
+    pub url: String,
     /// One-way latency from the client (ms): the latency table's figure,
     /// or estimated from great-circle distance.
     pub latency_ms: u32,
@@ -91,6 +94,7 @@ pub fn ranked(
         .iter()
         .map(|(name, region)| Candidate {
             region: name.clone(),
+            url: config.region_url(name).unwrap_or_default(),
             latency_ms: match origin {
                 Origin::Named(from) => config.latency_between(from, name),
                 Origin::Point(at) => estimate_latency_ms(*at, region.location),

@@ -9,20 +9,34 @@
 //! region unreachable from one place and reachable from another is routed
 //! around only where it is unreachable.
 //!
+//! When it declares a region down, the router also runs a failover
+//! ([`failover`]): after `failover_grace_ms` the region's keys move to the
+//! healthy region nearest to it under a new ownership epoch, conditional on
+//! the epoch it saw (several routers deciding at once make one move), and
+//! they are handed back once the region is up and its peers' backlog to it
+//! has drained. Each step is measured and written to `failovers`.
+//!
 //! - [`health`]: a region's health, a state machine without I/O.
 //! - [`decide`]: route decisions, pure.
+//! - [`failover`]: a failover's steps, a state machine without I/O.
 //! - [`checks`]: the workers that check regions and read delegations.
+//! - `automation`: the worker that runs failovers and writes their rows.
+//! - [`dns`]: the same decisions as DNS answers for a zone.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`api`]: the HTTP API and its answers.
 
 pub mod api;
+mod automation;
 pub mod checks;
 pub mod decide;
+pub mod dns;
+pub mod failover;
 pub mod health;
 pub mod metrics;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use parallax_core::clock::Clock;
@@ -33,6 +47,7 @@ use parallax_core::worker::{WorkerStatus, Workers};
 
 use crate::api::{RouteAnswer, RouteQuery};
 use crate::decide::{Origin, Refusal};
+use crate::failover::Failover;
 use crate::health::{Health, State, Thresholds};
 use crate::metrics::Metrics;
 
@@ -74,6 +89,12 @@ struct Inner {
     clock: Arc<dyn Clock>,
     health: RwLock<BTreeMap<String, Health>>,
     view: RwLock<OwnershipView>,
+    /// Per region: the last answer that named it (ms since epoch; 0 never).
+    last_answer: BTreeMap<String, AtomicU64>,
+    /// Failovers under way, by region.
+    failovers: Mutex<BTreeMap<String, Failover>>,
+    /// The last finished failovers, oldest first.
+    finished: Mutex<VecDeque<Failover>>,
     metrics: Metrics,
     workers: Workers,
 }
@@ -101,6 +122,13 @@ impl Router {
                         .collect(),
                 ),
                 view: RwLock::new(OwnershipView::default()),
+                last_answer: config
+                    .regions
+                    .keys()
+                    .map(|r| (r.clone(), AtomicU64::new(0)))
+                    .collect(),
+                failovers: Mutex::new(BTreeMap::new()),
+                finished: Mutex::new(VecDeque::new()),
                 metrics,
                 workers: Workers::new(Arc::clone(&clock)),
                 config,
@@ -120,6 +148,11 @@ impl Router {
             .inner
             .workers
             .spawn("ownership", |w| checks::ownership_loop(me, w));
+        let me = router.clone();
+        router
+            .inner
+            .workers
+            .spawn("failover", |w| automation::failover_loop(me, w));
         tracing::info!(location = %router.inner.location, regions = router.inner.config.regions.len(), "Router started.");
         Ok(router)
     }
@@ -153,6 +186,46 @@ impl Router {
     /// The ownership delegations in force, as last read.
     pub fn ownership(&self) -> OwnershipView {
         self.inner.view.read().expect("view lock").clone()
+    }
+
+    /// Failovers under way, then the last finished ones (newest last).
+    pub fn failovers(&self) -> Vec<Failover> {
+        let mut out: Vec<Failover> = self
+            .inner
+            .finished
+            .lock()
+            .expect("finished lock")
+            .iter()
+            .cloned()
+            .collect();
+        out.extend(
+            self.inner
+                .failovers
+                .lock()
+                .expect("failovers lock")
+                .values()
+                .cloned(),
+        );
+        out
+    }
+
+    /// Now, on the router's clock (ms since epoch).
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Counts a DNS answer by kind.
+    pub(crate) fn count_dns(&self, kind: &str) {
+        self.inner.metrics.dns(kind);
+    }
+
+    /// When this router last answered naming `region` (ms since epoch).
+    fn last_answer_ms(&self, region: &str) -> Option<u64> {
+        self.inner
+            .last_answer
+            .get(region)
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|ms| *ms > 0)
     }
 
     /// The router's background workers.
@@ -240,6 +313,9 @@ impl Router {
                 (c.clone(), why, None)
             }
         };
+        if let Some(last) = self.inner.last_answer.get(&chosen.region) {
+            last.store(self.inner.clock.now_ms(), Ordering::Relaxed);
+        }
         Ok(RouteAnswer {
             url: config.region_url(&chosen.region).unwrap_or_default(),
             region: chosen.region,

@@ -19,6 +19,10 @@ pub struct Metrics {
     transitions: IntCounterVec,
     detection_seconds: HistogramVec,
     answers: IntCounterVec,
+    dns: IntCounterVec,
+    failovers: IntCounterVec,
+    reroute_seconds: HistogramVec,
+    move_seconds: HistogramVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -77,6 +81,32 @@ impl Metrics {
                 &["router", "region"],
                 0.01,
             ),
+            dns: counter(
+                &r,
+                "parallax_router_dns_answers_total",
+                "DNS answers by kind (answer, nodata, nxdomain, refused, servfail).",
+                &["router", "status"],
+            ),
+            failovers: counter(
+                &r,
+                "parallax_router_failovers_total",
+                "Failovers this router started (a region declared down).",
+                &["router", "region"],
+            ),
+            reroute_seconds: histogram(
+                &r,
+                "parallax_router_reroute_seconds",
+                "From the first failed check until no cached answer of this router names the region.",
+                &["router", "region"],
+                0.01,
+            ),
+            move_seconds: histogram(
+                &r,
+                "parallax_router_ownership_move_seconds",
+                "From the first failed check to the region's keys moved by this router.",
+                &["router", "region"],
+                0.01,
+            ),
             answers: counter(
                 &r,
                 "parallax_router_answers_total",
@@ -118,6 +148,28 @@ impl Metrics {
                 .observe(s);
         }
         self.state(region, to);
+    }
+
+    /// Counts a failover started, with its reroute time.
+    pub fn failover(&self, region: &str, reroute_seconds: f64) {
+        self.failovers
+            .with_label_values(&[&self.router, region])
+            .inc();
+        self.reroute_seconds
+            .with_label_values(&[&self.router, region])
+            .observe(reroute_seconds);
+    }
+
+    /// Observes the time until this router moved a region's keys.
+    pub fn ownership_moved(&self, region: &str, seconds: f64) {
+        self.move_seconds
+            .with_label_values(&[&self.router, region])
+            .observe(seconds);
+    }
+
+    /// Counts a DNS answer.
+    pub fn dns(&self, kind: &str) {
+        self.dns.with_label_values(&[&self.router, kind]).inc();
     }
 
     /// Counts an answer.

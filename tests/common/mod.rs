@@ -24,8 +24,12 @@ pub(crate) struct Cluster {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) config: PathBuf,
     pub(crate) ports: Vec<u16>,
+    /// Each region's loopback address.
+    pub(crate) hosts: Vec<String>,
     /// The routers' ports by location (`[routers.<location>]` of an example).
     pub(crate) router_ports: std::collections::BTreeMap<String, u16>,
+    /// The routers' DNS ports by location (`dns_listen` of an example).
+    pub(crate) router_dns_ports: std::collections::BTreeMap<String, u16>,
     children: Vec<Option<Child>>,
     region_args: Vec<Vec<String>>,
 }
@@ -69,12 +73,19 @@ impl Cluster {
     /// each region's and router's `listen` moved to a free port and the
     /// harness's tokens; `extra` (TOML) is appended.
     pub(crate) fn from_example(example: &str, extra: &str) -> Cluster {
+        Cluster::from_example_on(example, extra, ["127.0.0.1"; 3])
+    }
+
+    /// [`Cluster::from_example`] with each region on its own loopback
+    /// address (any of 127.0.0.0/8), so that addresses tell regions apart.
+    pub(crate) fn from_example_on(example: &str, extra: &str, hosts: [&str; 3]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
         let mut section = String::new();
         let mut moved = 0;
         let mut toml = String::new();
         let mut router_ports = std::collections::BTreeMap::new();
+        let mut router_dns_ports = std::collections::BTreeMap::new();
         for line in example.lines() {
             if line.starts_with('[') {
                 section = line.trim().to_owned();
@@ -90,13 +101,21 @@ impl Cluster {
                 toml.push_str(&format!("listen = \"127.0.0.1:{port}\"\n"));
                 continue;
             }
+            if let Some(location) = router
+                && line.trim_start().starts_with("dns_listen")
+            {
+                let port = free_port();
+                router_dns_ports.insert(location.to_owned(), port);
+                toml.push_str(&format!("dns_listen = \"127.0.0.1:{port}\"\n"));
+                continue;
+            }
             let region = REGIONS
                 .iter()
                 .position(|r| section == format!("[regions.{r}]"));
             let line = match (region, line.trim_start().starts_with("listen")) {
                 (Some(i), true) => {
                     moved += 1;
-                    format!("listen = \"127.0.0.1:{}\"", ports[i])
+                    format!("listen = \"{}:{}\"", hosts[i], ports[i])
                 }
                 _ if line.starts_with("client_token") => format!("client_token = \"{TOKEN}\""),
                 _ if line.starts_with("admin_token") => format!("admin_token = \"{ADMIN_TOKEN}\""),
@@ -111,8 +130,9 @@ impl Cluster {
             "the example does not declare {REGIONS:?} with a listen each"
         );
         toml.push_str(extra);
-        let mut c = Cluster::launch(dir, toml, ports, &[&[], &[], &[]]);
+        let mut c = Cluster::launch_on(dir, toml, ports, hosts, &[&[], &[], &[]]);
         c.router_ports = router_ports;
+        c.router_dns_ports = router_dns_ports;
         c
     }
 
@@ -137,13 +157,25 @@ impl Cluster {
         ports: Vec<u16>,
         region_args: &[&[&str]; 3],
     ) -> Cluster {
+        Cluster::launch_on(dir, toml, ports, ["127.0.0.1"; 3], region_args)
+    }
+
+    fn launch_on(
+        dir: tempfile::TempDir,
+        toml: String,
+        ports: Vec<u16>,
+        hosts: [&str; 3],
+        region_args: &[&[&str]; 3],
+    ) -> Cluster {
         let config = dir.path().join("parallax.toml");
         std::fs::write(&config, toml).unwrap();
         let mut c = Cluster {
             dir,
             config,
             ports,
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             router_ports: std::collections::BTreeMap::new(),
+            router_dns_ports: std::collections::BTreeMap::new(),
             children: vec![None, None, None],
             region_args: region_args
                 .iter()
@@ -181,7 +213,7 @@ impl Cluster {
     }
 
     pub(crate) fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i])
+        format!("http://{}:{}", self.hosts[i], self.ports[i])
     }
 
     pub(crate) async fn wait_ready(&self, i: usize) {

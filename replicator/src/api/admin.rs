@@ -60,10 +60,11 @@ pub(super) async fn move_ownership(
         let body = body.map_err(|e| body_error(e, limit))?;
         let req: MoveOwnership = serde_json::from_value(parse_json(&body)?).map_err(|e| {
             Error::BadRequest(format!(
-                "{e}. Fix: send {{\"region\": <the region whose keys move>, \"delegate\": <the region taking them>}}"
+                "{e}. Fix: send {{\"region\": <the region whose keys move>, \"delegate\": <the region taking them>}}, \
+                 optionally with \"expect_epoch\" and \"unreachable_for_ms\""
             ))
         })?;
-        let view = state.node.move_ownership(&req.region, &req.delegate).await?;
+        let view = state.node.move_ownership_if(&req).await?;
         Ok(json_response(StatusCode::OK, &ownership_body(&state, &view)))
     }
     .await;
@@ -125,6 +126,33 @@ pub(super) async fn audit_records(
                 region: state.node.region().to_owned(),
                 audits: a,
                 records: d,
+            },
+        ))
+    })();
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+pub(super) async fn failover_records(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let limit = state.node.config().limits.max_body_bytes;
+    let result = (|| {
+        admin_auth(&state, &headers)?;
+        let body = body.map_err(|e| body_error(e, limit))?;
+        let r: FailoverRecords = serde_json::from_slice(&body).map_err(|e| {
+            Error::BadRequest(format!(
+                "{e}. Fix: send {{\"failovers\": [...]}} as `parallax router` does"
+            ))
+        })?;
+        let n = r.failovers.len();
+        state.node.record_failovers(r.failovers);
+        Ok(json_response(
+            StatusCode::OK,
+            &FailoverRecordsAnswer {
+                region: state.node.region().to_owned(),
+                failovers: n,
             },
         ))
     })();

@@ -39,8 +39,8 @@ mod entities;
 pub use parallax_core::api::*;
 
 use admin::{
-    anti_entropy, audit_records, audit_rpc, get_ownership, inject_fault, move_ownership, stats,
-    tree_json,
+    anti_entropy, audit_records, audit_rpc, failover_records, get_ownership, inject_fault,
+    move_ownership, stats, tree_json,
 };
 use entities::{
     conflict_log, delete_entity, get_entity, list_conflicts, post_op, put_entity, resolve,
@@ -88,6 +88,7 @@ pub fn router(node: Node) -> Router {
         )
         .route("/v1/admin/fault", post(inject_fault))
         .route("/v1/admin/audit-records", post(audit_records))
+        .route("/v1/admin/failovers", post(failover_records))
         .route("/v1/admin/anti-entropy", post(anti_entropy))
         .route("/v1/tree/{class}", get(tree_json))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))

@@ -149,6 +149,9 @@ struct Inner {
     started_ms: u64,
     allow_fault_injection: bool,
     ae_lock: tokio::sync::Mutex<()>,
+    /// Ownership moves, one at a time (a conditional move checks and acts
+    /// with no other in between).
+    ownership_lock: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -242,6 +245,7 @@ impl Node {
             started_ms: clock.now_ms(),
             allow_fault_injection,
             ae_lock: tokio::sync::Mutex::new(()),
+            ownership_lock: tokio::sync::Mutex::new(()),
         });
         let workers = &inner.workers;
         let relay = telemetry.clone();

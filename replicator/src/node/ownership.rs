@@ -1,7 +1,8 @@
 //! Ownership: the delegations in force, moving them (a failover), and the
 //! owner of a key.
 
-use parallax_core::config::{ClassConfig, Ownership};
+use parallax_core::api::MoveOwnership;
+use parallax_core::config::{ClassConfig, OWNERSHIP_CLASS, Ownership};
 use parallax_core::entity::Op;
 use parallax_core::error::{Error, Result};
 use parallax_core::protocol::{ReadConsistency, ReadRequest};
@@ -21,6 +22,73 @@ impl Node {
     /// failover; `delegate == region` moves it back), under a new epoch
     /// higher than any before. The change replicates like any write.
     pub async fn move_ownership(&self, region: &str, delegate: &str) -> Result<OwnershipView> {
+        let _one_at_a_time = self.inner.ownership_lock.lock().await;
+        self.move_locked(region, delegate).await
+    }
+
+    /// [`Node::move_ownership`] on conditions, checked and acted on with no
+    /// other move in between on this region: the region's delegation is
+    /// still at `expect_epoch` after a quorum read (so a move another
+    /// region took is seen), and this region has not reached `region` for
+    /// `unreachable_for_ms`. A condition that fails is a 409.
+    pub async fn move_ownership_if(&self, m: &MoveOwnership) -> Result<OwnershipView> {
+        let _one_at_a_time = self.inner.ownership_lock.lock().await;
+        if let Some(expect) = m.expect_epoch {
+            let probe = ReadRequest {
+                class: OWNERSHIP_CLASS.to_owned(),
+                key: m.region.clone(),
+                consistency: ReadConsistency::Quorum,
+                session: None,
+            };
+            match self.read_merged(&probe, false).await {
+                // Read repair has stored the merged delegation here.
+                Ok(_) | Err(Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "a conditional ownership move reads the delegation of `{}` from a majority of regions first: {e}",
+                        m.region
+                    )));
+                }
+            }
+            let view = self.inner.repl.ownership();
+            let (owner, now) = view.effective(&m.region);
+            if now != expect {
+                return Err(Error::Precondition(format!(
+                    "the keys of `{}` are at epoch {now} (owned by `{owner}`), not {expect}: another move came first. \
+                     Fix: read GET /v1/admin/ownership and decide again",
+                    m.region
+                )));
+            }
+        }
+        if let Some(min_ms) = m.unreachable_for_ms
+            && m.delegate != m.region
+        {
+            if m.region == self.inner.region {
+                return Err(Error::Precondition(format!(
+                    "this is `{}` itself, which is answering: its keys stay. Fix: ask another region",
+                    m.region
+                )));
+            }
+            let stats = self.stats();
+            let ago = stats
+                .replication
+                .peers
+                .get(&m.region)
+                .and_then(|p| p.last_ok_ms_ago);
+            if let Some(ago) = ago
+                && ago < min_ms
+            {
+                return Err(Error::Precondition(format!(
+                    "`{}` reached `{}` {ago} ms ago (unreachable_for_ms = {min_ms}): it is not down from here. \
+                     Fix: wait, or move by hand with `parallax failover` if it must",
+                    self.inner.region, m.region
+                )));
+            }
+        }
+        self.move_locked(&m.region, &m.delegate).await
+    }
+
+    async fn move_locked(&self, region: &str, delegate: &str) -> Result<OwnershipView> {
         for (what, r) in [("region", region), ("delegate", delegate)] {
             if !self.inner.config.regions.contains_key(r) {
                 return Err(Error::BadRequest(format!(
@@ -34,7 +102,7 @@ impl Node {
         self.submit(|tx| {
             Command::Local(
                 LocalWrite {
-                    class: parallax_core::config::OWNERSHIP_CLASS.to_owned(),
+                    class: OWNERSHIP_CLASS.to_owned(),
                     key: region.to_owned(),
                     op: Op::Put(value),
                     owner_epoch: epoch,
@@ -51,8 +119,7 @@ impl Node {
                 ts_us: self.inner.clock.now_us(),
                 region: self.inner.region.clone(),
                 event: format!("ownership {region} -> {delegate} (epoch {epoch})"),
-                detected_ms: None,
-                rerouted_ms: None,
+                ..Default::default()
             }));
         Ok(self.inner.repl.ownership())
     }

@@ -73,6 +73,14 @@ impl Node {
         }
     }
 
+    /// Takes failover rows a router measured into this region's telemetry.
+    pub fn record_failovers(&self, rows: Vec<parallax_core::telemetry::FailoverEvent>) {
+        for mut r in rows {
+            r.region = self.inner.region.clone();
+            self.inner.telemetry.emit(Event::Failover(r));
+        }
+    }
+
     /// Whether this region serves fault injection.
     pub fn fault_injection_allowed(&self) -> bool {
         self.inner.allow_fault_injection

@@ -200,7 +200,14 @@ pub async fn overview(
         .map(|r| (str_of(&r[0]), i64_of(&r[1]), i64_of(&r[2]) as f64 / step)),
     );
     let divergent_now = latest_divergent(e, f).await?;
-    let failovers = rows(e, &format!("SELECT count(*) FROM {}", w("failovers")))
+    // A failover a router ran writes a row per step, all with its id.
+    let failovers = rows(
+        e,
+        &format!(
+            "SELECT count(DISTINCT failover_id) + sum(CASE WHEN failover_id IS NULL THEN 1 ELSE 0 END) FROM {}",
+            w("failovers")
+        ),
+    )
         .await?
         .first()
         .map_or(0, |r| i64_of(&r[0]));
