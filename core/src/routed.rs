@@ -157,15 +157,31 @@ impl RoutedClient {
         op: &str,
     ) -> Result<String, ClientError> {
         let route = self.route(&self.query(class, key, op)).await?;
-        let avoided = self.avoided();
-        if !avoided.contains(&route.region) || route.owner.is_some() {
-            return Ok(route.region);
+        Ok(self
+            .attempts(&route)
+            .into_iter()
+            .next()
+            .map_or(route.region, |(region, _)| region))
+    }
+
+    /// The regions a request on `route` tries, in turn: the route's region,
+    /// then (unless only it may take the request, an owned key) the other
+    /// regions up; those silent lately last.
+    fn attempts(&self, route: &Route) -> Vec<(String, String)> {
+        let mut order = vec![(route.region.clone(), route.url.clone())];
+        if route.owner.is_none() {
+            order.extend(
+                route
+                    .candidates
+                    .iter()
+                    .filter(|c| c.state == "up" && c.region != route.region)
+                    .map(|c| (c.region.clone(), c.url.clone())),
+            );
         }
-        Ok(route
-            .candidates
-            .iter()
-            .find(|c| c.state == "up" && !avoided.contains(&c.region))
-            .map_or(route.region.clone(), |c| c.region.clone()))
+        let avoided = self.avoided();
+        let (fresh, silent): (Vec<_>, Vec<_>) =
+            order.into_iter().partition(|(r, _)| !avoided.contains(r));
+        fresh.into_iter().chain(silent).collect()
     }
 
     async fn run<T, F, Fut>(
@@ -182,23 +198,8 @@ impl RoutedClient {
     {
         let query = self.query(class, key, op);
         let route = self.route(&query).await?;
-        let mut order = vec![(route.region.clone(), route.url.clone())];
-        // A request only one region may take (an owned key) has no next
-        // region; the others take anything.
-        if route.owner.is_none() {
-            order.extend(
-                route
-                    .candidates
-                    .iter()
-                    .filter(|c| c.state == "up" && c.region != route.region)
-                    .map(|c| (c.region.clone(), c.url.clone())),
-            );
-        }
-        let avoided = self.avoided();
-        let (fresh, silent): (Vec<_>, Vec<_>) =
-            order.into_iter().partition(|(r, _)| !avoided.contains(r));
         let mut last = None;
-        for (region, url) in fresh.into_iter().chain(silent) {
+        for (region, url) in self.attempts(&route) {
             let client = RegionClient::new(&region, &url)
                 .with_tokens(&self.client_token, &self.admin_token)
                 .with_timeout(self.timeout);

@@ -266,17 +266,11 @@ fn row(router: &Router, f: &Failover) -> FailoverEvent {
 
 /// Sends rows to the nearest region that is up.
 async fn send(router: &Router, rows: &[FailoverEvent]) -> Result<(), String> {
-    let config = &router.inner.config;
-    let origin = crate::decide::Origin::Named(router.inner.location.clone());
-    let candidates = crate::decide::ranked(config, &origin, &router.states());
+    let records = FailoverRecords {
+        failovers: rows.to_vec(),
+    };
     let mut last = "no region is up".to_owned();
-    for c in candidates.iter().filter(|c| c.state == State::Up) {
-        let Some(client) = RegionClient::from_config(config, &c.region) else {
-            continue;
-        };
-        let records = FailoverRecords {
-            failovers: rows.to_vec(),
-        };
+    for client in router.up_nearest_first() {
         match client
             .with_timeout(Duration::from_secs(2))
             .failover_records(&records)

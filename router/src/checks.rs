@@ -89,14 +89,7 @@ pub(crate) async fn ownership_loop(router: Router, mut w: Worker) {
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     while w.next_tick(&mut every).await {
         w.busy();
-        let config = &router.inner.config;
-        let origin = crate::decide::Origin::Named(router.inner.location.clone());
-        let candidates = crate::decide::ranked(config, &origin, &router.states());
-        let Some(from) = candidates.iter().find(|c| c.state == State::Up) else {
-            w.idle();
-            continue;
-        };
-        let Some(client) = RegionClient::from_config(config, &from.region) else {
+        let Some(client) = router.up_nearest_first().into_iter().next() else {
             w.idle();
             continue;
         };

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use parallax_core::config::{Config, Location, OpKind, Ownership, Rollout, estimate_latency_ms};
-use parallax_core::routing::{self, OwnershipView};
+use parallax_core::config::{Config, Location, OpKind, estimate_latency_ms};
+use parallax_core::routing::{self, OwnershipView, Route};
 use serde::{Deserialize, Serialize};
 
 use crate::health::State;
@@ -172,53 +172,39 @@ pub fn key_route(
             "the key is empty. Fix: key=<the entity's key>".into(),
         ));
     }
-    if op == OpKind::Get {
-        if class.rollout == Rollout::ActivePassive {
-            let (p, _) = view.effective(routing::primary(config, class));
-            return Ok(KeyRoute {
-                must: Some(p),
-                why: "the class is in the `active-passive` rollout stage: only the primary serves"
-                    .into(),
-            });
-        }
-        return Ok(KeyRoute {
-            must: None,
-            why: "reads are served by every region".into(),
-        });
-    }
-    let to_primary = match class.rollout {
-        Rollout::ActivePassive | Rollout::ReadLocal => true,
-        Rollout::LimitedWrites => !class.limited_ops.contains(&op),
-        Rollout::ActiveActive => false,
+    // The regions' own rules, asked for a region that is none of them: a
+    // request only one region may take comes back as `Remote`.
+    let route = if op == OpKind::Get {
+        routing::route_read(config, "", class, view)
+    } else {
+        routing::route_write(config, "", class_name, class, key, op, None, view)
+            .map_err(|e| Refusal::Bad(e.to_string()))?
     };
-    if to_primary {
-        let (p, _) = view.effective(routing::primary(config, class));
-        return Ok(KeyRoute {
-            must: Some(p),
-            why: format!(
-                "the class is in the `{}` rollout stage: the primary takes this write",
-                class.rollout.as_str()
-            ),
-        });
-    }
-    let owner = routing::owner(config, class_name, class, key, None, view)
-        .map_err(|e| Refusal::Bad(e.to_string()))?;
-    Ok(match owner {
-        None => KeyRoute {
+    Ok(match route {
+        Route::Local { .. } => KeyRoute {
             must: None,
-            why: "every region takes writes of this class".into(),
+            why: if op == OpKind::Get {
+                "reads are served by every region"
+            } else {
+                "every region takes writes of this class"
+            }
+            .into(),
         },
-        Some((o, epoch)) => KeyRoute {
-            must: Some(o),
-            why: format!(
-                "the key is owned by one region (ownership = \"{}\", epoch {epoch})",
-                match class.ownership {
-                    Ownership::Home => "home",
-                    Ownership::Hash => "hash",
-                    Ownership::Global => "global",
-                }
-            ),
-        },
+        Route::Remote { to, why } => {
+            // Name the epoch when the key's owner is the region named.
+            let epoch = routing::owner(config, class_name, class, key, None, view)
+                .ok()
+                .flatten()
+                .filter(|(owner, _)| *owner == to)
+                .map(|(_, epoch)| epoch);
+            KeyRoute {
+                must: Some(to),
+                why: match epoch {
+                    Some(e) => format!("{why}, epoch {e}"),
+                    None => why,
+                },
+            }
+        }
     })
 }
 

@@ -67,14 +67,17 @@ impl DnsHandler {
             .map(|(_, l)| l.as_str())
     }
 
+    /// `<label>.<zone>`.
+    fn in_zone(&self, label: &str) -> Name {
+        let zone = Name::from(self.zone.clone());
+        Name::from_ascii(label)
+            .and_then(|n| n.append_domain(&zone))
+            .unwrap_or(zone)
+    }
+
     fn soa(&self) -> Record {
         let zone = Name::from(self.zone.clone());
-        let ns = Name::from_ascii("ns")
-            .and_then(|n| n.append_domain(&zone))
-            .unwrap_or_else(|_| zone.clone());
-        let mail = Name::from_ascii("hostmaster")
-            .and_then(|n| n.append_domain(&zone))
-            .unwrap_or_else(|_| zone.clone());
+        let (ns, mail) = (self.in_zone("ns"), self.in_zone("hostmaster"));
         let ttl = self.router.config().router.ttl_s;
         let serial = (self.router.now_ms() / 1_000) as u32;
         Record::from_rdata(
@@ -97,15 +100,9 @@ impl DnsHandler {
                 match qtype {
                     RecordType::SOA => return Answer::Records(vec![self.soa()]),
                     RecordType::NS => {
+                        let ns = RData::NS(NS(self.in_zone("ns")));
                         let zone = Name::from(self.zone.clone());
-                        let ns = Name::from_ascii("ns")
-                            .and_then(|n| n.append_domain(&zone))
-                            .unwrap_or_else(|_| zone.clone());
-                        return Answer::Records(vec![Record::from_rdata(
-                            zone,
-                            ttl,
-                            RData::NS(NS(ns)),
-                        )]);
+                        return Answer::Records(vec![Record::from_rdata(zone, ttl, ns)]);
                     }
                     _ => {}
                 }

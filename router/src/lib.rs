@@ -209,6 +209,18 @@ impl Router {
         out
     }
 
+    /// Clients of the regions that are up, nearest to this router's
+    /// location first: where the router reads delegations and sends rows.
+    pub(crate) fn up_nearest_first(&self) -> Vec<parallax_core::RegionClient> {
+        let config = &self.inner.config;
+        let origin = Origin::Named(self.inner.location.clone());
+        decide::ranked(config, &origin, &self.states())
+            .into_iter()
+            .filter(|c| c.state == State::Up)
+            .filter_map(|c| parallax_core::RegionClient::from_config(config, &c.region))
+            .collect()
+    }
+
     /// Now, on the router's clock (ms since epoch).
     pub fn now_ms(&self) -> u64 {
         self.inner.clock.now_ms()
