@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use parallax_core::api::Fault;
-use parallax_core::api::{EntityOp, Resolution};
+use parallax_core::api::{EntityOp, MoveRollout, Resolution};
 use parallax_core::config::Config;
 use parallax_core::{ClientError, ReadOptions, RegionClient, RoutedClient, WriteOptions};
 use serde::Serialize;
@@ -128,6 +128,22 @@ pub(crate) struct FailoverArgs {
     /// The region that takes them; the same as --from hands them back.
     #[arg(long)]
     pub(crate) to: String,
+}
+
+/// Arguments of `parallax rollout`.
+#[derive(Debug, Args)]
+pub(crate) struct RolloutArgs {
+    #[command(flatten)]
+    pub(crate) target: RegionTarget,
+    /// The class to move (with --stage).
+    #[arg(long, requires = "stage")]
+    pub(crate) class: Option<String>,
+    /// The stage: active-passive, read-local, limited-writes or active-active.
+    #[arg(long, requires = "class")]
+    pub(crate) stage: Option<String>,
+    /// Move even when that skips a stage.
+    #[arg(long, requires = "stage")]
+    pub(crate) force: bool,
 }
 
 /// How long the CLI waits for a region (an anti-entropy pass or a quorum
@@ -360,6 +376,22 @@ pub(crate) async fn failover(a: FailoverArgs) -> Result<ExitCode> {
 /// `parallax ownership`.
 pub(crate) async fn ownership(target: RegionTarget) -> Result<ExitCode> {
     show(target.client()?.ownership().await)
+}
+
+/// `parallax rollout`.
+pub(crate) async fn rollout(a: RolloutArgs) -> Result<ExitCode> {
+    let client = a.target.client()?;
+    match (a.class, a.stage) {
+        (Some(class), Some(stage)) => {
+            let m = MoveRollout {
+                class,
+                stage,
+                force: a.force,
+            };
+            show(client.move_rollout(&m).await)
+        }
+        _ => show(client.rollouts().await),
+    }
 }
 
 /// Arguments of `parallax anti-entropy`.

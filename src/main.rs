@@ -60,6 +60,10 @@ enum Command {
     Failover(client::FailoverArgs),
     /// Show the ownership delegations in force and who owns each region's keys.
     Ownership(client::RegionTarget),
+    /// Move a class to another rollout stage in every region (active-passive
+    /// → read-local → limited-writes → active-active, one stage at a time,
+    /// back as well), or, without --stage, show every class's stage.
+    Rollout(client::RolloutArgs),
     /// Compare every region's copy of the critical classes: which keys
     /// differ, and whether replication explains it. Exits 0 when nothing
     /// diverges, 1 when something does, 2 on error.
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
             Command::Stats(a) => client::stats(a).await,
             Command::Failover(a) => client::failover(a).await,
             Command::Ownership(a) => client::ownership(a).await,
+            Command::Rollout(a) => client::rollout(a).await,
             Command::Audit(a) => audit::run(a).await,
             Command::Sql(a) => sql::run(a).await,
             Command::Web(a) => web::run(a).await,

@@ -261,7 +261,8 @@ impl Rig {
             if evaluations.len() > 2 && state["state"] == "inactive" {
                 let evaluator = &alerts["evaluator"];
                 assert_eq!(evaluator["name"], "alerts", "{alerts}");
-                assert!(evaluator["runs"].as_u64() >= Some(3), "{evaluator}");
+                // A run publishes its rules' states before it counts itself.
+                assert!(evaluator["runs"].as_u64() >= Some(2), "{evaluator}");
                 return;
             }
             assert!(

@@ -4,52 +4,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, RouterProcess, eventually, start_router};
 use serde_json::Value;
 
 const EXAMPLE: &str = include_str!("../deploy/examples/three-regions.toml");
-
-/// A `parallax router` process, killed when dropped.
-struct RouterProcess {
-    child: Child,
-    url: String,
-}
-
-impl Drop for RouterProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_router(cluster: &Cluster, location: &str) -> RouterProcess {
-    let port = cluster.router_ports[location];
-    let child = Command::new(env!("CARGO_BIN_EXE_parallax"))
-        .args(["router", "--config"])
-        .arg(&cluster.config)
-        .args(["--location", location])
-        .env("PARALLAX_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let router = RouterProcess {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{}/healthz", router.url))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "router {location} did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    router
-}
 
 async fn get(url: &str) -> (u16, Value, Option<String>) {
     let r = reqwest::get(url).await.unwrap();
@@ -267,22 +228,6 @@ fn a_router_refuses_to_start_without_a_place_or_regions() {
         err.contains("down_after and up_after must be at least 1"),
         "{err}"
     );
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, for at most `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < within, "after {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn text(url: &str) -> String {

@@ -30,6 +30,7 @@ pub struct Metrics {
     probe_seconds: HistogramVec,
     probe_up: IntGaugeVec,
     failovers: IntCounterVec,
+    rollouts: IntCounterVec,
     audit_divergent: IntGaugeVec,
     dropped: IntCounterVec,
     rows_written: IntCounterVec,
@@ -151,6 +152,12 @@ impl Metrics {
                 "Ownership moves recorded here.",
                 &["region"],
             ),
+            rollouts: counter(
+                &r,
+                "parallax_rollout_moves_total",
+                "Rollout stage moves taken here, by class and the stage moved to.",
+                &["region", "class", "stage"],
+            ),
             audit_divergent: int_gauge(
                 &r,
                 "parallax_audit_divergent_keys",
@@ -237,6 +244,10 @@ impl Metrics {
                     .set(i64::from(p.ok));
             }
             Event::Failover(_) => self.failovers.with_label_values(&[me]).inc(),
+            Event::Rollout(r) => self
+                .rollouts
+                .with_label_values(&[me, &r.class, &r.to_stage])
+                .inc(),
             Event::Audit(a) => self
                 .audit_divergent
                 .with_label_values(&[me, &a.class])

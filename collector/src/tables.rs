@@ -19,7 +19,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parallax_core::telemetry::{
     AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent,
-    ReplicationEvent, RequestEvent,
+    ReplicationEvent, RequestEvent, RolloutEvent,
 };
 
 use crate::Error;
@@ -353,6 +353,14 @@ tables! {
         "handed_back_us": int64_or_null(|r| r.handed_back_us.map(|v| v as i64)),
     }
 
+    /// One row per rollout stage move, recorded by the region that took it.
+    rollouts = Rollout(RolloutEvent) {
+        "class": text(|r| &r.class),
+        "from_stage": text(|r| &r.from_stage),
+        "to_stage": text(|r| &r.to_stage),
+        "forced": boolean(|r| r.forced),
+    }
+
     /// One row per health probe a region made of a region.
     probes = Probe(ProbeEvent) {
         "vantage": text(|r| &r.vantage),
@@ -521,6 +529,16 @@ mod tests {
                     int64("moved_us").with_nullable(true),
                     int64("up_us").with_nullable(true),
                     int64("handed_back_us").with_nullable(true),
+                ],
+            ),
+            (
+                "rollouts",
+                vec![
+                    ts("ts"),
+                    text("class"),
+                    text("from_stage"),
+                    text("to_stage"),
+                    field("forced", DataType::Boolean),
                 ],
             ),
             (

@@ -378,6 +378,7 @@ async fn probes_show_which_regions_answer_from_here() {
 fn one_of_each() -> Vec<Event> {
     use parallax_core::telemetry::{
         AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, FailoverEvent, ProbeEvent,
+        RolloutEvent,
     };
     vec![
         Event::Request(RequestEvent {
@@ -462,6 +463,14 @@ fn one_of_each() -> Vec<Event> {
             event: "ownership us-east -> eu-west (epoch 4)".into(),
             ..Default::default()
         }),
+        Event::Rollout(RolloutEvent {
+            ts_us: T0 + 10,
+            region: "us-east".into(),
+            class: "carts".into(),
+            from_stage: "read-local".into(),
+            to_stage: "limited-writes".into(),
+            forced: true,
+        }),
         Event::Probe(ProbeEvent {
             ts_us: T0 + 8,
             vantage: "us-east".into(),
@@ -527,8 +536,8 @@ fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
     for e in one_of_each() {
         c.ingest(e);
     }
-    assert_eq!(c.flush().unwrap(), 9);
-    let ts = |n| format!("ts=2026-11-28T10:00:00.00000{n}");
+    assert_eq!(c.flush().unwrap(), 10);
+    let ts = |n: u64| format!("ts=2026-11-28T10:00:00.{n:06}");
     let expected = [
         (
             "requests",
@@ -584,6 +593,13 @@ fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
                     ts(7)
                 ),
             ],
+        ),
+        (
+            "rollouts",
+            vec![format!(
+                "{}, class=carts, from_stage=read-local, to_stage=limited-writes, forced=true",
+                ts(10)
+            )],
         ),
         (
             "probes",

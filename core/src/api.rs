@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::clock::Hlc;
+use crate::config::Rollout;
 use crate::entity::Op;
 use crate::error::{Error, Result};
 use crate::routing::Delegation;
@@ -143,6 +144,69 @@ pub struct MoveOwnership {
     /// others still reach does not take its keys away.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_for_ms: Option<u64>,
+}
+
+/// The body of `POST /v1/admin/rollout`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRollout {
+    /// The class.
+    pub class: String,
+    /// The stage to move it to (`active-passive`, `read-local`,
+    /// `limited-writes`, `active-active`).
+    pub stage: String,
+    /// Move even when that skips a stage.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `GET /v1/admin/rollout`: every class's stage now, as one region knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollouts {
+    /// The region that answered.
+    pub region: String,
+    /// Class -> its stage.
+    pub classes: std::collections::BTreeMap<String, ClassStage>,
+    /// The stages set at runtime, as stored (what routers join).
+    pub view: crate::rollout::RolloutView,
+}
+
+/// One class's rollout stage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassStage {
+    /// The stage in force.
+    pub stage: Rollout,
+    /// The stage the config names (where the class started).
+    pub configured: Rollout,
+    /// Where the stage in force comes from: `config` or `runtime`.
+    pub source: String,
+    /// The operations any region takes in `limited-writes`.
+    pub limited_ops: Vec<String>,
+    /// The region whose writes every region forwards in the early stages.
+    pub primary: String,
+}
+
+/// What `POST /v1/admin/rollout` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutMoved {
+    /// The region that took the move.
+    pub region: String,
+    /// The class.
+    pub class: String,
+    /// The stage it was in.
+    pub from: Rollout,
+    /// The stage it is in now.
+    pub stage: Rollout,
+    /// Whether a skipped stage was forced.
+    pub forced: bool,
+    /// False when the class was in that stage already (nothing written).
+    pub changed: bool,
+    /// The regions holding the move durably when it was answered (a
+    /// majority at least); the others take it as replication reaches them.
+    pub applied_in: Vec<String>,
+    /// What an operator should know (e.g. `limited_ops` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The body of `POST /v1/admin/failovers`: rows for the `failovers` table,

@@ -23,11 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{
-    AntiEntropyAnswer, AntiEntropyRequest, AuditRecords, AuditRecordsAnswer, ConflictList,
-    ConflictLog, EntityOp, FailoverRecords, FailoverRecordsAnswer, Fault, FaultAnswer,
-    FaultRequest, Health, MoveOwnership, Ownership, Resolution, TOKEN_HEADER,
-};
+use crate::api::{ConflictList, ConflictLog, EntityOp, Health, Resolution, TOKEN_HEADER};
 use crate::config::Config;
 use crate::error::{ApiError, Error, WireError};
 use crate::protocol::{
@@ -378,107 +374,6 @@ impl RegionClient {
             .await
     }
 
-    /// `GET /v1/admin/ownership`.
-    pub async fn ownership(&self) -> Result<Ownership, ClientError> {
-        self.call(Method::GET, "/v1/admin/ownership", Auth::Admin, None, None)
-            .await
-    }
-
-    /// `POST /v1/admin/ownership`: `region`'s keys move to `delegate`.
-    pub async fn move_ownership(
-        &self,
-        region: &str,
-        delegate: &str,
-    ) -> Result<Ownership, ClientError> {
-        self.move_ownership_if(&MoveOwnership {
-            region: region.to_owned(),
-            delegate: delegate.to_owned(),
-            expect_epoch: None,
-            unreachable_for_ms: None,
-        })
-        .await
-    }
-
-    /// `POST /v1/admin/ownership` with its conditions: a 409
-    /// (`precondition_failed`) when one does not hold.
-    pub async fn move_ownership_if(&self, m: &MoveOwnership) -> Result<Ownership, ClientError> {
-        self.call(
-            Method::POST,
-            "/v1/admin/ownership",
-            Auth::Admin,
-            None,
-            Some(json_body(m)?),
-        )
-        .await
-    }
-
-    /// `POST /v1/admin/failovers`: the region's collector keeps the rows.
-    pub async fn failover_records(
-        &self,
-        records: &FailoverRecords,
-    ) -> Result<FailoverRecordsAnswer, ClientError> {
-        self.call(
-            Method::POST,
-            "/v1/admin/failovers",
-            Auth::Admin,
-            None,
-            Some(json_body(records)?),
-        )
-        .await
-    }
-
-    /// `POST /v1/admin/fault` (drills only).
-    pub async fn fault(
-        &self,
-        class: &str,
-        key: &str,
-        action: Fault,
-    ) -> Result<FaultAnswer, ClientError> {
-        let body = FaultRequest {
-            class: class.to_owned(),
-            key: key.to_owned(),
-            action,
-        };
-        self.call(
-            Method::POST,
-            "/v1/admin/fault",
-            Auth::Admin,
-            None,
-            Some(json_body(&body)?),
-        )
-        .await
-    }
-
-    /// `POST /v1/admin/anti-entropy`: with `peer`, or every peer.
-    pub async fn anti_entropy(&self, peer: Option<&str>) -> Result<AntiEntropyAnswer, ClientError> {
-        let body = AntiEntropyRequest {
-            peer: peer.map(str::to_owned),
-        };
-        self.call(
-            Method::POST,
-            "/v1/admin/anti-entropy",
-            Auth::Admin,
-            None,
-            Some(json_body(&body)?),
-        )
-        .await
-    }
-
-    /// `POST /v1/admin/audit-records`: the region's collector keeps them.
-    pub async fn audit_records(
-        &self,
-        records: &AuditRecords,
-    ) -> Result<AuditRecordsAnswer, ClientError> {
-        self.call(
-            Method::POST,
-            "/v1/admin/audit-records",
-            Auth::Admin,
-            None,
-            Some(json_body(records)?),
-        )
-        .await
-    }
-
     /// `GET /healthz`.
     pub async fn healthz(&self) -> Result<Health, ClientError> {
         self.call(Method::GET, "/healthz", Auth::None, None, None)
@@ -690,5 +585,6 @@ impl TreeSource for RegionClient {
     }
 }
 
+mod admin;
 #[cfg(test)]
 mod tests;

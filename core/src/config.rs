@@ -28,6 +28,10 @@ pub const SYSTEM_CLASS_PREFIX: char = '_';
 /// entity per original owner region, replicated like any other class.
 pub const OWNERSHIP_CLASS: &str = "_ownership";
 
+/// The system class holding the rollout stages set at runtime, one LWW
+/// entity per class (see [`crate::rollout`]).
+pub const ROLLOUT_CLASS: &str = "_rollout";
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -11,6 +11,7 @@
 //! - [`version`]: version vectors.
 //! - [`entity`]: entities and their conflict policies (pure).
 //! - [`routing`]: ownership and rollout stages (pure).
+//! - [`rollout`]: rollout stages moved at runtime, and the rule for a move.
 //! - [`merkle`]: Merkle trees over a class's entities (pure).
 //! - [`sync`]: comparing two regions' trees; anti-entropy.
 //! - [`protocol`]: region-to-region messages, the replication log entry.
@@ -32,6 +33,7 @@ pub mod entity;
 pub mod error;
 pub mod merkle;
 pub mod protocol;
+pub mod rollout;
 pub mod routed;
 pub mod routing;
 pub mod stats;

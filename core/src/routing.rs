@@ -160,7 +160,8 @@ pub fn owner(
     Ok(Some(view.effective(&by_config)))
 }
 
-/// Where a write goes, by rollout stage and then ownership.
+/// Where a write goes, by rollout stage (the class's stage now, see
+/// [`crate::rollout::RolloutView::stage`]) and then ownership.
 pub fn route_write(
     config: &Config,
     me: &str,
@@ -170,8 +171,9 @@ pub fn route_write(
     op: OpKind,
     explicit_home: Option<&str>,
     view: &OwnershipView,
+    stage: Rollout,
 ) -> Result<Route> {
-    let to_primary = match class.rollout {
+    let to_primary = match stage {
         Rollout::ActivePassive | Rollout::ReadLocal => {
             Some("the class is in the `{}` rollout stage: only the primary writes")
         }
@@ -182,7 +184,7 @@ pub fn route_write(
     };
     if let Some(why) = to_primary {
         let (p, epoch) = view.effective(primary(config, class));
-        let why = why.replace("{}", class.rollout.as_str());
+        let why = why.replace("{}", stage.as_str());
         return Ok(if p == me {
             Route::Local { epoch }
         } else {
@@ -203,8 +205,14 @@ pub fn route_write(
 }
 
 /// Where a read goes by rollout stage: in `active-passive` only the primary serves.
-pub fn route_read(config: &Config, me: &str, class: &ClassConfig, view: &OwnershipView) -> Route {
-    if class.rollout == Rollout::ActivePassive {
+pub fn route_read(
+    config: &Config,
+    me: &str,
+    class: &ClassConfig,
+    view: &OwnershipView,
+    stage: Rollout,
+) -> Route {
+    if stage == Rollout::ActivePassive {
         let (p, epoch) = view.effective(primary(config, class));
         if p != me {
             return Route::Remote {
@@ -292,7 +300,8 @@ rollout = "read-local"
         let c = config();
         let view = OwnershipView::default();
         let r = |class: &str, key: &str, op, me: &str| {
-            route_write(&c, me, class, &c.classes[class], key, op, None, &view).unwrap()
+            let cc = &c.classes[class];
+            route_write(&c, me, class, cc, key, op, None, &view, cc.rollout).unwrap()
         };
         assert_eq!(
             r("balances", "eu-1", OpKind::Put, "eu-west"),
@@ -340,6 +349,7 @@ rollout = "read-local"
             OpKind::Put,
             None,
             &view,
+            Rollout::ActiveActive,
         )
         .unwrap();
         assert_eq!(route, Route::Local { epoch: 3 });

@@ -31,6 +31,26 @@ pub enum Event {
     Audit(AuditEvent),
     /// An audit found a key divergent or in flight.
     Divergence(DivergenceEvent),
+    /// A class moved to another rollout stage.
+    Rollout(RolloutEvent),
+}
+
+/// A class moved to another rollout stage (recorded by the region that
+/// took the move).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    /// When (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// Region that took the move.
+    pub region: String,
+    /// The class.
+    pub class: String,
+    /// The stage it was in.
+    pub from_stage: String,
+    /// The stage it is in now.
+    pub to_stage: String,
+    /// Whether a skipped stage was forced.
+    pub forced: bool,
 }
 
 /// A failover: ownership moved by hand, or a step of a failover a router
@@ -471,7 +491,11 @@ impl Stats {
             Event::Clock(c) => {
                 s.clock.insert(c.peer.clone(), c.clone());
             }
-            Event::Failover(_) | Event::Probe(_) | Event::Audit(_) | Event::Divergence(_) => {}
+            Event::Failover(_)
+            | Event::Probe(_)
+            | Event::Audit(_)
+            | Event::Divergence(_)
+            | Event::Rollout(_) => {}
         }
     }
 

@@ -9,6 +9,8 @@
 //!   started inside this process;
 //! - [`load`]: a write load over every conflict policy;
 //! - [`drill`]: drills played on a running cluster;
+//! - [`netns`]: hosts of the project's own (network namespaces on a
+//!   bridge) whose links can be cut, for drills on real networks;
 //! - [`demo`]: `parallax demo`, three regions with WAN latency, load,
 //!   drills and a summary;
 //! - [`bench`]: `parallax bench`, benchmarks that report ratios against a
@@ -18,4 +20,5 @@ pub mod bench;
 pub mod demo;
 pub mod drill;
 pub mod load;
+pub mod netns;
 pub mod process;

@@ -23,11 +23,12 @@ use std::time::Instant;
 use parallax_core::api::ConflictRecord;
 use parallax_core::api::Fault;
 use parallax_core::clock::{Clock, HlcClock};
-use parallax_core::config::{Config, OWNERSHIP_CLASS};
+use parallax_core::config::{Config, OWNERSHIP_CLASS, ROLLOUT_CLASS};
 use parallax_core::entity::{ConflictOutcome, Entity, Merged, Op, WriteContext};
 use parallax_core::error::{Error, Result};
 use parallax_core::merkle::{self, Digest, MerkleTree};
 use parallax_core::protocol::LogEntry;
+use parallax_core::rollout::RolloutView;
 use parallax_core::routing::OwnershipView;
 use parallax_core::telemetry::{ConflictEvent, Event, Stats, Telemetry};
 use serde_json::Value;
@@ -83,8 +84,15 @@ struct Group {
     done: Vec<Done>,
     log: Vec<LogEntry>,
     changed: bool,
-    ownership_changed: bool,
+    /// An ownership delegation or a rollout stage changed.
+    control_changed: bool,
     tree: Vec<TreeDelta>,
+}
+
+/// Whether a class holds what routing depends on (delegations, stages):
+/// committing to it reloads the views.
+fn is_control(class: &str) -> bool {
+    class == OWNERSHIP_CLASS || class == ROLLOUT_CLASS
 }
 
 /// One entry's change in a class's Merkle tree.
@@ -186,7 +194,7 @@ impl Writer {
         w.repl.publish_head(w.head, w.clock.now_ms());
         w.repl.publish_durable(&w.durable);
         w.repl.set_wal_reader(w.wal.reader());
-        w.load_ownership();
+        w.load_control();
         w.rebuild_trees()?;
         w.repl.set_replayed(replayed as u64);
         if replayed > 0 {
@@ -205,7 +213,7 @@ impl Writer {
             done: Vec::new(),
             log: Vec::new(),
             changed: false,
-            ownership_changed: false,
+            control_changed: false,
             tree: Vec::new(),
         }
     }
@@ -451,19 +459,29 @@ impl Writer {
         Ok(())
     }
 
-    /// Reads the ownership delegations from the store and publishes them.
-    fn load_ownership(&self) {
-        match self.store.scan_class(OWNERSHIP_CLASS, None, usize::MAX) {
-            Ok(entries) => {
-                let view = OwnershipView::from_values(
-                    entries
-                        .iter()
-                        .filter_map(|(k, e)| Some((k.as_str(), e.value()?))),
+    /// Reads the ownership delegations and the rollout stages set at
+    /// runtime from the store and publishes them.
+    fn load_control(&self) {
+        let read = |class: &str| -> Result<Vec<(String, Value)>> {
+            Ok(self
+                .store
+                .scan_class(class, None, usize::MAX)?
+                .into_iter()
+                .filter_map(|(k, e)| Some((k, e.value()?)))
+                .collect())
+        };
+        match (read(OWNERSHIP_CLASS), read(ROLLOUT_CLASS)) {
+            (Ok(ownership), Ok(rollout)) => {
+                let ownership = OwnershipView::from_values(
+                    ownership.iter().map(|(k, v)| (k.as_str(), v.clone())),
                 );
-                self.repl.set_ownership(view);
+                let rollout =
+                    RolloutView::from_values(rollout.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                self.repl.set_ownership(ownership);
+                self.repl.set_rollout(rollout);
             }
-            Err(e) => {
-                tracing::error!(region = %self.region, error = %e, "Cannot read the ownership delegations.")
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(region = %self.region, error = %e, "Cannot read the ownership delegations and rollout stages.")
             }
         }
     }
@@ -477,8 +495,8 @@ impl Writer {
                     .map(|d| (d.class, d.bucket, d.old, d.new)),
             );
         }
-        if g.ownership_changed {
-            self.load_ownership();
+        if g.control_changed {
+            self.load_control();
         }
         self.next_conflict_id = g.next_conflict_id;
         if g.changed {

@@ -15,6 +15,7 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use parallax_core::rollout::RolloutView;
 use parallax_core::routing::OwnershipView;
 use parallax_core::worker::WorkerStatus;
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,9 @@ pub struct RegionsAnswer {
     pub regions: BTreeMap<String, Health>,
     /// The ownership delegations in force, as last read.
     pub ownership: OwnershipView,
+    /// The rollout stages set at runtime, as last read.
+    #[serde(default)]
+    pub stages: RolloutView,
     /// The last failovers this router ran (finished, then under way).
     pub failovers: Vec<Failover>,
     /// The router's workers.
@@ -154,6 +158,7 @@ async fn regions(State(router): State<Router>) -> Json<RegionsAnswer> {
         router: router.location().to_owned(),
         regions: router.health(),
         ownership: router.ownership(),
+        stages: router.stages(),
         failovers: router.failovers(),
         workers: router.workers(),
     })

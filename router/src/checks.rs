@@ -79,9 +79,10 @@ pub(crate) async fn check_loop(router: Router, region: String, mut w: Worker) {
     }
 }
 
-/// Re-reads the delegations in force from the nearest region that is up,
-/// every `ownership_refresh_ms`; a delegation never goes back to a lower
-/// epoch.
+/// Re-reads the delegations in force and the rollout stages set at
+/// runtime from the nearest region that is up, every
+/// `ownership_refresh_ms`; a delegation never goes back to a lower epoch,
+/// nor a stage to an older move.
 pub(crate) async fn ownership_loop(router: Router, mut w: Worker) {
     let cfg = &router.inner.config.router;
     let timeout = Duration::from_millis(cfg.check_timeout_ms.max(1_000));
@@ -93,13 +94,21 @@ pub(crate) async fn ownership_loop(router: Router, mut w: Worker) {
             w.idle();
             continue;
         };
-        let result = client.with_timeout(timeout).ownership().await;
+        let client = client.with_timeout(timeout);
+        let (ownership, stages) = tokio::join!(client.ownership(), client.rollouts());
+        let result = ownership.and_then(|o| Ok((o, stages?)));
         w.ran(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-        if let Ok(answer) = result {
+        if let Ok((ownership, stages)) = result {
             let read = OwnershipView {
-                delegations: answer.delegations,
+                delegations: ownership.delegations,
             };
             router.inner.view.write().expect("view lock").join(&read);
+            router
+                .inner
+                .stages
+                .write()
+                .expect("stages lock")
+                .join(&stages.view);
         }
         w.idle();
     }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use parallax_core::config::{Config, Location, OpKind, estimate_latency_ms};
+use parallax_core::rollout::RolloutView;
 use parallax_core::routing::{self, OwnershipView, Route};
 use serde::{Deserialize, Serialize};
 
@@ -148,7 +149,7 @@ pub fn parse_op(op: &str) -> Result<OpKind, Refusal> {
 }
 
 /// Which region a request on `class`/`key` must reach, by rollout stage
-/// and ownership under the delegations in `view`; `must: None` when any
+/// (`stages`: those set at runtime) and ownership under the delegations in `view`; `must: None` when any
 /// region serves it (the nearest healthy one is then chosen).
 pub fn key_route(
     config: &Config,
@@ -156,6 +157,7 @@ pub fn key_route(
     key: &str,
     op: OpKind,
     view: &OwnershipView,
+    stages: &RolloutView,
 ) -> Result<KeyRoute, Refusal> {
     let class = config
         .classes
@@ -174,10 +176,11 @@ pub fn key_route(
     }
     // The regions' own rules, asked for a region that is none of them: a
     // request only one region may take comes back as `Remote`.
+    let stage = stages.stage(class_name, class);
     let route = if op == OpKind::Get {
-        routing::route_read(config, "", class, view)
+        routing::route_read(config, "", class, view, stage)
     } else {
-        routing::route_write(config, "", class_name, class, key, op, None, view)
+        routing::route_write(config, "", class_name, class, key, op, None, view, stage)
             .map_err(|e| Refusal::Bad(e.to_string()))?
     };
     Ok(match route {
@@ -307,11 +310,12 @@ rollout = "read-local"
     #[test]
     fn writes_of_owned_keys_go_to_the_owner_and_follow_delegations() {
         let c = config();
+        let none = RolloutView::default();
         let mut view = OwnershipView::default();
-        let r = key_route(&c, "balances", "eu-42", OpKind::Put, &view).unwrap();
+        let r = key_route(&c, "balances", "eu-42", OpKind::Put, &view, &none).unwrap();
         assert_eq!(r.must.as_deref(), Some("eu-west"));
         // Reads of the same key go anywhere.
-        let r = key_route(&c, "balances", "eu-42", OpKind::Get, &view).unwrap();
+        let r = key_route(&c, "balances", "eu-42", OpKind::Get, &view, &none).unwrap();
         assert_eq!(r.must, None);
         // After a failover, the delegate owns it.
         view.delegations.insert(
@@ -321,23 +325,51 @@ rollout = "read-local"
                 epoch: 3,
             },
         );
-        let r = key_route(&c, "balances", "eu-42", OpKind::Put, &view).unwrap();
+        let r = key_route(&c, "balances", "eu-42", OpKind::Put, &view, &none).unwrap();
         assert_eq!(r.must.as_deref(), Some("us-east"));
         assert!(r.why.contains("epoch 3"), "{}", r.why);
         // A global class: anywhere. A read-local class: writes to the primary.
         assert_eq!(
-            key_route(&c, "likes", "k", OpKind::Incr, &view)
+            key_route(&c, "likes", "k", OpKind::Incr, &view, &none)
                 .unwrap()
                 .must,
             None
         );
         assert_eq!(
-            key_route(&c, "settings", "k", OpKind::Put, &view)
+            key_route(&c, "settings", "k", OpKind::Put, &view, &none)
                 .unwrap()
                 .must
                 .as_deref(),
             Some("us-east")
         );
+    }
+
+    #[test]
+    fn a_stage_set_at_runtime_routes_in_place_of_the_configured_one() {
+        let c = config();
+        let view = OwnershipView::default();
+        let mut stages = RolloutView::default();
+        // `likes` is active-active by config: an increment goes anywhere.
+        let incr = |stages: &RolloutView| {
+            key_route(&c, "likes", "k", OpKind::Incr, &view, stages)
+                .unwrap()
+                .must
+        };
+        assert_eq!(incr(&stages), None);
+        stages.stages.insert(
+            "likes".into(),
+            parallax_core::rollout::StageSet {
+                stage: parallax_core::config::Rollout::ReadLocal,
+                from: parallax_core::config::Rollout::LimitedWrites,
+                forced: false,
+                at_us: 1,
+                by: "us-west".into(),
+            },
+        );
+        assert_eq!(incr(&stages).as_deref(), Some("us-east"));
+        // Reads still go anywhere in read-local.
+        let read = key_route(&c, "likes", "k", OpKind::Get, &view, &stages).unwrap();
+        assert_eq!(read.must, None);
     }
 
     #[test]
@@ -357,14 +389,15 @@ rollout = "read-local"
             );
         }
         let v = OwnershipView::default();
-        let e = key_route(&c, "nope", "k", OpKind::Put, &v).unwrap_err();
+        let none = RolloutView::default();
+        let e = key_route(&c, "nope", "k", OpKind::Put, &v, &none).unwrap_err();
         assert!(
             matches!(e, Refusal::NotFound(_)) && e.message().contains("balances"),
             "{e:?}"
         );
-        let e = key_route(&c, "_ownership", "k", OpKind::Put, &v).unwrap_err();
+        let e = key_route(&c, "_ownership", "k", OpKind::Put, &v, &none).unwrap_err();
         assert!(matches!(e, Refusal::NotFound(_)), "{e:?}");
-        let e = key_route(&c, "balances", "zz-1", OpKind::Put, &v).unwrap_err();
+        let e = key_route(&c, "balances", "zz-1", OpKind::Put, &v, &none).unwrap_err();
         assert!(e.message().contains("no home region"), "{e:?}");
         assert!(
             parse_op("frobnicate")

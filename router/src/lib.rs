@@ -42,6 +42,7 @@ use std::time::Duration;
 use parallax_core::clock::Clock;
 use parallax_core::config::Config;
 use parallax_core::error::{Error, Result};
+use parallax_core::rollout::RolloutView;
 use parallax_core::routing::OwnershipView;
 use parallax_core::worker::{WorkerStatus, Workers};
 
@@ -89,6 +90,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     health: RwLock<BTreeMap<String, Health>>,
     view: RwLock<OwnershipView>,
+    /// The rollout stages set at runtime, as last read.
+    stages: RwLock<RolloutView>,
     /// Per region: the last answer that named it (ms since epoch; 0 never).
     last_answer: BTreeMap<String, AtomicU64>,
     /// Failovers under way, by region.
@@ -122,6 +125,7 @@ impl Router {
                         .collect(),
                 ),
                 view: RwLock::new(OwnershipView::default()),
+                stages: RwLock::new(RolloutView::default()),
                 last_answer: config
                     .regions
                     .keys()
@@ -186,6 +190,11 @@ impl Router {
     /// The ownership delegations in force, as last read.
     pub fn ownership(&self) -> OwnershipView {
         self.inner.view.read().expect("view lock").clone()
+    }
+
+    /// The rollout stages set at runtime, as last read.
+    pub fn stages(&self) -> RolloutView {
+        self.inner.stages.read().expect("stages lock").clone()
     }
 
     /// Failovers under way, then the last finished ones (newest last).
@@ -273,6 +282,7 @@ impl Router {
                     key,
                     op,
                     &self.ownership(),
+                    &self.stages(),
                 )?)
             }
             (None, None) if q.op.is_none() => None,

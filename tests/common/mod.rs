@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub(crate) use parallax_lab::netns::Net;
+
 pub(crate) const REGIONS: [&str; 3] = ["us-east", "us-west", "eu-west"];
 pub(crate) const TOKEN: &str = "e2e-client";
 pub(crate) const ADMIN_TOKEN: &str = "e2e-admin";
@@ -30,6 +32,11 @@ pub(crate) struct Cluster {
     pub(crate) router_ports: std::collections::BTreeMap<String, u16>,
     /// The routers' DNS ports by location (`dns_listen` of an example).
     pub(crate) router_dns_ports: std::collections::BTreeMap<String, u16>,
+    /// The routers' addresses by location (default 127.0.0.1).
+    pub(crate) router_hosts: std::collections::BTreeMap<String, String>,
+    /// The network namespace each region and router runs in, when on a
+    /// [`Net`] (by region index, and by `router:<location>`).
+    namespaces: std::collections::BTreeMap<String, String>,
     children: Vec<Option<Child>>,
     region_args: Vec<Vec<String>>,
 }
@@ -79,7 +86,49 @@ impl Cluster {
     /// [`Cluster::from_example`] with each region on its own loopback
     /// address (any of 127.0.0.0/8), so that addresses tell regions apart.
     pub(crate) fn from_example_on(example: &str, extra: &str, hosts: [&str; 3]) -> Cluster {
+        Cluster::from_example_placed(example, extra, hosts, &|_| None, Default::default())
+    }
+
+    /// [`Cluster::from_example`] on the hosts of `net`: each region on the
+    /// host of its name, each router whose location has a host
+    /// `r-<location>` on that host (the others on 127.0.0.1, not started).
+    pub(crate) fn from_example_in(example: &str, extra: &str, net: &Net) -> Cluster {
+        let addrs = REGIONS.map(|r| net.addr(r).to_string());
+        let hosts: Vec<String> = net.hosts().map(str::to_owned).collect();
+        let router_host = |location: &str| {
+            let host = format!("r-{location}");
+            hosts
+                .contains(&host)
+                .then(|| (net.addr(&host).to_string(), net.namespace(&host)))
+        };
+        let mut namespaces = std::collections::BTreeMap::new();
+        for (i, r) in REGIONS.iter().enumerate() {
+            namespaces.insert(i.to_string(), net.namespace(r));
+        }
+        let mut c = Cluster::from_example_placed(
+            example,
+            extra,
+            addrs.each_ref().map(String::as_str),
+            &router_host,
+            namespaces,
+        );
+        for location in c.router_ports.keys().cloned().collect::<Vec<_>>() {
+            if let Some((_, ns)) = router_host(&location) {
+                c.namespaces.insert(format!("router:{location}"), ns);
+            }
+        }
+        c
+    }
+
+    fn from_example_placed(
+        example: &str,
+        extra: &str,
+        hosts: [&str; 3],
+        router_host: &dyn Fn(&str) -> Option<(String, String)>,
+        namespaces: std::collections::BTreeMap<String, String>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let mut router_hosts = std::collections::BTreeMap::new();
         let ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
         let mut section = String::new();
         let mut moved = 0;
@@ -97,8 +146,10 @@ impl Cluster {
                 && line.trim_start().starts_with("listen")
             {
                 let port = free_port();
+                let host = router_host(location).map_or_else(|| "127.0.0.1".to_owned(), |h| h.0);
                 router_ports.insert(location.to_owned(), port);
-                toml.push_str(&format!("listen = \"127.0.0.1:{port}\"\n"));
+                toml.push_str(&format!("listen = \"{host}:{port}\"\n"));
+                router_hosts.insert(location.to_owned(), host);
                 continue;
             }
             if let Some(location) = router
@@ -130,9 +181,14 @@ impl Cluster {
             "the example does not declare {REGIONS:?} with a listen each"
         );
         toml.push_str(extra);
-        let mut c = Cluster::launch_on(dir, toml, ports, hosts, &[&[], &[], &[]]);
+        let mut c = Cluster::place(dir, toml, ports, hosts, &[&[], &[], &[]]);
         c.router_ports = router_ports;
         c.router_dns_ports = router_dns_ports;
+        c.router_hosts = router_hosts;
+        c.namespaces = namespaces;
+        for i in 0..REGIONS.len() {
+            c.spawn(i);
+        }
         c
     }
 
@@ -167,25 +223,38 @@ impl Cluster {
         hosts: [&str; 3],
         region_args: &[&[&str]; 3],
     ) -> Cluster {
+        let mut c = Cluster::place(dir, toml, ports, hosts, region_args);
+        for i in 0..REGIONS.len() {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Writes the config; starts nothing.
+    fn place(
+        dir: tempfile::TempDir,
+        toml: String,
+        ports: Vec<u16>,
+        hosts: [&str; 3],
+        region_args: &[&[&str]; 3],
+    ) -> Cluster {
         let config = dir.path().join("parallax.toml");
         std::fs::write(&config, toml).unwrap();
-        let mut c = Cluster {
+        Cluster {
             dir,
             config,
             ports,
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             router_ports: std::collections::BTreeMap::new(),
             router_dns_ports: std::collections::BTreeMap::new(),
+            router_hosts: std::collections::BTreeMap::new(),
+            namespaces: std::collections::BTreeMap::new(),
             children: vec![None, None, None],
             region_args: region_args
                 .iter()
                 .map(|args| args.iter().map(|a| (*a).to_owned()).collect())
                 .collect(),
-        };
-        for i in 0..REGIONS.len() {
-            c.spawn(i);
         }
-        c
     }
 
     pub(crate) fn data_dir(&self) -> PathBuf {
@@ -197,8 +266,23 @@ impl Cluster {
         self.region_args[i] = args.iter().map(|a| (*a).to_owned()).collect();
     }
 
+    /// A command running the `parallax` binary, in `key`'s namespace when
+    /// the cluster is on a [`Net`] (`key`: a region index or `router:<location>`).
+    pub(crate) fn parallax(&self, key: &str) -> Command {
+        let binary = env!("CARGO_BIN_EXE_parallax");
+        match self.namespaces.get(key) {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, binary]);
+                c
+            }
+            None => Command::new(binary),
+        }
+    }
+
     pub(crate) fn spawn(&mut self, i: usize) {
-        let child = Command::new(env!("CARGO_BIN_EXE_parallax"))
+        let child = self
+            .parallax(&i.to_string())
             .args(["region", "--config"])
             .arg(&self.config)
             .args(["--region", REGIONS[i], "--data-dir"])
@@ -388,4 +472,64 @@ pub(crate) fn missing_tool(what: &str) {
         panic!("{what}; PARALLAX_REQUIRE_TOOLS=1 makes a missing tool a failure");
     }
     eprintln!("SKIPPED: {what}");
+}
+
+/// A `parallax router` process, killed when dropped.
+pub(crate) struct RouterProcess {
+    child: Child,
+    /// Its base URL.
+    pub(crate) url: String,
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `parallax router` for `location` on the port the cluster's
+/// config gives it and waits (30 s at most) until it answers.
+pub(crate) async fn start_router(cluster: &Cluster, location: &str) -> RouterProcess {
+    let port = cluster.router_ports[location];
+    let host = &cluster.router_hosts[location];
+    let child = cluster
+        .parallax(&format!("router:{location}"))
+        .args(["router", "--config"])
+        .arg(&cluster.config)
+        .args(["--location", location])
+        .env("PARALLAX_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let router = RouterProcess {
+        child,
+        url: format!("http://{host}:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{}/healthz", router.url))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "router {location} did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    router
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `within`.
+pub(crate) async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "after {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -24,6 +24,17 @@ pub struct Series {
     pub points: Vec<(i64, f64)>,
 }
 
+/// One mark: a vertical line at `t` with its label on hover.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Mark {
+    /// When (epoch seconds).
+    pub t: i64,
+    /// `rollout` or `failover`.
+    pub kind: String,
+    /// What happened.
+    pub label: String,
+}
+
 /// Escapes text for SVG/HTML.
 pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -63,8 +74,9 @@ pub fn num(v: f64) -> String {
 }
 
 /// A line chart of time series between `from_s` and `to_s`, `unit` after
-/// figures. Empty series draw an empty frame saying "no data".
-pub fn time_chart(series: &[Series], from_s: i64, to_s: i64, unit: &str) -> String {
+/// figures, with `marks` in the range as dashed vertical lines. Empty
+/// series draw an empty frame saying "no data".
+pub fn time_chart(series: &[Series], marks: &[Mark], from_s: i64, to_s: i64, unit: &str) -> String {
     let (w, h) = (720.0, 220.0);
     let (left, right, top, bottom) = (56.0, 12.0, 10.0, 40.0);
     let pw = w - left - right;
@@ -116,6 +128,24 @@ pub fn time_chart(series: &[Series], from_s: i64, to_s: i64, unit: &str) -> Stri
             r##"<text x="{}" y="{}" font-size="13" text-anchor="middle" fill="#888">no data in this range</text>"##,
             left + pw / 2.0,
             top + ph / 2.0
+        );
+    }
+    for m in marks.iter().filter(|m| (from_s..=to_s).contains(&m.t)) {
+        let color = if m.kind == "rollout" {
+            "#7b3294"
+        } else {
+            "#b35806"
+        };
+        let xx = x(m.t);
+        let _ = write!(
+            o,
+            r##"<g class="mark" data-kind="{}" data-label="{}"><line x1="{xx:.1}" x2="{xx:.1}" y1="{top}" y2="{}" stroke="{color}" stroke-width="1.2" stroke-dasharray="4 3"/><path d="M{:.1},{top} l4,-6 h-8 z" fill="{color}"/><title>{} {}</title></g>"##,
+            esc(&m.kind),
+            esc(&m.label),
+            top + ph,
+            xx,
+            time::chart_tick(m.t, true),
+            esc(&m.label)
         );
     }
     for (i, s) in series.iter().enumerate() {
@@ -310,15 +340,37 @@ mod tests {
     }
 
     #[test]
+    fn marks_in_the_range_are_drawn_with_their_label() {
+        let mark = |t: i64, kind: &str| Mark {
+            t,
+            kind: kind.into(),
+            label: format!("rollout <carts> at {t}"),
+        };
+        let marks = [
+            mark(30, "rollout"),
+            mark(90, "failover"),
+            mark(500, "rollout"),
+        ];
+        let svg = time_chart(&[], &marks, 0, 120, "");
+        assert_eq!(svg.matches("<g class=\"mark\"").count(), 2, "{svg}");
+        assert!(svg.contains("data-kind=\"rollout\" data-label=\"rollout &lt;carts&gt; at 30\""));
+        assert!(svg.contains("data-kind=\"failover\""));
+        assert!(!svg.contains("at 500"), "outside the range");
+        // At a quarter of the plot's width from its left edge.
+        let x = 56.0 + (720.0 - 56.0 - 12.0) * 30.0 / 120.0;
+        assert!(svg.contains(&format!("x1=\"{x:.1}\"")), "{svg}");
+    }
+
+    #[test]
     fn charts_escape_labels_and_draw_every_point() {
         let s = vec![Series {
             label: "<us-east>".into(),
             points: vec![(60, 1.0), (0, 2.0), (120, 3.0)],
         }];
-        let svg = time_chart(&s, 0, 120, " ms");
+        let svg = time_chart(&s, &[], 0, 120, " ms");
         assert!(svg.contains("&lt;us-east&gt;") && !svg.contains("<us-east>"));
         assert_eq!(svg.matches("<circle").count(), 3);
-        assert!(time_chart(&[], 0, 60, "").contains("no data"));
+        assert!(time_chart(&[], &[], 0, 60, "").contains("no data"));
         let h = heatmap(
             &["a".into()],
             &["b".into(), "c".into()],

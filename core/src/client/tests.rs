@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::parse_op;
+use crate::api::{AntiEntropyRequest, parse_op};
 use crate::entity::Op;
 
 #[test]

@@ -15,7 +15,9 @@ pub struct ClassConfig {
     /// Which region may write a key.
     #[serde(default)]
     pub ownership: Ownership,
-    /// How far the class has progressed from active-passive to active-active.
+    /// How far the class has progressed from active-passive to active-active:
+    /// the stage it starts in. `parallax rollout` moves it at runtime, and
+    /// a stage set that way wins over this one until it is moved again.
     #[serde(default)]
     pub rollout: Rollout,
     /// Critical classes are audited for divergence and alerted on.
@@ -26,7 +28,8 @@ pub struct ClassConfig {
     #[serde(default)]
     pub primary: Option<String>,
     /// For the `limited-writes` stage: the operations any region may take
-    /// (`put`, `delete`, `incr`, `add`, `remove`, `resolve`); others go to the primary.
+    /// (`put`, `delete`, `incr`, `add`, `remove`, `resolve`); others go to the
+    /// primary. May be set in any stage, for when the class is moved there.
     #[serde(default)]
     pub limited_ops: Vec<OpKind>,
     /// What a region does with a write for a key it does not own (or, for the

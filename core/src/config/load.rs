@@ -38,9 +38,11 @@ impl Config {
         })?;
         let mut config = config;
         config.validate(origin)?;
-        config
-            .classes
-            .insert(OWNERSHIP_CLASS.to_owned(), ClassConfig::system_lww());
+        for system in [OWNERSHIP_CLASS, ROLLOUT_CLASS] {
+            config
+                .classes
+                .insert(system.to_owned(), ClassConfig::system_lww());
+        }
         Ok(config)
     }
 
@@ -189,15 +191,6 @@ impl Config {
                         "are set but the class's conflict policy is `{}`. Fix: field rules apply to \
                          conflict = \"merge\" only",
                         class.conflict
-                    ),
-                );
-            }
-            if !class.limited_ops.is_empty() && class.rollout != Rollout::LimitedWrites {
-                return fail(
-                    &at("limited_ops"),
-                    format!(
-                        "is set but rollout is `{}`. Fix: set rollout = \"limited-writes\" or remove limited_ops",
-                        class.rollout.as_str()
                     ),
                 );
             }

@@ -54,21 +54,65 @@ pub(super) async fn move_ownership(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let fix = "send {\"region\": <the region whose keys move>, \"delegate\": <the region taking them>}, \
+               optionally with \"expect_epoch\" and \"unreachable_for_ms\"";
+    let st = &state;
+    admin_post(st, &headers, body, fix, |req: MoveOwnership| async move {
+        let view = st.node.move_ownership_if(&req).await?;
+        Ok(ownership_body(st, &view))
+    })
+    .await
+}
+
+/// An admin `POST`: checks the admin token, reads the body as `B` (a body
+/// that is not one answers 400 ending with `Fix: <fix>`) and answers what
+/// `act` makes of it, as JSON.
+async fn admin_post<B, R, F>(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    fix: &str,
+    act: impl FnOnce(B) -> F,
+) -> Response
+where
+    B: serde::de::DeserializeOwned,
+    R: serde::Serialize,
+    F: std::future::Future<Output = Result<R, Error>>,
+{
     let limit = state.node.config().limits.max_body_bytes;
     let result = async {
-        admin_auth(&state, &headers)?;
+        admin_auth(state, headers)?;
         let body = body.map_err(|e| body_error(e, limit))?;
-        let req: MoveOwnership = serde_json::from_value(parse_json(&body)?).map_err(|e| {
-            Error::BadRequest(format!(
-                "{e}. Fix: send {{\"region\": <the region whose keys move>, \"delegate\": <the region taking them>}}, \
-                 optionally with \"expect_epoch\" and \"unreachable_for_ms\""
-            ))
-        })?;
-        let view = state.node.move_ownership_if(&req).await?;
-        Ok(json_response(StatusCode::OK, &ownership_body(&state, &view)))
+        let req: B = serde_json::from_value(parse_json(&body)?)
+            .map_err(|e| Error::BadRequest(format!("{e}. Fix: {fix}")))?;
+        act(req).await
     }
     .await;
-    result.unwrap_or_else(|e| error_response(&e))
+    match result {
+        Ok(answer) => json_response(StatusCode::OK, &answer),
+        Err(e) => error_response(&e),
+    }
+}
+
+pub(super) async fn get_rollout(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    match admin_auth(&state, &headers) {
+        Ok(()) => json_response(StatusCode::OK, &state.node.rollouts()),
+        Err(e) => error_response(&e),
+    }
+}
+
+pub(super) async fn move_rollout(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let fix = "send {\"class\": <a declared class>, \"stage\": \"active-passive\" | \"read-local\" | \
+               \"limited-writes\" | \"active-active\"}, optionally with \"force\": true to skip a stage";
+    let node = &state.node;
+    admin_post(&state, &headers, body, fix, |req: MoveRollout| async move {
+        node.move_rollout(&req).await
+    })
+    .await
 }
 
 pub(super) async fn inject_fault(

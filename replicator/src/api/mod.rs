@@ -39,8 +39,8 @@ mod entities;
 pub use parallax_core::api::*;
 
 use admin::{
-    anti_entropy, audit_records, audit_rpc, failover_records, get_ownership, inject_fault,
-    move_ownership, stats, tree_json,
+    anti_entropy, audit_records, audit_rpc, failover_records, get_ownership, get_rollout,
+    inject_fault, move_ownership, move_rollout, stats, tree_json,
 };
 use entities::{
     conflict_log, delete_entity, get_entity, list_conflicts, post_op, put_entity, resolve,
@@ -86,6 +86,7 @@ pub fn router(node: Node) -> Router {
             "/v1/admin/ownership",
             get(get_ownership).post(move_ownership),
         )
+        .route("/v1/admin/rollout", get(get_rollout).post(move_rollout))
         .route("/v1/admin/fault", post(inject_fault))
         .route("/v1/admin/audit-records", post(audit_records))
         .route("/v1/admin/failovers", post(failover_records))

@@ -16,6 +16,7 @@ mod background;
 mod ownership;
 mod peer;
 mod read;
+mod rollout;
 mod write;
 
 use std::path::PathBuf;

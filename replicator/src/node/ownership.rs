@@ -34,22 +34,12 @@ impl Node {
     pub async fn move_ownership_if(&self, m: &MoveOwnership) -> Result<OwnershipView> {
         let _one_at_a_time = self.inner.ownership_lock.lock().await;
         if let Some(expect) = m.expect_epoch {
-            let probe = ReadRequest {
-                class: OWNERSHIP_CLASS.to_owned(),
-                key: m.region.clone(),
-                consistency: ReadConsistency::Quorum,
-                session: None,
-            };
-            match self.read_merged(&probe, false).await {
-                // Read repair has stored the merged delegation here.
-                Ok(_) | Err(Error::NotFound { .. }) => {}
-                Err(e) => {
-                    return Err(Error::Unavailable(format!(
-                        "a conditional ownership move reads the delegation of `{}` from a majority of regions first: {e}",
-                        m.region
-                    )));
-                }
-            }
+            self.read_control(
+                OWNERSHIP_CLASS,
+                &m.region,
+                "a conditional ownership move reads the delegation",
+            )
+            .await?;
             let view = self.inner.repl.ownership();
             let (owner, now) = view.effective(&m.region);
             if now != expect {
@@ -86,6 +76,25 @@ impl Node {
             }
         }
         self.move_locked(&m.region, &m.delegate).await
+    }
+
+    /// Reads `class`/`key` of a system class from a majority of regions:
+    /// read repair stores the newest value here, so a move another region
+    /// took first is seen before this one is decided. `doing` starts the
+    /// error when no majority answers.
+    pub(super) async fn read_control(&self, class: &str, key: &str, doing: &str) -> Result<()> {
+        let probe = ReadRequest {
+            class: class.to_owned(),
+            key: key.to_owned(),
+            consistency: ReadConsistency::Quorum,
+            session: None,
+        };
+        match self.read_merged(&probe, false).await {
+            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::Unavailable(format!(
+                "{doing} of `{key}` from a majority of regions first: {e}"
+            ))),
+        }
     }
 
     async fn move_locked(&self, region: &str, delegate: &str) -> Result<OwnershipView> {

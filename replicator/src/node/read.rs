@@ -29,8 +29,9 @@ impl Node {
         let class = self.class(&req.class)?;
         self.check_key(&req.key)?;
         let view = self.inner.repl.ownership();
+        let stage = self.inner.repl.stage(&req.class, class);
         if let Route::Remote { to, why } =
-            routing::route_read(&self.inner.config, &self.inner.region, class, &view)
+            routing::route_read(&self.inner.config, &self.inner.region, class, &view, stage)
         {
             return self
                 .read_elsewhere(req, class, to, why, forwarded_from)

@@ -54,6 +54,7 @@ impl Node {
             req.op.kind(),
             explicit_home.as_deref(),
             &view,
+            self.inner.repl.stage(&req.class, class),
         )?;
         let epoch = match route {
             Route::Local { epoch } => epoch,
@@ -84,7 +85,8 @@ impl Node {
         let mut token = req.session.clone().unwrap_or_default();
         token.include(&self.inner.region, applied.seq);
         if req.consistency == WriteConsistency::Quorum {
-            self.await_quorum(&req, applied.seq, &token).await?;
+            self.await_quorum((&req.class, &req.key), applied.seq, &token)
+                .await?;
         }
         Ok(WriteOutcome {
             class: req.class,
@@ -135,7 +137,7 @@ impl Node {
     }
 
     /// Regions known to have applied this region's write `seq`.
-    fn acked_by(&self, seq: u64) -> Vec<String> {
+    pub(super) fn acked_by(&self, seq: u64) -> Vec<String> {
         let mut regions = vec![self.inner.region.clone()];
         for (name, p) in self.inner.repl.peers() {
             if p.acked() >= seq {
@@ -156,7 +158,12 @@ impl Node {
             .count()
     }
 
-    async fn await_quorum(&self, req: &WriteRequest, seq: u64, token: &SessionToken) -> Result<()> {
+    pub(super) async fn await_quorum(
+        &self,
+        (class, key): (&str, &str),
+        seq: u64,
+        token: &SessionToken,
+    ) -> Result<()> {
         let total = self.inner.config.regions.len();
         let needed = total / 2 + 1;
         let timeout_ms = self.inner.config.replication.quorum_timeout_ms;
@@ -172,8 +179,8 @@ impl Node {
                 changed = acks.changed() => { if changed.is_err() { break } }
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(Error::QuorumTimeout {
-                        class: req.class.clone(),
-                        key: req.key.clone(),
+                        class: class.to_owned(),
+                        key: key.to_owned(),
                         region: self.inner.region.clone(),
                         token: token.to_string(),
                         confirmed,

@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use parallax_core::config::{ClassConfig, Rollout};
 use parallax_core::merkle::{Digest, MerkleTree};
+use parallax_core::rollout::RolloutView;
 use parallax_core::routing::OwnershipView;
 use parallax_core::stats::AntiEntropyStats;
 use tokio::sync::watch;
@@ -72,6 +74,7 @@ pub(crate) struct Replication {
     arrivals: Mutex<BTreeMap<String, lag::Arrivals>>,
     started_ms: u64,
     ownership: RwLock<OwnershipView>,
+    rollout: RwLock<RolloutView>,
     trees: Mutex<BTreeMap<String, MerkleTree>>,
     ae: Mutex<AntiEntropyStats>,
 }
@@ -102,6 +105,7 @@ impl Replication {
             arrivals: Mutex::new(BTreeMap::new()),
             started_ms: now_ms,
             ownership: RwLock::new(OwnershipView::default()),
+            rollout: RwLock::new(RolloutView::default()),
             trees: Mutex::new(BTreeMap::new()),
             ae: Mutex::new(AntiEntropyStats::default()),
         }
@@ -193,5 +197,22 @@ impl Replication {
 
     pub(crate) fn set_ownership(&self, view: OwnershipView) {
         *self.ownership.write().expect("ownership lock") = view;
+    }
+
+    /// The rollout stages set at runtime.
+    pub(crate) fn rollout(&self) -> RolloutView {
+        self.rollout.read().expect("rollout lock").clone()
+    }
+
+    /// The stage `name` is in now (the one set at runtime, else its config's).
+    pub(crate) fn stage(&self, name: &str, class: &ClassConfig) -> Rollout {
+        self.rollout
+            .read()
+            .expect("rollout lock")
+            .stage(name, class)
+    }
+
+    pub(crate) fn set_rollout(&self, view: RolloutView) {
+        *self.rollout.write().expect("rollout lock") = view;
     }
 }

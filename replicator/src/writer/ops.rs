@@ -47,7 +47,7 @@ impl Writer {
         });
         g.head = seq;
         g.changed = true;
-        g.ownership_changed |= req.class == OWNERSHIP_CLASS;
+        g.control_changed |= is_control(&req.class);
         if matches!(req.op, Op::Resolve(_)) {
             let first_seen = txn.dequeue(&req.class, &req.key)?;
             let resolution_ms = first_seen.map_or(0, |f| now_us.saturating_sub(f) / 1_000);
@@ -142,7 +142,7 @@ impl Writer {
             }
         }
         g.changed = true;
-        g.ownership_changed |= class == OWNERSHIP_CLASS;
+        g.control_changed |= is_control(class);
         Ok(())
     }
 
@@ -202,7 +202,7 @@ impl Writer {
             txn.put_entity(class, key, &bytes)?;
             g.tree(class, key, local_raw.as_deref(), Some(&bytes));
             g.changed = true;
-            g.ownership_changed |= class == OWNERSHIP_CLASS;
+            g.control_changed |= is_control(class);
         }
         let manual = matches!(merged.entity.state, parallax_core::entity::State::Manual(_));
         if manual {

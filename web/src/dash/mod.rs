@@ -7,6 +7,7 @@ mod conflicts;
 mod divergence;
 mod failovers;
 mod latency;
+mod marks;
 mod overview;
 mod replication;
 
@@ -15,5 +16,6 @@ pub use conflicts::{ConflictCount, Conflicts, Resolution, conflicts};
 pub use divergence::{AuditRun, CURRENT_STATE, Divergence, DivergentKey, divergence};
 pub use failovers::{Failover, FailoverEvent, Failovers, failovers};
 pub use latency::{Latency, RegionLatency, latency};
+pub use marks::marks;
 pub use overview::{Overview, RegionHealth, overview};
 pub use replication::{PairStats, Replication, replication};

@@ -8,6 +8,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::charts::Mark;
 use crate::error::{ErrorPage, PageAnswer, WebError};
 use crate::filters::{FilterQuery, Filters};
 use crate::pages::{self, ActionForm, Page, Queue, Section};
@@ -63,6 +64,11 @@ impl Kind {
         })
     }
 
+    /// Whether the page draws time charts (and so their marks).
+    fn has_charts(self) -> bool {
+        !matches!(self, Kind::Failovers | Kind::Slos)
+    }
+
     fn title(self) -> (&'static str, &'static str) {
         match self {
             Kind::Overview => ("Overview", "/"),
@@ -83,7 +89,12 @@ type Loaded = (Value, Vec<Section>, Option<Queue>);
 async fn load(app: &App, kind: Kind, f: &Filters) -> Result<Loaded, SqlError> {
     let regions = app.config().region_names();
     let e = app.sql();
-    Ok(match kind {
+    let marks = if kind.has_charts() {
+        dash::marks(e, f).await?
+    } else {
+        Vec::new()
+    };
+    let (data, sections, queue) = match kind {
         Kind::Overview => {
             // The regions are asked while the queries run.
             let shown = regions.iter().filter(|r| f.wants_region(r)).cloned();
@@ -97,25 +108,25 @@ async fn load(app: &App, kind: Kind, f: &Filters) -> Result<Loaded, SqlError> {
                     h.asked_now(answer, *ms);
                 }
             }
-            (json!(d), pages::overview(&d, f), None)
+            (json!(d), pages::overview(&d, f, &marks), None)
         }
         Kind::Replication => {
             let d = dash::replication(e, f, &regions).await?;
-            (json!(d), pages::replication(&d, f), None)
+            (json!(d), pages::replication(&d, f, &marks), None)
         }
         Kind::Conflicts => {
             let d = dash::conflicts(e, f).await?;
             let queue = app.regions().queue(f).await;
             let data = json!({ "figures": d, "queue": queue });
-            (data, pages::conflicts(&d, f), Some(queue))
+            (data, pages::conflicts(&d, f, &marks), Some(queue))
         }
         Kind::Divergence => {
             let d = dash::divergence(e, f).await?;
-            (json!(d), pages::divergence(&d, f), None)
+            (json!(d), pages::divergence(&d, f, &marks), None)
         }
         Kind::Latency => {
             let d = dash::latency(e, f, &regions).await?;
-            (json!(d), pages::latency(&d, f), None)
+            (json!(d), pages::latency(&d, f, &marks), None)
         }
         Kind::Failovers => {
             let d = dash::failovers(e, f).await?;
@@ -125,7 +136,18 @@ async fn load(app: &App, kind: Kind, f: &Filters) -> Result<Loaded, SqlError> {
             let d = slo::evaluate(e, app.config(), f.to_us, &f.regions).await?;
             (json!(d), pages::slos(&d), None)
         }
-    })
+    };
+    Ok((with_marks(data, marks), sections, queue))
+}
+
+/// The charts' marks beside the figures in the JSON twin (`"marks"`).
+fn with_marks(mut data: Value, marks: Vec<Mark>) -> Value {
+    if !marks.is_empty()
+        && let Value::Object(o) = &mut data
+    {
+        o.insert("marks".into(), json!(marks));
+    }
+    data
 }
 
 /// The JSON twin: `{"filters": ..., "data": ...}`.

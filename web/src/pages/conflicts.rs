@@ -1,17 +1,18 @@
 //! The conflicts page's figures (the reconciliation queue is drawn by the template).
 
 use super::layout::{Cell, Section, Table, chart, section};
+use crate::charts::Mark;
 use crate::dash::Conflicts;
 use crate::filters::Filters;
 
 /// The conflicts page's sections (the queue is separate).
-pub fn conflicts(d: &Conflicts, f: &Filters) -> Vec<Section> {
+pub fn conflicts(d: &Conflicts, f: &Filters, marks: &[Mark]) -> Vec<Section> {
     let mut rate = section(
         "rate",
         &format!("Conflicts per {} s by class", f.step_s),
         "",
     );
-    rate.svg = Some(chart(&d.rate_series, f, ""));
+    rate.svg = Some(chart(&d.rate_series, f, marks, ""));
     let mut counts = section(
         "counts",
         "By class and region",

@@ -1,17 +1,18 @@
 //! The divergence page: divergent keys over time, their latest state, audit runs.
 
 use super::layout::{Cell, Section, Table, chart, section};
+use crate::charts::Mark;
 use crate::dash::Divergence;
 use crate::filters::Filters;
 
 /// The divergence page's sections.
-pub fn divergence(d: &Divergence, f: &Filters) -> Vec<Section> {
+pub fn divergence(d: &Divergence, f: &Filters, marks: &[Mark]) -> Vec<Section> {
     let mut s = section(
         "divergent-over-time",
         "Divergent entities found by audits, by class",
         "",
     );
-    s.svg = Some(chart(&d.series, f, ""));
+    s.svg = Some(chart(&d.series, f, marks, ""));
     let mut keys = section(
         "keys",
         "Keys whose copies differed",

@@ -1,11 +1,12 @@
 //! The latency and errors page.
 
 use super::layout::{Cell, Section, Table, chart, section};
+use crate::charts::Mark;
 use crate::dash::Latency;
 use crate::filters::Filters;
 
 /// The latency page's sections.
-pub fn latency(d: &Latency, f: &Filters) -> Vec<Section> {
+pub fn latency(d: &Latency, f: &Filters, marks: &[Mark]) -> Vec<Section> {
     let mut t = Table::new(
         &[
             "Region", "Requests", "p50 ms", "p95 ms", "p99 ms", "5xx %", "4xx %",
@@ -30,8 +31,8 @@ pub fn latency(d: &Latency, f: &Filters) -> Vec<Section> {
     );
     table.table = Some(t);
     let mut p99 = section("p99", "p99 latency over time (ms)", "");
-    p99.svg = Some(chart(&d.p99_series, f, " ms"));
+    p99.svg = Some(chart(&d.p99_series, f, marks, " ms"));
     let mut err = section("errors", "5xx share over time (%)", "");
-    err.svg = Some(chart(&d.error_series, f, "%"));
+    err.svg = Some(chart(&d.error_series, f, marks, "%"));
     vec![table, p99, err]
 }

@@ -5,7 +5,7 @@
 use askama::Template;
 use serde::Serialize;
 
-use crate::charts::{self, Series, num};
+use crate::charts::{self, Mark, Series, num};
 use crate::dash::LagMatrix;
 use crate::filters::{Filters, RANGES};
 use crate::time;
@@ -307,8 +307,9 @@ pub(super) fn lag_heatmap(m: &LagMatrix) -> String {
     charts::heatmap(&m.regions, &m.regions, &m.p99_ms, " ms", 1_000.0)
 }
 
-pub(super) fn chart(series: &[Series], f: &Filters, unit: &str) -> String {
-    charts::time_chart(series, f.from_us / 1_000_000, f.to_us / 1_000_000, unit)
+pub(super) fn chart(series: &[Series], f: &Filters, marks: &[Mark], unit: &str) -> String {
+    let (from_s, to_s) = (f.from_us / 1_000_000, f.to_us / 1_000_000);
+    charts::time_chart(series, marks, from_s, to_s, unit)
 }
 
 pub(super) fn opt(v: Option<f64>) -> Cell {

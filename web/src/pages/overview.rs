@@ -1,11 +1,12 @@
 //! The overview page: region health, lag heatmap, throughput.
 
 use super::layout::{Cell, Section, Table, chart, lag_heatmap, opt, section};
+use crate::charts::Mark;
 use crate::dash::Overview;
 use crate::filters::Filters;
 
 /// The overview's sections.
-pub fn overview(d: &Overview, f: &Filters) -> Vec<Section> {
+pub fn overview(d: &Overview, f: &Filters, marks: &[Mark]) -> Vec<Section> {
     let mut health = section(
         "health",
         "Regions",
@@ -65,6 +66,6 @@ pub fn overview(d: &Overview, f: &Filters) -> Vec<Section> {
     );
     lag.svg = Some(lag_heatmap(&d.lag));
     let mut tp = section("throughput", "Requests per second by region", "");
-    tp.svg = Some(chart(&d.throughput, f, "/s"));
+    tp.svg = Some(chart(&d.throughput, f, marks, "/s"));
     vec![health, facts, lag, tp]
 }

@@ -1,11 +1,12 @@
 //! The replication page: the lag matrix, region pairs, lag and backlog over time.
 
 use super::layout::{Cell, Section, Table, chart, lag_heatmap, section};
+use crate::charts::Mark;
 use crate::dash::Replication;
 use crate::filters::Filters;
 
 /// The replication page's sections.
-pub fn replication(d: &Replication, f: &Filters) -> Vec<Section> {
+pub fn replication(d: &Replication, f: &Filters, marks: &[Mark]) -> Vec<Section> {
     let mut m = section(
         "matrix",
         "Lag p99 (ms) by region pair",
@@ -49,12 +50,12 @@ pub fn replication(d: &Replication, f: &Filters) -> Vec<Section> {
     }
     pairs.table = Some(t);
     let mut lag = section("lag-over-time", "Lag p99 over time (ms)", "");
-    lag.svg = Some(chart(&d.lag_series, f, " ms"));
+    lag.svg = Some(chart(&d.lag_series, f, marks, " ms"));
     let mut backlog = section(
         "backlog",
         "Backlog over time (operations not yet applied)",
         "",
     );
-    backlog.svg = Some(chart(&d.backlog_series, f, ""));
+    backlog.svg = Some(chart(&d.backlog_series, f, marks, ""));
     vec![m, pairs, lag, backlog]
 }
