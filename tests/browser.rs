@@ -317,16 +317,20 @@ async fn the_dashboards_work_in_a_real_browser() {
     loop {
         b.open(&format!("{web}/?range=15m")).await;
         let points = b.find_all("svg.chart circle").await.len();
-        let cells = b.find_all("svg.heatmap rect.cell").await.len();
+        let cells = b.find_all("#lag svg.heatmap rect.cell").await.len();
+        let reach = b
+            .find_all("#reachability svg.heatmap rect.cell")
+            .await
+            .len();
         // Up: healthy, or degraded by the probes that failed while the
         // demo's regions were still starting.
         let up = b.find_all("td.healthy").await.len() + b.find_all("td.degraded").await.len();
-        if points > 0 && cells == 9 && up == 3 {
+        if points > 0 && cells == 9 && reach == 9 && up == 3 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "overview: {points} points, {cells} heatmap cells, {up} regions up"
+            "overview: {points} points, {cells} lag and {reach} reachability cells, {up} regions up"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

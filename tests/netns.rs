@@ -112,3 +112,170 @@ async fn a_region_cut_off_from_one_location_is_routed_around_there_only() {
     assert!(ended["delegate"].is_null(), "nothing moved: {ended}");
     eprintln!("paris rerouted around the cut link after {rerouted:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_between_two_regions_is_bridged_through_the_third_and_alerted() {
+    use parallax_core::{ReadOptions, WriteOptions};
+    let Some(net) = net_or_skip("detour", &REGIONS) else {
+        return;
+    };
+    let hook = common::Receiver::start().await;
+    let extra = format!(
+        "\n[alerts.cut]\nkind = \"partition\"\nnotify = [\"hook\"]\n\n\
+         [notifiers.hook]\nkind = \"webhook\"\nurl = \"{}\"\n",
+        hook.url
+    );
+    let cluster = Cluster::from_example_in(EXAMPLE, &extra, &net);
+    for i in 0..REGIONS.len() {
+        cluster.wait_ready(i).await;
+    }
+    let web = common::Web::start(&cluster.config, &cluster.data_dir());
+    let region =
+        |i: usize| RegionClient::new(REGIONS[i], &cluster.url(i)).with_tokens(TOKEN, ADMIN_TOKEN);
+    let (east, eu) = (region(0), region(2));
+    let write = |c: &RegionClient, key: &str| {
+        let (c, key) = (c.clone(), key.to_owned());
+        async move {
+            c.put(
+                "tickets",
+                &key,
+                &serde_json::json!({"by": c.region()}),
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let has = |c: &RegionClient, key: &str| {
+        let (c, key) = (c.clone(), key.to_owned());
+        async move {
+            c.get("tickets", &key, &ReadOptions::default())
+                .await
+                .is_ok()
+        }
+    };
+    write(&east, "before").await;
+    eventually(
+        "eu-west has a write made before the cut",
+        Duration::from_secs(10),
+        || async { has(&eu, "before").await.then_some(()) },
+    )
+    .await;
+
+    // us-east and eu-west lose each other; both still reach us-west.
+    net.cut("us-east", "eu-west").unwrap();
+    let cut = Instant::now();
+    let detour = eventually(
+        "us-east takes the detour",
+        Duration::from_secs(15),
+        || async {
+            let s = east.stats().await.ok()?;
+            s.anti_entropy.detour.filter(|d| !d.cut.is_empty())
+        },
+    )
+    .await;
+    assert_eq!(
+        (detour.cut.as_slice(), detour.via.as_slice()),
+        (&["eu-west".to_owned()][..], &["us-west".to_owned()][..])
+    );
+    let detour_after = cut.elapsed();
+    // Writes on either side reach the other through us-west.
+    let mut lags = Vec::new();
+    for (n, (from, to)) in [(&east, &eu), (&eu, &east), (&east, &eu)]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("during-{n}");
+        let written = Instant::now();
+        write(from, &key).await;
+        eventually(
+            "a write crosses the cut through us-west",
+            Duration::from_secs(15),
+            || async { has(to, &key).await.then_some(()) },
+        )
+        .await;
+        lags.push(written.elapsed());
+    }
+    eprintln!("detour from {detour_after:?} after the cut; lag through it: {lags:?}");
+
+    // The cut is named: the partition alert for the pair, the reachability matrix.
+    let fired = hook
+        .expect(
+            &web,
+            "firing",
+            &[
+                ("alertname", "cut"),
+                ("vantage", "us-east"),
+                ("target", "eu-west"),
+            ],
+            cut,
+            Duration::from_secs(70),
+        )
+        .await;
+    eprintln!(
+        "partition alert fired {:?} after the cut",
+        fired.at.duration_since(cut)
+    );
+    let overview = get(format!("{}/api/v1/overview?range=15m", web.url)).await;
+    let reach = &overview["data"]["reachability"];
+    let names: Vec<&str> = reach["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let at = |name: &str| names.iter().position(|n| *n == name).unwrap();
+    let failed =
+        |vantage: &str, target: &str| reach["failed_pct"][at(vantage)][at(target)].as_f64();
+    assert!(
+        failed("us-east", "eu-west") > Some(50.0) && failed("eu-west", "us-east") > Some(50.0),
+        "the cut pair's cells: {reach}"
+    );
+    for (vantage, target) in [
+        ("us-east", "us-west"),
+        ("eu-west", "us-west"),
+        ("us-west", "eu-west"),
+    ] {
+        assert_eq!(
+            failed(vantage, target),
+            Some(0.0),
+            "{vantage} reaches {target}: {reach}"
+        );
+    }
+
+    // Mended: the alert resolves, the detour ends, nothing was lost.
+    net.heal("us-east", "eu-west").unwrap();
+    let healed = Instant::now();
+    let resolved = hook
+        .expect(
+            &web,
+            "resolved",
+            &[
+                ("alertname", "cut"),
+                ("vantage", "us-east"),
+                ("target", "eu-west"),
+            ],
+            healed,
+            Duration::from_secs(40),
+        )
+        .await;
+    eprintln!(
+        "resolved {:?} after the link came back",
+        resolved.at.duration_since(healed)
+    );
+    eventually("the detour ends", Duration::from_secs(15), || async {
+        east.stats()
+            .await
+            .ok()?
+            .anti_entropy
+            .detour
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    for key in ["before", "during-0", "during-1", "during-2"] {
+        for c in [&east, &region(1), &eu] {
+            assert!(has(c, key).await, "{key} in {}", c.region());
+        }
+    }
+}

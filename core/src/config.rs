@@ -147,6 +147,15 @@ pub struct AntiEntropyConfig {
     /// Most differing keys exchanged per second, per region.
     #[serde(default = "default_anti_entropy_max_keys_per_sec")]
     pub max_keys_per_sec: u64,
+    /// A peer this region has not reached for this long (ms) is cut off
+    /// from here: what it writes is then pulled from the regions that still
+    /// reach it, by anti-entropy with them every `detour_interval_ms` (the
+    /// detour). 0 turns the detour off.
+    #[serde(default = "default_detour_after_ms")]
+    pub detour_after_ms: u64,
+    /// How often (ms) the detour's anti-entropy runs while a peer is cut off.
+    #[serde(default = "default_detour_interval_ms")]
+    pub detour_interval_ms: u64,
 }
 
 impl Default for AntiEntropyConfig {
@@ -154,6 +163,8 @@ impl Default for AntiEntropyConfig {
         AntiEntropyConfig {
             interval_ms: default_anti_entropy_interval_ms(),
             max_keys_per_sec: default_anti_entropy_max_keys_per_sec(),
+            detour_after_ms: default_detour_after_ms(),
+            detour_interval_ms: default_detour_interval_ms(),
         }
     }
 }
@@ -351,6 +362,12 @@ fn default_anti_entropy_interval_ms() -> u64 {
 }
 fn default_anti_entropy_max_keys_per_sec() -> u64 {
     20_000
+}
+fn default_detour_after_ms() -> u64 {
+    5_000
+}
+fn default_detour_interval_ms() -> u64 {
+    2_000
 }
 fn default_checkpoint_interval_ms() -> u64 {
     1_000

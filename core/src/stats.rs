@@ -41,6 +41,28 @@ pub struct AntiEntropyStats {
     pub passes: u64,
     /// The last pass with each peer.
     pub last: BTreeMap<String, crate::sync::AntiEntropyReport>,
+    /// The detour while a peer is cut off from this region; `None` when
+    /// every peer is reached.
+    #[serde(default)]
+    pub detour: Option<Detour>,
+}
+
+/// Anti-entropy through the peers a region still reaches, pulling what the
+/// peers it cannot reach write (`anti_entropy.detour_after_ms`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Detour {
+    /// Peers not reached for `detour_after_ms`.
+    pub cut: Vec<String>,
+    /// Peers the detour goes through.
+    pub via: Vec<String>,
+    /// Since when (µs since epoch).
+    pub since_us: u64,
+    /// Detour passes so far.
+    pub passes: u64,
+    /// Entities pulled through the detour so far.
+    pub pulled: u64,
+    /// The last pass (µs since epoch).
+    pub last_us: u64,
 }
 
 /// Replication as served by `/v1/stats`.

@@ -137,6 +137,9 @@ pub enum RuleKind {
     Divergence,
     /// A region that no probe reached.
     Unreachable,
+    /// A region pair cut apart: one region's probes of the other all fail
+    /// while another region's probes of it succeed (partial connectivity).
+    Partition,
     /// An SLO burning its error budget (multi-window, multi-burn-rate).
     BurnRate,
     /// A SQL query: every row it returns is one firing alert.
@@ -373,7 +376,7 @@ pub fn validate(
                     );
                 }
             },
-            RuleKind::Divergence | RuleKind::Unreachable => {}
+            RuleKind::Divergence | RuleKind::Unreachable | RuleKind::Partition => {}
         }
         only(
             "threshold_ms",

@@ -3,10 +3,14 @@
 
 #![allow(dead_code, reason = "each test file uses part of the harness")]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 pub(crate) use parallax_lab::netns::Net;
 
@@ -531,5 +535,131 @@ where
         }
         assert!(start.elapsed() < within, "after {within:?}: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP server on 127.0.0.1:0 that records every webhook POST (the
+/// Alertmanager version 4 payload) with its arrival time.
+pub(crate) struct Receiver {
+    /// Where to send the notices.
+    pub(crate) url: String,
+    got: Arc<Mutex<Vec<(Instant, Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One alert of a notice that arrived.
+#[derive(Clone, Debug)]
+pub(crate) struct Notice {
+    pub(crate) at: Instant,
+    pub(crate) status: String,
+    pub(crate) labels: BTreeMap<String, String>,
+}
+
+impl Receiver {
+    pub(crate) async fn start() -> Receiver {
+        let got: Arc<Mutex<Vec<(Instant, Value)>>> = Arc::default();
+        let record = Arc::clone(&got);
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(payload): axum::Json<Value>| {
+                let record = Arc::clone(&record);
+                async move {
+                    record.lock().unwrap().push((Instant::now(), payload));
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver { url, got, task }
+    }
+
+    /// Every alert of every notice so far, checking each is in the
+    /// Alertmanager webhook format.
+    pub(crate) fn notices(&self) -> Vec<Notice> {
+        let got = self.got.lock().unwrap();
+        let mut out = Vec::new();
+        for (at, payload) in got.iter() {
+            assert_eq!(
+                payload["version"], "4",
+                "not an Alertmanager v4 payload: {payload}"
+            );
+            for a in payload["alerts"].as_array().expect("alerts") {
+                assert!(
+                    a["startsAt"].is_string() && a["fingerprint"].is_string(),
+                    "{a}"
+                );
+                out.push(Notice {
+                    at: *at,
+                    status: a["status"].as_str().unwrap_or_default().to_owned(),
+                    labels: serde_json::from_value(a["labels"].clone()).expect("string labels"),
+                });
+            }
+        }
+        out
+    }
+
+    /// Waits (at most `within`) for a `status` notice that arrived after
+    /// `since` of an alert whose labels include `want`. Fails saying what it
+    /// awaited, what arrived and what the web app's rules show.
+    pub(crate) async fn expect(
+        &self,
+        web: &Web,
+        status: &str,
+        want: &[(&str, &str)],
+        since: Instant,
+        within: Duration,
+    ) -> Notice {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self.notices().into_iter().find(|n| {
+                n.at >= since
+                    && n.status == status
+                    && want
+                        .iter()
+                        .all(|(k, v)| n.labels.get(*k).map(String::as_str) == Some(*v))
+            });
+            if let Some(n) = found {
+                return n;
+            }
+            if Instant::now() >= deadline {
+                let arrived: Vec<String> = self
+                    .notices()
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{} {:?} at cause{:+.1}s",
+                            n.status,
+                            n.labels,
+                            n.at.duration_since(since).as_secs_f64()
+                        )
+                    })
+                    .collect();
+                let alerts = alerts_of(web).await;
+                panic!(
+                    "no {status} notice with labels {want:?} within {within:?}.\n\
+                     Notices received: {arrived:#?}\nThe web app's rules: {}\nIts alerts: {}",
+                    alerts["rules"], alerts["active"]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The web app's alerts page as JSON.
+pub(crate) async fn alerts_of(web: &Web) -> Value {
+    match reqwest::get(format!("{}/api/v1/alerts", web.url)).await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(e) => json!(format!("unreachable: {e}")),
     }
 }

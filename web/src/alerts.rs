@@ -368,6 +368,24 @@ impl Alerter {
                 (labels(&[("region", s(&r[0]))]), r[1].as_f64(), text)
             })
             .collect(),
+            RuleKind::Partition => rows(format!(
+                "WITH p AS (SELECT vantage, target, count(*) AS tried, count(*) FILTER (WHERE ok) AS good \
+                 FROM probes WHERE {} AND vantage <> target GROUP BY vantage, target) \
+                 SELECT a.vantage, a.target, a.tried, min(b.vantage) FROM p a JOIN p b \
+                 ON b.target = a.target AND b.vantage <> a.vantage AND b.good > 0 \
+                 WHERE a.good = 0 GROUP BY a.vantage, a.target, a.tried",
+                since(30)
+            ))
+            .await?
+            .into_iter()
+            .map(|r| {
+                let text = format!(
+                    "{} has not reached {} in the last 30 s ({} probes) while {} does: the link between them is cut",
+                    s(&r[0]), s(&r[1]), s(&r[2]), s(&r[3])
+                );
+                (labels(&[("vantage", s(&r[0])), ("target", s(&r[1]))]), r[2].as_f64(), text)
+            })
+            .collect(),
             RuleKind::BurnRate => {
                 let name = rule.slo.clone().unwrap_or_default();
                 let slos = crate::slo::evaluate_one(e, &self.config, now, &name).await?;

@@ -237,6 +237,12 @@ impl Config {
                 "is 0. Fix: keep at least one day, e.g. 30".into(),
             );
         }
+        if self.anti_entropy.detour_after_ms > 0 && self.anti_entropy.detour_interval_ms == 0 {
+            return fail(
+                "anti_entropy.detour_interval_ms",
+                "is 0. Fix: use e.g. 2000 (or turn the detour off with detour_after_ms = 0)".into(),
+            );
+        }
         if self.replication.heartbeat_interval_ms == 0 {
             return fail(
                 "replication.heartbeat_interval_ms",

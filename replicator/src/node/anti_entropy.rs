@@ -105,13 +105,22 @@ impl Node {
     }
 }
 
-/// Runs anti-entropy on a timer, and soon after a peer is marked for it.
+/// Runs anti-entropy on a timer, soon after a peer is marked for it, and
+/// through the peers still reached while one is cut off (the detour).
 pub(super) async fn worker(node: Node, mut w: Worker) {
-    let every = Duration::from_millis(node.inner.config.anti_entropy.interval_ms);
+    let cfg = &node.inner.config.anti_entropy;
+    let every = Duration::from_millis(cfg.interval_ms);
+    let detour_every = Duration::from_millis(cfg.detour_interval_ms);
     let mut next_full = tokio::time::Instant::now() + every;
+    let mut next_detour = tokio::time::Instant::now();
     let mut last_marked_try = tokio::time::Instant::now() - Duration::from_secs(60);
-    while w.idle_for(Duration::from_secs(1)).await {
+    let tick = Duration::from_millis(cfg.detour_interval_ms.clamp(100, 1_000));
+    while w.idle_for(tick).await {
         let now = tokio::time::Instant::now();
+        if now >= next_detour && detour(&node, &mut w).await {
+            next_detour = now + detour_every;
+            continue;
+        }
         let peers = if now >= next_full {
             next_full = now + every;
             None
@@ -145,6 +154,63 @@ pub(super) async fn worker(node: Node, mut w: Worker) {
             Err(failed.join("; "))
         });
     }
+}
+
+/// One detour pass: when a peer has not been reached for
+/// `detour_after_ms`, anti-entropy with every peer still reached pulls what
+/// the cut-off peer wrote and they received. Returns whether it ran.
+async fn detour(node: &Node, w: &mut Worker) -> bool {
+    let after_ms = node.inner.config.anti_entropy.detour_after_ms;
+    if after_ms == 0 {
+        return false;
+    }
+    let now_us = node.inner.clock.now_us();
+    let cut = node.inner.repl.unreached_for(now_us, after_ms);
+    let via: Vec<String> = node
+        .inner
+        .repl
+        .peers()
+        .map(|(p, _)| p.clone())
+        .filter(|p| !cut.contains(p))
+        .collect();
+    if cut.is_empty() || via.is_empty() {
+        if node.inner.repl.ae_stats().detour.is_some() {
+            tracing::info!(region = %node.inner.region, "Every peer reached again; detour ended.");
+            node.inner.repl.ae_detour(Vec::new(), Vec::new(), 0, now_us);
+        }
+        return false;
+    }
+    if node.inner.repl.ae_stats().detour.is_none() {
+        tracing::warn!(
+            region = %node.inner.region, cut = ?cut, via = ?via,
+            "Peers not reached for {after_ms} ms: pulling what they write through the others."
+        );
+    }
+    w.busy();
+    let mut pulled = 0;
+    let mut failed = Vec::new();
+    for peer in &via {
+        match node.run_anti_entropy(Some(peer)).await {
+            Ok(reports) => {
+                for r in reports {
+                    pulled += r.classes.iter().map(|c| c.pulled).sum::<u64>();
+                    if let Some(e) = r.error {
+                        failed.push(format!("{peer}: {e}"));
+                    }
+                }
+            }
+            Err(e) => failed.push(format!("{peer}: {e}")),
+        }
+    }
+    node.inner
+        .repl
+        .ae_detour(cut, via, pulled, node.inner.clock.now_us());
+    w.ran(if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    });
+    true
 }
 
 /// This region's own trees and store, as one side of an anti-entropy pass.

@@ -190,6 +190,23 @@ impl Replication {
         f(trees.entry(class.to_owned()).or_default())
     }
 
+    /// Peers this region has not reached (a shipment or heartbeat
+    /// acknowledged) for at least `ms`; a peer never reached counts from
+    /// this region's start.
+    pub(crate) fn unreached_for(&self, now_us: u64, ms: u64) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                let last = match p.last_ok_us() {
+                    0 => self.started_ms * 1_000,
+                    us => us,
+                };
+                now_us.saturating_sub(last) >= ms * 1_000
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// The ownership delegations in force.
     pub(crate) fn ownership(&self) -> OwnershipView {
         self.ownership.read().expect("ownership lock").clone()

@@ -45,6 +45,27 @@ impl Replication {
         ae.last.insert(report.peer.clone(), report);
     }
 
+    /// Records a detour pass (`cut`: peers not reached; `via`: those it
+    /// went through), or its end (`cut` empty).
+    pub(crate) fn ae_detour(&self, cut: Vec<String>, via: Vec<String>, pulled: u64, now_us: u64) {
+        let mut ae = self.ae.lock().expect("ae lock");
+        if cut.is_empty() {
+            ae.detour = None;
+            return;
+        }
+        let d = ae
+            .detour
+            .get_or_insert_with(|| parallax_core::stats::Detour {
+                since_us: now_us,
+                ..Default::default()
+            });
+        d.cut = cut;
+        d.via = via;
+        d.passes += 1;
+        d.pulled += pulled;
+        d.last_us = now_us;
+    }
+
     pub(crate) fn ae_stats(&self) -> AntiEntropyStats {
         self.ae.lock().expect("ae lock").clone()
     }

@@ -17,5 +17,5 @@ pub use divergence::{AuditRun, CURRENT_STATE, Divergence, DivergentKey, divergen
 pub use failovers::{Failover, FailoverEvent, Failovers, failovers};
 pub use latency::{Latency, RegionLatency, latency};
 pub use marks::marks;
-pub use overview::{Overview, RegionHealth, overview};
+pub use overview::{Overview, Reachability, RegionHealth, overview};
 pub use replication::{PairStats, Replication, replication};

@@ -69,6 +69,54 @@ pub struct Overview {
     pub divergent_now: i64,
     /// Failovers in the range.
     pub failovers: i64,
+    /// Which region reaches which, by the probes of the range's last minute.
+    pub reachability: Reachability,
+}
+
+/// Probe failures by vantage point: a cut link between two regions shows as
+/// their two cells red while the rest of their rows and columns stay green.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Reachability {
+    /// Regions, rows (vantage: the prober) and columns (target) alike.
+    pub regions: Vec<String>,
+    /// Share of probes that failed (percent), `[vantage][target]`; `None`
+    /// when there was no probe.
+    pub failed_pct: Vec<Vec<Option<f64>>>,
+    /// The window: the range's last this many seconds.
+    pub window_s: i64,
+}
+
+/// The window of [`Reachability`].
+const REACH_WINDOW_US: i64 = 60_000_000;
+
+async fn reachability(
+    e: &SqlEngine,
+    f: &Filters,
+    regions: &[String],
+) -> Result<Reachability, SqlError> {
+    let from = (f.to_us - REACH_WINDOW_US).max(f.from_us);
+    let src = crate::filters::time_scan("probes", from, f.to_us);
+    let mut cells = BTreeMap::new();
+    for r in rows(
+        e,
+        &format!(
+            "SELECT vantage, target, count(*), count(*) FILTER (WHERE NOT ok) FROM {src} \
+             GROUP BY vantage, target"
+        ),
+    )
+    .await?
+    {
+        cells.insert(
+            (str_of(&r[0]), str_of(&r[1])),
+            pct(i64_of(&r[3]), i64_of(&r[2])),
+        );
+    }
+    let m = matrix(regions, &cells);
+    Ok(Reachability {
+        regions: m.regions,
+        failed_pct: m.p99_ms,
+        window_s: (f.to_us - from) / 1_000_000,
+    })
 }
 
 /// The overview.
@@ -217,6 +265,7 @@ pub async fn overview(
         throughput,
         divergent_now,
         failovers,
+        reachability: reachability(e, f, &regions).await?,
     })
 }
 

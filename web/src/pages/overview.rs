@@ -1,7 +1,7 @@
 //! The overview page: region health, lag heatmap, throughput.
 
 use super::layout::{Cell, Section, Table, chart, lag_heatmap, opt, section};
-use crate::charts::Mark;
+use crate::charts::{self, Mark};
 use crate::dash::Overview;
 use crate::filters::Filters;
 
@@ -65,7 +65,24 @@ pub fn overview(d: &Overview, f: &Filters, marks: &[Mark]) -> Vec<Section> {
         "Green is fresh, red is a second or more.",
     );
     lag.svg = Some(lag_heatmap(&d.lag));
+    let mut reach = section(
+        "reachability",
+        "Reachability: probes failed (%), vantage → target",
+        &format!(
+            "Every region probes every region; the last {} s of the range. A cut link between two regions \
+             shows as their two cells red while the rest of their rows and columns stay green.",
+            d.reachability.window_s
+        ),
+    );
+    let r = &d.reachability;
+    reach.svg = Some(charts::heatmap(
+        &r.regions,
+        &r.regions,
+        &r.failed_pct,
+        "%",
+        100.0,
+    ));
     let mut tp = section("throughput", "Requests per second by region", "");
     tp.svg = Some(chart(&d.throughput, f, marks, "/s"));
-    vec![health, facts, lag, tp]
+    vec![health, facts, lag, reach, tp]
 }
