@@ -90,6 +90,7 @@ fn fill(data: &Path) {
             applied_ops: 1,
             batches: 1,
             heartbeats: 0,
+            ..Default::default()
         }));
     }
     c.flush().unwrap();

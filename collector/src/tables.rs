@@ -292,6 +292,8 @@ tables! {
         "backlog_ops": int64(|r| r.backlog_ops as i64),
         "backlog_bytes": int64(|r| r.backlog_bytes as i64),
         "applied_ops": int64(|r| r.applied_ops as i64),
+        "drain_ops_per_s": int64_or_null(|r| r.drain_ops_per_s.map(|v| v as i64)),
+        "eta_ms": int64_or_null(|r| r.eta_ms.map(|v| v as i64)),
     }
 
     /// One row per conflict a region detected or resolved.
@@ -464,6 +466,9 @@ mod tests {
                     int64("backlog_ops"),
                     int64("backlog_bytes"),
                     int64("applied_ops"),
+                    // Added with the catch-up pace: null in older files.
+                    int64("drain_ops_per_s").with_nullable(true),
+                    int64("eta_ms").with_nullable(true),
                 ],
             ),
             (

@@ -56,6 +56,7 @@ fn lag(ts_us: u64, lag_ms: u64) -> Event {
         applied_ops: 1,
         batches: 1,
         heartbeats: 0,
+        ..Default::default()
     })
 }
 
@@ -402,6 +403,8 @@ fn one_of_each() -> Vec<Event> {
             applied_ops: 14,
             batches: 15,
             heartbeats: 16,
+            drain_ops_per_s: Some(17),
+            eta_ms: Some(18),
         }),
         Event::Conflict(ConflictEvent {
             ts_us: T0 + 3,
@@ -549,7 +552,7 @@ fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
         (
             "replication_lag",
             vec![format!(
-                "{}, src=eu-west, dst=us-east, lag_ms=11, backlog_ops=12, backlog_bytes=13, applied_ops=14",
+                "{}, src=eu-west, dst=us-east, lag_ms=11, backlog_ops=12, backlog_bytes=13, applied_ops=14, drain_ops_per_s=17, eta_ms=18",
                 ts(2)
             )],
         ),

@@ -280,6 +280,13 @@ pub struct ReplicationConfig {
     /// Recorded conflict outcomes (LWW losers and resolutions) kept per region.
     #[serde(default = "default_conflict_log_max")]
     pub conflict_log_max: u64,
+    /// Catch-up pace: while a peer is more than one batch behind (after an
+    /// outage), at most this many entries per second are shipped to it, so
+    /// the catch-up leaves both regions room for live traffic. Live
+    /// replication (within a batch of the head) is never held back. 0: no
+    /// limit.
+    #[serde(default = "default_catchup_max_ops_per_sec")]
+    pub catchup_max_ops_per_sec: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -296,6 +303,7 @@ impl Default for ReplicationConfig {
             quorum_timeout_ms: default_quorum_timeout_ms(),
             group_commit_max_ops: default_group_commit_max_ops(),
             conflict_log_max: default_conflict_log_max(),
+            catchup_max_ops_per_sec: default_catchup_max_ops_per_sec(),
         }
     }
 }
@@ -392,6 +400,9 @@ fn default_batch_max_bytes() -> usize {
 }
 fn default_max_inflight_batches() -> usize {
     4
+}
+fn default_catchup_max_ops_per_sec() -> u64 {
+    5_000
 }
 fn default_max_backlog_ops() -> u64 {
     10_000_000

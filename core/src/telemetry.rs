@@ -237,6 +237,36 @@ pub struct ReplicationEvent {
     /// Heartbeats received since the previous sample.
     #[serde(default)]
     pub heartbeats: u64,
+    /// While a backlog drains: entries per second it shrinks by, since its
+    /// peak in the last [`DRAIN_WINDOW_MS`].
+    #[serde(default)]
+    pub drain_ops_per_s: Option<u64>,
+    /// While a backlog drains: when it will be empty at that rate (ms).
+    #[serde(default)]
+    pub eta_ms: Option<u64>,
+}
+
+/// How far back a drain rate looks for the backlog's peak (ms).
+pub const DRAIN_WINDOW_MS: u64 = 10_000;
+
+/// The drain rate (entries/s) and time to empty (ms) of a backlog, from its
+/// samples `(ms, entries)`, oldest first: the fall from its peak within the
+/// last [`DRAIN_WINDOW_MS`] to the newest sample, over the time between.
+/// `None` unless it has fallen since the peak and is not empty yet.
+pub fn drain_estimate(samples: &[(u64, u64)]) -> Option<(u64, u64)> {
+    let &(t1, b1) = samples.last()?;
+    let &(t0, b0) = samples
+        .iter()
+        .filter(|(t, _)| t1.saturating_sub(*t) <= DRAIN_WINDOW_MS)
+        .max_by_key(|(t, b)| (*b, std::cmp::Reverse(*t)))?;
+    if b1 == 0 || b0 <= b1 || t1 <= t0 {
+        return None;
+    }
+    let per_ms = (b0 - b1) as f64 / (t1 - t0) as f64;
+    Some((
+        (per_ms * 1_000.0).round() as u64,
+        (b1 as f64 / per_ms).round() as u64,
+    ))
 }
 
 /// A conflict detected or resolved.
@@ -384,6 +414,8 @@ struct Incoming {
     applied_ops: u64,
     last_lag_ms: u64,
     backlog_ops: u64,
+    drain_ops_per_s: Option<u64>,
+    eta_ms: Option<u64>,
     entry_lag_ms: Hist,
 }
 
@@ -400,6 +432,12 @@ pub struct IncomingStats {
     pub last_lag_ms: u64,
     /// Backlog at the origin when it last sent (entries).
     pub backlog_ops: u64,
+    /// While that backlog drains: entries per second it shrinks by.
+    #[serde(default)]
+    pub drain_ops_per_s: Option<u64>,
+    /// While that backlog drains: when it will be empty at that rate (ms).
+    #[serde(default)]
+    pub eta_ms: Option<u64>,
     /// Per-entry lag, write at origin to apply here (ms).
     pub entry_lag_ms: Summary,
 }
@@ -476,6 +514,8 @@ impl Stats {
                 inc.applied_ops += r.applied_ops;
                 inc.last_lag_ms = r.lag_ms;
                 inc.backlog_ops = r.backlog_ops;
+                inc.drain_ops_per_s = r.drain_ops_per_s;
+                inc.eta_ms = r.eta_ms;
             }
             Event::Conflict(c) => {
                 *s.conflicts
@@ -538,6 +578,8 @@ impl Stats {
                             applied_ops: i.applied_ops,
                             last_lag_ms: i.last_lag_ms,
                             backlog_ops: i.backlog_ops,
+                            drain_ops_per_s: i.drain_ops_per_s,
+                            eta_ms: i.eta_ms,
                             entry_lag_ms: i.entry_lag_ms.summary(),
                         },
                     )
@@ -566,6 +608,31 @@ impl Stats {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_drain_is_measured_from_the_backlogs_peak() {
+        // Nothing to drain, never shrinking, or a single sample: no figure.
+        assert_eq!(drain_estimate(&[]), None);
+        assert_eq!(drain_estimate(&[(0, 0), (1_000, 0)]), None);
+        assert_eq!(drain_estimate(&[(0, 500), (1_000, 900)]), None);
+        // Empty before the outage, 12,000 when the peer is back, then
+        // 2,000 a second less: 6,000 left after 3 s, 3 s to go.
+        let s = [
+            (0, 0),
+            (1_000, 0),
+            (2_000, 12_000),
+            (3_000, 10_000),
+            (5_000, 6_000),
+        ];
+        assert_eq!(drain_estimate(&s), Some((2_000, 3_000)));
+        // The peak is looked for within the window only.
+        let s = [
+            (0, 90_000),
+            (DRAIN_WINDOW_MS + 1_000, 4_000),
+            (DRAIN_WINDOW_MS + 2_000, 3_000),
+        ];
+        assert_eq!(drain_estimate(&s), Some((1_000, 3_000)));
+    }
+
     use super::*;
 
     #[test]

@@ -39,6 +39,7 @@ fn lag_rows(dir: &std::path::Path, from_s: i64, to_s: i64, lag_ms: u64) {
             applied_ops: 1,
             batches: 1,
             heartbeats: 0,
+            ..Default::default()
         }));
     }
     c.flush().unwrap();

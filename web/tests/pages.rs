@@ -55,6 +55,7 @@ fn fill(dir: &std::path::Path) {
                     applied_ops: 2,
                     batches: 1,
                     heartbeats: 0,
+                    ..Default::default()
                 }));
             }
             for target in REGIONS {

@@ -44,6 +44,7 @@ fn fill(dir: &std::path::Path) {
                 applied_ops: 1,
                 batches: 1,
                 heartbeats: 0,
+                ..Default::default()
             }));
         }
         c.flush().unwrap();

@@ -69,6 +69,7 @@ fn events(n: u64, start_us: u64) -> Vec<Event> {
                 applied_ops: 1 + (x >> 36) % 200,
                 batches: 1,
                 heartbeats: 0,
+                ..Default::default()
             })
         } else if kind < 19 {
             Event::Conflict(ConflictEvent {

@@ -128,6 +128,9 @@ fn lag(rows: usize, start_us: i64, dst: &str, rng: &mut Rng) -> Result<RecordBat
             backlog.iter().map(|b| b * 180),
         )),
         Arc::new(Int64Array::from(vec![1i64; rows])),
+        // No drain under way: no drain rate, no ETA.
+        Arc::new(Int64Array::from(vec![None::<i64>; rows])),
+        Arc::new(Int64Array::from(vec![None::<i64>; rows])),
     ];
     let schema = schema_of("replication_lag").context("the replication_lag schema")?;
     Ok(RecordBatch::try_new(schema, columns)?)

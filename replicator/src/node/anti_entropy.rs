@@ -52,13 +52,45 @@ impl Node {
                 all
             }
         };
+        self.repair_with(peers, self.classes_by_priority(), true)
+            .await
+    }
+
+    /// Anti-entropy of the critical classes only, with `peer`: what a peer
+    /// back from an outage gets first, before its backlog drains at the
+    /// catch-up pace. `None` when no class is critical.
+    pub(super) async fn repair_critical(
+        &self,
+        peer: &str,
+    ) -> Option<Result<Vec<parallax_core::sync::AntiEntropyReport>>> {
+        let critical: Vec<String> = self
+            .classes_by_priority()
+            .into_iter()
+            .filter(|c| self.inner.config.classes[c].critical)
+            .collect();
+        if critical.is_empty() {
+            return None;
+        }
+        Some(
+            self.repair_with(vec![peer.to_owned()], critical, false)
+                .await,
+        )
+    }
+
+    /// Anti-entropy of `classes` with each of `peers`, one pass at a time;
+    /// a `whole` pass (every class) also clears a peer's anti-entropy mark.
+    async fn repair_with(
+        &self,
+        peers: Vec<String>,
+        classes: Vec<String>,
+        whole: bool,
+    ) -> Result<Vec<parallax_core::sync::AntiEntropyReport>> {
         let _one_at_a_time = self.inner.ae_lock.lock().await;
-        let classes = self.classes_by_priority();
         let max = self.inner.config.anti_entropy.max_keys_per_sec;
         let mut reports = Vec::new();
         for peer in peers {
             self.inner.repl.ae_running(Some(peer.clone()));
-            let was_marked = self.inner.repl.peers_needing_anti_entropy().contains(&peer);
+            let was_marked = whole && self.inner.repl.peers_needing_anti_entropy().contains(&peer);
             let local = LocalReplica(self.clone());
             let remote = PeerReplica {
                 node: self.clone(),
@@ -115,8 +147,13 @@ pub(super) async fn worker(node: Node, mut w: Worker) {
     let mut next_detour = tokio::time::Instant::now();
     let mut last_marked_try = tokio::time::Instant::now() - Duration::from_secs(60);
     let tick = Duration::from_millis(cfg.detour_interval_ms.clamp(100, 1_000));
+    // Peers back from an outage whose critical classes were repaired first.
+    let mut critical_first: Vec<String> = Vec::new();
     while w.idle_for(tick).await {
         let now = tokio::time::Instant::now();
+        if critical_catch_up(&node, &mut w, &mut critical_first).await {
+            continue;
+        }
         if now >= next_detour && detour(&node, &mut w).await {
             next_detour = now + detour_every;
             continue;
@@ -154,6 +191,39 @@ pub(super) async fn worker(node: Node, mut w: Worker) {
             Err(failed.join("; "))
         });
     }
+}
+
+/// Critical classes first: a peer reached again while more than a batch
+/// behind (back from an outage) gets an anti-entropy pass of the critical
+/// classes at once, so their writes arrive before the backlog drains at
+/// the catch-up pace. Once per catch-up; returns whether it ran.
+async fn critical_catch_up(node: &Node, w: &mut Worker, done: &mut Vec<String>) -> bool {
+    let repl = &node.inner.repl;
+    let cfg = &node.inner.config.replication;
+    let behind = repl.catching_up(
+        node.inner.clock.now_us(),
+        cfg.batch_max_ops as u64,
+        2 * cfg.heartbeat_interval_ms,
+    );
+    done.retain(|p| repl.behind(p) > cfg.batch_max_ops as u64);
+    let Some(peer) = behind.into_iter().find(|p| !done.contains(p)) else {
+        return false;
+    };
+    done.push(peer.clone());
+    w.busy();
+    let Some(result) = node.repair_critical(&peer).await else {
+        return false;
+    };
+    let pushed: u64 = result
+        .as_ref()
+        .map(|r| r.iter().flat_map(|r| &r.classes).map(|c| c.pushed).sum())
+        .unwrap_or(0);
+    tracing::info!(
+        region = %node.inner.region, %peer, behind = repl.behind(&peer), pushed,
+        "Peer back with a backlog: its critical classes repaired first."
+    );
+    w.ran(result.map(|_| ()).map_err(|e| e.to_string()));
+    true
 }
 
 /// One detour pass: when a peer has not been reached for

@@ -4,11 +4,14 @@
 //! region is frozen or cut off; and, for a peer that has stopped
 //! answering, how far it trails this region since its last answer.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parallax_core::clock::Clock;
-use parallax_core::telemetry::{Event, ReplicationEvent, Telemetry};
+use parallax_core::telemetry::{
+    DRAIN_WINDOW_MS, Event, ReplicationEvent, Telemetry, drain_estimate,
+};
 use parallax_core::worker::Worker;
 
 use super::Replication;
@@ -127,6 +130,7 @@ impl Replication {
                 applied_ops: a.applied_ops,
                 batches: a.batches,
                 heartbeats: a.heartbeats,
+                ..ReplicationEvent::default()
             });
             let last_ok_ms = match state.last_ok_us() {
                 0 => self.started_ms,
@@ -166,12 +170,28 @@ impl LagSampler {
     pub(crate) async fn run(self, mut w: Worker) {
         let silent_after_ms = 3 * self.every.as_millis() as u64;
         let mut tick = tokio::time::interval(self.every);
+        // Per origin, the backlog it reported at each sample: its drain.
+        let mut backlogs: BTreeMap<String, VecDeque<(u64, u64)>> = BTreeMap::new();
         while w.next_tick(&mut tick).await {
             let (now_ms, now_us) = (self.clock.now_ms(), self.clock.now_us());
-            for e in self
+            for mut e in self
                 .repl
                 .sample_lag(&self.me, now_ms, now_us, silent_after_ms)
             {
+                if e.dst == self.me {
+                    let seen = backlogs.entry(e.src.clone()).or_default();
+                    seen.push_back((now_ms, e.backlog_ops));
+                    while seen
+                        .front()
+                        .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > DRAIN_WINDOW_MS)
+                    {
+                        seen.pop_front();
+                    }
+                    if let Some((rate, eta)) = drain_estimate(seen.make_contiguous()) {
+                        e.drain_ops_per_s = Some(rate);
+                        e.eta_ms = Some(eta);
+                    }
+                }
                 self.telemetry.emit(Event::Replication(e));
             }
             w.ran(Ok::<(), String>(()));

@@ -35,6 +35,7 @@ use crate::store::Meta;
 
 mod lag;
 mod log;
+mod pace;
 mod peers;
 mod receive;
 mod ship;
@@ -188,6 +189,29 @@ impl Replication {
     pub(crate) fn with_tree<T>(&self, class: &str, f: impl FnOnce(&mut MerkleTree) -> T) -> T {
         let mut trees = self.trees.lock().expect("trees lock");
         f(trees.entry(class.to_owned()).or_default())
+    }
+
+    /// How many of this region's log entries `peer` has not acknowledged.
+    pub(crate) fn behind(&self, peer: &str) -> u64 {
+        let head = self.head().seq;
+        self.peers
+            .get(peer)
+            .map_or(0, |p| head.saturating_sub(p.acked()))
+    }
+
+    /// Peers more than `batch` entries behind that this region reached
+    /// within the last `within_ms`: catching up after an outage.
+    pub(crate) fn catching_up(&self, now_us: u64, batch: u64, within_ms: u64) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter(|(name, p)| {
+                let last = p.last_ok_us();
+                last > 0
+                    && now_us.saturating_sub(last) <= within_ms * 1_000
+                    && self.behind(name) > batch
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Peers this region has not reached (a shipment or heartbeat

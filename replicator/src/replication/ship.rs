@@ -19,6 +19,7 @@ use parallax_core::worker::Worker;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::pace::Pace;
 use super::peers::PeerState;
 use super::shipper::{Action, Limits, Reply, Shipment, ShipperMachine, Span, View};
 use super::{Head, Replication};
@@ -67,32 +68,47 @@ impl Shipper {
         let start = Instant::now();
         let mut inflight: FuturesUnordered<BoxFuture<'static, Shipped>> = FuturesUnordered::new();
         let mut last_clock_event_ms = 0u64;
+        let mut pace = Pace::new(cfg.catchup_max_ops_per_sec);
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let view = self.view(&mut head_rx, state);
-            let mut entries = Vec::new();
-            let action = machine.on_tick(start.elapsed(), &view, |from, upto| {
-                entries = self.read_log(from, upto);
-                span_of(&entries)
-            });
-            state.publish(machine.acked(), machine.durable());
-            let (until, on_new_head) = match action {
-                Action::DropBacklog { backlog } => {
-                    tracing::warn!(region = %self.me, peer = %self.peer, backlog, "Peer is past the backlog cap; dropping its log and marking it for anti-entropy.");
-                    self.mark_anti_entropy(state).await;
-                    continue;
-                }
-                Action::Send(shipment) => {
-                    if let Some((from, to)) = shipment.missing {
-                        tracing::warn!(region = %self.me, peer = %self.peer, from, to, "Log entries the peer needs were already removed; marking it for anti-entropy.");
-                        self.mark_anti_entropy(state).await;
+            // Catching up (more than a batch behind): at the catch-up pace.
+            let behind = view.head.saturating_sub(machine.acked());
+            let catching_up = behind > cfg.batch_max_ops as u64;
+            let held = catching_up
+                .then(|| pace.wait_until(start.elapsed()))
+                .flatten();
+            let (until, on_new_head) = match held {
+                Some(until) => (Some(until), false),
+                None => {
+                    let mut entries = Vec::new();
+                    let action = machine.on_tick(start.elapsed(), &view, |from, upto| {
+                        entries = self.read_log(from, upto);
+                        span_of(&entries)
+                    });
+                    state.publish(machine.acked(), machine.durable());
+                    match action {
+                        Action::DropBacklog { backlog } => {
+                            tracing::warn!(region = %self.me, peer = %self.peer, backlog, "Peer is past the backlog cap; dropping its log and marking it for anti-entropy.");
+                            self.mark_anti_entropy(state).await;
+                            continue;
+                        }
+                        Action::Send(shipment) => {
+                            if let Some((from, to)) = shipment.missing {
+                                tracing::warn!(region = %self.me, peer = %self.peer, from, to, "Log entries the peer needs were already removed; marking it for anti-entropy.");
+                                self.mark_anti_entropy(state).await;
+                            }
+                            if catching_up {
+                                pace.spend(start.elapsed(), entries.len() as u64);
+                            }
+                            inflight.push(self.ship(shipment, entries, timeout));
+                            continue;
+                        }
+                        Action::Wait { until, on_new_head } => (until, on_new_head),
                     }
-                    inflight.push(self.ship(shipment, entries, timeout));
-                    continue;
                 }
-                Action::Wait { until, on_new_head } => (until, on_new_head),
             };
             if inflight.is_empty() {
                 worker.idle();

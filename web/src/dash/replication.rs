@@ -32,6 +32,10 @@ pub struct PairStats {
     pub backlog_bytes: i64,
     /// Operations applied in the range.
     pub applied_ops: i64,
+    /// While the latest backlog drains: operations per second it shrinks by.
+    pub drain_ops_per_s: Option<i64>,
+    /// While the latest backlog drains: when it will be empty (ms).
+    pub eta_ms: Option<i64>,
 }
 
 /// The replication page.
@@ -64,7 +68,8 @@ pub async fn replication(
             &regions,
             "src, count(*), approx_quantile(lag_ms, 0.5), \
              approx_quantile(lag_ms, 0.99), max(lag_ms), \
-             last_value(backlog_ops ORDER BY ts), last_value(backlog_bytes ORDER BY ts), sum(applied_ops)",
+             last_value(backlog_ops ORDER BY ts), last_value(backlog_bytes ORDER BY ts), sum(applied_ops), \
+             last_value(drain_ops_per_s ORDER BY ts), last_value(eta_ms ORDER BY ts)",
             &w,
             "src",
         ),
@@ -81,6 +86,8 @@ pub async fn replication(
             backlog_ops: i64_of(&r[6]),
             backlog_bytes: i64_of(&r[7]),
             applied_ops: i64_of(&r[8]),
+            drain_ops_per_s: r[9].as_i64(),
+            eta_ms: r[10].as_i64(),
         };
         cells.insert((p.src.clone(), p.dst.clone()), p.p99_ms);
         pairs.push(p);

@@ -1,6 +1,6 @@
 //! The replication page: the lag matrix, region pairs, lag and backlog over time.
 
-use super::layout::{Cell, Section, Table, chart, lag_heatmap, section};
+use super::layout::{Cell, Section, Table, chart, lag_heatmap, opt, section};
 use crate::charts::Mark;
 use crate::dash::Replication;
 use crate::filters::Filters;
@@ -31,6 +31,8 @@ pub fn replication(d: &Replication, f: &Filters, marks: &[Mark]) -> Vec<Section>
             "max ms",
             "Backlog ops",
             "Backlog bytes",
+            "Drain ops/s",
+            "Drained in, s",
             "Applied ops",
         ],
         "No replication in this range.",
@@ -45,6 +47,8 @@ pub fn replication(d: &Replication, f: &Filters, marks: &[Mark]) -> Vec<Section>
             Cell::n(p.max_ms),
             Cell::i(p.backlog_ops),
             Cell::i(p.backlog_bytes),
+            opt(p.drain_ops_per_s.map(|v| v as f64)),
+            opt(p.eta_ms.map(|ms| ms as f64 / 1_000.0)),
             Cell::i(p.applied_ops),
         ]);
     }
