@@ -44,11 +44,39 @@ async fn a_backlog_after_an_outage_drains_at_the_catch_up_pace_with_an_eta_that_
          [collector]\nflush_interval_ms = 500\n",
         &[],
     );
+    drill(&cluster).await;
+}
+
+/// The same on real networks: the example config (a `settings` class whose
+/// primary is us-east, critical `tickets`), each region on a host of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_drain_on_real_networks() {
+    let Some(net) = common::net_or_skip("backlog", &REGIONS) else {
+        return;
+    };
+    let example = EXAMPLE.replace(
+        "batch_max_ops = 1000\n",
+        &format!("batch_max_ops = 100\ncatchup_max_ops_per_sec = {PACE}\n"),
+    );
+    assert_ne!(example, EXAMPLE, "the example's [replication] changed");
+    let cluster = Cluster::from_example_in(&example, "", &net);
+    drill(&cluster).await;
+}
+
+const EXAMPLE: &str = include_str!("../deploy/examples/three-regions.toml");
+
+/// The drills run one at a time: their latencies and drain times are of
+/// one cluster on the machine, not of two sharing it.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Stops eu-west for 20 s under load, lets it run again and checks the drain.
+async fn drill(cluster: &Cluster) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     for i in 0..REGIONS.len() {
         cluster.wait_ready(i).await;
     }
     let web = common::Web::start(&cluster.config, &cluster.data_dir());
-    let (east, eu) = (client(&cluster, 0), client(&cluster, 2));
+    let (east, eu) = (client(cluster, 0), client(cluster, 2));
 
     // The load: one write every 1/LOAD s into us-east, each timed.
     let timed: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
@@ -101,19 +129,25 @@ async fn a_backlog_after_an_outage_drains_at_the_catch_up_pace_with_an_eta_that_
     frozen.thaw();
     let back = Instant::now();
 
-    // Critical classes first: the ticket is repaired into eu-west at once.
-    let ticket_after = eventually(
+    // Critical classes first: the ticket is repaired into eu-west as soon as
+    // us-east reaches it again, ahead of the backlog.
+    let drain_start = std::cell::Cell::new(None::<Instant>);
+    let ticket_at = eventually(
         "eu-west has the critical write",
-        Duration::from_secs(30),
+        Duration::from_secs(40),
         || async {
+            if drain_start.get().is_none()
+                && backlog_into_eu(&eu).await.is_some_and(|(b, _, _)| b > 0)
+            {
+                drain_start.set(Some(Instant::now()));
+            }
             eu.get("tickets", "t-1", &ReadOptions::default())
                 .await
                 .ok()
-                .map(|_| back.elapsed())
+                .map(|_| Instant::now())
         },
     )
     .await;
-
     // The drain: its rate and ETA, two seconds in, against when it ends.
     let (eta_at, eta_ms, rate) = eventually(
         "eu-west reports the drain's rate and ETA",
@@ -146,17 +180,24 @@ async fn a_backlog_after_an_outage_drains_at_the_catch_up_pace_with_an_eta_that_
         })
         .await;
     let during = p99(latencies(back, drained_at));
-    let drain = drained_at.duration_since(back);
+    // The drain starts when us-east reaches eu-west again (its shipper's
+    // request timeout and back-off after 20 s of failures).
+    let started = drain_start.get().unwrap_or(ticket_at).min(ticket_at);
+    let (reconnect, drain) = (
+        started.duration_since(back),
+        drained_at.duration_since(started),
+    );
+    let ticket_after = ticket_at.duration_since(started);
     assert!(
         ticket_after * 3 < drain,
-        "the critical write arrived {ticket_after:?} after the outage, the backlog drained in {drain:?}"
+        "the critical write arrived {ticket_after:?} into the drain, which took {drain:?}"
     );
     let actual = drained_at.duration_since(eta_at);
     let predicted = Duration::from_millis(eta_ms);
     eprintln!(
-        "backlog drained {drain:?} after eu-west came back at {rate} entries/s (the critical write in \
-         {ticket_after:?}); the ETA 2 s in said {predicted:?}, it took {actual:?}; live write p99 {before:?} \
-         before the outage, {during:?} during the drain"
+        "us-east reached eu-west again {reconnect:?} after it ran again; the backlog drained in {drain:?} \
+         at {rate} entries/s (the critical write {ticket_after:?} into it); the ETA 2 s in said {predicted:?}, \
+         it took {actual:?}; live write p99 {before:?} before the outage, {during:?} during the drain"
     );
     let error = predicted.as_secs_f64() / actual.as_secs_f64() - 1.0;
     assert!(

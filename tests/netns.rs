@@ -8,25 +8,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, Cluster, Net, REGIONS, TOKEN, eventually, start_router};
+use common::{ADMIN_TOKEN, Cluster, REGIONS, TOKEN, eventually, net_or_skip, start_router};
 use parallax_core::RegionClient;
 use serde_json::Value;
 
 const EXAMPLE: &str = include_str!("../deploy/examples/three-regions.toml");
-
-/// The hosts, or `None` (and a loud SKIPPED) where this machine cannot
-/// make them; under `PARALLAX_REQUIRE_TOOLS` that fails instead.
-fn net_or_skip(tag: &str, hosts: &[&str]) -> Option<Net> {
-    if let Err(e) = Net::available() {
-        assert!(
-            std::env::var_os("PARALLAX_REQUIRE_TOOLS").is_none(),
-            "PARALLAX_REQUIRE_TOOLS is set: {e}"
-        );
-        eprintln!("SKIPPED: {e}");
-        return None;
-    }
-    Some(Net::create(tag, hosts).unwrap())
-}
 
 async fn get(url: String) -> Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()

@@ -663,3 +663,17 @@ pub(crate) async fn alerts_of(web: &Web) -> Value {
         Err(e) => json!(format!("unreachable: {e}")),
     }
 }
+
+/// The hosts, or `None` (and a loud SKIPPED) where this machine cannot
+/// make them; under `PARALLAX_REQUIRE_TOOLS` that fails instead.
+pub(crate) fn net_or_skip(tag: &str, hosts: &[&str]) -> Option<Net> {
+    if let Err(e) = Net::available() {
+        assert!(
+            std::env::var_os("PARALLAX_REQUIRE_TOOLS").is_none(),
+            "PARALLAX_REQUIRE_TOOLS is set: {e}"
+        );
+        eprintln!("SKIPPED: {e}");
+        return None;
+    }
+    Some(Net::create(tag, hosts).unwrap())
+}

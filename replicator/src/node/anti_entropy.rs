@@ -209,11 +209,19 @@ async fn critical_catch_up(node: &Node, w: &mut Worker, done: &mut Vec<String>) 
     let Some(peer) = behind.into_iter().find(|p| !done.contains(p)) else {
         return false;
     };
-    done.push(peer.clone());
     w.busy();
     let Some(result) = node.repair_critical(&peer).await else {
+        done.push(peer);
         return false;
     };
+    let failed = match &result {
+        Ok(reports) => reports.iter().any(|r| r.error.is_some()),
+        Err(_) => true,
+    };
+    if !failed {
+        // Once per catch-up; a pass that failed is tried again next time.
+        done.push(peer.clone());
+    }
     let pushed: u64 = result
         .as_ref()
         .map(|r| r.iter().flat_map(|r| &r.classes).map(|c| c.pushed).sum())

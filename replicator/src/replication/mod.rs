@@ -199,14 +199,18 @@ impl Replication {
             .map_or(0, |p| head.saturating_sub(p.acked()))
     }
 
-    /// Peers more than `batch` entries behind that this region reached
-    /// within the last `within_ms`: catching up after an outage.
+    /// Peers more than `batch` entries behind whose last exchange with this
+    /// region succeeded, within the last `within_ms`: catching up after an
+    /// outage (not going into one).
     pub(crate) fn catching_up(&self, now_us: u64, batch: u64, within_ms: u64) -> Vec<String> {
         self.peers
             .iter()
             .filter(|(name, p)| {
                 let last = p.last_ok_us();
                 last > 0
+                    && p.consecutive_failures
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        == 0
                     && now_us.saturating_sub(last) <= within_ms * 1_000
                     && self.behind(name) > batch
             })
