@@ -24,6 +24,9 @@ pub struct Metrics {
     lag_seconds: HistogramVec,
     lag_now: GaugeVec,
     backlog: IntGaugeVec,
+    drain_rate: IntGaugeVec,
+    drain_eta: GaugeVec,
+    detour: IntGaugeVec,
     conflicts: IntCounterVec,
     resolution_seconds: HistogramVec,
     clock_offset: GaugeVec,
@@ -112,6 +115,24 @@ impl Metrics {
                 &r,
                 "parallax_replication_backlog_ops",
                 "This region's log entries the peer has not acknowledged.",
+                &["region", "peer"],
+            ),
+            drain_rate: int_gauge(
+                &r,
+                "parallax_replication_drain_ops_per_second",
+                "While the backlog from the peer drains into this region: entries per second it shrinks by (0 otherwise).",
+                &["region", "peer"],
+            ),
+            drain_eta: gauge(
+                &r,
+                "parallax_replication_drain_eta_seconds",
+                "While the backlog from the peer drains into this region: when it will be empty at that rate (0 otherwise).",
+                &["region", "peer"],
+            ),
+            detour: int_gauge(
+                &r,
+                "parallax_anti_entropy_detour",
+                "1 while this region has not reached the peer for anti_entropy.detour_after_ms and pulls its writes through the others.",
                 &["region", "peer"],
             ),
             conflicts: counter(
@@ -282,6 +303,22 @@ impl Metrics {
                     .with_label_values(&[&self.region, peer])
                     .set(lag as f64 / 1e3);
             }
+        }
+        for (origin, i) in &stats.events.incoming {
+            let labels = [self.region.as_str(), origin.as_str()];
+            self.drain_rate
+                .with_label_values(&labels)
+                .set(i.drain_ops_per_s.unwrap_or(0) as i64);
+            self.drain_eta
+                .with_label_values(&labels)
+                .set(i.eta_ms.unwrap_or(0) as f64 / 1e3);
+        }
+        let cut = stats.anti_entropy.detour.as_ref().map(|d| &d.cut);
+        for peer in stats.replication.peers.keys() {
+            let on = cut.is_some_and(|c| c.contains(peer));
+            self.detour
+                .with_label_values(&[&self.region, peer])
+                .set(i64::from(on));
         }
         self.queue
             .with_label_values(&[&self.region])

@@ -632,3 +632,57 @@ fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
         }
     }
 }
+
+#[test]
+fn the_drain_and_the_detour_are_gauges_from_the_regions_live_state() {
+    use parallax_core::stats::{Detour, NodeStats};
+    use parallax_core::telemetry::IncomingStats;
+    let m = metrics::Metrics::new("us-west");
+    let mut stats = NodeStats::default();
+    for peer in ["eu-west", "us-east"] {
+        stats
+            .replication
+            .peers
+            .insert(peer.into(), Default::default());
+    }
+    stats.events.incoming.insert(
+        "us-east".into(),
+        IncomingStats {
+            backlog_ops: 2_700,
+            drain_ops_per_s: Some(300),
+            eta_ms: Some(9_000),
+            ..Default::default()
+        },
+    );
+    stats
+        .events
+        .incoming
+        .insert("eu-west".into(), IncomingStats::default());
+    stats.anti_entropy.detour = Some(Detour {
+        cut: vec!["eu-west".into()],
+        via: vec!["us-east".into()],
+        ..Default::default()
+    });
+    m.refresh(&stats);
+    let text = m.render();
+    for line in [
+        "parallax_replication_drain_ops_per_second{peer=\"us-east\",region=\"us-west\"} 300",
+        "parallax_replication_drain_eta_seconds{peer=\"us-east\",region=\"us-west\"} 9",
+        "parallax_replication_drain_eta_seconds{peer=\"eu-west\",region=\"us-west\"} 0",
+        "parallax_anti_entropy_detour{peer=\"eu-west\",region=\"us-west\"} 1",
+        "parallax_anti_entropy_detour{peer=\"us-east\",region=\"us-west\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    // The drain over, the detour ended: back to 0.
+    stats.events.incoming.get_mut("us-east").unwrap().eta_ms = None;
+    stats.anti_entropy.detour = None;
+    m.refresh(&stats);
+    let text = m.render();
+    assert!(
+        text.contains(
+            "parallax_replication_drain_eta_seconds{peer=\"us-east\",region=\"us-west\"} 0"
+        )
+    );
+    assert!(text.contains("parallax_anti_entropy_detour{peer=\"eu-west\",region=\"us-west\"} 0"));
+}
