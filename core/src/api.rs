@@ -15,6 +15,10 @@ use crate::telemetry::{AuditEvent, DivergenceEvent, FailoverEvent};
 /// Header carrying a session token (the query parameter `token` also works).
 pub const TOKEN_HEADER: &str = "x-parallax-token";
 
+/// Header naming where the client is (for the `requests` table's
+/// `client_geo`, and the Failovers page's writes sent to the wrong region).
+pub const CLIENT_GEO_HEADER: &str = "x-parallax-client-geo";
+
 /// Compares a secret with what a request presented in time that does not
 /// depend on where they first differ (only on the length), so the time of
 /// a refusal does not tell an attacker how much of a token was right.

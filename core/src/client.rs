@@ -23,7 +23,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{ConflictList, ConflictLog, EntityOp, Health, Resolution, TOKEN_HEADER};
+use crate::api::{
+    CLIENT_GEO_HEADER, ConflictList, ConflictLog, EntityOp, Health, Resolution, TOKEN_HEADER,
+};
 use crate::config::Config;
 use crate::error::{ApiError, Error, WireError};
 use crate::protocol::{
@@ -179,6 +181,7 @@ pub struct RegionClient {
     client_token: String,
     admin_token: String,
     timeout: Duration,
+    client_geo: Option<String>,
     http: reqwest::Client,
 }
 
@@ -192,6 +195,7 @@ impl RegionClient {
             client_token: String::new(),
             admin_token: String::new(),
             timeout: DEFAULT_TIMEOUT,
+            client_geo: None,
             http: reqwest::Client::builder()
                 .build()
                 .expect("HTTP client builds"),
@@ -219,6 +223,13 @@ impl RegionClient {
     /// Gives each call at most `timeout`, connecting included.
     pub fn with_timeout(mut self, timeout: Duration) -> RegionClient {
         self.timeout = timeout;
+        self
+    }
+
+    /// Names where the client is on every client call
+    /// ([`CLIENT_GEO_HEADER`]): the region records it with the request.
+    pub fn with_client_geo(mut self, location: &str) -> RegionClient {
+        self.client_geo = Some(location.to_owned());
         self
     }
 
@@ -423,7 +434,12 @@ impl RegionClient {
         let mut req = self.http.request(method.clone(), url).timeout(self.timeout);
         match auth {
             Auth::None => {}
-            Auth::Client => req = req.bearer_auth(&self.client_token),
+            Auth::Client => {
+                req = req.bearer_auth(&self.client_token);
+                if let Some(geo) = &self.client_geo {
+                    req = req.header(CLIENT_GEO_HEADER, geo);
+                }
+            }
             Auth::Admin => req = req.bearer_auth(&self.admin_token),
         }
         if let Some(s) = session {

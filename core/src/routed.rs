@@ -200,9 +200,14 @@ impl RoutedClient {
         let route = self.route(&query).await?;
         let mut last = None;
         for (region, url) in self.attempts(&route) {
-            let client = RegionClient::new(&region, &url)
+            let mut client = RegionClient::new(&region, &url)
                 .with_tokens(&self.client_token, &self.admin_token)
                 .with_timeout(self.timeout);
+            if let Some(from) = &self.from {
+                // The region records where its writes come from: a stale
+                // route shows on the Failovers page by client location.
+                client = client.with_client_geo(from);
+            }
             match call(client).await {
                 Err(ClientError::Unreachable {
                     region,

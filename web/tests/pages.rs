@@ -119,6 +119,11 @@ fn fill(dir: &std::path::Path) {
 }
 
 async fn app() -> (tempfile::TempDir, axum::Router) {
+    app_of(fill).await
+}
+
+/// The web app over tables `fill` writes.
+async fn app_of(fill: fn(&std::path::Path)) -> (tempfile::TempDir, axum::Router) {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path());
     let e = SqlEngine::open(dir.path(), SqlLimits::default())
@@ -350,6 +355,55 @@ async fn json_twins_hold_the_figures_the_pages_show() {
     let (_, html) = get(&app, "/failovers?range=6h").await;
     assert!(
         html.contains("ownership us-west -&#62; us-east (epoch 1)"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn writes_a_region_could_not_take_are_counted_by_where_they_arrived() {
+    fn stale_routes(dir: &std::path::Path) {
+        let c = common::collector(dir, "us-west", T0);
+        let write = |n: u64, op: &str, status: u16, served_by: &str, geo: &str| {
+            Event::Request(RequestEvent {
+                ts_us: T0 + 100 * MIN + n,
+                region: "us-west".into(),
+                op: op.into(),
+                class: "balances".into(),
+                status,
+                latency_us: 2_000,
+                consistency: "async".into(),
+                served_by: served_by.into(),
+                client_geo: geo.into(),
+            })
+        };
+        // Paris clients still routed to us-west after its keys moved: three
+        // forwarded to us-east, one refused; a read and a write us-west
+        // took itself do not count.
+        for e in [
+            write(1, "put", 200, "us-east", "paris"),
+            write(2, "put", 200, "us-east", "paris"),
+            write(3, "delete", 200, "us-east", "paris"),
+            write(4, "put", 421, "", "paris"),
+            write(5, "put", 200, "us-west", "paris"),
+            write(6, "get", 200, "us-east", "paris"),
+            write(7, "put", 200, "us-east", ""),
+        ] {
+            c.ingest(e);
+        }
+        c.flush().unwrap();
+    }
+    let (_d, app) = app_of(stale_routes).await;
+    let v = json(&app, "/api/v1/failovers?range=6h").await;
+    assert_eq!(
+        v["data"]["misdirected"],
+        serde_json::json!([
+            {"region": "us-west", "class": "balances", "client_geo": "", "forwarded": 1, "refused": 0},
+            {"region": "us-west", "class": "balances", "client_geo": "paris", "forwarded": 3, "refused": 1},
+        ])
+    );
+    let (_, html) = get(&app, "/failovers?range=6h").await;
+    assert!(
+        html.contains("<td class=\"\">paris</td><td class=\"num\">3</td><td class=\"num\">1</td>"),
         "{html}"
     );
 }

@@ -121,3 +121,51 @@ fn bodies_are_what_the_region_reads() {
     let body = serde_json::to_value(AntiEntropyRequest::default()).unwrap();
     assert_eq!(body, serde_json::json!({}));
 }
+
+/// Answers one HTTP request with `NodeStats::default()` as JSON and hands
+/// back the request's head (request line and headers, lowercased).
+async fn one_request_server() -> (String, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let body = serde_json::to_vec(&NodeStats::default()).unwrap();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(answer.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        String::from_utf8_lossy(&head).to_lowercase()
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_client_at_a_location_names_it_on_client_calls() {
+    let (url, head) = one_request_server().await;
+    RegionClient::new("us-west", &url)
+        .with_tokens("c", "a")
+        .with_client_geo("paris")
+        .stats()
+        .await
+        .unwrap();
+    let head = head.await.unwrap();
+    assert!(head.contains("x-parallax-client-geo: paris\r\n"), "{head}");
+    let (url, head) = one_request_server().await;
+    RegionClient::new("us-west", &url)
+        .with_tokens("c", "a")
+        .stats()
+        .await
+        .unwrap();
+    let head = head.await.unwrap();
+    assert!(!head.contains("x-parallax-client-geo"), "{head}");
+}

@@ -131,9 +131,6 @@ struct Meta {
     client_geo: String,
 }
 
-/// Header naming where the client is (for the `requests` table).
-pub const CLIENT_GEO_HEADER: &str = "x-parallax-client-geo";
-
 fn client_geo(headers: &HeaderMap) -> String {
     headers
         .get(CLIENT_GEO_HEADER)

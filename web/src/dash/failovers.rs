@@ -56,6 +56,24 @@ pub struct FailoverEvent {
     pub event: String,
 }
 
+/// Writes that reached a region that could not take them itself: it does
+/// not own the key (or, in an early rollout stage, is not the primary).
+/// A stale route (a router answer cached from before a failover) or a
+/// client that does not follow the router sends them there.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Misdirected {
+    /// The region they reached.
+    pub region: String,
+    /// Their class.
+    pub class: String,
+    /// Where their clients are (`x-parallax-client-geo`; empty if unsaid).
+    pub client_geo: String,
+    /// Passed on to the region that takes them, and answered from there.
+    pub forwarded: i64,
+    /// Refused with 421 (`foreign_writes = "refuse"`, or already forwarded once).
+    pub refused: i64,
+}
+
 /// The failovers page.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Failovers {
@@ -69,6 +87,9 @@ pub struct Failovers {
     pub max_rerouted_ms: Option<i64>,
     /// Longest time until keys moved (ms).
     pub max_moved_ms: Option<i64>,
+    /// Writes regions could not take themselves, by region, class and
+    /// client location.
+    pub misdirected: Vec<Misdirected>,
 }
 
 /// The failovers page.
@@ -126,7 +147,29 @@ pub async fn failovers(e: &SqlEngine, f: &Filters) -> Result<Failovers, SqlError
         event: str_of(&r[2]),
     })
     .collect();
+    let w = f.source("requests", Some("region"), Some("class"));
+    let forwarded = "status < 400 AND served_by <> '' AND served_by <> region";
+    let misdirected = rows(
+        e,
+        &format!(
+            "SELECT region, class, client_geo, count(*) FILTER (WHERE {forwarded}), \
+             count(*) FILTER (WHERE status = 421) FROM {w} AND op <> 'get' \
+             AND ({forwarded} OR status = 421) \
+             GROUP BY region, class, client_geo ORDER BY region, class, client_geo LIMIT 500"
+        ),
+    )
+    .await?
+    .into_iter()
+    .map(|r| Misdirected {
+        region: str_of(&r[0]),
+        class: str_of(&r[1]),
+        client_geo: str_of(&r[2]),
+        forwarded: r[3].as_i64().unwrap_or(0),
+        refused: r[4].as_i64().unwrap_or(0),
+    })
+    .collect();
     Ok(Failovers {
+        misdirected,
         max_detected_ms: failovers.iter().filter_map(|e| e.detected_ms).max(),
         max_rerouted_ms: failovers.iter().filter_map(|e| e.rerouted_ms).max(),
         max_moved_ms: failovers.iter().filter_map(|e| e.moved_ms).max(),

@@ -14,7 +14,7 @@ mod replication;
 pub use common::{LagMatrix, names, per_region};
 pub use conflicts::{ConflictCount, Conflicts, Resolution, conflicts};
 pub use divergence::{AuditRun, CURRENT_STATE, Divergence, DivergentKey, divergence};
-pub use failovers::{Failover, FailoverEvent, Failovers, failovers};
+pub use failovers::{Failover, FailoverEvent, Failovers, Misdirected, failovers};
 pub use latency::{Latency, RegionLatency, latency};
 pub use marks::marks;
 pub use overview::{Overview, Reachability, RegionHealth, overview};

@@ -89,5 +89,37 @@ pub fn failovers(d: &Failovers) -> Vec<Section> {
             .push(vec![Cell::t(&e.ts), Cell::t(&e.region), Cell::t(&e.event)]);
     }
     moves.table = Some(m);
-    vec![s, bars, moves]
+    let mut stale = section(
+        "misdirected",
+        "Writes sent to a region that could not take them",
+        "A write reaches a region that does not own its key (or, in an early rollout stage, is not the \
+         primary) when its client's route is stale, a router answer cached from before a failover, or the \
+         client does not follow the router. The region passes it to the owner, or refuses it with 421; the \
+         ownership epoch fences writes made under an older one.",
+    );
+    let mut t = Table::new(
+        &[
+            "Reached",
+            "Class",
+            "Client location",
+            "Forwarded",
+            "Refused (421)",
+        ],
+        "Every write reached a region that could take it.",
+    );
+    for m in &d.misdirected {
+        t.rows.push(vec![
+            Cell::t(&m.region),
+            Cell::t(&m.class),
+            Cell::t(if m.client_geo.is_empty() {
+                "–"
+            } else {
+                &m.client_geo
+            }),
+            Cell::i(m.forwarded),
+            Cell::i(m.refused),
+        ]);
+    }
+    stale.table = Some(t);
+    vec![s, bars, moves, stale]
 }
