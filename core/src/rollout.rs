@@ -44,20 +44,25 @@ pub fn parse_stage(text: &str) -> Result<Rollout> {
         })
 }
 
+/// How many stages a move from `from` to `to` skips.
+pub fn skipped(from: Rollout, to: Rollout) -> usize {
+    rank(from).abs_diff(rank(to)).saturating_sub(1)
+}
+
 /// Whether a class may move from `from` to `to`: one stage at a time,
 /// forward or back, unless `force`d.
 pub fn check_move(class: &str, from: Rollout, to: Rollout, force: bool) -> Result<()> {
-    let (a, b) = (rank(from), rank(to));
-    if force || a.abs_diff(b) <= 1 {
+    if force || skipped(from, to) == 0 {
         return Ok(());
     }
+    let (a, b) = (rank(from), rank(to));
     let next = if b > a { STAGES[a + 1] } else { STAGES[a - 1] };
     Err(Error::Precondition(format!(
         "class `{class}` is in the `{}` stage; `{}` skips {} stage(s). Fix: move it to `{}` first, \
          or pass force to skip",
         from.as_str(),
         to.as_str(),
-        a.abs_diff(b) - 1,
+        skipped(from, to),
         next.as_str()
     )))
 }

@@ -123,28 +123,19 @@ pub(super) async fn inject_fault(
     if !state.node.fault_injection_allowed() {
         return error_response(&Error::NotFoundRoute);
     }
-    let limit = state.node.config().limits.max_body_bytes;
-    let result = async {
-        admin_auth(&state, &headers)?;
-        let body = body.map_err(|e| body_error(e, limit))?;
-        let f: FaultRequest = serde_json::from_value(parse_json(&body)?).map_err(|e| {
-            Error::BadRequest(format!(
-                "{e}. Fix: send {{\"class\": .., \"key\": .., \"action\": \"corrupt\" | \"drop\" | \"rollback\"}}"
-            ))
-        })?;
-        state.node.inject_fault(&f.class, &f.key, f.action).await?;
-        Ok(json_response(
-            StatusCode::OK,
-            &FaultAnswer {
-                region: state.node.region().to_owned(),
-                class: f.class,
-                key: f.key,
-                action: f.action,
-            },
-        ))
-    }
-    .await;
-    result.unwrap_or_else(|e| error_response(&e))
+    let fix =
+        "send {\"class\": .., \"key\": .., \"action\": \"corrupt\" | \"drop\" | \"rollback\"}";
+    let node = &state.node;
+    admin_post(&state, &headers, body, fix, |f: FaultRequest| async move {
+        node.inject_fault(&f.class, &f.key, f.action).await?;
+        Ok(FaultAnswer {
+            region: node.region().to_owned(),
+            class: f.class,
+            key: f.key,
+            action: f.action,
+        })
+    })
+    .await
 }
 
 /// The auditor hands its records to a region, whose collector keeps them.
@@ -181,26 +172,23 @@ pub(super) async fn failover_records(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let limit = state.node.config().limits.max_body_bytes;
-    let result = (|| {
-        admin_auth(&state, &headers)?;
-        let body = body.map_err(|e| body_error(e, limit))?;
-        let r: FailoverRecords = serde_json::from_slice(&body).map_err(|e| {
-            Error::BadRequest(format!(
-                "{e}. Fix: send {{\"failovers\": [...]}} as `parallax router` does"
-            ))
-        })?;
-        let n = r.failovers.len();
-        state.node.record_failovers(r.failovers);
-        Ok(json_response(
-            StatusCode::OK,
-            &FailoverRecordsAnswer {
-                region: state.node.region().to_owned(),
+    let fix = "send {\"failovers\": [...]} as `parallax router` does";
+    let node = &state.node;
+    admin_post(
+        &state,
+        &headers,
+        body,
+        fix,
+        |r: FailoverRecords| async move {
+            let n = r.failovers.len();
+            node.record_failovers(r.failovers);
+            Ok(FailoverRecordsAnswer {
+                region: node.region().to_owned(),
                 failovers: n,
-            },
-        ))
-    })();
-    result.unwrap_or_else(|e| error_response(&e))
+            })
+        },
+    )
+    .await
 }
 
 pub(super) async fn anti_entropy(

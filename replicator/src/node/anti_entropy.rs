@@ -252,13 +252,13 @@ async fn detour(node: &Node, w: &mut Worker) -> bool {
         .filter(|p| !cut.contains(p))
         .collect();
     if cut.is_empty() || via.is_empty() {
-        if node.inner.repl.ae_stats().detour.is_some() {
+        if node.inner.repl.ae_detouring() {
             tracing::info!(region = %node.inner.region, "Every peer reached again; detour ended.");
             node.inner.repl.ae_detour(Vec::new(), Vec::new(), 0, now_us);
         }
         return false;
     }
-    if node.inner.repl.ae_stats().detour.is_none() {
+    if !node.inner.repl.ae_detouring() {
         tracing::warn!(
             region = %node.inner.region, cut = ?cut, via = ?via,
             "Peers not reached for {after_ms} ms: pulling what they write through the others."

@@ -80,7 +80,7 @@ impl Node {
             class: m.class.clone(),
             from,
             stage: to,
-            forced: rollout::check_move(&m.class, from, to, false).is_err(),
+            forced: rollout::skipped(from, to) > 0,
             changed: from != to,
             applied_in: vec![self.inner.region.clone()],
             note,

@@ -132,10 +132,7 @@ impl Replication {
                 heartbeats: a.heartbeats,
                 ..ReplicationEvent::default()
             });
-            let last_ok_ms = match state.last_ok_us() {
-                0 => self.started_ms,
-                us => us / 1_000,
-            };
+            let last_ok_ms = self.last_ok_or_start_us(state) / 1_000;
             let silent_ms = now_ms.saturating_sub(last_ok_ms);
             if silent_ms >= silent_after_ms {
                 let backlog = head.saturating_sub(state.acked());

@@ -191,6 +191,14 @@ impl Replication {
         f(trees.entry(class.to_owned()).or_default())
     }
 
+    /// When `p` last answered (µs); this region's start if it never did.
+    fn last_ok_or_start_us(&self, p: &PeerState) -> u64 {
+        match p.last_ok_us() {
+            0 => self.started_ms * 1_000,
+            us => us,
+        }
+    }
+
     /// How many of this region's log entries `peer` has not acknowledged.
     pub(crate) fn behind(&self, peer: &str) -> u64 {
         let head = self.head().seq;
@@ -224,13 +232,7 @@ impl Replication {
     pub(crate) fn unreached_for(&self, now_us: u64, ms: u64) -> Vec<String> {
         self.peers
             .iter()
-            .filter(|(_, p)| {
-                let last = match p.last_ok_us() {
-                    0 => self.started_ms * 1_000,
-                    us => us,
-                };
-                now_us.saturating_sub(last) >= ms * 1_000
-            })
+            .filter(|(_, p)| now_us.saturating_sub(self.last_ok_or_start_us(p)) >= ms * 1_000)
             .map(|(n, _)| n.clone())
             .collect()
     }

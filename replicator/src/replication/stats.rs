@@ -66,6 +66,11 @@ impl Replication {
         d.last_us = now_us;
     }
 
+    /// Whether a detour is under way.
+    pub(crate) fn ae_detouring(&self) -> bool {
+        self.ae.lock().expect("ae lock").detour.is_some()
+    }
+
     pub(crate) fn ae_stats(&self) -> AntiEntropyStats {
         self.ae.lock().expect("ae lock").clone()
     }
