@@ -34,6 +34,9 @@ pub struct Metrics {
     probe_up: IntGaugeVec,
     failovers: IntCounterVec,
     rollouts: IntCounterVec,
+    cache_reads: IntCounterVec,
+    cache_stale: IntCounterVec,
+    cache_staleness: GaugeVec,
     audit_divergent: IntGaugeVec,
     dropped: IntCounterVec,
     rows_written: IntCounterVec,
@@ -179,6 +182,24 @@ impl Metrics {
                 "Rollout stage moves taken here, by class and the stage moved to.",
                 &["region", "class", "stage"],
             ),
+            cache_reads: counter(
+                &r,
+                "parallax_cache_reads_total",
+                "Reads of clients' feed-kept caches of this region, as they reported them, by client and result (hit, miss, bypassed).",
+                &["region", "client", "result"],
+            ),
+            cache_stale: counter(
+                &r,
+                "parallax_cache_stale_reads_total",
+                "Cache reads that served an older version than this region held when they were served.",
+                &["region", "client"],
+            ),
+            cache_staleness: gauge(
+                &r,
+                "parallax_cache_staleness_p99_seconds",
+                "99th percentile staleness of a client's cache reads in its last report.",
+                &["region", "client"],
+            ),
             audit_divergent: int_gauge(
                 &r,
                 "parallax_audit_divergent_keys",
@@ -274,6 +295,26 @@ impl Metrics {
                 .with_label_values(&[me, &a.class])
                 .set(a.divergent as i64),
             Event::Divergence(_) => {}
+            Event::Cache(c) => {
+                let r = &c.report;
+                for (result, n) in [
+                    ("hit", r.hits),
+                    ("miss", r.misses),
+                    ("bypassed", r.bypassed),
+                ] {
+                    self.cache_reads
+                        .with_label_values(&[me, &r.client, result])
+                        .inc_by(n);
+                }
+                self.cache_stale
+                    .with_label_values(&[me, &r.client])
+                    .inc_by(r.stale_hits);
+                if let Some(p99) = r.staleness_p99_ms {
+                    self.cache_staleness
+                        .with_label_values(&[me, &r.client])
+                        .set(p99 / 1_000.0);
+                }
+            }
         }
     }
 

@@ -18,8 +18,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parallax_core::telemetry::{
-    AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent,
-    ReplicationEvent, RequestEvent, RolloutEvent,
+    AuditEvent, CacheEvent, ClockEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent,
+    ProbeEvent, ReplicationEvent, RequestEvent, RolloutEvent,
 };
 
 use crate::Error;
@@ -77,13 +77,18 @@ enum Values<T> {
     Int64OrNull(fn(&T) -> Option<i64>),
     /// `Float64`.
     Float64(fn(&T) -> f64),
+    /// `Float64`, null where the row has no value (so always nullable).
+    Float64OrNull(fn(&T) -> Option<f64>),
     /// `Boolean`.
     Boolean(fn(&T) -> bool),
 }
 
 impl<T> Column<T> {
     const fn new(name: &'static str, values: Values<T>) -> Column<T> {
-        let nullable = matches!(values, Values::Int64OrNull(_) | Values::TextOrNull(_));
+        let nullable = matches!(
+            values,
+            Values::Int64OrNull(_) | Values::TextOrNull(_) | Values::Float64OrNull(_)
+        );
         Column {
             name,
             nullable,
@@ -114,6 +119,9 @@ impl<T> Column<T> {
     const fn float64(name: &'static str, get: fn(&T) -> f64) -> Column<T> {
         Column::new(name, Values::Float64(get))
     }
+    const fn float64_or_null(name: &'static str, get: fn(&T) -> Option<f64>) -> Column<T> {
+        Column::new(name, Values::Float64OrNull(get))
+    }
     const fn boolean(name: &'static str, get: fn(&T) -> bool) -> Column<T> {
         Column::new(name, Values::Boolean(get))
     }
@@ -137,7 +145,7 @@ impl<T> Column<T> {
             }
             Values::Int32(_) => DataType::Int32,
             Values::Int64(_) | Values::Int64OrNull(_) => DataType::Int64,
-            Values::Float64(_) => DataType::Float64,
+            Values::Float64(_) | Values::Float64OrNull(_) => DataType::Float64,
             Values::Boolean(_) => DataType::Boolean,
         };
         Field::new(self.name, data_type, self.nullable)
@@ -177,6 +185,9 @@ impl<T> Column<T> {
             }
             Values::Float64(get) => {
                 Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| get(r))))
+            }
+            Values::Float64OrNull(get) => {
+                Arc::new(Float64Array::from_iter(rows.iter().map(|r| get(r))))
             }
             Values::Boolean(get) => {
                 Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(get(r)))))
@@ -363,6 +374,25 @@ tables! {
         "forced": boolean(|r| r.forced),
     }
 
+    /// One row per report of a client's feed-kept read cache: its reads in
+    /// the window and how stale the ones served from memory were.
+    cache_reads = Cache(CacheEvent) {
+        "client": text(|r| &r.report.client),
+        "location": text(|r| &r.report.location),
+        "window_ms": int64(|r| r.report.window_ms as i64),
+        "reads": int64(|r| r.report.reads as i64),
+        "hits": int64(|r| r.report.hits as i64),
+        "misses": int64(|r| r.report.misses as i64),
+        "bypassed": int64(|r| r.report.bypassed as i64),
+        "invalidations": int64(|r| r.report.invalidations as i64),
+        "settled": int64(|r| r.report.settled as i64),
+        "stale_hits": int64(|r| r.report.stale_hits as i64),
+        "staleness_p50_ms": float64_or_null(|r| r.report.staleness_p50_ms),
+        "staleness_p99_ms": float64_or_null(|r| r.report.staleness_p99_ms),
+        "staleness_max_ms": float64_or_null(|r| r.report.staleness_max_ms),
+        "feed_lag_ms": int64_or_null(|r| r.report.feed_lag_ms.map(|v| v as i64)),
+    }
+
     /// One row per health probe a region made of a region.
     probes = Probe(ProbeEvent) {
         "vantage": text(|r| &r.vantage),
@@ -544,6 +574,26 @@ mod tests {
                     text("from_stage"),
                     text("to_stage"),
                     field("forced", DataType::Boolean),
+                ],
+            ),
+            (
+                "cache_reads",
+                vec![
+                    ts("ts"),
+                    text("client"),
+                    text("location"),
+                    int64("window_ms"),
+                    int64("reads"),
+                    int64("hits"),
+                    int64("misses"),
+                    int64("bypassed"),
+                    int64("invalidations"),
+                    int64("settled"),
+                    int64("stale_hits"),
+                    field("staleness_p50_ms", DataType::Float64).with_nullable(true),
+                    field("staleness_p99_ms", DataType::Float64).with_nullable(true),
+                    field("staleness_max_ms", DataType::Float64).with_nullable(true),
+                    int64("feed_lag_ms").with_nullable(true),
                 ],
             ),
             (

@@ -378,8 +378,8 @@ async fn probes_show_which_regions_answer_from_here() {
 /// wrong field shows.
 fn one_of_each() -> Vec<Event> {
     use parallax_core::telemetry::{
-        AuditEvent, ClockEvent, ConflictEvent, DivergenceEvent, FailoverEvent, ProbeEvent,
-        RolloutEvent,
+        AuditEvent, CacheEvent, ClockEvent, ConflictEvent, DivergenceEvent, FailoverEvent,
+        ProbeEvent, RolloutEvent,
     };
     vec![
         Event::Request(RequestEvent {
@@ -474,6 +474,26 @@ fn one_of_each() -> Vec<Event> {
             to_stage: "limited-writes".into(),
             forced: true,
         }),
+        Event::Cache(CacheEvent {
+            ts_us: T0 + 11,
+            region: "us-east".into(),
+            report: parallax_core::api::CacheReport {
+                client: "shop-7".into(),
+                location: "paris".into(),
+                window_ms: 5000,
+                reads: 10,
+                hits: 7,
+                misses: 2,
+                bypassed: 1,
+                invalidations: 3,
+                settled: 6,
+                stale_hits: 1,
+                staleness_p50_ms: Some(0.0),
+                staleness_p99_ms: Some(812.5),
+                staleness_max_ms: Some(812.5),
+                feed_lag_ms: None,
+            },
+        }),
         Event::Probe(ProbeEvent {
             ts_us: T0 + 8,
             vantage: "us-east".into(),
@@ -539,7 +559,7 @@ fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
     for e in one_of_each() {
         c.ingest(e);
     }
-    assert_eq!(c.flush().unwrap(), 10);
+    assert_eq!(c.flush().unwrap(), 11);
     let ts = |n: u64| format!("ts=2026-11-28T10:00:00.{n:06}");
     let expected = [
         (
@@ -602,6 +622,15 @@ fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
             vec![format!(
                 "{}, class=carts, from_stage=read-local, to_stage=limited-writes, forced=true",
                 ts(10)
+            )],
+        ),
+        (
+            "cache_reads",
+            vec![format!(
+                "{}, client=shop-7, location=paris, window_ms=5000, reads=10, hits=7, misses=2, \
+                 bypassed=1, invalidations=3, settled=6, stale_hits=1, staleness_p50_ms=0.0, \
+                 staleness_p99_ms=812.5, staleness_max_ms=812.5, feed_lag_ms=",
+                ts(11)
             )],
         ),
         (

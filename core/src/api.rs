@@ -256,6 +256,111 @@ pub struct FaultAnswer {
     pub action: Fault,
 }
 
+/// One entry of a region's change feed (`GET /v1/changes`,
+/// `GET /v1/changes/stream`): a version of an entity the region applied,
+/// written here or replicated from elsewhere, in the order it applied them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The change's position: pass it as `after` to read what came next.
+    pub seq: u64,
+    /// When the region applied it (µs since the Unix epoch, its clock).
+    pub ts_us: u64,
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// How the version arrived: `local` (a client write here), `replicated`
+    /// (shipped from its origin), `repair` (read repair, anti-entropy, the
+    /// auditor's repair), `replay` (the write-ahead log after a crash) or
+    /// `fault` (a drill's injected fault).
+    pub source: String,
+    /// The entity was removed from the store (a drill's dropped entity);
+    /// a client delete is a version (a tombstone) like any other.
+    pub deleted: bool,
+    /// The value after the change, as a read answers it (`null` when deleted).
+    pub value: Value,
+    /// HLC stamp of the latest write in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hlc: Option<Hlc>,
+    /// Its version vector: a cache holding a version this one does not
+    /// dominate holds an older (or concurrent) value.
+    #[serde(default)]
+    pub version: crate::version::VersionVector,
+}
+
+/// `GET /v1/changes`: a page of a region's change feed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChangesPage {
+    /// The region whose feed this is.
+    pub region: String,
+    /// The changes after the cursor asked for, oldest first.
+    pub changes: Vec<Change>,
+    /// The cursor to pass as `after` next (the last change's `seq`, or the
+    /// cursor asked for when there was nothing new).
+    pub next: u64,
+    /// The newest position of the feed when the page was read: a reader
+    /// at `head` has seen every change applied until `now_us`.
+    pub head: u64,
+    /// Changes at or before this position were trimmed (retention); a
+    /// cursor below it answers 410 `cursor_expired`.
+    pub trimmed: u64,
+    /// The region's clock when the page was read (µs).
+    pub now_us: u64,
+}
+
+/// The `heartbeat` event of `GET /v1/changes/stream`, sent every second:
+/// a reader that has received it has every change up to `head`, applied
+/// until `now_us`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedHeartbeat {
+    /// The region whose feed this is.
+    pub region: String,
+    /// The feed's newest position.
+    pub head: u64,
+    /// The region's clock (µs).
+    pub now_us: u64,
+}
+
+/// The body of `POST /v1/cache-reports`: what a client's feed-kept cache
+/// ([`crate::cache::FeedCache`]) did in a window, for the region's
+/// `cache_reads` table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheReport {
+    /// The client's name.
+    pub client: String,
+    /// Where the client is (a router location, or free text).
+    pub location: String,
+    /// How long the window lasted (ms).
+    pub window_ms: u64,
+    /// Reads asked of the cache.
+    pub reads: u64,
+    /// Reads answered from memory.
+    pub hits: u64,
+    /// Reads that went to the region and filled an entry.
+    pub misses: u64,
+    /// Reads sent to the region because the feed was not current.
+    pub bypassed: u64,
+    /// Entries dropped because the feed delivered a newer version.
+    pub invalidations: u64,
+    /// Cache reads settled in the window (the feed passed them).
+    pub settled: u64,
+    /// Of those, reads that served an older version than the region held.
+    pub stale_hits: u64,
+    /// Median staleness of the settled reads (ms; a fresh read counts 0).
+    #[serde(default)]
+    pub staleness_p50_ms: Option<f64>,
+    /// 99th percentile staleness (ms).
+    #[serde(default)]
+    pub staleness_p99_ms: Option<f64>,
+    /// Largest staleness (ms).
+    #[serde(default)]
+    pub staleness_max_ms: Option<f64>,
+    /// How far behind the region's clock the feed's last word was (ms).
+    #[serde(default)]
+    pub feed_lag_ms: Option<u64>,
+}
+
 /// The body of `POST /v1/admin/anti-entropy` (empty: every peer).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -36,6 +36,8 @@ use crate::stats::NodeStats;
 use crate::sync::TreeSource;
 use crate::transport::error_chain;
 
+pub use feed::{ChangeStream, FeedItem, STREAM_SILENCE};
+
 /// Every byte but RFC 3986's unreserved `A-Z a-z 0-9 - . _ ~`.
 const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -602,5 +604,6 @@ impl TreeSource for RegionClient {
 }
 
 mod admin;
+mod feed;
 #[cfg(test)]
 mod tests;

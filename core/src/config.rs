@@ -181,6 +181,13 @@ pub struct StorageConfig {
     /// Size at which a write-ahead log file is closed and a new one started (bytes).
     #[serde(default = "default_wal_segment_bytes")]
     pub wal_segment_bytes: u64,
+    /// How long the change feed (`GET /v1/changes`) keeps a change
+    /// (milliseconds); a reader whose cursor is older must re-read.
+    #[serde(default = "default_feed_retain_ms")]
+    pub feed_retain_ms: u64,
+    /// The most changes the feed keeps, whatever their age.
+    #[serde(default = "default_feed_max_entries")]
+    pub feed_max_entries: u64,
 }
 
 impl Default for StorageConfig {
@@ -188,6 +195,8 @@ impl Default for StorageConfig {
         StorageConfig {
             checkpoint_interval_ms: default_checkpoint_interval_ms(),
             wal_segment_bytes: default_wal_segment_bytes(),
+            feed_retain_ms: default_feed_retain_ms(),
+            feed_max_entries: default_feed_max_entries(),
         }
     }
 }
@@ -377,6 +386,14 @@ fn default_detour_after_ms() -> u64 {
 fn default_detour_interval_ms() -> u64 {
     2_000
 }
+fn default_feed_retain_ms() -> u64 {
+    24 * 3_600_000
+}
+
+fn default_feed_max_entries() -> u64 {
+    1_000_000
+}
+
 fn default_checkpoint_interval_ms() -> u64 {
     1_000
 }

@@ -84,6 +84,11 @@ pub enum Error {
     /// says what changed and what to do.
     #[error("{0}")]
     Precondition(String),
+    /// A change-feed cursor the feed can no longer serve from (the changes
+    /// after it were trimmed, or it is ahead of the feed); the message says
+    /// where to resume.
+    #[error("{0}")]
+    CursorExpired(String),
     /// Missing or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -163,6 +168,7 @@ impl Error {
             Error::MethodNotAllowed => 405,
             Error::Conflicted { .. } | Error::NotConflicted { .. } | Error::Precondition(_) => 409,
             Error::Misdirected(_) => 421,
+            Error::CursorExpired(_) => 410,
             Error::PayloadTooLarge(_) => 413,
             Error::Storage(_) | Error::Internal(_) => 500,
             Error::Unavailable(_) | Error::ShuttingDown(_) | Error::ClockSkew { .. } => 503,
@@ -185,6 +191,7 @@ impl Error {
             Error::NotConflicted { .. } => "not_conflicted",
             Error::Precondition(_) => "precondition_failed",
             Error::Misdirected(_) => "misdirected",
+            Error::CursorExpired(_) => "cursor_expired",
             Error::Unauthorized(_) => "unauthorized",
             Error::Unavailable(_) => "unavailable",
             Error::QuorumTimeout { .. } => "quorum_timeout",

@@ -22,10 +22,12 @@
 //! - [`worker`]: background loops with a name, a status and one stop signal.
 //! - [`client`]: the typed client of the region API (CLI, web app, auditor,
 //!   router).
+//! - [`cache`]: a read cache kept fresh by a region's change feed.
 //! - [`routed`]: a client of the whole cluster that follows a router.
 //! - [`error`]: the error type and its wire form.
 
 pub mod api;
+pub mod cache;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -33,6 +33,20 @@ pub enum Event {
     Divergence(DivergenceEvent),
     /// A class moved to another rollout stage.
     Rollout(RolloutEvent),
+    /// A client's feed-kept cache reported a window of its reads.
+    Cache(CacheEvent),
+}
+
+/// What a client's feed-kept read cache did in a window, as it reported
+/// it to its region (`POST /v1/cache-reports`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheEvent {
+    /// When the region took the report (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// Region reported to (whose feed keeps the cache).
+    pub region: String,
+    /// The report as the client sent it.
+    pub report: crate::api::CacheReport,
 }
 
 /// A class moved to another rollout stage (recorded by the region that
@@ -535,7 +549,8 @@ impl Stats {
             | Event::Probe(_)
             | Event::Audit(_)
             | Event::Divergence(_)
-            | Event::Rollout(_) => {}
+            | Event::Rollout(_)
+            | Event::Cache(_) => {}
         }
     }
 

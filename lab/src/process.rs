@@ -47,6 +47,7 @@ impl RunningRegion {
     /// Stops accepting requests, lets in-flight ones finish, stops the node,
     /// then writes the telemetry it buffered.
     pub async fn stop(mut self) {
+        self.node.close_streams();
         for stop in self.stops.drain(..) {
             let _ = stop.send(());
         }

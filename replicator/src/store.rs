@@ -6,7 +6,18 @@
 //!   per-origin applied watermarks, the last HLC stamp, peers marked for
 //!   anti-entropy;
 //! - `queue`: `class \0 key` -> first seen (µs): the reconciliation queue;
-//! - `conflict_log`: id -> [`ConflictRecord`], recorded conflict outcomes.
+//! - `conflict_log`: id -> [`ConflictRecord`], recorded conflict outcomes;
+//! - `changes`: feed position -> [`StoredChange`], the change feed: every
+//!   version the region applied, in the order it applied them, written in
+//!   the same transaction as the entity.
+//!
+//! Feed positions only grow, across restarts and crashes: the transactions
+//! between checkpoints are not synced, so a crash can take back the last
+//! positions handed out; a reopened store therefore starts `FEED_GAP` past
+//! the newest position it holds (or recorded at its last checkpoint). A
+//! reader whose cursor was among the lost positions resumes with the
+//! changes after the gap, which include the lost ones applied again
+//! (replayed from the log, or shipped again by their origin).
 //!
 //! The replication log itself lives in the write-ahead log ([`crate::wal`]).
 //! Only the writer ([`crate::writer`]) writes; anyone reads.
@@ -15,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use parallax_core::api::{ConflictRecord, QueuedConflict};
@@ -27,6 +38,38 @@ const ENTITIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("entiti
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const QUEUE: TableDefinition<'_, &[u8], u64> = TableDefinition::new("queue");
 const CONFLICT_LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("conflict_log");
+const CHANGES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changes");
+
+/// How far past its newest durable feed position a reopened store starts:
+/// more than a checkpoint interval of changes can ever number.
+pub const FEED_GAP: u64 = 1 << 32;
+
+/// One entry of the change feed as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredChange {
+    /// When the region applied it (µs).
+    pub ts_us: u64,
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// How it arrived (`local`, `replicated`, `repair`, `replay`, `fault`).
+    pub source: String,
+    /// The stored entity after the change; `None` when removed.
+    #[serde(with = "serde_bytes")]
+    pub entity: Option<Vec<u8>>,
+}
+
+/// A page read from the change feed.
+#[derive(Clone, Debug, Default)]
+pub struct FeedPage {
+    /// `(position, change)`, oldest first.
+    pub changes: Vec<(u64, StoredChange)>,
+    /// The newest position.
+    pub head: u64,
+    /// Positions at or below this were trimmed.
+    pub trimmed: u64,
+}
 
 /// Turns a redb error into a storage error (redb is the replicator's
 /// alone, so [`Error`] does not know it).
@@ -66,6 +109,8 @@ pub struct Meta {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Arc<Database>,
+    /// The first feed position this opening hands out.
+    feed_start: u64,
 }
 
 /// The key under which an entity is stored: class, NUL, the first four
@@ -162,6 +207,7 @@ fn create_atomically(path: &Path) -> Result<()> {
             txn.open_table(ENTITIES).db()?;
             txn.open_table(QUEUE).db()?;
             txn.open_table(CONFLICT_LOG).db()?;
+            txn.open_table(CHANGES).db()?;
             let mut meta = txn.open_table(META).db()?;
             meta.insert("format", u64_bytes(STORE_FORMAT).as_slice())
                 .db()?;
@@ -209,6 +255,7 @@ impl Store {
             txn.open_table(ENTITIES).db()?;
             txn.open_table(QUEUE).db()?;
             txn.open_table(CONFLICT_LOG).db()?;
+            txn.open_table(CHANGES).db()?;
             let mut meta = txn.open_table(META).db()?;
             let format = meta.get("format").db()?.map(|v| bytes_u64(v.value()));
             match format {
@@ -226,7 +273,64 @@ impl Store {
             }
         }
         txn.commit().db()?;
-        Ok(Store { db: Arc::new(db) })
+        let feed_start = {
+            let txn = db.begin_read().db()?;
+            let changes = txn.open_table(CHANGES).db()?;
+            let meta = txn.open_table(META).db()?;
+            let newest = changes.last().db()?.map_or(0, |(k, _)| k.value());
+            let recorded = meta
+                .get("feed_last")
+                .db()?
+                .map_or(0, |v| bytes_u64(v.value()));
+            match newest.max(recorded) {
+                0 => 1,
+                last => last + FEED_GAP,
+            }
+        };
+        Ok(Store {
+            db: Arc::new(db),
+            feed_start,
+        })
+    }
+
+    /// The first feed position this opening of the store hands out.
+    pub fn feed_start(&self) -> u64 {
+        self.feed_start
+    }
+
+    /// Up to `limit` changes after position `after`, optionally of one
+    /// class, with the feed's head and trimmed positions.
+    pub fn changes(&self, after: u64, limit: usize, class: Option<&str>) -> Result<FeedPage> {
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(CHANGES).db()?;
+        let meta = txn.open_table(META).db()?;
+        let trimmed = meta
+            .get("feed_trimmed")
+            .db()?
+            .map_or(0, |v| bytes_u64(v.value()));
+        let head = table
+            .last()
+            .db()?
+            .map_or(0, |(k, _)| k.value())
+            .max(self.feed_start - 1);
+        let mut changes = Vec::new();
+        if after < u64::MAX {
+            for item in table.range(after + 1..).db()? {
+                let (k, v) = item.db()?;
+                let change: StoredChange = decode_record(v.value(), "feed change")?;
+                if class.is_none_or(|c| c == change.class) {
+                    changes.push((k.value(), change));
+                    if changes.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(FeedPage {
+            changes,
+            head,
+            trimmed,
+        })
     }
 
     /// Reads one entity.
@@ -504,6 +608,49 @@ impl StoreTxn {
             table.retain_in(..=record.id - keep, |_, _| false).db()?;
         }
         Ok(())
+    }
+
+    /// Appends a change to the feed at position `seq`.
+    pub(crate) fn put_change(&self, seq: u64, change: &StoredChange) -> Result<()> {
+        let mut table = self.txn.open_table(CHANGES).db()?;
+        table.insert(seq, encode_record(change).as_slice()).db()?;
+        Ok(())
+    }
+
+    /// Trims the feed to changes applied at or after `keep_since_us` and to
+    /// the newest `max_entries`, removing at most `budget` changes (so one
+    /// checkpoint never stalls on a long trim); records the newest position
+    /// removed. Returns how many it removed.
+    pub(crate) fn trim_changes(
+        &self,
+        keep_since_us: u64,
+        max_entries: u64,
+        budget: usize,
+    ) -> Result<usize> {
+        let mut table = self.txn.open_table(CHANGES).db()?;
+        let len = table.len().db()?;
+        let mut over = len.saturating_sub(max_entries);
+        let mut upto = None;
+        let mut n = 0;
+        for item in table.iter().db()? {
+            if n >= budget {
+                break;
+            }
+            let (k, v) = item.db()?;
+            let ts = decode_record::<StoredChange>(v.value(), "feed change").map_or(0, |c| c.ts_us);
+            if over == 0 && ts >= keep_since_us {
+                break;
+            }
+            over = over.saturating_sub(1);
+            upto = Some(k.value());
+            n += 1;
+        }
+        if let Some(upto) = upto {
+            table.retain_in(..=upto, |_, _| false).db()?;
+            drop(table);
+            self.set_u64("feed_trimmed", upto)?;
+        }
+        Ok(n)
     }
 
     pub(crate) fn commit(self) -> Result<()> {

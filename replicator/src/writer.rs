@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{ApplyAck, Command, LocalApplied, LocalWrite};
 use crate::replication::{self, Fresh, Replication};
-use crate::store::{Meta, Store, StoreTxn};
+use crate::store::{Meta, Store, StoreTxn, StoredChange};
 use crate::wal::Wal;
 
 enum Done {
@@ -68,6 +68,8 @@ pub(crate) struct Writer {
     last_checkpoint_ms: u64,
     checkpoint_every_ms: u64,
     wal_files: usize,
+    /// The next change-feed position.
+    feed_next: u64,
     repl: Arc<Replication>,
     telemetry: Telemetry,
     stats: Arc<Stats>,
@@ -87,6 +89,12 @@ struct Group {
     /// An ownership delegation or a rollout stage changed.
     control_changed: bool,
     tree: Vec<TreeDelta>,
+    /// The next change-feed position within the group.
+    feed_next: u64,
+    /// How the command under way changes entities (the feed's `source`).
+    source: &'static str,
+    /// The group's time (µs).
+    now_us: u64,
 }
 
 /// Whether a class holds what routing depends on (delegations, stages):
@@ -104,7 +112,35 @@ struct TreeDelta {
 }
 
 impl Group {
-    /// Notes that the stored bytes of `class/key` went from `old` to `new`.
+    /// Notes that the stored bytes of `class/key` went from `old` to `new`:
+    /// the change joins the feed (in the group's transaction) and the
+    /// class's Merkle tree.
+    fn changed(
+        &mut self,
+        txn: &StoreTxn,
+        (class, key): (&str, &str),
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<()> {
+        if old == new {
+            return Ok(());
+        }
+        txn.put_change(
+            self.feed_next,
+            &StoredChange {
+                ts_us: self.now_us,
+                class: class.to_owned(),
+                key: key.to_owned(),
+                source: self.source.to_owned(),
+                entity: new.map(<[u8]>::to_vec),
+            },
+        )?;
+        self.feed_next += 1;
+        self.tree(class, key, old, new);
+        Ok(())
+    }
+
+    /// Notes the change of `class/key` for the class's Merkle tree.
     fn tree(&mut self, class: &str, key: &str, old: Option<&[u8]>, new: Option<&[u8]>) {
         self.tree.push(TreeDelta {
             class: class.to_owned(),
@@ -152,6 +188,7 @@ impl Writer {
         let checkpoint_every_ms = config.storage.checkpoint_interval_ms;
         let wal_files = wal.files();
         let now_ms = clock.now_ms();
+        let feed_next = store.feed_start();
         let mut w = Writer {
             region,
             config,
@@ -170,6 +207,7 @@ impl Writer {
             last_checkpoint_ms: now_ms,
             checkpoint_every_ms,
             wal_files,
+            feed_next,
             repl,
             telemetry,
             stats,
@@ -179,6 +217,8 @@ impl Writer {
         let now_us = w.clock.now_us();
         let txn = w.store.begin(true)?;
         let mut g = w.group();
+        g.source = "replay";
+        g.now_us = now_us;
         for entry in replay {
             let entity = Entity::decode(&entry.entity)?;
             w.hlc.restore(&entity.hlc);
@@ -190,6 +230,8 @@ impl Writer {
         txn.commit()?;
         w.head = g.head;
         w.checkpoint = g.head;
+        w.feed_next = g.feed_next;
+        w.repl.publish_feed_head(g.feed_next - 1);
         w.next_conflict_id = g.next_conflict_id;
         w.repl.publish_head(w.head, w.clock.now_ms());
         w.repl.publish_durable(&w.durable);
@@ -215,6 +257,9 @@ impl Writer {
             changed: false,
             control_changed: false,
             tree: Vec::new(),
+            feed_next: self.feed_next,
+            source: "local",
+            now_us: self.clock.now_us(),
         }
     }
 
@@ -276,12 +321,19 @@ impl Writer {
             }
         };
         let mut g = self.group();
+        g.now_us = now_us;
         let mut fatal: Option<Error> = None;
         for cmd in cmds {
             if let Some(e) = &fatal {
                 fail_command(cmd, e);
                 continue;
             }
+            g.source = match &cmd {
+                Command::Local(..) => "local",
+                Command::Apply { .. } => "replicated",
+                Command::Fault { .. } => "fault",
+                _ => "repair",
+            };
             let result = match cmd {
                 Command::Local(req, reply) => match self.local(&txn, &mut g, req, now_us) {
                     Ok(applied) => {
@@ -499,6 +551,10 @@ impl Writer {
             self.load_control();
         }
         self.next_conflict_id = g.next_conflict_id;
+        if g.feed_next != self.feed_next {
+            self.feed_next = g.feed_next;
+            self.repl.publish_feed_head(g.feed_next - 1);
+        }
         if g.changed {
             self.dirty = true;
         }
@@ -583,6 +639,13 @@ impl Writer {
             txn.set_flag(&format!("ae/{peer}"), *needed)?;
         }
         txn.set_u64("next_conflict_id", g.next_conflict_id)?;
+        txn.set_u64("feed_last", g.feed_next - 1)?;
+        let storage = &self.config.storage;
+        let keep_since_us = self
+            .clock
+            .now_us()
+            .saturating_sub(storage.feed_retain_ms.saturating_mul(1_000));
+        txn.trim_changes(keep_since_us, storage.feed_max_entries, 10_000)?;
         txn.set_hlc(&self.hlc.last())?;
         Ok(())
     }

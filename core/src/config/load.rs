@@ -220,6 +220,12 @@ impl Config {
                 "must be at least 1 and storage.wal_segment_bytes at least 4096. Fix: use the defaults (1000, 67108864)".into(),
             );
         }
+        if self.storage.feed_retain_ms == 0 || self.storage.feed_max_entries == 0 {
+            return fail(
+                "storage.feed_retain_ms",
+                "and storage.feed_max_entries must be at least 1: the change feed must keep what it just applied. Fix: use the defaults (86400000, 1000000)".into(),
+            );
+        }
         let c = &self.collector;
         if c.flush_interval_ms == 0
             || c.flush_rows == 0

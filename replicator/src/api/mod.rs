@@ -35,6 +35,7 @@ use crate::node::{Node, ReadRequest, WriteRequest};
 
 mod admin;
 mod entities;
+mod feed;
 
 pub use parallax_core::api::*;
 
@@ -81,6 +82,9 @@ pub fn router(node: Node) -> Router {
         .route("/v1/conflicts", get(list_conflicts))
         .route("/v1/conflicts/log", get(conflict_log))
         .route("/v1/conflicts/{class}/{key}/resolve", post(resolve))
+        .route("/v1/changes", get(feed::changes))
+        .route("/v1/changes/stream", get(feed::stream))
+        .route("/v1/cache-reports", post(feed::cache_report))
         .route("/v1/stats", get(stats))
         .route(
             "/v1/admin/ownership",

@@ -7,12 +7,14 @@
 //! - [`write`](self::write): client writes, forwarding, quorum waits;
 //! - [`read`](self::read): the read consistency ladder;
 //! - [`ownership`](self::ownership): delegations and the owner of a key;
+//! - [`feed`](self::feed): the change feed;
 //! - [`peer`](self::peer): requests from other regions;
 //! - [`anti_entropy`](self::anti_entropy): tree questions and repair passes;
 //! - [`background`](self::background): the loops a node runs besides requests.
 
 mod anti_entropy;
 mod background;
+mod feed;
 mod ownership;
 mod peer;
 mod read;
@@ -42,6 +44,8 @@ use crate::replication::{LagSampler, Replication, Shipper};
 use crate::store::Store;
 use crate::wal::Wal;
 use crate::writer::{Writer, WriterParts};
+
+pub use feed::{Cursor, MAX_PAGE};
 
 /// How the writer runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +157,8 @@ struct Inner {
     /// Ownership moves, one at a time (a conditional move checks and acts
     /// with no other in between).
     ownership_lock: tokio::sync::Mutex<()>,
+    /// Set when the node stops: open change-feed streams end.
+    streams_closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {
@@ -247,6 +253,7 @@ impl Node {
             allow_fault_injection,
             ae_lock: tokio::sync::Mutex::new(()),
             ownership_lock: tokio::sync::Mutex::new(()),
+            streams_closed: tokio::sync::watch::Sender::new(false),
         });
         let workers = &inner.workers;
         let relay = telemetry.clone();
@@ -298,6 +305,7 @@ impl Node {
     pub async fn shutdown(&self, deadline: Duration) {
         let inner = &self.inner;
         inner.ready.store(false, Ordering::Release);
+        self.close_streams();
         let started = tokio::time::Instant::now();
         inner.workers.stop();
         let _ = inner.writer.send(Command::Stop).await;
@@ -317,11 +325,24 @@ impl Node {
         tracing::info!(region = %inner.region, "Region node stopped.");
     }
 
+    /// Ends the open change-feed streams (their readers reconnect
+    /// elsewhere or later with their cursor); call before stopping the
+    /// HTTP server so it does not wait for them.
+    pub fn close_streams(&self) {
+        self.inner.streams_closed.send_replace(true);
+    }
+
+    /// A watch that turns true when the node stops serving streams.
+    pub fn streams_closed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.streams_closed.subscribe()
+    }
+
     /// Stops everything at once, as a crash would: queued commands that were
     /// not committed are lost (and were never acknowledged).
     pub fn crash(&self) {
         let inner = &self.inner;
         inner.ready.store(false, Ordering::Release);
+        self.close_streams();
         inner.workers.abort();
         inner.relay.abort();
         if let Some(t) = inner.writer_task.lock().expect("writer lock").take() {

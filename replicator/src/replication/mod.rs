@@ -78,6 +78,8 @@ pub(crate) struct Replication {
     rollout: RwLock<RolloutView>,
     trees: Mutex<BTreeMap<String, MerkleTree>>,
     ae: Mutex<AntiEntropyStats>,
+    /// The change feed's newest position (readers wait on it).
+    feed: watch::Sender<u64>,
 }
 
 impl Replication {
@@ -109,6 +111,7 @@ impl Replication {
             rollout: RwLock::new(RolloutView::default()),
             trees: Mutex::new(BTreeMap::new()),
             ae: Mutex::new(AntiEntropyStats::default()),
+            feed: watch::Sender::new(0),
         }
     }
 
@@ -126,6 +129,15 @@ impl Replication {
 
     pub(crate) fn subscribe_head(&self) -> watch::Receiver<Head> {
         self.head.subscribe()
+    }
+
+    /// Watch of the change feed's newest committed position.
+    pub(crate) fn subscribe_feed(&self) -> watch::Receiver<u64> {
+        self.feed.subscribe()
+    }
+
+    pub(crate) fn publish_feed_head(&self, position: u64) {
+        self.feed.send_replace(position);
     }
 
     pub(crate) fn publish_head(&self, seq: u64, committed_ms: u64) {

@@ -37,7 +37,12 @@ impl Writer {
         let entity = Entity::apply_local(existing.as_ref(), &req.op, &ctx)?;
         let bytes = entity.encode();
         txn.put_entity(&req.class, &req.key, &bytes)?;
-        g.tree(&req.class, &req.key, existing_raw.as_deref(), Some(&bytes));
+        g.changed(
+            txn,
+            (&req.class, &req.key),
+            existing_raw.as_deref(),
+            Some(&bytes),
+        )?;
         g.log.push(LogEntry {
             seq,
             class: req.class.clone(),
@@ -134,11 +139,11 @@ impl Writer {
             Some(e) => {
                 let bytes = e.encode();
                 txn.put_entity(class, key, &bytes)?;
-                g.tree(class, key, old.as_deref(), Some(&bytes));
+                g.changed(txn, (class, key), old.as_deref(), Some(&bytes))?;
             }
             None => {
                 txn.remove_entity(class, key)?;
-                g.tree(class, key, old.as_deref(), None);
+                g.changed(txn, (class, key), old.as_deref(), None)?;
             }
         }
         g.changed = true;
@@ -200,7 +205,7 @@ impl Writer {
         if local.as_ref() != Some(&merged.entity) {
             let bytes = merged.entity.encode();
             txn.put_entity(class, key, &bytes)?;
-            g.tree(class, key, local_raw.as_deref(), Some(&bytes));
+            g.changed(txn, (class, key), local_raw.as_deref(), Some(&bytes))?;
             g.changed = true;
             g.control_changed |= is_control(class);
         }
