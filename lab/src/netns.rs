@@ -211,6 +211,25 @@ impl Net {
         Ok(())
     }
 
+    /// Silences host `name` towards the caller: what it sends the caller
+    /// is dropped (a half-open path: the caller's packets still arrive, so
+    /// open connections from the caller hang instead of failing).
+    pub fn cut_from_caller(&self, name: &str) -> Result<()> {
+        let caller = self.caller_addr();
+        let mut cuts = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
+        cuts.entry(name.to_owned()).or_default().insert(caller);
+        self.apply(name, &cuts[name])
+    }
+
+    /// Mends what [`Net::cut_from_caller`] cut.
+    pub fn heal_from_caller(&self, name: &str) -> Result<()> {
+        let caller = self.caller_addr();
+        let mut cuts = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
+        let set = cuts.entry(name.to_owned()).or_default();
+        set.remove(&caller);
+        self.apply(name, &cuts[name])
+    }
+
     /// Writes host `name`'s drop rules: its output to `drop` goes nowhere.
     fn apply(&self, name: &str, drop: &BTreeSet<Ipv4Addr>) -> Result<()> {
         let ns = self.namespace(name);

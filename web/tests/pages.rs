@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
+use parallax_core::api::CacheReport;
 use parallax_core::clock::ManualClock;
 use parallax_core::config::Config;
 use parallax_core::telemetry::{
-    AuditEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent, ReplicationEvent,
-    RequestEvent,
+    AuditEvent, CacheEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent,
+    ReplicationEvent, RequestEvent,
 };
 use parallax_core::transport::HttpTransport;
 use parallax_replicator::{Node, NodeOptions, api};
@@ -232,7 +233,7 @@ async fn every_page_and_its_json_twin_answer() {
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("<h1>Alerts</h1>") && html.contains("availability_burn"));
     let v = json(&app, "/api/v1/alerts").await;
-    assert_eq!(v["rules"].as_array().unwrap().len(), 5);
+    assert_eq!(v["rules"].as_array().unwrap().len(), 6);
     assert_eq!(
         v["rules"][0]["state"], "inactive",
         "not evaluated until started"
@@ -474,6 +475,70 @@ async fn ranges_and_filters_narrow_and_bad_ones_name_the_fix() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{q}");
         assert!(html.contains("id=\"error\""), "{q}");
     }
+}
+
+#[tokio::test]
+async fn cache_reports_show_by_region_and_client_with_their_staleness() {
+    fn reports(dir: &std::path::Path) {
+        let c = common::collector(dir, "eu-west", T0);
+        let report = |n: u64, client: &str, hits: u64, stale: u64, p99: Option<f64>| {
+            Event::Cache(CacheEvent {
+                ts_us: T0 + 100 * MIN + n * 5_000_000,
+                region: "eu-west".into(),
+                report: CacheReport {
+                    client: client.into(),
+                    location: "paris".into(),
+                    window_ms: 5_000,
+                    reads: hits + 2,
+                    hits,
+                    misses: 1,
+                    bypassed: 1,
+                    settled: hits,
+                    stale_hits: stale,
+                    staleness_p99_ms: p99,
+                    staleness_max_ms: p99.map(|v| v * 2.0),
+                    feed_lag_ms: Some(40 + n),
+                    ..CacheReport::default()
+                },
+            })
+        };
+        for e in [
+            report(1, "shop-1", 98, 0, Some(0.0)),
+            report(2, "shop-1", 48, 3, Some(2_150.0)),
+            report(3, "shop-2", 8, 0, None),
+        ] {
+            c.ingest(e);
+        }
+        c.flush().unwrap();
+    }
+    let (_d, app) = app_of(reports).await;
+    let v = json(&app, "/api/v1/replication?range=6h").await;
+    assert_eq!(
+        v["data"]["caches"],
+        serde_json::json!([
+            {"region": "eu-west", "client": "shop-1", "location": "paris", "reads": 150, "hits": 146,
+             "bypassed": 2, "settled": 146, "stale_hits": 3, "staleness_p99_ms": 2150.0,
+             "staleness_max_ms": 4300.0, "feed_lag_ms": 42},
+            {"region": "eu-west", "client": "shop-2", "location": "paris", "reads": 10, "hits": 8,
+             "bypassed": 1, "settled": 8, "stale_hits": 0, "staleness_p99_ms": null,
+             "staleness_max_ms": null, "feed_lag_ms": 43},
+        ])
+    );
+    let series = v["data"]["staleness_series"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0]["label"], "eu-west");
+    let (_, html) = get(&app, "/replication?range=6h").await;
+    assert!(html.contains("Feed-kept caches"), "{html}");
+    assert!(
+        html.contains(
+            "<td class=\"\">shop-1</td><td class=\"\">paris</td><td class=\"num\">150</td>"
+        ),
+        "{html}"
+    );
+    assert!(
+        html.contains(">2150<") || html.contains(">2,150<"),
+        "{html}"
+    );
 }
 
 #[tokio::test]

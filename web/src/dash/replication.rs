@@ -38,6 +38,33 @@ pub struct PairStats {
     pub eta_ms: Option<i64>,
 }
 
+/// What the feed-kept caches of one client reading one region reported.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CacheStats {
+    /// The region whose feed keeps the cache.
+    pub region: String,
+    /// The client.
+    pub client: String,
+    /// Where it is.
+    pub location: String,
+    /// Reads in the range.
+    pub reads: i64,
+    /// Of which answered from memory.
+    pub hits: i64,
+    /// Sent to the region because the feed was not current.
+    pub bypassed: i64,
+    /// Reads from memory settled (known fresh or stale).
+    pub settled: i64,
+    /// Of those, stale.
+    pub stale_hits: i64,
+    /// The worst reported p99 staleness in the range (ms).
+    pub staleness_p99_ms: Option<f64>,
+    /// The largest staleness in the range (ms).
+    pub staleness_max_ms: Option<f64>,
+    /// The feed's lag at the latest report (ms).
+    pub feed_lag_ms: Option<i64>,
+}
+
 /// The replication page.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Replication {
@@ -49,6 +76,10 @@ pub struct Replication {
     pub lag_series: Vec<Series>,
     /// Largest backlog per pair over time (operations).
     pub backlog_series: Vec<Series>,
+    /// Feed-kept caches, by region and client.
+    pub caches: Vec<CacheStats>,
+    /// The worst p99 staleness of cache reads per region over time (ms).
+    pub staleness_series: Vec<Series>,
 }
 
 /// The replication page.
@@ -114,10 +145,68 @@ pub async fn replication(
         lag.push((label.clone(), t, f64_of(&r[3]).unwrap_or(0.0)));
         backlog.push((label, t, i64_of(&r[4]) as f64));
     }
+    let (caches, staleness_series) = caches(e, f, &regions).await?;
     Ok(Replication {
         lag: matrix(&regions, &cells),
         pairs,
         lag_series: series_of(lag),
         backlog_series: series_of(backlog),
+        caches,
+        staleness_series,
     })
+}
+
+/// The `cache_reads` rows of the range: per region and client, and the
+/// worst p99 staleness per region over time.
+async fn caches(
+    e: &SqlEngine,
+    f: &Filters,
+    regions: &[String],
+) -> Result<(Vec<CacheStats>, Vec<Series>), SqlError> {
+    let w = f.source("cache_reads", Some("region"), None);
+    let caches = rows(
+        e,
+        &per_region(
+            regions,
+            "client, location, sum(reads), sum(hits), sum(bypassed), sum(settled),              sum(stale_hits), max(staleness_p99_ms), max(staleness_max_ms),              last_value(feed_lag_ms ORDER BY ts)",
+            &w,
+            "client, location",
+        ),
+    )
+    .await?
+    .into_iter()
+    .map(|r| CacheStats {
+        region: str_of(&r[0]),
+        client: str_of(&r[1]),
+        location: str_of(&r[2]),
+        reads: i64_of(&r[3]),
+        hits: i64_of(&r[4]),
+        bypassed: i64_of(&r[5]),
+        settled: i64_of(&r[6]),
+        stale_hits: i64_of(&r[7]),
+        staleness_p99_ms: f64_of(&r[8]),
+        staleness_max_ms: f64_of(&r[9]),
+        feed_lag_ms: r[10].as_i64(),
+    })
+    .collect::<Vec<_>>();
+    let mut caches = caches;
+    caches.sort_by(|a, b| {
+        (&a.region, &a.client, &a.location).cmp(&(&b.region, &b.client, &b.location))
+    });
+    let b = f.bucket_sql();
+    let mut points = Vec::new();
+    for r in rows(
+        e,
+        &per_region(
+            regions,
+            &format!("{b} AS t, max(staleness_p99_ms)"),
+            &w,
+            "t",
+        ),
+    )
+    .await?
+    {
+        points.push((str_of(&r[0]), i64_of(&r[1]), f64_of(&r[2]).unwrap_or(0.0)));
+    }
+    Ok((caches, series_of(points)))
 }

@@ -61,5 +61,46 @@ pub fn replication(d: &Replication, f: &Filters, marks: &[Mark]) -> Vec<Section>
         "",
     );
     backlog.svg = Some(chart(&d.backlog_series, f, marks, ""));
-    vec![m, pairs, lag, backlog]
+    let mut caches = section(
+        "caches",
+        "Feed-kept caches",
+        "Client caches kept fresh by a region's change feed, as they report their reads. A read from memory is stale when the region had already applied a newer version when it was served; the feed says when, so each read is settled fresh or stale by how long. Bypassed reads went to the region because the feed was not current.",
+    );
+    let mut t = Table::new(
+        &[
+            "Region",
+            "Client",
+            "Location",
+            "Reads",
+            "Hit %",
+            "Bypassed",
+            "Stale reads",
+            "Staleness p99 ms",
+            "max ms",
+            "Feed lag ms",
+        ],
+        "No cache reports in this range.",
+    );
+    for c in &d.caches {
+        t.rows.push(vec![
+            Cell::t(&c.region),
+            Cell::t(&c.client),
+            Cell::t(&c.location),
+            Cell::i(c.reads),
+            opt((c.reads > 0).then(|| 100.0 * c.hits as f64 / c.reads as f64)),
+            Cell::i(c.bypassed),
+            Cell::i(c.stale_hits),
+            opt(c.staleness_p99_ms),
+            opt(c.staleness_max_ms),
+            opt(c.feed_lag_ms.map(|v| v as f64)),
+        ]);
+    }
+    caches.table = Some(t);
+    let mut staleness = section(
+        "staleness",
+        "Cache read staleness p99 over time (ms)",
+        "The worst p99 any client's cache of the region reported in each interval.",
+    );
+    staleness.svg = Some(chart(&d.staleness_series, f, marks, " ms"));
+    vec![m, pairs, lag, backlog, caches, staleness]
 }
