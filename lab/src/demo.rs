@@ -141,6 +141,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     );
 
     let load = Load::new(&config, &regions, seed);
+    let caches = crate::caches::DemoCaches::start(&config, &regions, 50);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
@@ -180,10 +181,12 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     if interrupted {
         println!("  interrupted; stopping the load");
     }
+    let (cache_figures, older_reads) = caches.stop().await;
 
     println!("\nWaiting for replication to drain...");
     let converged = wait_converged(&config, &regions, Duration::from_secs(30)).await?;
     print_summary(&config, &regions, &load);
+    crate::caches::print(&cache_figures, older_reads);
     let likes_expected = load.likes.load(Ordering::Relaxed);
     let likes_seen = total_counter(&regions[0].1.node, "likes")?;
     println!(
@@ -192,6 +195,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let drill = divergence_drill(&config, &regions).await?;
     failover_drill(&config, &regions).await?;
     let ok = converged
+        && older_reads == 0
         && drill
         && (likes_expected == likes_seen || !config.classes.contains_key("likes"));
     println!(

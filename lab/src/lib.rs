@@ -9,6 +9,7 @@
 //!   started inside this process;
 //! - [`load`]: a write load over every conflict policy;
 //! - [`drill`]: drills played on a running cluster;
+//! - [`caches`]: the demo's application caches, kept by the change feed;
 //! - [`netns`]: hosts of the project's own (network namespaces on a
 //!   bridge) whose links can be cut, for drills on real networks;
 //! - [`demo`]: `parallax demo`, three regions with WAN latency, load,
@@ -17,6 +18,7 @@
 //!   baseline measured in the same run.
 
 pub mod bench;
+pub mod caches;
 pub mod demo;
 pub mod drill;
 pub mod load;
