@@ -432,3 +432,85 @@ pub(crate) async fn fault(a: FaultArgs) -> Result<ExitCode> {
     })?;
     show(a.target.client()?.fault(&a.class, &a.key, action).await)
 }
+
+/// Arguments of `parallax changes`.
+#[derive(Debug, Args)]
+pub(crate) struct ChangesArgs {
+    #[command(flatten)]
+    pub(crate) target: RegionTarget,
+    /// Start after this feed position (`head`: only what comes next;
+    /// default: everything the feed keeps).
+    #[arg(long)]
+    pub(crate) after: Option<String>,
+    /// Only this class.
+    #[arg(long)]
+    pub(crate) class: Option<String>,
+    /// At most this many changes (without --follow).
+    #[arg(long)]
+    pub(crate) limit: Option<usize>,
+    /// Keep following the feed: one JSON line per change as the region
+    /// applies it, resuming after the last one if the stream breaks, until
+    /// ctrl-c.
+    #[arg(long)]
+    pub(crate) follow: bool,
+}
+
+/// `parallax changes`.
+pub(crate) async fn changes(a: ChangesArgs) -> Result<ExitCode> {
+    let client = a.target.client()?;
+    if !a.follow {
+        return show(
+            client
+                .changes(a.after.as_deref(), a.class.as_deref(), a.limit, None)
+                .await,
+        );
+    }
+    if a.limit.is_some() {
+        bail!("--limit is for one page; --follow prints every change. Fix: drop one of them");
+    }
+    let mut position = a.after.clone();
+    loop {
+        let mut stream = match client
+            .stream_changes(position.as_deref(), a.class.as_deref())
+            .await
+        {
+            Ok(s) => s,
+            Err(e @ ClientError::Refused { .. }) => return show::<()>(Err(e)),
+            Err(e) => {
+                eprintln!("{e}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            };
+            match item {
+                Ok(Some(parallax_core::client::FeedItem::Change(c))) => {
+                    println!("{}", serde_json::to_string(&c)?);
+                    position = Some(c.seq.to_string());
+                }
+                Ok(Some(parallax_core::client::FeedItem::Heartbeat(h))) => {
+                    if position.as_deref().is_none_or(|p| p == "head") {
+                        position = Some(h.head.to_string());
+                    }
+                }
+                Ok(Some(parallax_core::client::FeedItem::Expired(e))) => {
+                    eprintln!("{}", pretty(&e)?);
+                    return Ok(ExitCode::from(1));
+                }
+                Ok(None) => {
+                    eprintln!("the region ended the stream (it is stopping); reconnecting");
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("{e}; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -53,6 +53,9 @@ enum Command {
     Conflicts(client::ConflictsArgs),
     /// Resolve a conflicted manual-policy entity with the reconciled value.
     Resolve(client::PutArgs),
+    /// Read a region's change feed: every version it applied (local or
+    /// replicated) after a position, or follow it as it applies them.
+    Changes(client::ChangesArgs),
     /// Show a region's live counters (replication, conflicts, requests).
     Stats(client::RegionTarget),
     /// Move ownership of a region's keys to another region (after that region
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
             Command::Conflicts(a) => client::conflicts(a).await,
             Command::Resolve(a) => client::put(a, true).await,
             Command::Stats(a) => client::stats(a).await,
+            Command::Changes(a) => client::changes(a).await,
             Command::Failover(a) => client::failover(a).await,
             Command::Ownership(a) => client::ownership(a).await,
             Command::Rollout(a) => client::rollout(a).await,

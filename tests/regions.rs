@@ -321,6 +321,7 @@ fn help_explains_every_command() {
         "bench",
         "sql",
         "web",
+        "changes",
     ] {
         assert!(out.contains(cmd), "--help should list {cmd}: {out}");
     }
@@ -378,6 +379,27 @@ async fn the_cli_writes_reads_and_moves_ownership() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"value\": 3"), "{out}");
+    // eu-west's change feed has the increment made in us-west.
+    let (code, out, err) = cli(&["changes", "--region", "eu-west", "--class", "likes"]);
+    assert_eq!(code, 0, "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    let change = page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|c| c["key"] == "post-9")
+        .unwrap_or_else(|| panic!("no change of post-9 in eu-west's feed: {out}"));
+    assert_eq!(change["value"], 3, "{out}");
+    assert_ne!(change["source"], "local", "{out}");
+    let (code, out, err) = cli(&["changes", "--region", "eu-west", "--after", "head"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"changes\": []"), "{out}");
+    let (code, _, err) = cli(&["changes", "--region", "eu-west", "--after", "soon"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("400") && err.contains("after `soon`"), "{err}");
+    let (code, _, err) = cli(&["changes", "--follow", "--limit", "3"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--limit"), "{err}");
     let (code, _, err) = cli(&["get", "settings", "missing", "--region", "eu-west"]);
     assert_eq!(code, 1);
     assert!(err.contains("404") && err.contains("missing"), "{err}");
