@@ -336,6 +336,12 @@ pub struct LimitsConfig {
     /// Most client requests served at once per region; more wait.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Most change-feed readers at once per region (open streams and
+    /// waiting long polls); more are answered 503. They do not count
+    /// against `max_concurrent_requests`, so readers that wait cannot
+    /// starve the other requests.
+    #[serde(default = "default_max_feed_readers")]
+    pub max_feed_readers: usize,
 }
 
 impl Default for LimitsConfig {
@@ -346,10 +352,14 @@ impl Default for LimitsConfig {
             max_key_bytes: default_max_key_bytes(),
             request_timeout_ms: default_request_timeout_ms(),
             max_concurrent_requests: default_max_concurrent_requests(),
+            max_feed_readers: default_max_feed_readers(),
         }
     }
 }
 
+fn default_max_feed_readers() -> usize {
+    1024
+}
 fn default_flush_interval_ms() -> u64 {
     10_000
 }

@@ -610,3 +610,85 @@ async fn the_cache_never_serves_a_version_older_than_its_feed_delivered() {
         .unwrap();
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn waiting_feed_readers_neither_starve_other_requests_nor_pile_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config("[limits]\nmax_concurrent_requests = 2\nmax_feed_readers = 3\n");
+    let (node, app) = start(cfg, dir.path()).await;
+    let (client, stop, server) = serve(app).await;
+    let w = WriteOptions::default();
+    client.put("settings", "s", &json!(1), &w).await.unwrap();
+    // Two long polls and a stream wait: every feed place is taken, and more
+    // than the two places of the other requests.
+    let polls: Vec<_> = (0..2)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.changes(Some("head"), None, None, Some(3_000)).await })
+        })
+        .collect();
+    let stream = client.stream_changes(Some("head"), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A fourth reader is refused at once, naming the limit.
+    let refused = client
+        .changes(Some("head"), None, None, Some(1_000))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(503), "{refused}");
+    assert!(
+        refused.to_string().contains("max_feed_readers"),
+        "{refused}"
+    );
+    // Reads and writes are served meanwhile, at once.
+    let started = Instant::now();
+    for i in 0..5 {
+        client
+            .put("settings", &format!("k{i}"), &json!(i), &w)
+            .await
+            .unwrap();
+        client
+            .get("settings", "s", &Default::default())
+            .await
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The writes ended the polls' wait; a closed stream frees its place.
+    for p in polls {
+        let page = p.await.unwrap().unwrap();
+        assert!(!page.changes.is_empty());
+    }
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = client.clone();
+        let opened = (0..3).map(|_| c.stream_changes(Some("head"), None));
+        let opened = in_turn(opened).await;
+        if opened.iter().all(Result::is_ok) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the places were not given back: {opened:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.close_streams();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn in_turn<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in fs {
+        out.push(f.await);
+    }
+    out
+}

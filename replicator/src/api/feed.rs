@@ -54,6 +54,19 @@ fn number(name: &str, text: Option<&str>, default: u64) -> Result<u64, Error> {
     }
 }
 
+/// A place among the feed's readers (`limits.max_feed_readers`), or 503.
+fn reader_permit(state: &ApiState) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+    Arc::clone(&state.feed_readers)
+        .try_acquire_owned()
+        .map_err(|_| {
+            Error::Unavailable(format!(
+                "region {} already serves limits.max_feed_readers = {} change-feed readers. Fix: share one stream among a process's caches, read pages without wait_ms, or raise the limit",
+                state.node.region(),
+                state.node.config().limits.max_feed_readers
+            ))
+        })
+}
+
 /// What the `requests` table records of a feed request.
 fn feed_meta(op: &'static str, headers: &HeaderMap) -> Meta {
     Meta {
@@ -73,6 +86,7 @@ pub(super) async fn changes(
     let mut meta = feed_meta("changes", &headers);
     let result = async {
         client_auth(&state, &headers)?;
+        let _reader = reader_permit(&state)?;
         let Query(p) = query.map_err(feed_query_error)?;
         meta.class = p.class.clone().unwrap_or_default();
         let cursor = Cursor::parse(p.after.as_deref())?;
@@ -116,6 +130,7 @@ pub(super) async fn stream(
     let mut meta = feed_meta("changes_stream", &headers);
     let opened = (|| {
         client_auth(&state, &headers)?;
+        let permit = reader_permit(&state)?;
         let Query(p) = query.map_err(feed_query_error)?;
         if p.limit.is_some() || p.wait_ms.is_some() {
             return Err(Error::BadRequest(
@@ -134,9 +149,9 @@ pub(super) async fn stream(
         // Check the cursor (and the class) now, while an error can still
         // be an HTTP status.
         let first = state.node.changes(cursor, MAX_PAGE, p.class.as_deref())?;
-        Ok((first, p.class))
+        Ok((first, p.class, permit))
     })();
-    let (first, class) = match opened {
+    let (first, class, permit) = match opened {
         Ok(v) => v,
         Err(e) => return finish(&state, meta, started, Err(e)),
     };
@@ -151,6 +166,7 @@ pub(super) async fn stream(
         closed: node.streams_closed(),
         beat_due: tokio::time::Instant::now(),
         done: false,
+        _permit: permit,
     };
     let events = futures::stream::unfold(reader, |mut r| async move {
         let event = r.next().await?;
@@ -172,6 +188,8 @@ struct FeedReader {
     closed: tokio::sync::watch::Receiver<bool>,
     beat_due: tokio::time::Instant,
     done: bool,
+    /// Held while the stream is open.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl FeedReader {

@@ -51,6 +51,8 @@ use entities::{
 #[derive(Clone, Debug)]
 pub struct ApiState {
     node: Node,
+    /// Change-feed readers at once (`limits.max_feed_readers`).
+    feed_readers: Arc<tokio::sync::Semaphore>,
     client_token: Arc<str>,
     admin_token: Arc<str>,
     peer_secret: Arc<str>,
@@ -64,6 +66,9 @@ impl ApiState {
             client_token: c.client_token.as_str().into(),
             admin_token: c.admin_token.as_str().into(),
             peer_secret: c.peer_secret.as_str().into(),
+            feed_readers: Arc::new(tokio::sync::Semaphore::new(
+                node.config().limits.max_feed_readers,
+            )),
             node,
         }
     }
@@ -82,8 +87,6 @@ pub fn router(node: Node) -> Router {
         .route("/v1/conflicts", get(list_conflicts))
         .route("/v1/conflicts/log", get(conflict_log))
         .route("/v1/conflicts/{class}/{key}/resolve", post(resolve))
-        .route("/v1/changes", get(feed::changes))
-        .route("/v1/changes/stream", get(feed::stream))
         .route("/v1/cache-reports", post(feed::cache_report))
         .route("/v1/stats", get(stats))
         .route(
@@ -104,12 +107,22 @@ pub fn router(node: Node) -> Router {
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             limits.max_concurrent_requests,
         ));
+    // Feed readers wait (long polls) or stay (streams): outside the
+    // concurrency limit of the other client requests, under their own.
+    let feed = Router::new()
+        .route("/v1/changes", get(feed::changes))
+        .route("/v1/changes/stream", get(feed::stream))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(limits.request_timeout_ms),
+        ));
     let peer = Router::new()
         .route(PEER_PATH, post(peer_rpc))
         .route("/v1/audit", post(audit_rpc))
         .layer(DefaultBodyLimit::max(limits.max_peer_body_bytes));
     Router::new()
         .merge(client)
+        .merge(feed)
         .merge(peer)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
