@@ -58,6 +58,14 @@ pub struct DemoArgs {
     /// so the dashboards can be explored.
     #[arg(long)]
     pub linger: bool,
+    /// Play failures under the load, with a printed timeline and a verdict
+    /// each (a region dark for --outage-secs, a clock 2 s ahead, a
+    /// corrupted entity); exits 1 if a verdict fails.
+    #[arg(long, conflicts_with = "no_web")]
+    pub chaos: bool,
+    /// With --chaos: how long the region stays dark (seconds, at least 40).
+    #[arg(long, default_value_t = 120)]
+    pub outage_secs: u64,
 }
 
 /// `parallax demo`.
@@ -70,6 +78,13 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         )?,
     };
     let config = Arc::new(config);
+    if args.chaos && Duration::from_secs(args.outage_secs) < crate::chaos::MIN_OUTAGE {
+        anyhow::bail!(
+            "--outage-secs {} is too short to judge: the unreachable alert needs 30 s of failed probes. Fix: pass --outage-secs {} or more",
+            args.outage_secs,
+            crate::chaos::MIN_OUTAGE.as_secs()
+        );
+    }
     let temp;
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
@@ -142,6 +157,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     let load = Load::new(&config, &regions, seed);
     let caches = crate::caches::DemoCaches::start(&config, &regions, 50);
+    let mut verdicts = None;
+    if let (true, Some(w)) = (args.chaos, &web) {
+        verdicts = Some(play_chaos(&config, &data_dir, &mut regions, w.addr, &load, &args).await?);
+    }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
@@ -149,34 +168,35 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut report = Instant::now();
     let mut inflight = tokio::task::JoinSet::new();
-    let interrupted = loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = process::shutdown_signal() => break true,
-        }
-        if Instant::now() >= deadline {
-            break false;
-        }
-        while inflight.len() > 256 {
-            inflight.join_next().await;
-        }
-        let worker = Arc::clone(&load);
-        inflight.spawn(async move { worker.one().await });
-        if report.elapsed() >= Duration::from_secs(5) {
-            report = Instant::now();
-            let lags = regions
-                .iter()
-                .map(|(_, r)| worst_lag(&r.node.stats()))
-                .max()
-                .unwrap_or(0);
-            println!(
-                "  t={:>3}s  ops acknowledged {:>6}  failed {:>4}  worst lag now {lags} ms",
-                started.elapsed().as_secs(),
-                load.ok.load(Ordering::Relaxed),
-                load.failed.load(Ordering::Relaxed)
-            );
-        }
-    };
+    let interrupted = !args.chaos
+        && loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = process::shutdown_signal() => break true,
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            while inflight.len() > 256 {
+                inflight.join_next().await;
+            }
+            let worker = Arc::clone(&load);
+            inflight.spawn(async move { worker.one().await });
+            if report.elapsed() >= Duration::from_secs(5) {
+                report = Instant::now();
+                let lags = regions
+                    .iter()
+                    .map(|(_, r)| worst_lag(&r.node.stats()))
+                    .max()
+                    .unwrap_or(0);
+                println!(
+                    "  t={:>3}s  ops acknowledged {:>6}  failed {:>4}  worst lag now {lags} ms",
+                    started.elapsed().as_secs(),
+                    load.ok.load(Ordering::Relaxed),
+                    load.failed.load(Ordering::Relaxed)
+                );
+            }
+        };
     while inflight.join_next().await.is_some() {}
     if interrupted {
         println!("  interrupted; stopping the load");
@@ -192,9 +212,16 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     println!(
         "\nlikes: {likes_expected} increments acknowledged, counters sum to {likes_seen} in every region"
     );
-    let drill = divergence_drill(&config, &regions).await?;
-    failover_drill(&config, &regions).await?;
+    // The chaos run played its own corruption and failover.
+    let drill = args.chaos || divergence_drill(&config, &regions).await?;
+    if !args.chaos {
+        failover_drill(&config, &regions).await?;
+    }
+    let chaos_ok = verdicts.as_ref().is_none_or(|v| {
+        crate::chaos::print_verdicts(v, likes_expected.saturating_sub(likes_seen) as u64)
+    });
     let ok = converged
+        && chaos_ok
         && older_reads == 0
         && drill
         && (likes_expected == likes_seen || !config.classes.contains_key("likes"));
@@ -253,6 +280,62 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Plays the chaos scenarios under the load; their verdicts.
+async fn play_chaos(
+    config: &Arc<Config>,
+    data_dir: &std::path::Path,
+    regions: &mut Vec<(String, RunningRegion)>,
+    web: std::net::SocketAddr,
+    load: &Arc<Load>,
+    args: &DemoArgs,
+) -> Result<Vec<crate::chaos::Verdict>> {
+    println!("\nChaos: failures played under the load (each is marked on the dashboards' charts).");
+    let chaos = crate::chaos::Chaos::start(Arc::clone(config), data_dir, !args.no_wan, web).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let driver = tokio::spawn(drive(Arc::clone(load), args.rate, stopped));
+    let names: Vec<String> = regions.iter().map(|(n, _)| n.clone()).collect();
+    let dark = names.last().cloned().unwrap_or_default();
+    let skewed = names.first().cloned().unwrap_or_default();
+    let mut verdicts = Vec::new();
+    let outage = Duration::from_secs(args.outage_secs);
+    let played = async {
+        verdicts.push(
+            chaos
+                .region_dark(regions, &dark, outage, "region_unreachable")
+                .await?,
+        );
+        verdicts.push(chaos.clock_jump(regions, &skewed, "clock_offset").await?);
+        verdicts.push(chaos.corruption(regions, "critical_divergence").await?);
+        anyhow::Ok(())
+    }
+    .await;
+    stop.send_replace(true);
+    let _ = driver.await;
+    chaos.stop().await;
+    played?;
+    Ok(verdicts)
+}
+
+/// Sends the load at `rate` operations per second until `stop`.
+async fn drive(load: Arc<Load>, rate: u64, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut inflight = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => break,
+        }
+        while inflight.len() > 256 {
+            inflight.join_next().await;
+        }
+        let worker = Arc::clone(&load);
+        inflight.spawn(async move { worker.one().await });
+    }
+    while inflight.join_next().await.is_some() {}
 }
 
 fn worst_lag(stats: &NodeStats) -> u64 {

@@ -6,17 +6,43 @@ use parallax_core::config::Config;
 
 use crate::process::RunningRegion;
 
-/// Corrupts one critical entity in one region, audits, repairs, audits again.
-pub async fn divergence_drill(
-    config: &Config,
-    regions: &[(String, RunningRegion)],
-) -> Result<bool> {
-    let critical: Vec<String> = config
+/// The critical classes of `config` (system classes aside).
+fn critical(config: &Config) -> Vec<String> {
+    config
         .classes
         .iter()
         .filter(|(n, c)| c.critical && !n.starts_with('_'))
         .map(|(n, _)| n.clone())
-        .collect();
+        .collect()
+}
+
+fn targets(regions: &[(String, RunningRegion)]) -> Vec<Box<dyn parallax_auditor::Target>> {
+    regions
+        .iter()
+        .map(|(_, r)| {
+            Box::new(parallax_auditor::NodeRegion(r.node.clone()))
+                as Box<dyn parallax_auditor::Target>
+        })
+        .collect()
+}
+
+fn audit_options(classes: Vec<String>) -> parallax_auditor::AuditOptions {
+    parallax_auditor::AuditOptions {
+        classes,
+        lag_bound_ms: 500,
+        recheck: true,
+        progress: false,
+    }
+}
+
+/// Corrupts one critical entity in the second region and audits the
+/// critical classes, recording the audit (so the dashboards and the
+/// `divergence` alert see it); `None` when there is nothing to corrupt.
+pub async fn corrupt_and_audit(
+    config: &Config,
+    regions: &[(String, RunningRegion)],
+) -> Result<Option<parallax_auditor::AuditReport>> {
+    let critical = critical(config);
     let Some((class, key)) = critical.iter().find_map(|c| {
         let first = regions[0]
             .1
@@ -27,30 +53,53 @@ pub async fn divergence_drill(
             .next()?;
         Some((c.clone(), first.0))
     }) else {
-        return Ok(true);
+        return Ok(None);
     };
-    let (victim, node) = (&regions[1].0, &regions[1].1.node);
+    let node = &regions[1].1.node;
     node.inject_fault(&class, &key, parallax_core::api::Fault::Corrupt)
         .await?;
-    let targets: Vec<Box<dyn parallax_auditor::Target>> = regions
-        .iter()
-        .map(|(_, r)| {
-            Box::new(parallax_auditor::NodeRegion(r.node.clone()))
-                as Box<dyn parallax_auditor::Target>
-        })
-        .collect();
-    let opts = parallax_auditor::AuditOptions {
-        classes: critical,
-        lag_bound_ms: 500,
-        recheck: true,
-        progress: false,
-    };
     let clock = parallax_core::clock::SystemClock;
-    let found = parallax_auditor::audit(&targets, &opts, &clock).await?;
-    println!(
-        "
-Divergence drill: corrupted {class}/{key} in {victim} without replicating it."
-    );
+    let found =
+        parallax_auditor::audit(&targets(regions), &audit_options(critical), &clock).await?;
+    regions[0]
+        .1
+        .node
+        .record_audit(found.audits.clone(), found.records.clone());
+    Ok(Some(found))
+}
+
+/// Repairs what `found` names from the majority's copy and audits again,
+/// recording both; true when the audit afterwards finds nothing divergent.
+pub async fn repair_and_audit(
+    regions: &[(String, RunningRegion)],
+    found: &parallax_auditor::AuditReport,
+) -> Result<bool> {
+    let clock = parallax_core::clock::SystemClock;
+    let targets = targets(regions);
+    let recorder = &regions[0].1.node;
+    let done = parallax_auditor::repair(&targets, found, &clock).await?;
+    recorder.record_audit(Vec::new(), done);
+    let classes: Vec<String> = found.audits.iter().map(|a| a.class.clone()).collect();
+    let after = parallax_auditor::audit(&targets, &audit_options(classes), &clock).await?;
+    recorder.record_audit(after.audits.clone(), after.records.clone());
+    Ok(after.divergent.is_empty())
+}
+
+/// Corrupts one critical entity in one region, audits, repairs, audits again.
+pub async fn divergence_drill(
+    config: &Config,
+    regions: &[(String, RunningRegion)],
+) -> Result<bool> {
+    let Some(found) = corrupt_and_audit(config, regions).await? else {
+        return Ok(true);
+    };
+    let victim = &regions[1].0;
+    if let Some(f) = found.divergent.first() {
+        println!(
+            "\nDivergence drill: corrupted {}/{} in {victim} without replicating it.",
+            f.class, f.key
+        );
+    }
     for f in &found.divergent {
         println!(
             "  auditor: {}/{} divergent in {} ({})",
@@ -60,23 +109,17 @@ Divergence drill: corrupted {class}/{key} in {victim} without replicating it."
             f.reason
         );
     }
-    let recorder = &regions[0].1.node;
-    recorder.record_audit(found.audits.clone(), found.records.clone());
-    let done = parallax_auditor::repair(&targets, &found, &clock).await?;
-    let repaired = done.len();
-    recorder.record_audit(Vec::new(), done);
-    let after = parallax_auditor::audit(&targets, &opts, &clock).await?;
-    recorder.record_audit(after.audits.clone(), after.records.clone());
-    let ok = found.divergent.len() == 1 && after.divergent.is_empty();
+    let clean = repair_and_audit(regions, &found).await?;
     println!(
-        "  repaired {repaired} key(s) from the majority's copy; audit afterwards: {}",
-        if after.divergent.is_empty() {
+        "  repaired {} key(s) from the majority's copy; audit afterwards: {}",
+        found.divergent.len(),
+        if clean {
             "no divergence"
         } else {
             "STILL DIVERGENT"
         }
     );
-    Ok(ok)
+    Ok(found.divergent.len() == 1 && clean)
 }
 
 /// Moves the last region's keys to the first region and back, as an

@@ -12,6 +12,7 @@
 //! - [`caches`]: the demo's application caches, kept by the change feed;
 //! - [`netns`]: hosts of the project's own (network namespaces on a
 //!   bridge) whose links can be cut, for drills on real networks;
+//! - [`chaos`]: `parallax demo --chaos`, failures played on the demo with verdicts;
 //! - [`demo`]: `parallax demo`, three regions with WAN latency, load,
 //!   drills and a summary;
 //! - [`bench`]: `parallax bench`, benchmarks that report ratios against a
@@ -19,6 +20,7 @@
 
 pub mod bench;
 pub mod caches;
+pub mod chaos;
 pub mod demo;
 pub mod drill;
 pub mod load;

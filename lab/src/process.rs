@@ -28,6 +28,9 @@ pub struct RunningRegion {
     pub node: Node,
     /// Its collector.
     pub collector: Collector,
+    /// Its clock: the system clock, moved by `clock_skew_ms` and by drills
+    /// ([`SkewedClock::set_offset_ms`]).
+    pub clock: Arc<SkewedClock>,
     /// The address its API serves.
     pub addr: SocketAddr,
     stops: Vec<oneshot::Sender<()>>,
@@ -144,11 +147,8 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
     }
     let listener = bind(region_cfg.listen, &format!("regions.{region}.listen")).await?;
     let addr = listener.local_addr()?;
-    let clock: Arc<dyn Clock> = if clock_skew_ms == 0 {
-        Arc::new(SystemClock)
-    } else {
-        Arc::new(SkewedClock::new(Arc::new(SystemClock), clock_skew_ms))
-    };
+    let skewed = Arc::new(SkewedClock::new(Arc::new(SystemClock), clock_skew_ms));
+    let clock: Arc<dyn Clock> = skewed.clone();
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(config.collector.event_queue.max(1));
     let mut opts = NodeOptions::new(
         Arc::clone(&config),
@@ -196,6 +196,7 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
     Ok(RunningRegion {
         node,
         collector,
+        clock: skewed,
         addr,
         stops,
         servers,
