@@ -223,6 +223,15 @@ pub struct ClusterConfig {
     /// local wall clock is refused (and counted): it means a clock is wrong.
     #[serde(default = "default_max_clock_offset_ms")]
     pub max_clock_offset_ms: u64,
+    /// The owner lease: a region takes writes for keys it owns (classes
+    /// with `home` or `hash` ownership) only while a majority of regions,
+    /// itself counted, answered one of its requests sent within this long;
+    /// and a conditional ownership move (a router's failover) takes a
+    /// region's keys only once a majority has not heard from it for this
+    /// long plus `max_clock_offset_ms`. So an owner cut off from the
+    /// majority stops taking writes before its keys can move.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
 }
 
 /// `[regions.<name>]`: one region.
@@ -415,6 +424,9 @@ fn default_cluster_name() -> String {
 }
 fn default_max_clock_offset_ms() -> u64 {
     500
+}
+fn default_lease_ms() -> u64 {
+    4_000
 }
 fn default_heartbeat_interval_ms() -> u64 {
     1_000

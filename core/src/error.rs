@@ -79,6 +79,14 @@ pub enum Error {
     /// This region may not serve the request; another region must.
     #[error("region {} does not take this request for `{}/{}`: {}. Send it to {} ({})", .0.region, .0.class, .0.key, .0.why, .0.owner, .0.owner_url)]
     Misdirected(Box<Misdirected>),
+    /// The region owns the key but has not heard from a majority of regions
+    /// within its owner lease: its keys may have moved meanwhile, so it
+    /// takes none of their writes until it hears from a majority again.
+    #[error(
+        "region {} does not take this write to `{}/{}`: it owns the key, but only {} of the {} other regions it needs answered it within cluster.lease_ms = {} ms{}, so a failover may have moved its keys (fenced: nothing is taken by two owners). Fix: send the write where the router now names (ask it again; a cached answer may be stale), or restore {}'s links to the other regions",
+        .0.region, .0.class, .0.key, .0.answered, .0.needed, .0.lease_ms, .0.last, .0.region
+    )]
+    LeaseLapsed(Box<LeaseLapsed>),
     /// A conditional change whose condition no longer holds (the ownership
     /// epoch moved on, the region to fail over still answers); the message
     /// says what changed and what to do.
@@ -167,7 +175,7 @@ impl Error {
             Error::UnknownClass { .. } | Error::NotFound { .. } | Error::NotFoundRoute => 404,
             Error::MethodNotAllowed => 405,
             Error::Conflicted { .. } | Error::NotConflicted { .. } | Error::Precondition(_) => 409,
-            Error::Misdirected(_) => 421,
+            Error::Misdirected(_) | Error::LeaseLapsed(_) => 421,
             Error::CursorExpired(_) => 410,
             Error::PayloadTooLarge(_) => 413,
             Error::Storage(_) | Error::Internal(_) => 500,
@@ -192,6 +200,7 @@ impl Error {
             Error::Precondition(_) => "precondition_failed",
             Error::Misdirected(_) => "misdirected",
             Error::CursorExpired(_) => "cursor_expired",
+            Error::LeaseLapsed(_) => "lease_lapsed",
             Error::Unauthorized(_) => "unauthorized",
             Error::Unavailable(_) => "unavailable",
             Error::QuorumTimeout { .. } => "quorum_timeout",
@@ -221,6 +230,25 @@ impl Error {
             owner_url,
         }
     }
+}
+
+/// Details of [`Error::LeaseLapsed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseLapsed {
+    /// Region that refused.
+    pub region: String,
+    /// Class of the entity.
+    pub class: String,
+    /// Key of the entity.
+    pub key: String,
+    /// Other regions whose answer counts toward the lease.
+    pub answered: usize,
+    /// Other regions needed.
+    pub needed: usize,
+    /// The lease (ms).
+    pub lease_ms: u64,
+    /// When the last answer came, as a clause (` (the last answer ...)`), or empty.
+    pub last: String,
 }
 
 /// Details of [`Error::Misdirected`].

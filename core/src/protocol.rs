@@ -157,6 +157,17 @@ pub enum PeerRequest {
     Repair(Vec<RepairItem>),
     /// Merkle tree questions (anti-entropy).
     Tree(TreeRequest),
+    /// How long since the responder last heard from `region` (any request
+    /// of `region`'s). If at least `for_ms`, the responder also stops
+    /// granting `region` its owner lease for `for_ms` (a conditional
+    /// ownership move asks this of a majority before taking `region`'s
+    /// keys). A region asking about itself renews its lease and nothing more.
+    Silent {
+        /// The region asked about.
+        region: String,
+        /// The silence needed.
+        for_ms: u64,
+    },
 }
 
 /// A batch of one origin's log.
@@ -252,6 +263,14 @@ pub enum PeerResponse {
     Repaired,
     /// For `Tree`.
     Tree(TreeResponse),
+    /// For `Silent`.
+    Silent {
+        /// Milliseconds since the responder last heard from the region (or
+        /// since the responder started, if never).
+        silent_ms: u64,
+        /// At least `for_ms`: the responder withholds the region's lease.
+        confirmed: bool,
+    },
 }
 
 /// The envelope of every answer between regions.
@@ -262,6 +281,15 @@ pub struct PeerReply {
     pub wall_ms: u64,
     /// The answer.
     pub result: Result<PeerResponse, WireError>,
+    /// Whether this answer counts toward the requester's owner lease
+    /// (`false` while the responder has promised a conditional ownership
+    /// move that the requester has been silent long enough to move).
+    #[serde(default = "granted")]
+    pub lease: bool,
+}
+
+fn granted() -> bool {
+    true
 }
 
 /// What a write answers.

@@ -265,8 +265,11 @@ impl Sim {
                 self.refused_writes += 1;
                 self.unknown_outcome.insert(format!("{class}/{key}"));
             }
+            // An owner cut off from the majority refuses its keys' writes
+            // (the owner lease); nothing was applied.
             Err(
                 Error::Conflicted { .. }
+                | Error::LeaseLapsed(_)
                 | Error::NotFound { .. }
                 | Error::ShuttingDown(_)
                 | Error::Remote(_),
@@ -787,6 +790,154 @@ fn conditional_moves_are_made_once_whichever_region_is_asked() {
                     sim.nodes[west].ownership().effective(eu) == (us.to_owned(), 1),
                     "the refusing region learned the move"
                 );
+                Ok(())
+            })
+        },
+    );
+}
+
+/// Moves eu-west's keys to us-east as a router does after its grace
+/// (every 250 ms until a move is made); returns how long that took.
+async fn move_as_a_router(sim: &Sim, eu: &str, us: &str) -> Result<u64, String> {
+    let m = MoveOwnership {
+        region: eu.into(),
+        delegate: us.into(),
+        expect_epoch: Some(0),
+        unreachable_for_ms: Some(1_000),
+    };
+    let from = sim.base.now_ms();
+    loop {
+        match sim.nodes[us].move_ownership_if(&m).await {
+            Ok(_) => return Ok(sim.base.now_ms() - from),
+            Err(e) if e.status() == 409 => {}
+            Err(e) => return Err(format!("the move failed: {e}")),
+        }
+        ensure!(
+            sim.base.now_ms() - from < 30_000,
+            "no move within 30 s of trying"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[test]
+fn a_cut_off_owner_stops_taking_writes_before_its_keys_can_move() {
+    run_seeds(
+        "a_cut_off_owner_stops_taking_writes_before_its_keys_can_move",
+        |seed| {
+            Box::pin(async move {
+                let sim = Sim::new(seed).await;
+                let (eu, us, west) = ("eu-west", "us-east", "us-west");
+                let put = |v: &str| {
+                    write_req(
+                        "balances",
+                        "eu-lease",
+                        Op::Put(json!(v)),
+                        WriteConsistency::Async,
+                    )
+                };
+                sim.converge(Duration::from_secs(30)).await?;
+                let before = sim.nodes[eu].write(put("before"), None).await;
+                ensure!(
+                    before.as_ref().is_ok_and(|w| w.served_by == eu),
+                    "eu-west takes its own key while it hears from the others: {before:?}"
+                );
+                sim.net.partition(eu, us);
+                sim.net.partition(eu, west);
+                let cut = sim.base.now_ms();
+                let took = move_as_a_router(&sim, eu, us).await?;
+                let c = &sim.config.cluster;
+                ensure!(
+                    took >= c.lease_ms + c.max_clock_offset_ms,
+                    "the keys moved {took} ms after the cut, before eu-west's lease ({} ms) had surely lapsed",
+                    c.lease_ms
+                );
+                // A client still holding the old answer reaches eu-west: refused.
+                let stale = sim.nodes[eu].write(put("stale"), None).await;
+                ensure!(
+                    matches!(stale, Err(Error::LeaseLapsed(_))),
+                    "the old owner, cut off {} ms, must refuse: {stale:?}",
+                    sim.base.now_ms() - cut
+                );
+                let new_owner = sim.nodes[us]
+                    .write(put("new owner"), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ensure!(new_owner.served_by == us, "us-east takes eu-lease");
+                // Healed: once its lease is back, eu-west has read the move
+                // and forwards (it never takes the key itself again).
+                sim.net.heal();
+                let mut after = None;
+                for _ in 0..40 {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    match sim.nodes[eu].write(put("after heal"), None).await {
+                        Ok(w) => {
+                            after = Some(w);
+                            break;
+                        }
+                        Err(Error::LeaseLapsed(_)) => {}
+                        Err(e) => return Err(format!("after the heal: {e}")),
+                    }
+                }
+                let after = after.ok_or("eu-west's lease never came back")?;
+                ensure!(
+                    after.served_by == us,
+                    "eu-west forwards to the new owner: {after:?}"
+                );
+                sim.converge(Duration::from_secs(60)).await?;
+                for (region, node) in &sim.nodes {
+                    let v = node
+                        .read(
+                            read_req("balances", "eu-lease", ReadConsistency::Local),
+                            None,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    ensure!(v.value == json!("after heal"), "{region}: {}", v.value);
+                }
+                Ok(())
+            })
+        },
+    );
+}
+
+#[test]
+fn a_move_waits_while_a_majority_still_hears_from_the_owner() {
+    run_seeds(
+        "a_move_waits_while_a_majority_still_hears_from_the_owner",
+        |seed| {
+            Box::pin(async move {
+                let sim = Sim::new(seed).await;
+                let (eu, us) = ("eu-west", "us-east");
+                sim.converge(Duration::from_secs(30)).await?;
+                // Only the eu-west/us-east link is cut: us-west still hears
+                // eu-west, which keeps its lease through it.
+                sim.net.partition(eu, us);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let m = MoveOwnership {
+                    region: eu.into(),
+                    delegate: us.into(),
+                    expect_epoch: Some(0),
+                    unreachable_for_ms: Some(1_000),
+                };
+                let e = sim.nodes[us].move_ownership_if(&m).await.unwrap_err();
+                ensure!(
+                    e.status() == 409 && e.to_string().contains("`us-west` heard from it"),
+                    "{e}"
+                );
+                let w = sim.nodes[eu]
+                    .write(
+                        write_req(
+                            "balances",
+                            "eu-kept",
+                            Op::Put(json!(1)),
+                            WriteConsistency::Async,
+                        ),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ensure!(w.served_by == eu, "eu-west still owns its keys");
                 Ok(())
             })
         },

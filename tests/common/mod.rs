@@ -18,6 +18,13 @@ pub(crate) const REGIONS: [&str; 3] = ["us-east", "us-west", "eu-west"];
 pub(crate) const TOKEN: &str = "e2e-client";
 pub(crate) const ADMIN_TOKEN: &str = "e2e-admin";
 
+/// The `parallax` binary the tests run: cargo's, or `PARALLAX_BIN` (a copy
+/// of it kept apart, for when several worktrees share one target directory
+/// and another build may replace `target/debug/parallax` mid-run).
+pub(crate) fn binary() -> std::ffi::OsString {
+    std::env::var_os("PARALLAX_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_parallax").into())
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -273,11 +280,11 @@ impl Cluster {
     /// A command running the `parallax` binary, in `key`'s namespace when
     /// the cluster is on a [`Net`] (`key`: a region index or `router:<location>`).
     pub(crate) fn parallax(&self, key: &str) -> Command {
-        let binary = env!("CARGO_BIN_EXE_parallax");
+        let binary = binary();
         match self.namespaces.get(key) {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, binary]);
+                c.args(["netns", "exec", ns]).arg(binary);
                 c
             }
             None => Command::new(binary),
@@ -415,7 +422,7 @@ impl Web {
     /// Starts `parallax web --config config --data-dir data` on a free port
     /// and waits (60 s at most) for it to print its URL.
     pub(crate) fn start(config: &Path, data: &Path) -> Web {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_parallax"))
+        let mut child = Command::new(binary())
             .args(["web", "--config"])
             .arg(config)
             .arg("--data-dir")
@@ -456,7 +463,7 @@ impl Drop for Web {
 
 /// Runs the `parallax` binary; returns exit code, stdout, stderr.
 pub(crate) fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_parallax"))
+    let out = Command::new(binary())
         .args(args)
         .current_dir(dir)
         .output()

@@ -410,9 +410,12 @@ impl Alerter {
                 r.json_rows()
                     .into_iter()
                     .map(|row| {
-                        let l: BTreeMap<String, String> = cols.iter().cloned().zip(row.iter().map(s)).collect();
+                        let mut l: BTreeMap<String, String> = cols.iter().cloned().zip(row.iter().map(s)).collect();
                         let value = cols.iter().position(|c| c == "value").and_then(|i| row[i].as_f64());
                         let text = l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+                        // The figure is no label: an alert whose count changes
+                        // between evaluations stays the same alert.
+                        l.remove("value");
                         (l, value, text)
                     })
                     .collect()

@@ -308,6 +308,8 @@ async fn silences_hold_notices_back_and_sql_rules_label_alerts_from_columns() {
     assert_eq!(sql.labels["src"], "us-west");
     assert_eq!(sql.labels["severity"], "ticket");
     assert_eq!(sql.value, Some(5_000.0));
+    // The figure is not a label: a value that changes keeps the same alert.
+    assert!(!sql.labels.contains_key("value"), "{:?}", sql.labels);
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 1, "only the SQL rule's alert was sent");
     let v: Value = serde_json::from_slice(&seen[0].1).unwrap();

@@ -233,7 +233,7 @@ async fn every_page_and_its_json_twin_answer() {
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("<h1>Alerts</h1>") && html.contains("availability_burn"));
     let v = json(&app, "/api/v1/alerts").await;
-    assert_eq!(v["rules"].as_array().unwrap().len(), 6);
+    assert_eq!(v["rules"].as_array().unwrap().len(), 8);
     assert_eq!(
         v["rules"][0]["state"], "inactive",
         "not evaluated until started"

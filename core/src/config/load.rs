@@ -255,6 +255,21 @@ impl Config {
                 "is 0. Fix: use e.g. 1000".into(),
             );
         }
+        // An idle region renews its lease by its heartbeats: two must fit in
+        // a lease, or one late heartbeat would stop a healthy owner's writes.
+        let heartbeat = self.replication.heartbeat_interval_ms;
+        if self.cluster.lease_ms < 2 * heartbeat {
+            return fail(
+                "cluster.lease_ms",
+                format!(
+                    "is {} ms, less than two heartbeats (replication.heartbeat_interval_ms = {heartbeat}): \
+                     an idle owner would lose its lease between heartbeats and refuse writes. \
+                     Fix: raise it to at least {}, e.g. 4000",
+                    self.cluster.lease_ms,
+                    2 * heartbeat
+                ),
+            );
+        }
         crate::web_config::validate(
             &self.region_names(),
             &self.web,

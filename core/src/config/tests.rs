@@ -32,6 +32,30 @@ fn minimal_config_parses_with_defaults() {
 }
 
 #[test]
+fn a_lease_shorter_than_two_heartbeats_is_refused_with_the_fix() {
+    assert_eq!(
+        Config::from_toml(MINIMAL, "parallax.toml")
+            .unwrap()
+            .cluster
+            .lease_ms,
+        4_000
+    );
+    let text = MINIMAL.replace(
+        "peer_secret = \"p\"",
+        "peer_secret = \"p\"\nlease_ms = 1500",
+    );
+    let err = Config::from_toml(&text, "parallax.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cluster.lease_ms")
+            && err.contains("heartbeat_interval_ms = 1000")
+            && err.contains("Fix: raise it to at least 2000"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_field_is_refused_with_file_line_and_field() {
     let text = MINIMAL.replace(
         "conflict = \"gcounter\"",

@@ -15,6 +15,7 @@
 mod anti_entropy;
 mod background;
 mod feed;
+mod lease;
 mod ownership;
 mod peer;
 mod read;
@@ -159,6 +160,8 @@ struct Inner {
     ownership_lock: tokio::sync::Mutex<()>,
     /// Set when the node stops: open change-feed streams end.
     streams_closed: tokio::sync::watch::Sender<bool>,
+    /// Lease renewals, one at a time; holds when the last one ended (ms).
+    lease_lock: tokio::sync::Mutex<u64>,
 }
 
 impl Node {
@@ -196,7 +199,12 @@ impl Node {
             .filter(|r| **r != region)
             .cloned()
             .collect();
-        let repl = Arc::new(Replication::new(&meta, &peers, clock.now_ms()));
+        let repl = Arc::new(Replication::new(
+            &meta,
+            &peers,
+            clock.now_ms(),
+            config.cluster.lease_ms,
+        ));
         let (telemetry, events) = Telemetry::channel(telemetry_capacity);
         let stats = Arc::new(Stats::new(&region));
         let (writer_tx, writer_rx) = mpsc::channel(8_192);
@@ -254,6 +262,7 @@ impl Node {
             ae_lock: tokio::sync::Mutex::new(()),
             ownership_lock: tokio::sync::Mutex::new(()),
             streams_closed: tokio::sync::watch::Sender::new(false),
+            lease_lock: tokio::sync::Mutex::new(0),
         });
         let workers = &inner.workers;
         let relay = telemetry.clone();
@@ -504,6 +513,17 @@ impl Node {
 
     async fn call(&self, to: &str, req: PeerRequest) -> Result<PeerResponse> {
         let timeout = Duration::from_millis(self.inner.config.replication.peer_timeout_ms);
+        self.call_within(to, req, timeout).await
+    }
+
+    /// [`Node::call`] with its own time limit.
+    async fn call_within(
+        &self,
+        to: &str,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse> {
+        let sent_us = self.inner.clock.now_us();
         let reply = tokio::time::timeout(timeout, self.inner.transport.call(to, req))
             .await
             .map_err(|_| {
@@ -513,6 +533,9 @@ impl Node {
                 ))
             })?
             .map_err(|e| Error::Unavailable(format!("region {to} cannot be reached: {e}")))?;
+        self.inner
+            .repl
+            .answered(to, sent_us, reply.lease, self.inner.clock.now_us());
         reply.result.map_err(Error::from)
     }
 }

@@ -29,8 +29,11 @@ impl Node {
     /// [`Node::move_ownership`] on conditions, checked and acted on with no
     /// other move in between on this region: the region's delegation is
     /// still at `expect_epoch` after a quorum read (so a move another
-    /// region took is seen), and this region has not reached `region` for
-    /// `unreachable_for_ms`. A condition that fails is a 409.
+    /// region took is seen), this region has not reached `region` for
+    /// `unreachable_for_ms`, and a majority of the other regions has not
+    /// heard from it for that long and at least `cluster.lease_ms` plus
+    /// `max_clock_offset_ms` (so its owner lease has lapsed: it takes no
+    /// write once the keys move). A condition that fails is a 409.
     pub async fn move_ownership_if(&self, m: &MoveOwnership) -> Result<OwnershipView> {
         let _one_at_a_time = self.inner.ownership_lock.lock().await;
         if let Some(expect) = m.expect_epoch {
@@ -74,6 +77,8 @@ impl Node {
                     self.inner.region, m.region
                 )));
             }
+            self.confirm_silence(&m.region, self.move_silence_ms(min_ms))
+                .await?;
         }
         self.move_locked(&m.region, &m.delegate).await
     }

@@ -17,6 +17,10 @@ use crate::replication::Receiver;
 impl Node {
     /// Handles a request from another region.
     pub async fn handle_peer(&self, from: &str, req: PeerRequest) -> PeerReply {
+        let peer = self.inner.repl.peer(from);
+        if let Some(p) = peer {
+            p.heard(self.inner.clock.now_us());
+        }
         let result = match req {
             PeerRequest::Replicate(batch) => self
                 .apply_batch(from, batch)
@@ -34,10 +38,13 @@ impl Node {
                 .await
                 .map(|()| PeerResponse::Repaired),
             PeerRequest::Tree(req) => self.handle_tree(req).map(PeerResponse::Tree),
+            PeerRequest::Silent { region, for_ms } => Ok(self.silent(&region, for_ms)),
         };
+        let now_us = self.inner.clock.now_us();
         PeerReply {
-            wall_ms: self.inner.clock.now_ms(),
+            wall_ms: now_us / 1_000,
             result: result.map_err(|e| WireError::from(&e)),
+            lease: peer.is_none_or(|p| p.grants_lease(now_us)),
         }
     }
 

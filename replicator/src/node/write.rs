@@ -44,18 +44,16 @@ impl Node {
             Some(h) => Some(h.clone()),
             None => self.explicit_home(&req.class, class, &req.key)?,
         };
-        let view = self.inner.repl.ownership();
-        let route = routing::route_write(
-            &self.inner.config,
-            &self.inner.region,
-            &req.class,
-            class,
-            &req.key,
-            req.op.kind(),
-            explicit_home.as_deref(),
-            &view,
-            self.inner.repl.stage(&req.class, class),
-        )?;
+        let mut route = self.route(&req, class, explicit_home.as_deref())?;
+        // A key this region owns: only under its owner lease, so an owner cut
+        // off from the majority stops before a failover can move its keys.
+        // After a lapse the delegations were read again: route again.
+        if matches!(route, Route::Local { .. })
+            && class.ownership != Ownership::Global
+            && self.check_lease(&req.class, &req.key).await?
+        {
+            route = self.route(&req, class, explicit_home.as_deref())?;
+        }
         let epoch = match route {
             Route::Local { epoch } => epoch,
             Route::Remote { to, why } => {
@@ -100,6 +98,25 @@ impl Node {
             seq: applied.seq,
             consistency: req.consistency.name().to_owned(),
         })
+    }
+
+    fn route(
+        &self,
+        req: &WriteRequest,
+        class: &ClassConfig,
+        explicit_home: Option<&str>,
+    ) -> Result<Route> {
+        routing::route_write(
+            &self.inner.config,
+            &self.inner.region,
+            &req.class,
+            class,
+            &req.key,
+            req.op.kind(),
+            explicit_home,
+            &self.inner.repl.ownership(),
+            self.inner.repl.stage(&req.class, class),
+        )
     }
 
     async fn write_elsewhere(

@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn lag_grows_while_nothing_arrives_and_falls_when_something_does() {
         let peers = ["eu".to_owned()];
-        let r = Replication::new(&Meta::default(), &peers, 1_000_000);
+        let r = Replication::new(&Meta::default(), &peers, 1_000_000, 4_000);
         // Never heard from: counted from the start, sample after sample.
         let s = r.sample_lag("us", 1_002_000, 0, 3_000);
         assert_eq!(lag(&s, "eu", "us"), Some(2_000));
@@ -248,7 +248,7 @@ mod tests {
     #[test]
     fn a_peer_silent_for_three_heartbeats_is_sampled_by_its_source() {
         let peers = ["eu".to_owned()];
-        let r = Replication::new(&Meta::default(), &peers, 1_000_000);
+        let r = Replication::new(&Meta::default(), &peers, 1_000_000, 4_000);
         let s = r.sample_lag("us", 1_002_000, 0, 3_000);
         assert_eq!(lag(&s, "us", "eu"), None, "not silent long enough yet");
         r.peers["eu"].count_success(1_002_500 * 1_000);

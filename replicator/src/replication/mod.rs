@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use crate::store::Meta;
 
 mod lag;
+mod lease;
 mod log;
 mod pace;
 mod peers;
@@ -47,6 +48,7 @@ mod watermarks;
 mod model_tests;
 
 pub(crate) use lag::LagSampler;
+pub(crate) use lease::LeaseState;
 pub(crate) use peers::PeerState;
 pub(crate) use receive::{Fresh, Receiver, fresh};
 pub(crate) use ship::Shipper;
@@ -80,10 +82,12 @@ pub(crate) struct Replication {
     ae: Mutex<AntiEntropyStats>,
     /// The change feed's newest position (readers wait on it).
     feed: watch::Sender<u64>,
+    lease: Mutex<lease::Lease>,
 }
 
 impl Replication {
-    pub(crate) fn new(meta: &Meta, peers: &[String], now_ms: u64) -> Replication {
+    pub(crate) fn new(meta: &Meta, peers: &[String], now_ms: u64, lease_ms: u64) -> Replication {
+        let regions = peers.len() + 1;
         let peers = peers
             .iter()
             .map(|p| {
@@ -112,6 +116,7 @@ impl Replication {
             trees: Mutex::new(BTreeMap::new()),
             ae: Mutex::new(AntiEntropyStats::default()),
             feed: watch::Sender::new(0),
+            lease: Mutex::new(lease::Lease::new(lease_ms, regions)),
         }
     }
 
@@ -209,6 +214,39 @@ impl Replication {
             0 => self.started_ms * 1_000,
             us => us,
         }
+    }
+
+    /// `peer` answered a request this region sent at `sent_us`; `granted`:
+    /// the answer counts toward the owner lease.
+    pub(crate) fn answered(&self, peer: &str, sent_us: u64, granted: bool, now_us: u64) {
+        if granted {
+            self.lease
+                .lock()
+                .expect("lease lock")
+                .answered(peer, sent_us, now_us);
+        }
+    }
+
+    /// Whether this region holds its owner lease at `now_us`.
+    pub(crate) fn lease(&self, now_us: u64) -> LeaseState {
+        self.lease.lock().expect("lease lock").check(now_us)
+    }
+
+    /// The delegations were read from a majority at `now_us`.
+    pub(crate) fn lease_reread(&self, now_us: u64) {
+        self.lease.lock().expect("lease lock").reread(now_us);
+    }
+
+    /// How long (ms) since this region last heard from `peer`; since its
+    /// start if never.
+    pub(crate) fn silent_ms(&self, peer: &str, now_us: u64) -> u64 {
+        let heard = self.peers.get(peer).map_or(0, PeerState::heard_us);
+        let since = if heard == 0 {
+            self.started_ms * 1_000
+        } else {
+            heard
+        };
+        now_us.saturating_sub(since) / 1_000
     }
 
     /// How many of this region's log entries `peer` has not acknowledged.

@@ -19,6 +19,11 @@ pub(crate) struct PeerState {
     pub(super) errors: AtomicU64,
     pub(super) consecutive_failures: AtomicU64,
     last_ok_us: AtomicU64,
+    /// When this region last handled a request from the peer (µs).
+    heard_us: AtomicU64,
+    /// This region's answers do not count toward the peer's owner lease
+    /// before this (µs): it promised a conditional move the peer's silence.
+    withheld_until_us: AtomicU64,
     needs_anti_entropy: AtomicBool,
     pub(super) last_error: Mutex<Option<String>>,
     offset: Mutex<OffsetEstimator>,
@@ -81,6 +86,27 @@ impl PeerState {
     /// Wall time (µs) of the last successful exchange, 0 if none yet.
     pub(super) fn last_ok_us(&self) -> u64 {
         self.last_ok_us.load(Ordering::Relaxed)
+    }
+
+    /// Records that the peer sent this region a request at `us`.
+    pub(crate) fn heard(&self, us: u64) {
+        self.heard_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// When this region last handled a request from the peer (µs), 0 if never.
+    pub(crate) fn heard_us(&self) -> u64 {
+        self.heard_us.load(Ordering::Relaxed)
+    }
+
+    /// Withholds this region's answers from the peer's lease until `us`.
+    pub(crate) fn withhold_lease(&self, until_us: u64) {
+        self.withheld_until_us
+            .fetch_max(until_us, Ordering::Relaxed);
+    }
+
+    /// Whether this region's answers count toward the peer's lease at `now_us`.
+    pub(crate) fn grants_lease(&self, now_us: u64) -> bool {
+        now_us >= self.withheld_until_us.load(Ordering::Relaxed)
     }
 
     /// Records a failed shipment; returns how many failed in a row.

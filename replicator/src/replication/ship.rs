@@ -130,6 +130,7 @@ impl Shipper {
                 result,
             } = shipped;
             let outcome = result.and_then(|reply| {
+                self.repl.answered(&self.peer, t0_us, reply.lease, t1_us);
                 let rtt_us = t1_us.saturating_sub(t0_us);
                 let offset_us = (reply.wall_ms * 1_000) as i64 - ((t0_us + t1_us) / 2) as i64;
                 state.add_offset_sample(rtt_us, offset_us);
