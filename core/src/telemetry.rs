@@ -12,6 +12,10 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+mod cache;
+
+pub use cache::{CacheEvent, CacheReport};
+
 /// Something that happened in a region.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Event {
@@ -35,18 +39,6 @@ pub enum Event {
     Rollout(RolloutEvent),
     /// A client's feed-kept cache reported a window of its reads.
     Cache(CacheEvent),
-}
-
-/// What a client's feed-kept read cache did in a window, as it reported
-/// it to its region (`POST /v1/cache-reports`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct CacheEvent {
-    /// When the region took the report (µs since epoch, UTC).
-    pub ts_us: u64,
-    /// Region reported to (whose feed keeps the cache).
-    pub region: String,
-    /// The report as the client sent it.
-    pub report: crate::api::CacheReport,
 }
 
 /// A class moved to another rollout stage (recorded by the region that
