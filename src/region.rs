@@ -45,6 +45,7 @@ pub(crate) async fn run(args: RegionArgs) -> Result<ExitCode> {
         simulate_wan: args.simulate_wan,
         allow_fault_injection: args.allow_fault_injection,
         clock_skew_ms: args.clock_skew_ms,
+        links: None,
     })
     .await?;
     tracing::info!(region = %args.region, addr = %running.addr, data_dir = %args.data_dir.display(), "Serving.");

@@ -41,7 +41,7 @@ pub(crate) async fn run(a: RouterArgs) -> Result<ExitCode> {
         ),
     };
     let zone = config.router.zone.clone();
-    let running = start_router(config, &location, a.listen, a.dns_listen).await?;
+    let running = start_router(config, &location, a.listen, a.dns_listen, None).await?;
     match (running.dns_addr, zone) {
         (Some(dns), Some(zone)) => println!(
             "parallax router for {location}: http://{}/v1/route, DNS for {zone} on {dns}",

@@ -117,6 +117,7 @@ async fn a_cache_on_the_change_feed_stays_fresh_and_its_staleness_is_measured_an
             ttl: Duration::from_secs(60),
             max_staleness: MAX_STALENESS,
             capacity: 1000,
+            links: None,
         },
     );
     eventually(

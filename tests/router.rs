@@ -383,6 +383,25 @@ async fn two_routers_fail_a_killed_region_over_once_and_hand_it_back_measured() 
         },
     )
     .await;
+    // The hand-back was made by the delegate holding the keys (us-east):
+    // it stopped taking their writes as it recorded the move, and the move
+    // reached eu-west behind every write us-east took for them.
+    eventually(
+        "the hand-back recorded by us-east",
+        Duration::from_secs(30),
+        || async {
+            let v = json(&format!("{}/api/v1/failovers?range=1h", web.url)).await;
+            v["data"]["events"]
+                .as_array()?
+                .iter()
+                .any(|e| {
+                    e["region"] == "us-east"
+                        && e["event"] == "ownership eu-west -> eu-west (epoch 2)"
+                })
+                .then_some(())
+        },
+    )
+    .await;
     let ms = |k: &str| f[k].as_i64().unwrap_or_else(|| panic!("{k} measured: {f}"));
     let (detected, rerouted, moved_ms, back, handed) = (
         ms("detected_ms"),

@@ -62,6 +62,7 @@ fn fill(data: &Path) {
             probe_urls: BTreeMap::new(),
             tokens: vec![],
             clock: Arc::new(ManualClock::new(now_us / 1_000)),
+            links: None,
         },
         None,
     )

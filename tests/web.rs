@@ -29,6 +29,7 @@ fn fill(data: &Path) {
             probe_urls: BTreeMap::new(),
             tokens: vec![],
             clock: Arc::new(ManualClock::new(T0 / 1_000)),
+            links: None,
         },
         None,
     )

@@ -67,6 +67,9 @@ pub struct CollectorOptions {
     pub tokens: Vec<String>,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
+    /// Links cut by a drill in this process (`demo --chaos`): a probe over
+    /// one gets no answer.
+    pub links: Option<Arc<parallax_core::links::Links>>,
 }
 
 /// What the collector has written, by table.
@@ -364,7 +367,16 @@ impl Collector {
             let mut unreachable = Vec::new();
             for (target, url) in &self.inner.opts.probe_urls {
                 let started = std::time::Instant::now();
-                let ok = matches!(client.get(format!("{url}/healthz")).send().await, Ok(r) if r.status().is_success());
+                let timeout = Duration::from_millis(cfg.probe_timeout_ms);
+                let cut = match &self.inner.opts.links {
+                    Some(links) => links
+                        .cross(&self.inner.opts.region, target, timeout)
+                        .await
+                        .is_err(),
+                    None => false,
+                };
+                let ok = !cut
+                    && matches!(client.get(format!("{url}/healthz")).send().await, Ok(r) if r.status().is_success());
                 let probe = ProbeEvent {
                     ts_us: self.inner.opts.clock.now_us(),
                     vantage: self.inner.opts.region.clone(),

@@ -25,6 +25,7 @@ fn collector(root: &std::path::Path, now_us: u64) -> Collector {
             probe_urls: BTreeMap::new(),
             tokens: vec!["t".into()],
             clock,
+            links: None,
         },
         None,
     )
@@ -351,6 +352,7 @@ async fn probes_show_which_regions_answer_from_here() {
             probe_urls: BTreeMap::from([("eu-west".to_owned(), down), ("us-west".to_owned(), up)]),
             tokens: vec!["t".into()],
             clock: Arc::new(parallax_core::clock::SystemClock),
+            links: None,
         },
         rx,
         None,

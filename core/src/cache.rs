@@ -26,9 +26,10 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{CacheReport, Change};
+use crate::api::{CacheReport, Change, FeedHeartbeat};
 use crate::client::{ClientError, FeedItem, ReadOptions, RegionClient};
 use crate::clock::{Clock, SystemClock};
+use crate::links::Links;
 use crate::protocol::ReadOutcome;
 use crate::version::{Causality, VersionVector};
 
@@ -41,6 +42,12 @@ pub struct CacheSettings {
     pub max_staleness: Duration,
     /// The most entries kept (the oldest filled goes first).
     pub capacity: usize,
+    /// Drills in one process (`parallax demo --chaos`): the links a drill
+    /// cuts, and the name of the site the cache stands at. While the link
+    /// from the site to the region is cut, the feed's stream carries
+    /// nothing (what the region sends waits, as a partition holds TCP
+    /// segments) and no stream opens; mended, it all arrives.
+    pub links: Option<(Arc<Links>, String)>,
 }
 
 impl Default for CacheSettings {
@@ -49,6 +56,7 @@ impl Default for CacheSettings {
             ttl: Duration::from_secs(60),
             max_staleness: Duration::from_secs(3),
             capacity: 100_000,
+            links: None,
         }
     }
 }
@@ -157,20 +165,14 @@ impl FeedCache {
     /// A cache of `client`'s region; starts following its feed from now.
     pub fn start(client: RegionClient, settings: CacheSettings) -> FeedCache {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let state = Arc::new(Mutex::new(State {
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-            recent: HashMap::new(),
-            served: VecDeque::new(),
-            position: None,
-            fed_through_us: 0,
-            heard: None,
-            connected: false,
-            window: Window::new(),
-            totals: Totals::default(),
-        }));
+        let state = Arc::new(Mutex::new(State::new()));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(follow(client.clone(), Arc::clone(&state), stop_rx));
+        let task = tokio::spawn(follow(
+            client.clone(),
+            settings.links.clone(),
+            Arc::clone(&state),
+            stop_rx,
+        ));
         FeedCache {
             client,
             settings,
@@ -344,7 +346,44 @@ const RECENT: Duration = Duration::from_secs(15);
 const SETTLE_MARGIN_US: u64 = 500_000;
 
 impl State {
-    fn apply(&mut self, c: &Change) {
+    fn new() -> State {
+        State {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            recent: HashMap::new(),
+            served: VecDeque::new(),
+            position: None,
+            fed_through_us: 0,
+            heard: None,
+            connected: false,
+            window: Window::new(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// The region vouched, at `region_us` by its clock, for everything up
+    /// to then; it is `now_us` here. The feed counts as heard from then,
+    /// not from when the message arrived: a message held on the way (a
+    /// partition, a stalled proxy) vouches only for when it was sent.
+    fn vouched(&mut self, region_us: u64, now_us: u64) {
+        let age = Duration::from_micros(now_us.saturating_sub(region_us));
+        let now = Instant::now();
+        let at = now.checked_sub(age).unwrap_or(now);
+        if self.heard.is_none_or(|h| h < at) {
+            self.heard = Some(at);
+        }
+    }
+
+    fn heartbeat(&mut self, h: &FeedHeartbeat, now_us: u64) {
+        self.connected = true;
+        self.vouched(h.now_us, now_us);
+        self.fed_through_us = self.fed_through_us.max(h.now_us);
+        if self.position.is_none_or(|p| p < h.head) {
+            self.position = Some(h.head);
+        }
+    }
+
+    fn apply(&mut self, c: &Change, now_us: u64) {
         let k: Key = (c.class.clone(), c.key.clone());
         if let Some(e) = self.entries.get(&k)
             && (c.deleted || newer(&c.version, &e.outcome.version))
@@ -362,7 +401,7 @@ impl State {
         self.recent.insert(k, (c.clone(), now));
         self.position = Some(c.seq);
         self.fed_through_us = self.fed_through_us.max(c.ts_us);
-        self.heard = Some(now);
+        self.vouched(c.ts_us, now_us);
     }
 
     /// Settles the served reads the feed has passed.
@@ -398,11 +437,27 @@ impl State {
 
 /// Follows the feed until stopped: reads the stream, applies each change,
 /// reopens the stream from the last position after a failure.
-async fn follow(client: RegionClient, state: Arc<Mutex<State>>, mut stop: watch::Receiver<bool>) {
+async fn follow(
+    client: RegionClient,
+    links: Option<(Arc<Links>, String)>,
+    state: Arc<Mutex<State>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let cut = || {
+        links
+            .as_ref()
+            .is_some_and(|(l, site)| l.is_cut(site, client.region()))
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
             return;
+        }
+        if cut() {
+            if wait_or_stop(&mut stop, backoff).await {
+                return;
+            }
+            continue;
         }
         let from = state
             .lock()
@@ -432,20 +487,21 @@ async fn follow(client: RegionClient, state: Arc<Mutex<State>>, mut stop: watch:
                 item = stream.next() => item,
                 _ = stop.changed() => return,
             };
+            // Over a cut link the item waits until it is mended.
+            while cut() {
+                if wait_or_stop(&mut stop, Duration::from_millis(50)).await {
+                    return;
+                }
+            }
             let mut s = state.lock().expect("cache lock");
             match item {
                 Ok(Some(FeedItem::Change(c))) => {
                     s.connected = true;
-                    s.apply(&c);
+                    s.apply(&c, SystemClock.now_us());
                     s.settle();
                 }
                 Ok(Some(FeedItem::Heartbeat(h))) => {
-                    s.connected = true;
-                    s.heard = Some(Instant::now());
-                    s.fed_through_us = s.fed_through_us.max(h.now_us);
-                    if s.position.is_none_or(|p| p < h.head) {
-                        s.position = Some(h.head);
-                    }
+                    s.heartbeat(&h, SystemClock.now_us());
                     s.settle();
                 }
                 Ok(Some(FeedItem::Expired(_))) => {
@@ -470,5 +526,35 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         _ = stop.changed() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(now_us: u64) -> FeedHeartbeat {
+        FeedHeartbeat {
+            region: "r".into(),
+            head: 7,
+            now_us,
+        }
+    }
+
+    #[test]
+    fn a_held_message_vouches_for_when_it_was_sent_not_when_it_arrived() {
+        let mut s = State::new();
+        let now_us = 1_800_000_000_000_000;
+        // A heartbeat sent 10 s ago, arriving now after a partition: the
+        // feed is not current on its word.
+        s.heartbeat(&heartbeat(now_us - 10_000_000), now_us);
+        assert!(s.heard.unwrap().elapsed() >= Duration::from_secs(9));
+        assert_eq!(s.position, Some(7));
+        // One sent just now is.
+        s.heartbeat(&heartbeat(now_us - 100_000), now_us);
+        assert!(s.heard.unwrap().elapsed() < Duration::from_secs(1));
+        // An older one arriving after it does not move it back.
+        s.heartbeat(&heartbeat(now_us - 5_000_000), now_us);
+        assert!(s.heard.unwrap().elapsed() < Duration::from_secs(1));
     }
 }

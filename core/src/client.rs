@@ -191,6 +191,18 @@ impl RegionClient {
     /// Region `region` at base URL `url` (e.g. `http://127.0.0.1:7101`),
     /// without tokens until [`RegionClient::with_tokens`].
     pub fn new(region: &str, url: &str) -> RegionClient {
+        RegionClient::over(
+            region,
+            url,
+            reqwest::Client::builder()
+                .build()
+                .expect("HTTP client builds"),
+        )
+    }
+
+    /// Like [`RegionClient::new`], over an HTTP client (and its pool of
+    /// connections) shared with other callers.
+    pub fn over(region: &str, url: &str, http: reqwest::Client) -> RegionClient {
         RegionClient {
             region: region.to_owned(),
             base: url.trim_end_matches('/').to_owned(),
@@ -198,9 +210,7 @@ impl RegionClient {
             admin_token: String::new(),
             timeout: DEFAULT_TIMEOUT,
             client_geo: None,
-            http: reqwest::Client::builder()
-                .build()
-                .expect("HTTP client builds"),
+            http,
         }
     }
 

@@ -16,6 +16,7 @@
 //! - [`sync`]: comparing two regions' trees; anti-entropy.
 //! - [`protocol`]: region-to-region messages, the replication log entry.
 //! - [`transport`]: region-to-region calls (HTTP, or in-process with faults).
+//! - [`links`]: links cut by a drill inside one process (`demo --chaos`).
 //! - [`api`]: the bodies and answers of the region API's routes.
 //! - [`stats`]: what a region's `/v1/stats` serves.
 //! - [`telemetry`]: the events every part reports, and their counters.
@@ -33,6 +34,7 @@ pub mod clock;
 pub mod config;
 pub mod entity;
 pub mod error;
+pub mod links;
 pub mod merkle;
 pub mod protocol;
 pub mod rollout;

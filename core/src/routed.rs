@@ -200,7 +200,9 @@ impl RoutedClient {
         let route = self.route(&query).await?;
         let mut last = None;
         for (region, url) in self.attempts(&route) {
-            let mut client = RegionClient::new(&region, &url)
+            // One HTTP client for every region: its connections are kept
+            // and reused, not opened anew for each request.
+            let mut client = RegionClient::over(&region, &url, self.http.clone())
                 .with_tokens(&self.client_token, &self.admin_token)
                 .with_timeout(self.timeout);
             if let Some(from) = &self.from {

@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::links::Links;
 use crate::protocol::{PeerReply, PeerRequest, decode, encode};
 
 /// Header naming the calling region.
@@ -57,6 +58,8 @@ pub struct HttpTransport {
     secret: String,
     client: reqwest::Client,
     delays: BTreeMap<String, Duration>,
+    timeout: Duration,
+    links: Option<Arc<Links>>,
 }
 
 impl HttpTransport {
@@ -80,7 +83,15 @@ impl HttpTransport {
             secret: secret.into(),
             client,
             delays: BTreeMap::new(),
+            timeout,
+            links: None,
         }
+    }
+
+    /// Drops calls over the links a drill cuts in `links` (`demo --chaos`).
+    pub fn with_links(mut self, links: Arc<Links>) -> HttpTransport {
+        self.links = Some(links);
+        self
     }
 
     /// Adds a one-way delay before each request to a region, and the same
@@ -103,10 +114,17 @@ impl Transport for HttpTransport {
         let from = self.from.clone();
         let delay = self.delays.get(to).copied().unwrap_or_default();
         let to = to.to_owned();
+        let (links, timeout) = (self.links.clone(), self.timeout);
         Box::pin(async move {
             let url = url.ok_or_else(|| {
                 TransportError::Refused(format!("region {to} is not in the config"))
             })?;
+            if let Some(links) = links {
+                links
+                    .cross(&from, &to, timeout)
+                    .await
+                    .map_err(|_| TransportError::Timeout)?;
+            }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }

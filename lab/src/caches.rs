@@ -10,6 +10,7 @@ use std::time::Duration;
 use parallax_core::RegionClient;
 use parallax_core::cache::{CacheSettings, FeedCache, Totals};
 use parallax_core::config::Config;
+use parallax_core::links::Links;
 use parallax_core::version::Causality;
 use tokio::task::JoinSet;
 
@@ -52,11 +53,14 @@ pub struct CacheSummary {
 }
 
 impl DemoCaches {
-    /// Starts a cache of every region, read `reads_per_sec` times a second each.
+    /// Starts a cache of every region, read `reads_per_sec` times a second
+    /// each; each cache's feed crosses the link from [`DemoCaches::site`]
+    /// to its region in `links`.
     pub fn start(
         config: &Config,
         regions: &[(String, RunningRegion)],
         reads_per_sec: u64,
+        links: Option<Arc<Links>>,
     ) -> DemoCaches {
         let classes: Vec<(String, &'static str, u64)> = config
             .classes
@@ -70,7 +74,13 @@ impl DemoCaches {
             let client = RegionClient::new(name, &format!("http://{}", r.addr))
                 .with_tokens(&config.cluster.client_token, &config.cluster.admin_token)
                 .with_timeout(Duration::from_secs(2));
-            let cache = Arc::new(FeedCache::start(client.clone(), CacheSettings::default()));
+            let settings = CacheSettings {
+                links: links
+                    .as_ref()
+                    .map(|l| (Arc::clone(l), DemoCaches::site(name))),
+                ..CacheSettings::default()
+            };
+            let cache = Arc::new(FeedCache::start(client.clone(), settings));
             caches.push((name.clone(), Arc::clone(&cache), client.clone()));
             if classes.is_empty() {
                 continue;
@@ -120,6 +130,20 @@ impl DemoCaches {
             tasks,
             older,
         }
+    }
+
+    /// The site of `region`'s application and its cache: a name for the
+    /// links a drill cuts.
+    pub fn site(region: &str) -> String {
+        format!("{region}-app")
+    }
+
+    /// The cache kept by `region`'s feed.
+    pub fn cache(&self, region: &str) -> Option<&Arc<FeedCache>> {
+        self.caches
+            .iter()
+            .find(|(r, _, _)| r == region)
+            .map(|(_, c, _)| c)
     }
 
     /// Stops the readers, sends the last reports, stops the caches; what

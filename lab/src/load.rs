@@ -1,13 +1,29 @@
-//! A write load over every conflict policy, spread over the regions: what
-//! the demo (and the drills) run while they watch the cluster.
+//! The demo's users: a population at each router location, reaching the
+//! cluster through its router as a real application does, with an
+//! operation mix over every conflict policy.
+//!
+//! Each population asks its location's router where a request goes
+//! ([`RoutedClient`]: the nearest region up; the owner, for a write to a
+//! home-owned key), follows the answer for its TTL, and moves to the next
+//! region when one is silent. A user's profile edits carry the session
+//! token of the user's last write, so the user reads them back wherever the
+//! read lands (read-your-writes). What the regions answered is counted:
+//! acknowledged, expected refusals, fenced, indeterminate, failed; and how
+//! many writes were acknowledged while still replicating (`applied_in`
+//! naming fewer regions than the cluster has).
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use parallax_core::api::{EntityOp, Resolution};
 use parallax_core::config::Config;
-use serde_json::{Value, json};
+use parallax_core::protocol::WriteOutcome;
+use parallax_core::{ClientError, ReadOptions, RegionClient, RoutedClient, WriteOptions};
+use serde_json::json;
 
-use crate::process::RunningRegion;
+use crate::process::RunningRouter;
 use rand_like::Rng;
 
 /// A tiny RNG so the load is reproducible from its seed (xorshift*).
@@ -27,212 +43,265 @@ mod rand_like {
     }
 }
 
-/// The load's clients, its seeded choices and what it counted.
+/// The users at one location.
+#[derive(Debug)]
+struct Population {
+    location: String,
+    client: RoutedClient,
+    /// Per user, the session token of the user's last acknowledged write.
+    sessions: Mutex<HashMap<String, String>>,
+}
+
+/// The load's populations, its seeded choices and what it counted.
 #[derive(Debug)]
 pub struct Load {
-    client: reqwest::Client,
-    urls: Vec<String>,
-    token: String,
+    populations: Vec<Population>,
+    regions: BTreeMap<String, RegionClient>,
     classes: Vec<String>,
-    rng: std::sync::Mutex<Rng>,
+    rng: Mutex<Rng>,
     /// Requests answered 2xx.
     pub ok: AtomicU64,
     /// Requests answered 404 or 409, as the load expects some to be.
     pub refused: AtomicU64,
+    /// Writes a region refused because it may not take them (421: it does
+    /// not own the key, or its owner lease lapsed); nothing was applied.
+    pub fenced: AtomicU64,
+    /// Increments whose region took them and did not answer: maybe applied.
+    pub indeterminate: AtomicU64,
     /// Requests that failed otherwise.
     pub failed: AtomicU64,
+    /// Writes acknowledged.
+    pub writes: AtomicU64,
+    /// Writes acknowledged while still replicating: `applied_in` named
+    /// fewer regions than the cluster has.
+    pub replicating: AtomicU64,
+    /// Reads sent with a user's session token.
+    pub session_reads: AtomicU64,
     /// Increments of `likes` acknowledged.
     pub likes: AtomicI64,
+    /// Increments of `likes` whose outcome is unknown (maybe applied).
+    pub likes_unknown: AtomicI64,
 }
 
 impl Load {
-    /// A load on `regions` of `config`, its choices drawn from `seed`.
-    pub fn new(config: &Config, regions: &[(String, RunningRegion)], seed: u64) -> Arc<Load> {
+    /// A population at each of `routers`' locations, on `config`'s cluster,
+    /// its choices drawn from `seed`.
+    pub fn new(config: &Config, routers: &[RunningRouter], seed: u64) -> Arc<Load> {
+        let (client_token, admin_token) = (
+            config.cluster.client_token.as_str(),
+            config.cluster.admin_token.as_str(),
+        );
+        let http = reqwest::Client::new();
         Arc::new(Load {
-            client: reqwest::Client::new(),
-            urls: regions
+            populations: routers
                 .iter()
-                .map(|(_, r)| format!("http://{}", r.addr))
+                .map(|r| Population {
+                    location: r.router.location().to_owned(),
+                    client: RoutedClient::new(vec![format!("http://{}", r.addr)], None)
+                        .with_tokens(client_token, admin_token)
+                        .with_timeout(Duration::from_secs(2)),
+                    sessions: Mutex::new(HashMap::new()),
+                })
                 .collect(),
-            token: config.cluster.client_token.clone(),
+            regions: config
+                .regions
+                .keys()
+                .filter_map(|name| {
+                    let url = config.region_url(name)?;
+                    let client = RegionClient::over(name, &url, http.clone())
+                        .with_tokens(client_token, admin_token);
+                    Some((name.clone(), client))
+                })
+                .collect(),
             classes: config.classes.keys().cloned().collect(),
-            rng: std::sync::Mutex::new(Rng::new(seed)),
+            rng: Mutex::new(Rng::new(seed)),
             ok: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
+            indeterminate: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            replicating: AtomicU64::new(0),
+            session_reads: AtomicU64::new(0),
             likes: AtomicI64::new(0),
+            likes_unknown: AtomicI64::new(0),
         })
+    }
+
+    /// The locations the load comes from.
+    pub fn locations(&self) -> Vec<&str> {
+        self.populations
+            .iter()
+            .map(|p| p.location.as_str())
+            .collect()
     }
 
     fn pick(&self, n: u64) -> u64 {
         self.rng.lock().expect("rng lock").below(n)
     }
 
-    async fn send(
-        &self,
-        region: usize,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Option<Value> {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.urls[region]))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        match req.send().await {
-            Ok(r) if r.status().is_success() => {
+    /// Counts an answer; the value if it was a success.
+    fn tally<T>(&self, r: Result<T, ClientError>) -> Option<T> {
+        let e = match r {
+            Ok(v) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
-                r.json().await.ok()
+                return Some(v);
             }
+            Err(e) => e,
+        };
+        let counter = match (&e, e.api_error().map(|a| a.status)) {
             // Reading a profile before its first write (404) and writing a
             // ticket that waits in the reconciliation queue (409) are
             // answers the load expects.
-            Ok(r) if matches!(r.status().as_u16(), 404 | 409) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Ok(r) => {
-                let status = r.status();
-                let body = r.text().await.unwrap_or_default();
-                if self.failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                    eprintln!("  request failed: HTTP {status}: {body}");
-                }
-                None
-            }
-            Err(e) => {
-                if self.failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                    eprintln!("  request failed: {e}");
-                }
-                None
-            }
+            (_, Some(404 | 409)) => &self.refused,
+            (_, Some(421)) => &self.fenced,
+            (ClientError::Indeterminate { .. }, _) => &self.indeterminate,
+            _ => &self.failed,
+        };
+        let before = counter.fetch_add(1, Ordering::Relaxed);
+        if std::ptr::eq(counter, &self.failed) && before < 3 {
+            eprintln!("  request failed: {e}");
         }
+        None
     }
 
-    /// One client operation on a random class, from a random region.
+    /// Counts an acknowledged write: was it still replicating?
+    fn wrote(&self, w: Option<WriteOutcome>) -> Option<WriteOutcome> {
+        if let Some(w) = &w {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            if w.applied_in.len() < self.regions.len() {
+                self.replicating.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        w
+    }
+
+    async fn op(&self, p: &Population, class: &str, key: &str, op: EntityOp) -> bool {
+        let r = p.client.op(class, key, &op, &WriteOptions::default()).await;
+        self.wrote(self.tally(r)).is_some()
+    }
+
+    async fn put(&self, p: &Population, class: &str, key: &str, v: serde_json::Value) -> bool {
+        let r = p.client.put(class, key, &v, &WriteOptions::default()).await;
+        self.wrote(self.tally(r)).is_some()
+    }
+
+    /// One user operation on a random class, from a random location.
     pub async fn one(&self) {
-        let region = self.pick(self.urls.len() as u64) as usize;
+        if self.populations.is_empty() {
+            return;
+        }
+        let at = self.pick(self.populations.len() as u64) as usize;
+        let p = &self.populations[at];
         let class = self.classes[self.pick(self.classes.len() as u64) as usize].clone();
-        let post = reqwest::Method::POST;
-        let put = reqwest::Method::PUT;
         match class.as_str() {
             "likes" => {
                 let key = format!("post-{}", self.pick(20));
-                if self
-                    .send(
-                        region,
-                        post,
-                        &format!("/v1/entities/likes/{key}/ops"),
-                        Some(json!({"op": "incr", "by": 1})),
-                    )
-                    .await
-                    .is_some()
-                {
+                let before = self.indeterminate.load(Ordering::Relaxed);
+                if self.op(p, "likes", &key, EntityOp::Incr { by: 1 }).await {
                     self.likes.fetch_add(1, Ordering::Relaxed);
+                } else if self.indeterminate.load(Ordering::Relaxed) > before {
+                    self.likes_unknown.fetch_add(1, Ordering::Relaxed);
                 }
             }
             "stock" => {
                 let by = self.pick(11) as i64 - 5;
                 let key = format!("sku-{}", self.pick(10));
-                self.send(
-                    region,
-                    post,
-                    &format!("/v1/entities/stock/{key}/ops"),
-                    Some(json!({"op": "incr", "by": by})),
-                )
-                .await;
+                self.op(p, "stock", &key, EntityOp::Incr { by }).await;
             }
             "carts" => {
                 let key = format!("cart-{}", self.pick(30));
-                let op = if self.pick(3) == 0 { "remove" } else { "add" };
-                let item = format!("item-{}", self.pick(8));
-                self.send(
-                    region,
-                    post,
-                    &format!("/v1/entities/carts/{key}/ops"),
-                    Some(json!({"op": op, "member": item})),
-                )
-                .await;
+                let member = json!(format!("item-{}", self.pick(8)));
+                let op = if self.pick(3) == 0 {
+                    EntityOp::Remove { member }
+                } else {
+                    EntityOp::Add { member }
+                };
+                self.op(p, "carts", &key, op).await;
             }
-            "profiles" => {
-                let key = format!("user-{}", self.pick(25));
-                let path = format!("/v1/entities/profiles/{key}");
-                let logins = self
-                    .send(region, reqwest::Method::GET, &path, None)
-                    .await
-                    .and_then(|v| v["value"]["logins"].as_i64())
-                    .unwrap_or(0);
-                let now = parallax_core::clock::Clock::now_ms(&parallax_core::clock::SystemClock);
-                let body = json!({
-                    "name": format!("user {} v{}", key, self.pick(100)),
-                    "last_seen": now, "first_seen": now,
-                    "tags": [format!("t{}", self.pick(6))],
-                    "logins": logins + 1,
-                });
-                self.send(region, put, &path, Some(body)).await;
-            }
+            "profiles" => self.profile(p).await,
             "settings" => {
                 let key = format!("flag-{}", self.pick(5));
-                self.send(
-                    region,
-                    put,
-                    &format!("/v1/entities/settings/{key}"),
-                    Some(json!({"enabled": self.pick(2) == 1})),
-                )
-                .await;
+                let v = json!({"enabled": self.pick(2) == 1});
+                self.put(p, "settings", &key, v).await;
             }
             "balances" => {
+                // Home-owned: the router sends the write to the key's owner.
                 let prefix = ["us-", "usw-", "eu-"][self.pick(3) as usize];
                 let key = format!("{prefix}{}", self.pick(10));
-                self.send(
-                    region,
-                    put,
-                    &format!("/v1/entities/balances/{key}"),
-                    Some(json!({"cents": self.pick(100_000)})),
-                )
-                .await;
+                let v = json!({"cents": self.pick(100_000)});
+                self.put(p, "balances", &key, v).await;
             }
-            "tickets" => {
-                // Two regions edit the same ticket at once: a conflict for the queue.
-                let key = format!("ticket-{}", self.pick(6));
-                let path = format!("/v1/entities/tickets/{key}");
-                let other = (region + 1) % self.urls.len();
-                let a = self.send(
-                    region,
-                    put.clone(),
-                    &path,
-                    Some(json!({"status": "open", "by": region})),
-                );
-                let b = self.send(
-                    other,
-                    put,
-                    &path,
-                    Some(json!({"status": "closed", "by": other})),
-                );
-                let (ra, _) = tokio::join!(a, b);
-                if ra.is_none() && self.pick(2) == 0 {
-                    // Conflicted already: an operator resolves it.
-                    let resolve = format!("/v1/conflicts/tickets/{key}/resolve");
-                    self.send(
-                        region,
-                        post,
-                        &resolve,
-                        Some(json!({"value": {"status": "reviewed"}})),
-                    )
-                    .await;
-                }
-            }
+            "tickets" => self.ticket(at).await,
             other => {
                 let key = format!("k-{}", self.pick(10));
-                self.send(
-                    region,
-                    reqwest::Method::GET,
-                    &format!("/v1/entities/{other}/{key}"),
-                    None,
-                )
-                .await;
+                let r = p.client.get(other, &key, &ReadOptions::default()).await;
+                self.tally(r);
+            }
+        }
+    }
+
+    /// A user reads their profile (with their session token: their own
+    /// last write is in what they read) and writes it back, one more login.
+    async fn profile(&self, p: &Population) {
+        let user = format!("user-{}", self.pick(25));
+        let session = p.sessions.lock().expect("sessions").get(&user).cloned();
+        if session.is_some() {
+            self.session_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        let read = ReadOptions {
+            consistency: session.as_ref().map(|_| "session".to_owned()),
+            session: session.clone(),
+            ..ReadOptions::default()
+        };
+        let logins = self
+            .tally(p.client.get("profiles", &user, &read).await)
+            .and_then(|r| r.value["logins"].as_i64())
+            .unwrap_or(0);
+        let now = parallax_core::clock::Clock::now_ms(&parallax_core::clock::SystemClock);
+        let body = json!({
+            "name": format!("user {} v{}", user, self.pick(100)),
+            "last_seen": now, "first_seen": now,
+            "tags": [format!("t{}", self.pick(6))],
+            "logins": logins + 1,
+        });
+        let write = WriteOptions {
+            session,
+            ..WriteOptions::default()
+        };
+        let r = p.client.put("profiles", &user, &body, &write).await;
+        if let Some(w) = self.wrote(self.tally(r)) {
+            p.sessions.lock().expect("sessions").insert(user, w.token);
+        }
+    }
+
+    /// Users at two locations edit the same ticket at once: a conflict for
+    /// the reconciliation queue, which an operator sometimes resolves.
+    async fn ticket(&self, at: usize) {
+        let key = format!("ticket-{}", self.pick(6));
+        let (p, q) = (
+            &self.populations[at],
+            &self.populations[(at + 1) % self.populations.len()],
+        );
+        let (open, closed, opts) = (
+            json!({"status": "open", "by": p.location}),
+            json!({"status": "closed", "by": q.location}),
+            WriteOptions::default(),
+        );
+        let a = p.client.put("tickets", &key, &open, &opts);
+        let b = q.client.put("tickets", &key, &closed, &opts);
+        let (ra, rb) = tokio::join!(a, b);
+        let queued = matches!(&ra, Err(e) if e.api_error().is_some_and(|a| a.status == 409));
+        self.wrote(self.tally(ra));
+        self.wrote(self.tally(rb));
+        if queued && self.pick(2) == 0 {
+            let Ok(region) = p.client.region_for("tickets", &key, "write").await else {
+                return;
+            };
+            if let Some(c) = self.regions.get(&region) {
+                let resolution = Resolution::Value(json!({"status": "reviewed"}));
+                let r = c.resolve("tickets", &key, &resolution, None).await;
+                self.wrote(self.tally(r));
             }
         }
     }

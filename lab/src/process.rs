@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use parallax_collector::{Collector, CollectorOptions};
 use parallax_core::clock::{Clock, SkewedClock, SystemClock};
 use parallax_core::config::Config;
+use parallax_core::links::Links;
 use parallax_core::transport::HttpTransport;
 use parallax_core::worker::Workers;
 use parallax_replicator::{Node, NodeOptions};
@@ -77,6 +78,8 @@ pub struct Setup<'a> {
     pub allow_fault_injection: bool,
     /// Run this region's clock this far ahead (ms; drills).
     pub clock_skew_ms: i64,
+    /// Links a drill in this process may cut (`demo --chaos`).
+    pub links: Option<Arc<Links>>,
 }
 
 fn serve(
@@ -113,6 +116,7 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
         simulate_wan,
         allow_fault_injection,
         clock_skew_ms,
+        links,
     } = s;
     let region_cfg = config.regions.get(region).with_context(|| {
         format!(
@@ -145,6 +149,9 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
             .collect();
         transport = transport.with_delays(delays);
     }
+    if let Some(links) = &links {
+        transport = transport.with_links(Arc::clone(links));
+    }
     let listener = bind(region_cfg.listen, &format!("regions.{region}.listen")).await?;
     let addr = listener.local_addr()?;
     let skewed = Arc::new(SkewedClock::new(Arc::new(SystemClock), clock_skew_ms));
@@ -173,6 +180,7 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
                 config.cluster.admin_token.clone(),
             ],
             clock,
+            links,
         },
         events_rx,
         Some(Arc::new(node.clone())),
@@ -346,6 +354,7 @@ pub async fn start_router(
     location: &str,
     listen: Option<SocketAddr>,
     dns_listen: Option<SocketAddr>,
+    links: Option<Arc<Links>>,
 ) -> Result<RunningRouter> {
     parallax_router::check_location(&config, location)?;
     let Some(listen) = listen.or_else(|| config.routers.get(location).map(|s| s.listen)) else {
@@ -358,6 +367,7 @@ pub async fn start_router(
         config: Arc::clone(&config),
         location: location.to_owned(),
         clock: Arc::new(SystemClock),
+        links,
     })?;
     let listener = match bind(listen, &format!("routers.{location}.listen")).await {
         Ok(l) => l,

@@ -538,6 +538,7 @@ async fn the_cache_never_serves_a_version_older_than_its_feed_delivered() {
             ttl: Duration::from_secs(60),
             max_staleness: Duration::from_secs(3),
             capacity: 1000,
+            links: None,
         },
     );
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -601,6 +602,83 @@ async fn the_cache_never_serves_a_version_older_than_its_feed_delivered() {
         "cache on one region: {t:?}; p50 {:?} ms, p99 {:?} ms, max {:?} ms",
         report.staleness_p50_ms, report.staleness_p99_ms, report.staleness_max_ms
     );
+    cache.stop().await;
+    node.close_streams();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Waits until `f` holds, at most `limit`.
+async fn until(what: &str, limit: Duration, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cache_whose_feed_is_held_stops_serving_from_memory_until_it_is_back() {
+    use parallax_core::links::Links;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, app) = start(config(""), dir.path()).await;
+    let (client, stop, server) = serve(app).await;
+    let links = Arc::new(Links::new());
+    let max_staleness = Duration::from_millis(1500);
+    let cache = FeedCache::start(
+        client.clone(),
+        CacheSettings {
+            max_staleness,
+            links: Some((Arc::clone(&links), "app".into())),
+            ..CacheSettings::default()
+        },
+    );
+    until("the feed is current", Duration::from_secs(5), || {
+        cache.is_current()
+    })
+    .await;
+    let w = WriteOptions::default();
+    let incr = EntityOp::Incr { by: 1 };
+    client.op("likes", "k", &incr, &w).await.unwrap();
+    until("the cache fills", Duration::from_secs(5), || {
+        cache.delivered("likes", "k").is_some()
+    })
+    .await;
+    cache.get("likes", "k").await.unwrap();
+    assert_eq!(cache.get("likes", "k").await.unwrap().value, json!(1));
+    let hits = cache.totals().hits;
+    assert!(hits >= 1, "{:?}", cache.totals());
+
+    // The feed is held: the cache stops trusting memory within
+    // max_staleness (and a heartbeat), and reads go to the region, fresh.
+    links.cut("app", client.region());
+    let cut = Instant::now();
+    client.op("likes", "k", &incr, &w).await.unwrap();
+    until(
+        "the cache sees its feed silent",
+        Duration::from_secs(4),
+        || !cache.is_current(),
+    )
+    .await;
+    assert!(cut.elapsed() >= max_staleness - Duration::from_millis(1100));
+    assert_eq!(cache.get("likes", "k").await.unwrap().value, json!(2));
+    assert!(cache.totals().bypassed >= 1, "{:?}", cache.totals());
+
+    // Back: the held change arrives, the cache serves from memory again
+    // and never the old version.
+    links.heal_all();
+    until("the feed is current again", Duration::from_secs(5), || {
+        cache.is_current()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(cache.get("likes", "k").await.unwrap().value, json!(2));
+    }
+    assert!(cache.totals().hits > hits, "{:?}", cache.totals());
     cache.stop().await;
     node.close_streams();
     stop.send(()).unwrap();

@@ -104,7 +104,15 @@ async fn step(router: &Router, region: &str) -> Option<FailoverEvent> {
             delegate,
             expect_epoch,
         } if inner.config.router.automatic_failover && anything_to_move(router) => {
-            let outcome = move_keys(router, region, &delegate, expect_epoch, Some(grace)).await;
+            let outcome = move_keys(
+                router,
+                &delegate,
+                region,
+                &delegate,
+                expect_epoch,
+                Some(grace),
+            )
+            .await;
             let now = inner.clock.now_ms();
             changed |= failover.on_moved(&delegate, &outcome, now);
             if let Outcome::Done(_) = outcome {
@@ -113,14 +121,14 @@ async fn step(router: &Router, region: &str) -> Option<FailoverEvent> {
                 tracing::warn!(router = %inner.location, %region, %delegate, took_ms = took, "Ownership moved.");
             }
         }
-        Action::HandBack { expect_epoch } => {
-            let outcome = move_keys(router, region, region, expect_epoch, None).await;
+        Action::HandBack { from, expect_epoch } => {
+            let outcome = move_keys(router, &from, region, region, expect_epoch, None).await;
             changed |= failover.on_handed_back(&outcome, inner.clock.now_ms());
             if let Outcome::Done(_) = outcome {
                 tracing::warn!(router = %inner.location, %region, "Ownership handed back.");
             }
         }
-        Action::Move { .. } | Action::CheckDrained | Action::Wait => {}
+        Action::Move { .. } | Action::CheckCaughtUp | Action::Wait => {}
     }
     let out = changed.then(|| row(router, &failover));
     if failover.phase != Phase::Done {
@@ -152,8 +160,8 @@ async fn seen(router: &Router, region: &str, f: &Failover, up: bool) -> Seen {
         .filter(|r| r.as_str() != region && states.get(*r) == Some(&State::Up))
         .min_by_key(|r| (inner.config.latency_between(region, r), (*r).clone()))
         .cloned();
-    let drained = if f.phase == Phase::Back && up {
-        Some(drained(router, region, &states).await)
+    let caught_up = if f.phase == Phase::Back && up {
+        Some(caught_up(router, region, &states).await)
     } else {
         None
     };
@@ -166,44 +174,52 @@ async fn seen(router: &Router, region: &str, f: &Failover, up: bool) -> Seen {
             Err(epoch)
         },
         nearest_up,
-        drained,
+        caught_up,
     }
 }
 
-/// Whether every other region that is up has shipped `region` all it has.
-async fn drained(router: &Router, region: &str, states: &BTreeMap<String, State>) -> bool {
-    let timeout = Duration::from_millis(router.inner.config.router.check_timeout_ms.max(1_000));
-    for (other, state) in states {
-        if other == region || *state != State::Up {
-            continue;
-        }
-        let Some(client) = RegionClient::from_config(&router.inner.config, other) else {
-            return false;
-        };
-        match client.with_timeout(timeout).stats().await {
-            Ok(s)
-                if s.replication
-                    .peers
-                    .get(region)
-                    .is_some_and(|p| p.backlog_ops == 0) => {}
-            _ => return false,
-        }
+/// Whether `region` trails every other region that is up by less than
+/// twice the heartbeat interval (at least a second), by its own measure.
+async fn caught_up(router: &Router, region: &str, states: &BTreeMap<String, State>) -> bool {
+    let config = &router.inner.config;
+    let timeout = Duration::from_millis(config.router.check_timeout_ms.max(1_000));
+    let bound = (2 * config.replication.heartbeat_interval_ms).max(1_000);
+    let Some(client) = RegionClient::from_config(config, region) else {
+        return false;
+    };
+    if router.cross(region, timeout).await.is_err() {
+        return false;
     }
-    true
+    let Ok(stats) = client.with_timeout(timeout).stats().await else {
+        return false;
+    };
+    states
+        .iter()
+        .filter(|(other, state)| other.as_str() != region && **state == State::Up)
+        .all(|(other, _)| {
+            stats
+                .replication
+                .peers
+                .get(other)
+                .and_then(|p| p.lag_from_ms)
+                .is_some_and(|lag| lag < bound)
+        })
 }
 
-/// Asks `delegate` (or, handing back, the region itself) to move the
-/// region's keys, on the epoch the router saw.
+/// Asks region `at` to move `region`'s keys to `delegate` (`region`
+/// itself: a hand-back), on the epoch the router saw. A move is asked of
+/// the delegate taking the keys; a hand-back of the delegate holding them.
 async fn move_keys(
     router: &Router,
+    at: &str,
     region: &str,
     delegate: &str,
     expect_epoch: u64,
     unreachable_for_ms: Option<u64>,
 ) -> Outcome {
     let config = &router.inner.config;
-    let Some(client) = RegionClient::from_config(config, delegate) else {
-        return Outcome::Failed(format!("region `{delegate}` is not in the config"));
+    let Some(client) = RegionClient::from_config(config, at) else {
+        return Outcome::Failed(format!("region `{at}` is not in the config"));
     };
     let timeout = Duration::from_millis(config.replication.quorum_timeout_ms.max(1_000));
     let m = MoveOwnership {
@@ -212,6 +228,9 @@ async fn move_keys(
         expect_epoch: Some(expect_epoch),
         unreachable_for_ms,
     };
+    if let Err(dropped) = router.cross(at, timeout).await {
+        return Outcome::Failed(dropped);
+    }
     match client.with_timeout(timeout).move_ownership_if(&m).await {
         Ok(answer) => {
             let epoch = answer

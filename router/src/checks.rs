@@ -28,10 +28,13 @@ pub(crate) async fn check_loop(router: Router, region: String, mut w: Worker) {
         let started = Instant::now();
         // The client's own timeout covers connecting and answering; this
         // one also bounds a stalled name lookup.
-        let result = match tokio::time::timeout(timeout, client.readyz()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        let result = match router.cross(&region, timeout).await {
+            Err(dropped) => Err(dropped),
+            Ok(()) => match tokio::time::timeout(timeout, client.readyz()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            },
         };
         let seconds = started.elapsed().as_secs_f64();
         let now_ms = router.inner.clock.now_ms();

@@ -124,9 +124,11 @@ pub struct Seen {
     pub delegated: Result<(String, u64), u64>,
     /// The healthy region nearest to the failed one, if any.
     pub nearest_up: Option<String>,
-    /// Every other region that is up has nothing left to ship to it;
-    /// `None` when not known yet.
-    pub drained: Option<bool>,
+    /// The region has caught up: it trails every other region that is up
+    /// by less than the catch-up bound (its own heartbeat-measured lag);
+    /// `None` when not known yet. Under load a peer's backlog to it is
+    /// never exactly empty, so "nothing left to ship" would never come.
+    pub caught_up: Option<bool>,
 }
 
 /// What the driver must do.
@@ -139,13 +141,19 @@ pub enum Action {
         /// The epoch the router saw.
         expect_epoch: u64,
     },
-    /// Hand the keys back to the region if the epoch is still `expect_epoch`.
+    /// Hand the keys back to the region if the epoch is still
+    /// `expect_epoch`, asking `from`, the delegate holding them: it stops
+    /// taking their writes the moment it records the move, and the move
+    /// reaches the region in `from`'s log after every write `from` took
+    /// for them, so the region owns them again only once it has those.
     HandBack {
+        /// The delegate holding the keys.
+        from: String,
         /// The epoch the router saw.
         expect_epoch: u64,
     },
-    /// Ask every other region what it still has to ship to the region.
-    CheckDrained,
+    /// Ask the region how far it trails the others.
+    CheckCaughtUp,
     /// Nothing this tick.
     Wait,
 }
@@ -195,23 +203,24 @@ impl Failover {
             Phase::Moved if seen.up => {
                 self.up_ms = Some(seen.now_ms);
                 self.phase = Phase::Back;
-                (Action::CheckDrained, true)
+                (Action::CheckCaughtUp, true)
             }
             Phase::Moved => (Action::Wait, false),
-            Phase::Back => match (&seen.delegated, seen.drained) {
+            Phase::Back => match (&seen.delegated, seen.caught_up) {
                 // Handed back by someone else.
                 (Err(_), _) => {
                     self.handed_back_ms = Some(seen.now_ms);
                     self.phase = Phase::Done;
                     (Action::Wait, true)
                 }
-                (Ok((_, epoch)), Some(true)) if seen.up => (
+                (Ok((from, epoch)), Some(true)) if seen.up => (
                     Action::HandBack {
+                        from: from.clone(),
                         expect_epoch: *epoch,
                     },
                     false,
                 ),
-                _ => (Action::CheckDrained, false),
+                _ => (Action::CheckCaughtUp, false),
             },
             Phase::Done => (Action::Wait, false),
         }
@@ -267,12 +276,12 @@ mod tests {
             up,
             delegated: delegated.map(|(d, e)| (d.to_owned(), e)),
             nearest_up: Some("us-east".into()),
-            drained: None,
+            caught_up: None,
         }
     }
 
     #[test]
-    fn a_failover_moves_after_the_grace_and_hands_back_once_drained() {
+    fn a_failover_moves_after_the_grace_and_hands_back_once_caught_up() {
         let mut f = Failover::new("paris", "eu-west", Some(900), 1_000, 2_000, Some(1_500));
         assert_eq!(f.detected_ms(), 1_000);
         assert_eq!(
@@ -301,17 +310,23 @@ mod tests {
             f.on_tick(&seen(4_000, false, Ok(("us-east", 1))), 1_000).0,
             Action::Wait
         );
-        // Back up: check the backlog before handing back.
+        // Back up: it must catch up before the delegate hands back.
         let (a, changed) = f.on_tick(&seen(9_000, true, Ok(("us-east", 1))), 1_000);
         assert_eq!(
             (a, changed, f.phase),
-            (Action::CheckDrained, true, Phase::Back)
+            (Action::CheckCaughtUp, true, Phase::Back)
         );
         let mut s = seen(9_250, true, Ok(("us-east", 1)));
-        s.drained = Some(false);
-        assert_eq!(f.on_tick(&s, 1_000).0, Action::CheckDrained);
-        s.drained = Some(true);
-        assert_eq!(f.on_tick(&s, 1_000).0, Action::HandBack { expect_epoch: 1 });
+        s.caught_up = Some(false);
+        assert_eq!(f.on_tick(&s, 1_000).0, Action::CheckCaughtUp);
+        s.caught_up = Some(true);
+        assert_eq!(
+            f.on_tick(&s, 1_000).0,
+            Action::HandBack {
+                from: "us-east".into(),
+                expect_epoch: 1
+            }
+        );
         assert!(f.on_handed_back(&Outcome::Done(2), 9_300));
         assert_eq!((f.phase, f.handed_back_ms), (Phase::Done, Some(9_300)));
     }

@@ -13,8 +13,9 @@
 //! ([`failover`]): after `failover_grace_ms` the region's keys move to the
 //! healthy region nearest to it under a new ownership epoch, conditional on
 //! the epoch it saw (several routers deciding at once make one move), and
-//! they are handed back once the region is up and its peers' backlog to it
-//! has drained. Each step is measured and written to `failovers`.
+//! they are handed back once the region is up and has caught up (it trails
+//! every other region up by under two heartbeats), by the delegate holding
+//! them. Each step is measured and written to `failovers`.
 //!
 //! - [`health`]: a region's health, a state machine without I/O.
 //! - [`decide`]: route decisions, pure.
@@ -75,6 +76,9 @@ pub struct RouterOptions {
     pub location: String,
     /// The wall clock.
     pub clock: Arc<dyn Clock>,
+    /// Links cut by a drill in this process (`demo --chaos`): a check over
+    /// one gets no answer.
+    pub links: Option<Arc<parallax_core::links::Links>>,
 }
 
 /// A running router: its checks, its view of the regions, its answers.
@@ -88,6 +92,7 @@ struct Inner {
     config: Arc<Config>,
     location: String,
     clock: Arc<dyn Clock>,
+    links: Option<Arc<parallax_core::links::Links>>,
     health: RwLock<BTreeMap<String, Health>>,
     view: RwLock<OwnershipView>,
     /// The rollout stages set at runtime, as last read.
@@ -109,6 +114,7 @@ impl Router {
             config,
             location,
             clock,
+            links,
         } = opts;
         check_location(&config, &location)?;
         let metrics = Metrics::new(&location);
@@ -138,6 +144,7 @@ impl Router {
                 config,
                 location,
                 clock,
+                links,
             }),
         };
         for region in router.inner.config.regions.keys() {
@@ -159,6 +166,18 @@ impl Router {
             .spawn("failover", |w| automation::failover_loop(me, w));
         tracing::info!(location = %router.inner.location, regions = router.inner.config.regions.len(), "Router started.");
         Ok(router)
+    }
+
+    /// Nothing, or — when a drill in this process cut the link from here
+    /// to `region` — `timeout` of silence and the error a call would meet.
+    pub(crate) async fn cross(&self, region: &str, timeout: Duration) -> Result<(), String> {
+        match &self.inner.links {
+            Some(links) => links
+                .cross(&self.inner.location, region, timeout)
+                .await
+                .map_err(|d| d.to_string()),
+            None => Ok(()),
+        }
     }
 
     /// The location this router serves.

@@ -142,6 +142,7 @@ pub(super) async fn run(a: IngestArgs) -> Result<ExitCode> {
                 probe_urls: BTreeMap::new(),
                 tokens: Vec::new(),
                 clock: Arc::new(SystemClock),
+                links: None,
             },
             None,
         )?;

@@ -32,7 +32,21 @@ impl Node {
             LeaseState::Held => return Ok(false),
             LeaseState::HeldAfterLapse | LeaseState::Lapsed { .. } => {}
         }
-        let mut last_try_ms = self.inner.lease_lock.lock().await;
+        // One renewal at a time. A write that finds a renewal of a lapsed
+        // lease in flight is refused at once rather than queued behind it:
+        // while cut off each renewal waits out its timeout (half a lease),
+        // and a client would time out before its 421 came. After a lapse
+        // with the lease held again, it waits for the delegations' read.
+        let mut last_try_ms = match self.inner.lease_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                let state = self.inner.repl.lease(self.inner.clock.now_us());
+                if let LeaseState::Lapsed { .. } = state {
+                    return Err(self.lapsed(class, key, state));
+                }
+                self.inner.lease_lock.lock().await
+            }
+        };
         let mut state = self.inner.repl.lease(self.inner.clock.now_us());
         let now_ms = self.inner.clock.now_ms();
         // While cut off, one attempt per heartbeat interval is enough; the
@@ -61,22 +75,34 @@ impl Node {
                 tracing::info!(region = %self.inner.region, "Owner lease held again; ownership delegations read from a majority.");
                 Ok(true)
             }
-            LeaseState::Lapsed {
-                answered,
-                needed,
-                newest_ms_ago,
-            } => Err(Error::LeaseLapsed(Box::new(LeaseLapsed {
-                region: self.inner.region.clone(),
-                class: class.to_owned(),
-                key: key.to_owned(),
-                answered,
-                needed,
-                lease_ms: self.inner.config.cluster.lease_ms,
-                last: newest_ms_ago
-                    .map(|ms| format!(" (the last answer was to a request sent {ms} ms ago)"))
-                    .unwrap_or_default(),
-            }))),
+            LeaseState::Lapsed { .. } => Err(self.lapsed(class, key, state)),
         }
+    }
+
+    /// The 421 of a write to `class`/`key` refused in lease state `state`.
+    fn lapsed(&self, class: &str, key: &str, state: LeaseState) -> Error {
+        let LeaseState::Lapsed {
+            answered,
+            needed,
+            newest_ms_ago,
+        } = state
+        else {
+            return Error::Unavailable(format!(
+                "the owner lease of {} is being renewed; retry",
+                self.inner.region
+            ));
+        };
+        Error::LeaseLapsed(Box::new(LeaseLapsed {
+            region: self.inner.region.clone(),
+            class: class.to_owned(),
+            key: key.to_owned(),
+            answered,
+            needed,
+            lease_ms: self.inner.config.cluster.lease_ms,
+            last: newest_ms_ago
+                .map(|ms| format!(" (the last answer was to a request sent {ms} ms ago)"))
+                .unwrap_or_default(),
+        }))
     }
 
     /// Asks every peer at once for nothing but an answer (each answer

@@ -21,6 +21,7 @@ pub(crate) fn collector(dir: &Path, region: &str, now_us: u64) -> Collector {
             probe_urls: BTreeMap::new(),
             tokens: vec![],
             clock: Arc::new(ManualClock::new(now_us / 1_000)),
+            links: None,
         },
         None,
     )
