@@ -175,6 +175,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             routers: &routers,
             links: Arc::clone(&links),
             caches: &caches,
+            load: &load,
         })?;
         verdicts = Some(play_chaos(&chaos, &mut regions, &load, &args).await?);
     }
@@ -532,6 +533,11 @@ fn print_summary(config: &Config, regions: &[(String, RunningRegion)], load: &Lo
         n(&load.writes),
         n(&load.session_reads)
     );
+    let failed = load.failed_by_class.lock().expect("failures").clone();
+    if !failed.is_empty() {
+        let parts: Vec<String> = failed.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        println!("  failed, by class: {}", parts.join(", "));
+    }
     println!("\nReplication lag, write at origin -> applied (ms):");
     println!(
         "  {:<20} {:>8} {:>8} {:>8} {:>8}",

@@ -12,10 +12,10 @@
 //! many writes were acknowledged while still replicating (`applied_in`
 //! naming fewer regions than the cluster has).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parallax_core::api::{EntityOp, Resolution};
 use parallax_core::config::Config;
@@ -70,6 +70,8 @@ pub struct Load {
     pub indeterminate: AtomicU64,
     /// Requests that failed otherwise.
     pub failed: AtomicU64,
+    /// Those, by class.
+    pub failed_by_class: Mutex<BTreeMap<String, u64>>,
     /// Writes acknowledged.
     pub writes: AtomicU64,
     /// Writes acknowledged while still replicating: `applied_in` named
@@ -81,7 +83,13 @@ pub struct Load {
     pub likes: AtomicI64,
     /// Increments of `likes` whose outcome is unknown (maybe applied).
     pub likes_unknown: AtomicI64,
+    /// Acknowledged writes (counters, sets, values): when each was
+    /// answered and how long it took, the newest [`LATENCIES_KEPT`].
+    latencies: Mutex<VecDeque<(Instant, Duration)>>,
 }
+
+/// How many write latencies the load keeps.
+const LATENCIES_KEPT: usize = 500_000;
 
 impl Load {
     /// A population at each of `routers`' locations, on `config`'s cluster,
@@ -120,11 +128,13 @@ impl Load {
             fenced: AtomicU64::new(0),
             indeterminate: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            failed_by_class: Mutex::new(BTreeMap::new()),
             writes: AtomicU64::new(0),
             replicating: AtomicU64::new(0),
             session_reads: AtomicU64::new(0),
             likes: AtomicI64::new(0),
             likes_unknown: AtomicI64::new(0),
+            latencies: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -140,8 +150,8 @@ impl Load {
         self.rng.lock().expect("rng lock").below(n)
     }
 
-    /// Counts an answer; the value if it was a success.
-    fn tally<T>(&self, r: Result<T, ClientError>) -> Option<T> {
+    /// Counts an answer to a request on `class`; the value if it was a success.
+    fn tally<T>(&self, class: &str, r: Result<T, ClientError>) -> Option<T> {
         let e = match r {
             Ok(v) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
@@ -159,8 +169,16 @@ impl Load {
             _ => &self.failed,
         };
         let before = counter.fetch_add(1, Ordering::Relaxed);
-        if std::ptr::eq(counter, &self.failed) && before < 3 {
-            eprintln!("  request failed: {e}");
+        if std::ptr::eq(counter, &self.failed) {
+            if before < 3 {
+                eprintln!("  request failed: {e}");
+            }
+            *self
+                .failed_by_class
+                .lock()
+                .expect("failures")
+                .entry(class.to_owned())
+                .or_default() += 1;
         }
         None
     }
@@ -177,13 +195,46 @@ impl Load {
     }
 
     async fn op(&self, p: &Population, class: &str, key: &str, op: EntityOp) -> bool {
+        let started = Instant::now();
         let r = p.client.op(class, key, &op, &WriteOptions::default()).await;
-        self.wrote(self.tally(r)).is_some()
+        self.timed(started, self.wrote(self.tally(class, r)))
     }
 
     async fn put(&self, p: &Population, class: &str, key: &str, v: serde_json::Value) -> bool {
+        let started = Instant::now();
         let r = p.client.put(class, key, &v, &WriteOptions::default()).await;
-        self.wrote(self.tally(r)).is_some()
+        self.timed(started, self.wrote(self.tally(class, r)))
+    }
+
+    /// Keeps the latency of a write started at `started`, if acknowledged.
+    fn timed(&self, started: Instant, w: Option<WriteOutcome>) -> bool {
+        if w.is_some() {
+            let mut l = self.latencies.lock().expect("latencies");
+            if l.len() >= LATENCIES_KEPT {
+                l.pop_front();
+            }
+            l.push_back((Instant::now(), started.elapsed()));
+        }
+        w.is_some()
+    }
+
+    /// The p99 latency of the writes acknowledged between `from` and `to`,
+    /// and how many there were (nearest rank).
+    pub fn write_p99(&self, from: Instant, to: Instant) -> Option<(Duration, usize)> {
+        let mut v: Vec<Duration> = self
+            .latencies
+            .lock()
+            .expect("latencies")
+            .iter()
+            .filter(|(at, _)| *at >= from && *at <= to)
+            .map(|(_, d)| *d)
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let rank = (v.len() as f64 * 0.99).ceil() as usize;
+        Some((v[rank.clamp(1, v.len()) - 1], v.len()))
     }
 
     /// One user operation on a random class, from a random location.
@@ -236,7 +287,7 @@ impl Load {
             other => {
                 let key = format!("k-{}", self.pick(10));
                 let r = p.client.get(other, &key, &ReadOptions::default()).await;
-                self.tally(r);
+                self.tally(other, r);
             }
         }
     }
@@ -255,7 +306,7 @@ impl Load {
             ..ReadOptions::default()
         };
         let logins = self
-            .tally(p.client.get("profiles", &user, &read).await)
+            .tally("profiles", p.client.get("profiles", &user, &read).await)
             .and_then(|r| r.value["logins"].as_i64())
             .unwrap_or(0);
         let now = parallax_core::clock::Clock::now_ms(&parallax_core::clock::SystemClock);
@@ -270,7 +321,7 @@ impl Load {
             ..WriteOptions::default()
         };
         let r = p.client.put("profiles", &user, &body, &write).await;
-        if let Some(w) = self.wrote(self.tally(r)) {
+        if let Some(w) = self.wrote(self.tally("profiles", r)) {
             p.sessions.lock().expect("sessions").insert(user, w.token);
         }
     }
@@ -292,8 +343,8 @@ impl Load {
         let b = q.client.put("tickets", &key, &closed, &opts);
         let (ra, rb) = tokio::join!(a, b);
         let queued = matches!(&ra, Err(e) if e.api_error().is_some_and(|a| a.status == 409));
-        self.wrote(self.tally(ra));
-        self.wrote(self.tally(rb));
+        self.wrote(self.tally("tickets", ra));
+        self.wrote(self.tally("tickets", rb));
         if queued && self.pick(2) == 0 {
             let Ok(region) = p.client.region_for("tickets", &key, "write").await else {
                 return;
@@ -301,7 +352,7 @@ impl Load {
             if let Some(c) = self.regions.get(&region) {
                 let resolution = Resolution::Value(json!({"status": "reviewed"}));
                 let r = c.resolve("tickets", &key, &resolution, None).await;
-                self.wrote(self.tally(r));
+                self.wrote(self.tally("tickets", r));
             }
         }
     }

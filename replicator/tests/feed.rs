@@ -441,6 +441,21 @@ async fn serve(
     (client, stop, server)
 }
 
+/// Ends the node's streams, stops its server and the node.
+async fn stop_serving(
+    node: &Node,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+) {
+    node.close_streams();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn a_stream_sends_each_change_then_heartbeats_and_resumes_after_the_last_event() {
     let dir = tempfile::tempdir().unwrap();
@@ -519,12 +534,7 @@ async fn a_stream_sends_each_change_then_heartbeats_and_resumes_after_the_last_e
     .await
     .expect("the stream ends when the node closes it");
     assert!(matches!(end, Ok(None)), "{end:?}");
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap();
-    node.shutdown(Duration::from_secs(5)).await;
+    stop_serving(&node, stop, server).await;
 }
 
 #[tokio::test]
@@ -603,13 +613,7 @@ async fn the_cache_never_serves_a_version_older_than_its_feed_delivered() {
         report.staleness_p50_ms, report.staleness_p99_ms, report.staleness_max_ms
     );
     cache.stop().await;
-    node.close_streams();
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap();
-    node.shutdown(Duration::from_secs(5)).await;
+    stop_serving(&node, stop, server).await;
 }
 
 /// Waits until `f` holds, at most `limit`.
@@ -680,13 +684,7 @@ async fn a_cache_whose_feed_is_held_stops_serving_from_memory_until_it_is_back()
     }
     assert!(cache.totals().hits > hits, "{:?}", cache.totals());
     cache.stop().await;
-    node.close_streams();
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap();
-    node.shutdown(Duration::from_secs(5)).await;
+    stop_serving(&node, stop, server).await;
 }
 
 #[tokio::test]
@@ -754,13 +752,7 @@ async fn waiting_feed_readers_neither_starve_other_requests_nor_pile_up() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    node.close_streams();
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap();
-    node.shutdown(Duration::from_secs(5)).await;
+    stop_serving(&node, stop, server).await;
 }
 
 async fn in_turn<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {

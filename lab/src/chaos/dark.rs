@@ -184,6 +184,25 @@ impl Chaos<'_> {
         v.notes.push(format!(
             "backlog into {victim} at its return: {peak} entries"
         ));
+        // Live traffic during the drain: the users' write p99 then, against
+        // the 10 s before the outage.
+        let before = self
+            .world
+            .load
+            .write_p99(dark - Duration::from_secs(10), dark);
+        let during = drained.and_then(|d| self.world.load.write_p99(back, back + d));
+        if let (Some((b, nb)), Some((d, nd))) = (before, during) {
+            v.notes.push(format!(
+                "users' write p99 during the drain {:.0} ms ({nd} writes), before the outage {:.0} ms ({nb})",
+                d.as_secs_f64() * 1e3,
+                b.as_secs_f64() * 1e3
+            ));
+        }
+        if drained.is_some() && eta.is_none() {
+            v.notes.push(format!(
+                "drain: over before {victim} published a drain rate and ETA"
+            ));
+        }
         if let (Some(((rate, eta_ms), at)), Some(done)) = (eta, drained) {
             let predicted = at + Duration::from_millis(eta_ms);
             let err = (predicted.as_secs_f64() - done.as_secs_f64()).abs()

@@ -44,11 +44,16 @@ use parallax_router::health::State;
 use serde_json::Value;
 
 use crate::caches::DemoCaches;
+use crate::load::Load;
 use crate::process::{RunningRegion, RunningRouter};
 
 /// The shortest outage the verdicts can judge: the `unreachable` alert
 /// needs 30 s of failed probes, then an evaluation.
 pub const MIN_OUTAGE: Duration = Duration::from_secs(40);
+
+/// How long the load runs before the first failure: the baseline the
+/// users' write latency during a drain is compared with.
+const BASELINE: Duration = Duration::from_secs(10);
 
 /// What one scenario measured, and whether it passed.
 #[derive(Clone, Debug, Default)]
@@ -122,6 +127,8 @@ pub struct World<'a> {
     pub links: Arc<Links>,
     /// The demo's application caches, kept by the regions' feeds.
     pub caches: &'a DemoCaches,
+    /// The demo's users (their write latencies are read).
+    pub load: &'a Load,
 }
 
 /// The chaos run: the cluster's parts it acts on and its clock.
@@ -156,6 +163,11 @@ impl<'a> Chaos<'a> {
             names.first().cloned().unwrap_or_default(),
             names.last().cloned().unwrap_or_default(),
         );
+        self.say(&format!(
+            "the users' load runs {} s as a baseline before the first failure",
+            BASELINE.as_secs()
+        ));
+        tokio::time::sleep(BASELINE).await;
         let mut verdicts = vec![
             self.region_dark(regions, &last, outage, "region_unreachable")
                 .await?,
