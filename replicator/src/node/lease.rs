@@ -3,6 +3,7 @@
 //! conditional ownership move must find at a majority (see
 //! [`crate::replication::LeaseState`] for the rule and why it holds).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -12,6 +13,10 @@ use parallax_core::protocol::{PeerRequest, PeerResponse};
 
 use super::Node;
 use crate::replication::LeaseState;
+
+/// How long a write waits for a lease renewal it started before it is
+/// refused (the renewal goes on).
+const RENEWAL_WAIT: Duration = Duration::from_millis(250);
 
 impl Node {
     /// The silence (ms) a conditional move needs: the lease plus the
@@ -49,14 +54,23 @@ impl Node {
         };
         let mut state = self.inner.repl.lease(self.inner.clock.now_us());
         let now_ms = self.inner.clock.now_ms();
-        // While cut off, one attempt per heartbeat interval is enough; the
-        // writes in between are refused at once instead of each waiting.
+        // While cut off, one renewal per half heartbeat interval is enough,
+        // and none while one is asking. It runs in the background: this
+        // write waits for it only a moment (peers that are up answer in
+        // milliseconds) and is refused past that, rather than waiting out
+        // the renewal's timeout while its client gives up.
         let again_ms = self.inner.config.replication.heartbeat_interval_ms / 2;
         if matches!(state, LeaseState::Lapsed { .. })
             && now_ms.saturating_sub(*last_try_ms) >= again_ms
+            && !self.inner.lease_renewing.swap(true, Ordering::AcqRel)
         {
-            self.ping_peers().await;
-            *last_try_ms = self.inner.clock.now_ms();
+            *last_try_ms = now_ms;
+            let node = self.clone();
+            let renewal = tokio::spawn(async move {
+                node.ping_peers().await;
+                node.inner.lease_renewing.store(false, Ordering::Release);
+            });
+            let _ = tokio::time::timeout(RENEWAL_WAIT, renewal).await;
             state = self.inner.repl.lease(self.inner.clock.now_us());
         }
         match state {

@@ -160,8 +160,11 @@ struct Inner {
     ownership_lock: tokio::sync::Mutex<()>,
     /// Set when the node stops: open change-feed streams end.
     streams_closed: tokio::sync::watch::Sender<bool>,
-    /// Lease renewals, one at a time; holds when the last one ended (ms).
+    /// Lease checks after a lapse, one at a time; holds when the last
+    /// renewal started (ms).
     lease_lock: tokio::sync::Mutex<u64>,
+    /// A lease renewal is asking the peers (in the background).
+    lease_renewing: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -263,6 +266,7 @@ impl Node {
             ownership_lock: tokio::sync::Mutex::new(()),
             streams_closed: tokio::sync::watch::Sender::new(false),
             lease_lock: tokio::sync::Mutex::new(0),
+            lease_renewing: std::sync::atomic::AtomicBool::new(false),
         });
         let workers = &inner.workers;
         let relay = telemetry.clone();
