@@ -265,3 +265,58 @@ async fn a_cut_link_between_two_regions_is_bridged_through_the_third_and_alerted
         }
     }
 }
+
+/// `parallax demo --netns`: every region and router on a host of its own,
+/// the users' load through the routers across the bridge, converged at the
+/// end, and the namespaces gone after.
+#[test]
+fn the_demo_runs_its_regions_and_routers_on_hosts_of_their_own() {
+    if let Err(e) = parallax_lab::netns::Net::available() {
+        common::missing_tool(&format!("{e}"));
+        return;
+    }
+    let child = std::process::Command::new(common::binary())
+        .args(["demo", "--netns", "--duration", "5", "--rate", "100"])
+        .args(["--no-web", "--seed", "7"])
+        .env("PARALLAX_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Regions and routers listen on the hosts' addresses, not loopback.
+    for name in ["region us-east", "region eu-west", "router paris"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` line: {stdout}"));
+        assert!(line.contains("http://10.213."), "{line}");
+    }
+    assert!(
+        stdout.contains("converged: every region holds identical data"),
+        "{stdout}"
+    );
+    let ok: u64 = stdout
+        .split("Load: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        ok > 100,
+        "the users' operations crossed the bridge: {stdout}"
+    );
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.contains(&format!("px-demo{pid}-")),
+        "the demo left namespaces behind: {left}"
+    );
+}

@@ -17,6 +17,7 @@ use parallax_replicator::Node;
 use serde_json::json;
 
 use crate::drill::{divergence_drill, failover_drill};
+use crate::hosts::Hosts;
 use crate::load::Load;
 use crate::process::{self, RunningRegion, RunningRouter};
 
@@ -60,13 +61,20 @@ pub struct DemoArgs {
     #[arg(long)]
     pub linger: bool,
     /// Play failures under the load, with a printed timeline and a verdict
-    /// each (a region dark for --outage-secs, a clock 2 s ahead, a
-    /// corrupted entity); exits 1 if a verdict fails.
+    /// each (a region dark for --outage-secs, a partial partition, a clock
+    /// 2 s ahead, a corrupted entity, split-brain routing, a silent cache
+    /// feed); exits 1 if a verdict fails.
     #[arg(long, conflicts_with = "no_web")]
     pub chaos: bool,
     /// With --chaos: how long the region stays dark (seconds, at least 40).
     #[arg(long, default_value_t = 120)]
     pub outage_secs: u64,
+    /// Run each region and each location's router as a host of its own: a
+    /// network namespace with its own address, so their traffic crosses a
+    /// real (virtual) network and --chaos cuts links in the kernel. Needs
+    /// root, `ip` (iproute2) and `nft` (nftables).
+    #[arg(long)]
+    pub netns: bool,
 }
 
 /// `parallax demo`.
@@ -78,6 +86,14 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             "deploy/examples/three-regions.toml (built in)",
         )?,
     };
+    // Declared before the regions: dropped (namespaces deleted) after them.
+    let (hosts, config) = if args.netns {
+        let (hosts, moved) = Hosts::create(&config)?;
+        (Some(hosts), moved)
+    } else {
+        (None, config)
+    };
+    let hosts = hosts.as_ref();
     let config = Arc::new(config);
     if args.chaos && Duration::from_secs(args.outage_secs) < crate::chaos::MIN_OUTAGE {
         anyhow::bail!(
@@ -104,18 +120,29 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         config.regions.len(),
         data_dir.display()
     );
+    if let Some(h) = hosts {
+        println!(
+            "  every region and router is a host of its own (network namespaces px-demo{}-*); \
+             this shell reaches them from {}",
+            std::process::id(),
+            h.caller_addr()
+        );
+    }
     let links = Arc::new(Links::new());
     let mut regions = Vec::new();
     for name in config.regions.keys() {
-        let r = process::start_region(process::Setup {
-            config: Arc::clone(&config),
-            region: name,
-            data_dir: &data_dir,
-            simulate_wan: !args.no_wan,
-            allow_fault_injection: true,
-            clock_skew_ms: 0,
-            links: Some(Arc::clone(&links)),
-        })
+        let r = crate::hosts::start_region(
+            hosts,
+            process::Setup {
+                config: Arc::clone(&config),
+                region: name,
+                data_dir: &data_dir,
+                simulate_wan: !args.no_wan,
+                allow_fault_injection: true,
+                clock_skew_ms: 0,
+                links: Some(Arc::clone(&links)),
+            },
+        )
         .await?;
         println!(
             "  region {name:<8} http://{}   (one-way WAN latency simulated: {})",
@@ -158,7 +185,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         first.addr, first.addr
     );
 
-    let routers = start_routers(&config, &links).await?;
+    let routers = start_routers(&config, &links, hosts).await?;
     let load = Load::new(&config, &routers, seed);
     println!(
         "  users at {} reach the cluster through their location's router",
@@ -174,6 +201,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             web: w.addr,
             routers: &routers,
             links: Arc::clone(&links),
+            hosts,
             caches: &caches,
             load: &load,
         })?;
@@ -327,11 +355,16 @@ async fn play_chaos(
 
 /// Starts a router for every `[routers.<location>]` (on a free port if
 /// its own is taken) and waits until each sees every region up.
-async fn start_routers(config: &Arc<Config>, links: &Arc<Links>) -> Result<Vec<RunningRouter>> {
+async fn start_routers(
+    config: &Arc<Config>,
+    links: &Arc<Links>,
+    hosts: Option<&Hosts>,
+) -> Result<Vec<RunningRouter>> {
     let mut routers = Vec::new();
     for location in config.routers.keys() {
         let start = |listen, dns| {
-            process::start_router(
+            crate::hosts::start_router(
+                hosts,
                 Arc::clone(config),
                 location,
                 listen,
@@ -341,6 +374,8 @@ async fn start_routers(config: &Arc<Config>, links: &Arc<Links>) -> Result<Vec<R
         };
         let r = match start(None, None).await {
             Ok(r) => r,
+            // A host of its own has its ports to itself.
+            Err(e) if hosts.is_some() => return Err(e),
             Err(e) => {
                 let free = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
                 let dns = config

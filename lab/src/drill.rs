@@ -1,8 +1,13 @@
 //! Drills the demo plays on a running cluster: a divergence (corrupt,
 //! audit, repair, audit) and a failover (move ownership and back).
 
-use anyhow::Result;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use parallax_core::clock::Clock;
 use parallax_core::config::Config;
+use parallax_core::{ReadOptions, RegionClient, WriteOptions};
+use serde_json::json;
 
 use crate::process::RunningRegion;
 
@@ -38,27 +43,46 @@ fn audit_options(classes: Vec<String>) -> parallax_auditor::AuditOptions {
 /// Corrupts one critical entity in the second region and audits the
 /// critical classes, recording the audit (so the dashboards and the
 /// `divergence` alert see it); `None` when there is nothing to corrupt.
+/// The entity is one of its own, written and replicated first: a key the
+/// users write could be mended by their next write before the audit, and
+/// the auditor's recheck would rightly call it replication in flight.
 pub async fn corrupt_and_audit(
     config: &Config,
     regions: &[(String, RunningRegion)],
 ) -> Result<Option<parallax_auditor::AuditReport>> {
     let critical = critical(config);
-    let Some((class, key)) = critical.iter().find_map(|c| {
-        let first = regions[0]
-            .1
-            .node
-            .scan(c, None, 1)
-            .ok()?
-            .into_iter()
-            .next()?;
-        Some((c.clone(), first.0))
-    }) else {
+    let Some(class) = critical.first().cloned() else {
         return Ok(None);
     };
+    let clock = parallax_core::clock::SystemClock;
+    let key = format!("drill-{}", clock.now_us());
+    let client = |region: &str| {
+        RegionClient::from_config(config, region)
+            .map(|c| c.with_tokens(&config.cluster.client_token, &config.cluster.admin_token))
+            .with_context(|| format!("no address for region {region}"))
+    };
+    client(&regions[0].0)?
+        .put(
+            &class,
+            &key,
+            &json!({"drill": "corruption"}),
+            &WriteOptions::default(),
+        )
+        .await
+        .with_context(|| format!("writing {class}/{key} to corrupt"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (name, _) in regions {
+        let c = client(name)?;
+        while c.get(&class, &key, &ReadOptions::default()).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("{class}/{key} did not reach {name} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let node = &regions[1].1.node;
     node.inject_fault(&class, &key, parallax_core::api::Fault::Corrupt)
         .await?;
-    let clock = parallax_core::clock::SystemClock;
     let found =
         parallax_auditor::audit(&targets(regions), &audit_options(critical), &clock).await?;
     regions[0]

@@ -23,6 +23,7 @@ pub mod caches;
 pub mod chaos;
 pub mod demo;
 pub mod drill;
+pub mod hosts;
 pub mod load;
 pub mod netns;
 pub mod process;

@@ -186,6 +186,34 @@ impl Net {
         c
     }
 
+    /// A tokio runtime whose every thread lives on host `name`: what runs
+    /// on it listens on and connects from that host's address, in this
+    /// process. (A network namespace belongs to a thread, not a process:
+    /// `setns` moves only the calling thread, and a socket stays in the
+    /// namespace it was made in.) Shut it down with
+    /// [`tokio::runtime::Runtime::shutdown_background`] when dropping it
+    /// from async code.
+    pub fn runtime(&self, name: &str, workers: usize) -> Result<tokio::runtime::Runtime> {
+        let path = format!("/run/netns/{}", self.namespace(name));
+        // Fail here, with the reason, rather than in a worker thread.
+        let probe = path.clone();
+        std::thread::spawn(move || enter(&probe))
+            .join()
+            .map_err(|_| anyhow::anyhow!("entering {path} panicked"))??;
+        let on_start = path;
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .thread_name(format!("{}-{name}", self.tag))
+            .on_thread_start(move || {
+                if let Err(e) = enter(&on_start) {
+                    panic!("a runtime thread cannot enter {on_start}: {e:#}");
+                }
+            })
+            .enable_all()
+            .build()
+            .with_context(|| format!("making a runtime on host `{name}`"))
+    }
+
     /// Cuts the link between hosts `a` and `b`: each drops what it sends
     /// the other; both still reach every other host and the caller.
     pub fn cut(&self, a: &str, b: &str) -> Result<()> {
@@ -207,6 +235,18 @@ impl Net {
                 set.remove(&other);
             }
             self.apply(host, cuts.get(host).unwrap_or(&none))?;
+        }
+        Ok(())
+    }
+
+    /// Mends every cut, the caller's included.
+    pub fn heal_all(&self) -> Result<()> {
+        let mut cuts = self.cuts.lock().unwrap_or_else(|e| e.into_inner());
+        for (host, set) in cuts.iter_mut() {
+            if !set.is_empty() {
+                set.clear();
+                self.apply(host, set)?;
+            }
         }
         Ok(())
     }
@@ -273,6 +313,41 @@ impl Drop for Net {
             let _ = ip(&["netns", "del", &self.ns(name)]);
         }
     }
+}
+
+/// Deletes what nets tagged `<prefix><pid>` left behind when the process
+/// `pid` has exited without dropping them (killed): a run that tags its
+/// net with its own pid does not disturb another running at once.
+pub fn remove_left_by_exited(prefix: &str) -> Result<()> {
+    let start = format!("px-{prefix}");
+    for ns in namespaces()? {
+        let Some(rest) = ns.strip_prefix(&start) else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", &ns]);
+        }
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+fn enter(path: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    #[expect(unsafe_code, reason = "setns has no safe wrapper in std")]
+    // SAFETY: `file` is an open namespace file for the call's duration;
+    // setns only changes which network namespace this thread's new
+    // sockets are made in.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        bail!(
+            "setns into {path}: {}. Fix: run as root",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 /// The effective user id, from `id -u` (the workspace has no unsafe code
@@ -349,14 +424,23 @@ mod tests {
             .is_ok_and(|s| s.success())
     }
 
+    /// Whether this machine can make hosts; says SKIPPED if not, and
+    /// fails under `PARALLAX_REQUIRE_TOOLS`.
+    fn can_make_hosts() -> bool {
+        let Err(e) = Net::available() else {
+            return true;
+        };
+        assert!(
+            std::env::var_os("PARALLAX_REQUIRE_TOOLS").is_none(),
+            "PARALLAX_REQUIRE_TOOLS is set: {e}"
+        );
+        eprintln!("SKIPPED: {e}");
+        false
+    }
+
     #[test]
     fn a_cut_link_drops_only_that_pair() {
-        if let Err(e) = Net::available() {
-            assert!(
-                std::env::var_os("PARALLAX_REQUIRE_TOOLS").is_none(),
-                "PARALLAX_REQUIRE_TOOLS is set: {e}"
-            );
-            eprintln!("SKIPPED: {e}");
+        if !can_make_hosts() {
             return;
         }
         let net = Net::create("unit", &["a", "b", "c"]).unwrap();
@@ -398,6 +482,57 @@ mod tests {
             names.iter().all(|n| !left.contains(n)),
             "namespaces left: {left:?}"
         );
+    }
+
+    #[test]
+    fn a_runtime_on_a_host_listens_and_connects_from_there() {
+        if !can_make_hosts() {
+            return;
+        }
+        let net = Net::create("unitrt", &["a", "b", "c"]).unwrap();
+        let [a, b, c] = ["a", "b", "c"].map(|h| net.runtime(h, 1).unwrap());
+        // Only a thread on b can listen on b's address.
+        let b_addr = std::net::SocketAddr::from((net.addr("b"), 0));
+        assert!(std::net::TcpListener::bind(b_addr).is_err());
+        // `block_on` polls on the calling thread: what must run on the
+        // host is spawned onto the runtime's own threads.
+        let listener = b
+            .block_on(b.spawn(tokio::net::TcpListener::bind(b_addr)))
+            .unwrap()
+            .expect("a thread of b's runtime binds b's address");
+        let at = listener.local_addr().unwrap();
+        b.spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                drop(conn);
+            }
+        });
+        let connects = |rt: &tokio::runtime::Runtime| {
+            rt.block_on(rt.spawn(async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_millis(500),
+                    tokio::net::TcpStream::connect(at),
+                )
+                .await
+                .is_ok_and(|c| c.is_ok())
+            }))
+            .unwrap()
+        };
+        assert!(connects(&a) && connects(&c));
+        net.cut("a", "b").unwrap();
+        assert!(
+            !connects(&a),
+            "a's runtime still reaches b through a cut link"
+        );
+        assert!(connects(&c), "c's runtime lost b when only a–b was cut");
+        assert!(
+            std::net::TcpStream::connect_timeout(&at, std::time::Duration::from_secs(1)).is_ok(),
+            "the caller lost b"
+        );
+        net.heal("a", "b").unwrap();
+        assert!(connects(&a));
+        for rt in [a, b, c] {
+            rt.shutdown_background();
+        }
     }
 
     struct KillOnDrop(std::process::Child);

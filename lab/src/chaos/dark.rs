@@ -100,15 +100,18 @@ impl Chaos<'_> {
             outage.as_secs()
         ));
         let back = Instant::now();
-        let region = process::start_region(process::Setup {
-            config: Arc::clone(&self.world.config),
-            region: &name,
-            data_dir: self.world.data_dir,
-            simulate_wan: self.world.simulate_wan,
-            allow_fault_injection: true,
-            clock_skew_ms: 0,
-            links: Some(Arc::clone(&self.world.links)),
-        })
+        let region = crate::hosts::start_region(
+            self.world.hosts,
+            process::Setup {
+                config: Arc::clone(&self.world.config),
+                region: &name,
+                data_dir: self.world.data_dir,
+                simulate_wan: self.world.simulate_wan,
+                allow_fault_injection: true,
+                clock_skew_ms: 0,
+                links: Some(Arc::clone(&self.world.links)),
+            },
+        )
         .await?;
         regions.insert(at, (name, region));
         let node = regions[at].1.node.clone();

@@ -3,7 +3,7 @@
 //! and a verdict: detected after, mitigated after, recovered after, the
 //! alert fired and resolved.
 //!
-//! Played here, on loopback in this process (the drills of record run on
+//! Played here, in this process (the drills of record run on
 //! network namespaces: `tests/netns.rs`, `tests/split_brain.rs`,
 //! `tests/backlog.rs`, `tests/cache.rs`):
 //! - a region goes dark for `--outage-secs`: the routers fail its users
@@ -21,7 +21,9 @@
 //!   alerted on ([`caches`]).
 //!
 //! Links are cut with [`Links`]: the transport, the collectors' probes and
-//! the routers' checks drop what crosses a cut link.
+//! the routers' checks drop what crosses a cut link. With `demo --netns`
+//! the regions and routers are hosts of their own ([`Hosts`]) and a cut is
+//! made in the kernel; the cache feed is still held with [`Links`].
 
 mod caches;
 mod clock;
@@ -44,6 +46,7 @@ use parallax_router::health::State;
 use serde_json::Value;
 
 use crate::caches::DemoCaches;
+use crate::hosts::Hosts;
 use crate::load::Load;
 use crate::process::{RunningRegion, RunningRouter};
 
@@ -125,6 +128,10 @@ pub struct World<'a> {
     pub routers: &'a [RunningRouter],
     /// The links the regions, collectors, routers and caches obey.
     pub links: Arc<Links>,
+    /// With `demo --netns`, the hosts the regions and routers run on: a
+    /// cut between two sites is then made in the kernel (the caches' feeds
+    /// are still silenced with `links`: a stuck subscription, not a cut).
+    pub hosts: Option<&'a Hosts>,
     /// The demo's application caches, kept by the regions' feeds.
     pub caches: &'a DemoCaches,
     /// The demo's users (their write latencies are read).
@@ -193,7 +200,33 @@ impl<'a> Chaos<'a> {
                 .await?,
         );
         self.world.links.heal_all();
+        if let Some(h) = self.world.hosts {
+            h.heal_all()?;
+        }
         Ok(verdicts)
+    }
+
+    /// Cuts sites `a` and `b` apart: regions and routers there stop
+    /// reaching each other (both still reach every other site).
+    fn cut(&self, a: &str, b: &str) -> Result<()> {
+        match self.world.hosts {
+            Some(h) => h.cut(a, b),
+            None => {
+                self.world.links.cut(a, b);
+                Ok(())
+            }
+        }
+    }
+
+    /// Mends what [`Chaos::cut`] cut.
+    fn heal(&self, a: &str, b: &str) -> Result<()> {
+        match self.world.hosts {
+            Some(h) => h.heal(a, b),
+            None => {
+                self.world.links.heal(a, b);
+                Ok(())
+            }
+        }
     }
 
     /// Microseconds since the epoch at `at` (by the system clock).

@@ -45,7 +45,7 @@ impl Chaos<'_> {
             via.join(", ")
         ));
         let cut = Instant::now();
-        self.world.links.cut(a, b);
+        self.cut(a, b)?;
         let probe_failed = |from: &RunningRegion, to: &str| {
             from.collector
                 .probes()
@@ -124,7 +124,7 @@ impl Chaos<'_> {
         self.mark(regions, &format!("the link {a}-{b} mended"));
         self.say(&format!("the link {a}-{b} is mended"));
         let healed = Instant::now();
-        self.world.links.heal(a, b);
+        self.heal(a, b)?;
         v.recovered = self
             .wait("the detour ends", Duration::from_secs(60), || async {
                 let direct = |r: &RunningRegion, other: &str| {

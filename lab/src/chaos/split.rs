@@ -5,6 +5,7 @@
 //! lapses first, so it refuses those writes (421) rather than take them
 //! beside the new owner; mended, it forwards them and gets its keys back.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,8 @@ struct Sent {
     acked_by: Option<String>,
     /// Refused before anything was applied (421).
     fenced: bool,
+    /// Why it failed otherwise: the status, or what happened to the call.
+    failed: Option<String>,
 }
 
 /// Writes `{prefix}chaos-<n % 4>` every 100 ms until `stop`, through `put`.
@@ -69,7 +72,7 @@ async fn writer<F, Fut>(
     mut stop: watch::Receiver<bool>,
 ) where
     F: Fn(String, Value) -> Fut,
-    Fut: std::future::Future<Output = Result<String, Option<u16>>>,
+    Fut: std::future::Future<Output = Result<String, (Option<u16>, String)>>,
 {
     let mut every = tokio::time::interval(Duration::from_millis(100));
     let mut n = 0u64;
@@ -86,7 +89,16 @@ async fn writer<F, Fut>(
             started,
             ended: Instant::now(),
             acked_by: r.as_ref().ok().cloned(),
-            fenced: r == Err(Some(421)),
+            fenced: matches!(r, Err((Some(421), _))),
+            failed: match r {
+                Err((Some(421), _)) | Ok(_) => None,
+                // Manual policy: a key with siblings takes no write until
+                // a person resolves it.
+                Err((Some(409), _)) => Some("409 (its siblings wait for a person)".into()),
+                Err((Some(code), _)) => Some(code.to_string()),
+                Err((None, e)) if e.contains("timed out") => Some("timed out".into()),
+                Err((None, _)) => Some("no answer".into()),
+            },
         };
         sent.lock().expect("sent").push(s);
     }
@@ -155,7 +167,8 @@ impl Chaos<'_> {
         );
         let (stop, stopped) = watch::channel(false);
         let (stale_sent, routed_sent) = (Arc::default(), Arc::default());
-        let status = |e: parallax_core::ClientError| e.api_error().map(|a| a.status);
+        let status =
+            |e: parallax_core::ClientError| (e.api_error().map(|a| a.status), format!("{e:#}"));
         let stale_task = {
             let (class, stale) = (class.clone(), stale.clone());
             tokio::spawn(writer(
@@ -221,7 +234,7 @@ impl Chaos<'_> {
         ));
         let cut = Instant::now();
         for o in &others {
-            self.world.links.cut(victim, o);
+            self.cut(victim, o)?;
         }
         v.detected = self
             .declared_down(&far_routers, victim, cut, Duration::from_secs(15))
@@ -273,7 +286,7 @@ impl Chaos<'_> {
         self.say(&format!("{victim} is reconnected"));
         let healed = Instant::now();
         for o in &others {
-            self.world.links.heal(victim, o);
+            self.heal(victim, o)?;
         }
         v.recovered = self
             .wait("its keys come back", Duration::from_secs(60), || async {
@@ -351,14 +364,28 @@ impl Chaos<'_> {
             .iter()
             .filter(|s| s.acked_by.as_deref().is_some_and(|r| r != victim))
             .count();
-        let unanswered = stale
-            .iter()
-            .filter(|s| s.acked_by.is_none() && !s.fenced)
-            .count();
+        let mut why: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in stale.iter() {
+            if let Some(f) = &s.failed {
+                *why.entry(f.as_str()).or_default() += 1;
+            }
+        }
         v.notes.push(format!(
-            "stale client: {} writes, {fenced} fenced (421), {forwarded} forwarded to the owner, {unanswered} failed \
-             otherwise, last taken by {victim} {}",
+            "stale client: {} writes, {fenced} fenced (421), {forwarded} forwarded to the owner, {} failed \
+             otherwise{}, last taken by {victim} {}",
             stale.len(),
+            why.values().sum::<usize>(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    why.iter()
+                        .map(|(k, n)| format!("{k}: {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
             last_by_victim.map_or("before the cut".to_owned(), |d| format!(
                 "{:.1} s after the cut",
                 d.as_secs_f64()
