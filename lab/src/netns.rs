@@ -38,6 +38,9 @@ const NET: [u8; 2] = [10, 213];
 /// Only one [`Net`] is made at a time in a process (they pick free subnets).
 static MAKING: Mutex<()> = Mutex::new(());
 
+/// And only one at a time on the machine: this file is locked meanwhile.
+const LOCK: &str = "/run/parallax-netns.lock";
+
 /// A set of hosts on one bridge; deleted on drop.
 #[derive(Debug)]
 pub struct Net {
@@ -84,6 +87,15 @@ impl Net {
             );
         }
         let _one_at_a_time = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+        // And one at a time on this machine: two processes choosing a
+        // subnet at once could both take the same one.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK)
+            .with_context(|| format!("opening {LOCK}"))?;
+        lock.lock().with_context(|| format!("locking {LOCK}"))?;
         let prefix = format!("px-{tag}-");
         for stale in namespaces()?.into_iter().filter(|n| n.starts_with(&prefix)) {
             let _ = ip(&["netns", "del", &stale]);
