@@ -20,27 +20,37 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Runs `promtool args` in `deploy/prometheus`; its output on failure.
-fn promtool(args: &[&str]) -> Option<Result<(), String>> {
-    let out = Command::new("promtool")
-        .args(args)
-        .current_dir(root().join("deploy/prometheus"))
-        .output();
-    let Ok(out) = out else {
-        common::missing_tool(
-            "promtool is not installed (Debian package `prometheus`; .ci/run installs it)",
-        );
+/// Runs a checking tool: whether it succeeded and what it said; `None`
+/// (after `common::missing_tool`, which fails under CI) when it is not
+/// installed (`install` says how to get it).
+fn run_tool(command: &mut Command, install: &str) -> Option<(bool, String)> {
+    let Ok(out) = command.output() else {
+        let program = command.get_program().to_string_lossy().into_owned();
+        common::missing_tool(&format!(
+            "{program} is not installed ({install}; .ci/run installs it)"
+        ));
         return None;
     };
-    Some(if out.status.success() {
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), said))
+}
+
+/// Runs `promtool args` in `deploy/prometheus`; its output on failure.
+fn promtool(args: &[&str]) -> Option<Result<(), String>> {
+    let (ok, said) = run_tool(
+        Command::new("promtool")
+            .args(args)
+            .current_dir(root().join("deploy/prometheus")),
+        "Debian package `prometheus`",
+    )?;
+    Some(if ok {
         Ok(())
     } else {
-        Err(format!(
-            "promtool {}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(format!("promtool {}: {said}", args.join(" ")))
     })
 }
 
@@ -177,21 +187,15 @@ fn the_grafana_dashboard_is_well_formed_and_its_queries_are_promql_over_exported
     }
     let path = dir.path().join("queries.yml");
     std::fs::write(&path, rules).unwrap();
-    let Ok(out) = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&path)
-        .output()
-    else {
-        common::missing_tool(
-            "promtool is not installed (Debian package `prometheus`; .ci/run installs it)",
-        );
+    let Some((ok, said)) = run_tool(
+        Command::new("promtool").args(["check", "rules"]).arg(&path),
+        "Debian package `prometheus`",
+    ) else {
         return;
     };
     assert!(
-        out.status.success(),
-        "a dashboard query is not PromQL: {}{}\nqueries: {exprs:#?}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ok,
+        "a dashboard query is not PromQL: {said}\nqueries: {exprs:#?}"
     );
 }
 
@@ -296,24 +300,228 @@ fn the_systemd_units_verify_and_run_the_binarys_commands() {
             .replace(installed, &binary.to_string_lossy());
         std::fs::write(temp.path().join(name), text).unwrap();
     }
-    let Ok(out) = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .args(&names)
-        .current_dir(temp.path())
-        .output()
-    else {
-        common::missing_tool(
-            "systemd-analyze is not installed (Debian package `systemd`; .ci/run installs it)",
-        );
+    let Some((ok, said)) = run_tool(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .args(&names)
+            .current_dir(temp.path()),
+        "Debian package `systemd`",
+    ) else {
         return;
     };
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
-        out.status.success() && said.trim().is_empty(),
+        ok && said.trim().is_empty(),
         "systemd-analyze verify: {said}"
     );
+}
+
+/// Checks a container's `parallax <sub> <args>`: every flag exists and the
+/// config is the mounted one; the value a flag is given, by flag.
+fn checked_args<'a>(file: &str, sub: &str, args: &'a [String]) -> impl Fn(&str) -> Option<&'a str> {
+    let flags: Vec<String> = args
+        .iter()
+        .filter(|a| a.starts_with("--"))
+        .cloned()
+        .collect();
+    assert_flags_exist(file, sub, &flags);
+    let arg = move |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    };
+    assert_eq!(
+        arg("--config"),
+        Some("/etc/parallax/parallax.toml"),
+        "{file}: `parallax {sub}`"
+    );
+    arg
+}
+
+/// The JSON array after `key: ` on `line`, if the line is that key's.
+fn array_of(line: &str, key: &str) -> Option<Vec<String>> {
+    let rest = line.trim().strip_prefix(&format!("{key}: "))?;
+    serde_json::from_str(rest).ok()
+}
+
+#[test]
+fn the_compose_cluster_matches_its_config_the_binary_and_the_dockerfile() {
+    let file = "deploy/compose/compose.yml";
+    let config = Config::load(&root().join("deploy/compose/parallax.toml")).unwrap();
+    // Service by service: its command and published ports.
+    let mut services: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    let mut in_services = false;
+    for line in read(file).lines().filter(|l| !l.trim().is_empty()) {
+        if !line.starts_with(' ') {
+            in_services = line == "services:";
+            continue;
+        }
+        let indented = line.strip_prefix("  ").unwrap_or(line);
+        if in_services && !indented.starts_with(' ') && indented.ends_with(':') {
+            services.push((indented.trim_end_matches(':').to_owned(), vec![], vec![]));
+        } else if let Some((_, command, ports)) = services.last_mut().filter(|_| in_services) {
+            if let Some(c) = array_of(line, "command") {
+                *command = c;
+            } else if let Some(p) = array_of(line, "ports") {
+                *ports = p;
+            }
+        }
+    }
+    let names: BTreeSet<&str> = services.iter().map(|(n, _, _)| n.as_str()).collect();
+    for region in config.regions.keys() {
+        assert!(
+            names.contains(region.as_str()),
+            "{file}: no service for region {region}"
+        );
+    }
+    let port_of = |p: &str| -> u16 {
+        let inside = p.rsplit(':').next().unwrap();
+        inside.split('/').next().unwrap().parse().unwrap()
+    };
+    let mut listened = BTreeSet::new();
+    for (service, command, ports) in &services {
+        let (sub, args) = command
+            .split_first()
+            .unwrap_or_else(|| panic!("{file}: service {service} runs no command"));
+        let arg = checked_args(file, sub, args);
+        // What it listens on inside its container: the ports it publishes.
+        let own: Vec<u16> = match sub.as_str() {
+            "region" => {
+                let region = arg("--region").unwrap();
+                assert_eq!(
+                    region, service,
+                    "{file}: a region's service is named after it"
+                );
+                let r = &config.regions[region];
+                assert_eq!(
+                    r.advertise.as_deref(),
+                    Some(format!("http://{service}:{}", r.listen.port()).as_str()),
+                    "{region}: peers reach it by its service name"
+                );
+                vec![r.listen.port()]
+            }
+            "router" => {
+                let site = &config.routers[arg("--location").unwrap()];
+                [Some(site.listen), site.dns_listen]
+                    .into_iter()
+                    .flatten()
+                    .map(|a| a.port())
+                    .collect()
+            }
+            "web" => vec![config.web.listen.port()],
+            other => panic!("{file}: service {service} runs `parallax {other}`"),
+        };
+        for p in ports {
+            assert!(
+                own.contains(&port_of(p)),
+                "{file}: {service} publishes {p}, but listens on {own:?}"
+            );
+        }
+        listened.extend(own);
+    }
+    let docker = read("deploy/docker/Dockerfile");
+    let exposed: BTreeSet<u16> = docker
+        .lines()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(|l| l.split_whitespace().map(port_of).collect::<Vec<_>>())
+        .collect();
+    assert!(
+        listened.is_subset(&exposed),
+        "the image exposes {exposed:?}, the cluster listens on {listened:?}"
+    );
+    assert!(
+        docker.contains("--profile dist") && docker.contains("target/dist/parallax"),
+        "the image ships the dist profile's binary"
+    );
+    assert!(
+        read("Cargo.toml").contains("[profile.dist]"),
+        "Cargo.toml has the dist profile"
+    );
+    // docker-compose reads the file as Docker does.
+    let Some((ok, said)) = run_tool(
+        Command::new("docker-compose")
+            .args(["-f", "compose.yml", "config", "--quiet"])
+            .current_dir(root().join("deploy/compose")),
+        "Debian package `docker-compose`",
+    ) else {
+        return;
+    };
+    assert!(ok, "docker-compose config: {said}");
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_and_match_their_config_and_the_binary() {
+    let dir = "deploy/kubernetes";
+    let config = Config::load(&root().join(dir).join("parallax.toml")).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    let mut regions_seen = BTreeSet::new();
+    for name in &files {
+        let file = format!("{dir}/{name}");
+        let text = read(&file);
+        let number = |l: &str, key: &str| -> Option<u16> {
+            l.trim()
+                .strip_prefix(key)?
+                .trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+        };
+        let declared: BTreeSet<u16> = text
+            .lines()
+            .filter_map(|l| {
+                number(l, "containerPort:").or_else(|| number(l, "prometheus.io/port:"))
+            })
+            .collect();
+        for args in text.lines().filter_map(|l| array_of(l, "args")) {
+            let (sub, rest) = args.split_first().unwrap();
+            let arg = checked_args(&file, sub, rest);
+            let listens: BTreeSet<u16> = match sub.as_str() {
+                "region" => {
+                    let region = arg("--region").unwrap();
+                    regions_seen.insert(region.to_owned());
+                    let r = &config.regions[region];
+                    assert!(
+                        text.contains(&format!("  name: {region}\n")),
+                        "{file}: the Service is named after the region"
+                    );
+                    assert_eq!(
+                        r.advertise.as_deref(),
+                        Some(
+                            format!(
+                                "http://{region}.parallax.svc.cluster.local:{}",
+                                r.listen.port()
+                            )
+                            .as_str()
+                        ),
+                        "{file}: peers reach {region} through its Service"
+                    );
+                    [r.listen.port()].into()
+                }
+                "router" => [config.routers[arg("--location").unwrap()].listen.port()].into(),
+                "web" => [config.web.listen.port()].into(),
+                other => panic!("{file}: runs `parallax {other}`"),
+            };
+            assert_eq!(
+                declared, listens,
+                "{file}: declared ports vs what the process listens on"
+            );
+        }
+    }
+    let want: BTreeSet<String> = config.regions.keys().cloned().collect();
+    assert_eq!(regions_seen, want, "a manifest for every region");
+    let Some((ok, said)) = run_tool(
+        Command::new("kubernetes-validate")
+            .arg("--strict")
+            .args(&files)
+            .current_dir(root().join(dir)),
+        "PyPI `kubernetes-validate`",
+    ) else {
+        return;
+    };
+    assert!(ok && !said.contains("ERROR"), "kubernetes-validate: {said}");
 }
