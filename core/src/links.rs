@@ -61,16 +61,6 @@ impl Links {
         a != b && self.cut.read().expect("links lock").contains(&pair(a, b))
     }
 
-    /// The links cut now, each as (lesser name, greater name).
-    pub fn cuts(&self) -> Vec<(String, String)> {
-        self.cut
-            .read()
-            .expect("links lock")
-            .iter()
-            .cloned()
-            .collect()
-    }
-
     /// What a call from `from` to `to` meets: nothing if the link is up;
     /// if it is cut, `timeout` of silence and then [`Dropped`].
     pub async fn cross(&self, from: &str, to: &str, timeout: Duration) -> Result<(), Dropped> {
@@ -112,7 +102,6 @@ mod tests {
         assert!(!links.is_cut("us-east", "us-east"));
         links.heal("eu-west", "us-east");
         assert!(!links.is_cut("us-east", "eu-west"));
-        assert!(links.cuts().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

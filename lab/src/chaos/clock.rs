@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{CAUGHT_UP_MS, Chaos, Verdict};
+use super::{CAUGHT_UP_MS, Chaos, Verdict, seen_by_others};
 use crate::process::RunningRegion;
 
 impl Chaos<'_> {
@@ -18,11 +18,7 @@ impl Chaos<'_> {
         rule: &str,
     ) -> Result<Verdict> {
         let mut v = Verdict::new(&format!("{victim}'s clock jumps 2 s ahead"), rule);
-        let region = &regions
-            .iter()
-            .find(|(n, _)| n == victim)
-            .context("no such region")?
-            .1;
+        let region = super::region(regions, victim).context("no such region")?;
         let refused = |regions: &[(String, RunningRegion)]| -> u64 {
             regions
                 .iter()
@@ -42,17 +38,10 @@ impl Chaos<'_> {
                 "an offset of about 2 s is measured",
                 Duration::from_secs(30),
                 || async {
-                    regions
+                    seen_by_others(regions, victim)
                         .iter()
-                        .filter(|(n, _)| n != victim)
-                        .any(|(_, r)| {
-                            r.node
-                                .stats()
-                                .replication
-                                .peers
-                                .get(victim)
-                                .is_some_and(|p| p.clock_offset_ms > 1_000)
-                        })
+                        .flatten()
+                        .any(|p| p.clock_offset_ms > 1_000)
                         .then(|| jump.elapsed())
                 },
             )
@@ -88,15 +77,10 @@ impl Chaos<'_> {
         // a second.
         v.recovered = self
             .wait("its writes flow again", Duration::from_secs(60), || async {
-                regions
+                seen_by_others(regions, victim)
                     .iter()
-                    .filter(|(n, _)| n != victim)
-                    .all(|(_, r)| {
-                        r.node
-                            .stats()
-                            .replication
-                            .peers
-                            .get(victim)
+                    .all(|p| {
+                        p.as_ref()
                             .and_then(|p| p.lag_from_ms)
                             .is_some_and(|l| l < CAUGHT_UP_MS)
                     })

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{Chaos, Verdict, caught_up, owner_of};
+use super::{Chaos, Verdict, caught_up, owner_of, seen_by_others};
 use crate::process::{self, RunningRegion};
 
 impl Chaos<'_> {
@@ -115,21 +115,11 @@ impl Chaos<'_> {
         .await?;
         regions.insert(at, (name, region));
         let node = regions[at].1.node.clone();
-        let backlog = |regions: &[(String, RunningRegion)]| -> u64 {
-            regions
-                .iter()
-                .filter(|(n, _)| n != victim)
-                .filter_map(|(_, r)| {
-                    r.node
-                        .stats()
-                        .replication
-                        .peers
-                        .get(victim)
-                        .map(|p| p.backlog_ops)
-                })
-                .sum()
-        };
-        let peak = backlog(regions);
+        let peak: u64 = seen_by_others(regions, victim)
+            .iter()
+            .flatten()
+            .map(|p| p.backlog_ops)
+            .sum();
         // One loop watches it all, so each is timed when it happens: the
         // back region's first drain estimate, its catching up (under load
         // a backlog is never quite 0: caught up is trailing every peer by

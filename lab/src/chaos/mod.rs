@@ -41,6 +41,7 @@ use anyhow::Result;
 use parallax_core::clock::{Clock, SystemClock};
 use parallax_core::config::Config;
 use parallax_core::links::Links;
+use parallax_core::stats::PeerStats;
 use parallax_core::telemetry::FailoverEvent;
 use parallax_router::health::State;
 use serde_json::Value;
@@ -355,6 +356,21 @@ impl<'a> Chaos<'a> {
         }
         out
     }
+}
+
+/// The running region named `name`.
+fn region<'r>(regions: &'r [(String, RunningRegion)], name: &str) -> Option<&'r RunningRegion> {
+    regions.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+}
+
+/// How every region but `peer` sees its replication with `peer` (`None`
+/// from a region that has no entry for it).
+fn seen_by_others(regions: &[(String, RunningRegion)], peer: &str) -> Vec<Option<PeerStats>> {
+    regions
+        .iter()
+        .filter(|(n, _)| n != peer)
+        .map(|(_, r)| r.node.stats().replication.peers.get(peer).cloned())
+        .collect()
 }
 
 /// Who owns `region`'s keys as each region sees it: `Some(owner)` when

@@ -29,8 +29,7 @@ impl Chaos<'_> {
         rule: &str,
     ) -> Result<Verdict> {
         let mut v = Verdict::new(&format!("the link {a}-{b} is cut"), rule);
-        let node = |name: &str| regions.iter().find(|(n, _)| n == name).map(|(_, r)| r);
-        let (Some(ra), Some(rb)) = (node(a), node(b)) else {
+        let (Some(ra), Some(rb)) = (super::region(regions, a), super::region(regions, b)) else {
             v.failures.push(format!("no region {a} or {b}"));
             return Ok(v);
         };
@@ -101,20 +100,7 @@ impl Chaos<'_> {
             .wait(
                 "the alert fires",
                 CUT_FOR.saturating_sub(cut.elapsed()) + Duration::from_secs(30),
-                || async {
-                    let alerts = self.alerts(rule).await;
-                    alerts
-                        .iter()
-                        .any(|(state, l)| {
-                            let pair = (
-                                l.get("vantage").map(String::as_str),
-                                l.get("target").map(String::as_str),
-                            );
-                            state == "firing"
-                                && (pair == (Some(a), Some(b)) || pair == (Some(b), Some(a)))
-                        })
-                        .then(|| cut.elapsed())
-                },
+                || async { self.pair_firing(rule, a, b).await.then(|| cut.elapsed()) },
             )
             .await;
         self.after(v.fired, &format!("alert {rule} fired"));
@@ -151,12 +137,7 @@ impl Chaos<'_> {
         );
         v.resolved = self
             .wait("the alert resolves", Duration::from_secs(90), || async {
-                let firing = self.alerts(rule).await.iter().any(|(state, l)| {
-                    state == "firing"
-                        && [a, b].contains(&l.get("vantage").map_or("", String::as_str))
-                        && [a, b].contains(&l.get("target").map_or("", String::as_str))
-                });
-                (!firing).then(|| healed.elapsed())
+                (!self.pair_firing(rule, a, b).await).then(|| healed.elapsed())
             })
             .await;
         self.after(v.resolved, &format!("alert {rule} resolved"));
@@ -166,6 +147,18 @@ impl Chaos<'_> {
                 .push("writes did not cross the cut both ways within 15 s".into());
         }
         Ok(v)
+    }
+
+    /// Whether an alert of `rule` is firing for the pair `a`–`b`, from
+    /// either side (labels `vantage` and `target`).
+    async fn pair_firing(&self, rule: &str, a: &str, b: &str) -> bool {
+        self.alerts(rule).await.iter().any(|(state, l)| {
+            let pair = (
+                l.get("vantage").map(String::as_str),
+                l.get("target").map(String::as_str),
+            );
+            state == "firing" && (pair == (Some(a), Some(b)) || pair == (Some(b), Some(a)))
+        })
     }
 
     /// Writes a key in `a` and reads it in `b`, then the reverse: how long

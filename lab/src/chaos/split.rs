@@ -63,17 +63,44 @@ struct Sent {
     failed: Option<String>,
 }
 
-/// Writes `{prefix}chaos-<n % 4>` every 100 ms until `stop`, through `put`.
-async fn writer<F, Fut>(
-    put: F,
+/// How many keys each writer cycles through.
+const KEYS: u64 = 4;
+
+/// A writer of the drill: a client holding the old answer, or one
+/// following its router's answers.
+enum Writer {
+    Stale(RegionClient),
+    Routed(RoutedClient),
+}
+
+impl Writer {
+    /// Writes `value` to `class`/`key`: the region that acknowledged it,
+    /// or the status (if any) and the error.
+    async fn put(
+        &self,
+        class: &str,
+        key: &str,
+        value: &Value,
+    ) -> Result<String, (Option<u16>, String)> {
+        let opts = WriteOptions::default();
+        let r = match self {
+            Writer::Stale(c) => c.put(class, key, value, &opts).await,
+            Writer::Routed(c) => c.put(class, key, value, &opts).await,
+        };
+        r.map(|w| w.served_by)
+            .map_err(|e| (e.api_error().map(|a| a.status), format!("{e:#}")))
+    }
+}
+
+/// Writes `{prefix}chaos-<n % KEYS>` of `class` every 100 ms until `stop`.
+async fn writer(
+    client: Writer,
+    class: String,
     prefix: String,
     by: &'static str,
     sent: Arc<Mutex<Vec<Sent>>>,
     mut stop: watch::Receiver<bool>,
-) where
-    F: Fn(String, Value) -> Fut,
-    Fut: std::future::Future<Output = Result<String, (Option<u16>, String)>>,
-{
+) {
     let mut every = tokio::time::interval(Duration::from_millis(100));
     let mut n = 0u64;
     loop {
@@ -82,9 +109,11 @@ async fn writer<F, Fut>(
             _ = stop.changed() => return,
         }
         n += 1;
-        let key = format!("{prefix}chaos-{}", n % 4);
+        let key = format!("{prefix}chaos-{}", n % KEYS);
         let started = Instant::now();
-        let r = put(key, json!({"cents": n, "by": by})).await;
+        let r = client
+            .put(&class, &key, &json!({"cents": n, "by": by}))
+            .await;
         let s = Sent {
             started,
             ended: Instant::now(),
@@ -119,7 +148,7 @@ impl Chaos<'_> {
                 .push(format!("no home-owned key prefix of {victim}"));
             return Ok(v);
         };
-        let Some((_, region)) = regions.iter().find(|(n, _)| n == victim) else {
+        let Some(region) = super::region(regions, victim) else {
             v.failures.push(format!("no region {victim}"));
             return Ok(v);
         };
@@ -160,53 +189,27 @@ impl Chaos<'_> {
                     .with_client_geo(follower.router.location())
             })
             .ok_or_else(|| anyhow::anyhow!("no URL for {victim}"))?;
-        let routed = Arc::new(
-            RoutedClient::new(vec![format!("http://{}", follower.addr)], None)
-                .with_tokens(&tokens.0, &tokens.1)
-                .with_timeout(Duration::from_secs(2)),
-        );
+        let routed = RoutedClient::new(vec![format!("http://{}", follower.addr)], None)
+            .with_tokens(&tokens.0, &tokens.1)
+            .with_timeout(Duration::from_secs(2));
         let (stop, stopped) = watch::channel(false);
         let (stale_sent, routed_sent) = (Arc::default(), Arc::default());
-        let status =
-            |e: parallax_core::ClientError| (e.api_error().map(|a| a.status), format!("{e:#}"));
-        let stale_task = {
-            let (class, stale) = (class.clone(), stale.clone());
-            tokio::spawn(writer(
-                move |key, value| {
-                    let (class, stale) = (class.clone(), stale.clone());
-                    async move {
-                        stale
-                            .put(&class, &key, &value, &WriteOptions::default())
-                            .await
-                            .map(|w| w.served_by)
-                            .map_err(status)
-                    }
-                },
-                prefix.clone(),
-                "stale",
-                Arc::clone(&stale_sent),
-                stopped.clone(),
-            ))
-        };
-        let routed_task = {
-            let (class, routed) = (class.clone(), Arc::clone(&routed));
-            tokio::spawn(writer(
-                move |key, value| {
-                    let (class, routed) = (class.clone(), Arc::clone(&routed));
-                    async move {
-                        routed
-                            .put(&class, &key, &value, &WriteOptions::default())
-                            .await
-                            .map(|w| w.served_by)
-                            .map_err(status)
-                    }
-                },
-                prefix.clone(),
-                "routed",
-                Arc::clone(&routed_sent),
-                stopped,
-            ))
-        };
+        let stale_task = tokio::spawn(writer(
+            Writer::Stale(stale),
+            class.clone(),
+            prefix.clone(),
+            "stale",
+            Arc::clone(&stale_sent),
+            stopped.clone(),
+        ));
+        let routed_task = tokio::spawn(writer(
+            Writer::Routed(routed),
+            class.clone(),
+            prefix.clone(),
+            "routed",
+            Arc::clone(&routed_sent),
+            stopped,
+        ));
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         // Every other region, and the routers away from its site.
@@ -365,26 +368,19 @@ impl Chaos<'_> {
             .filter(|s| s.acked_by.as_deref().is_some_and(|r| r != victim))
             .count();
         let mut why: BTreeMap<&str, usize> = BTreeMap::new();
-        for s in stale.iter() {
-            if let Some(f) = &s.failed {
-                *why.entry(f.as_str()).or_default() += 1;
-            }
+        for f in stale.iter().filter_map(|s| s.failed.as_deref()) {
+            *why.entry(f).or_default() += 1;
         }
+        let reasons: Vec<String> = why.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         v.notes.push(format!(
             "stale client: {} writes, {fenced} fenced (421), {forwarded} forwarded to the owner, {} failed \
              otherwise{}, last taken by {victim} {}",
             stale.len(),
             why.values().sum::<usize>(),
-            if why.is_empty() {
+            if reasons.is_empty() {
                 String::new()
             } else {
-                format!(
-                    " ({})",
-                    why.iter()
-                        .map(|(k, n)| format!("{k}: {n}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                format!(" ({})", reasons.join(", "))
             },
             last_by_victim.map_or("before the cut".to_owned(), |d| format!(
                 "{:.1} s after the cut",
@@ -419,7 +415,7 @@ impl Chaos<'_> {
             .filter_map(|r| RegionClient::from_config(&self.world.config, r))
             .collect();
         let mut with_siblings = 0;
-        for n in 0..4 {
+        for n in 0..KEYS {
             let key = format!("{prefix}chaos-{n}");
             let same = self
                 .wait("the key converges", Duration::from_secs(20), || async {
@@ -444,7 +440,7 @@ impl Chaos<'_> {
             }
         }
         v.notes.push(format!(
-            "{class} keys written: 4, the same in every region; {with_siblings} hold siblings for a person \
+            "{class} keys written: {KEYS}, the same in every region; {with_siblings} hold siblings for a person \
              (the old owner's last writes before its lease lapsed, concurrent with the new owner's)"
         ));
     }
