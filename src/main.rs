@@ -10,6 +10,8 @@ mod client;
 mod region;
 mod router;
 mod sql;
+mod status;
+mod table;
 mod web;
 
 use std::path::PathBuf;
@@ -58,6 +60,10 @@ enum Command {
     Changes(client::ChangesArgs),
     /// Show a region's live counters (replication, conflicts, requests).
     Stats(client::RegionTarget),
+    /// The cluster on one screen: every region's health, replication lag
+    /// and backlog by pair, the last audit of each critical class and every
+    /// SLO. Exits 0 when all is well, 1 when something needs a person.
+    Status(status::StatusArgs),
     /// Move ownership of a region's keys to another region (after that region
     /// failed), under a new epoch that fences writes the old owner still takes.
     Failover(client::FailoverArgs),
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
             Command::Conflicts(a) => client::conflicts(a).await,
             Command::Resolve(a) => client::put(a, true).await,
             Command::Stats(a) => client::stats(a).await,
+            Command::Status(a) => status::run(a).await,
             Command::Changes(a) => client::changes(a).await,
             Command::Failover(a) => client::failover(a).await,
             Command::Ownership(a) => client::ownership(a).await,

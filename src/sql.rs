@@ -70,37 +70,7 @@ pub(crate) async fn run(a: SqlArgs) -> Result<ExitCode> {
                 .iter()
                 .map(|r| r.iter().map(cell).collect())
                 .collect();
-            let widths: Vec<usize> = (0..columns.len())
-                .map(|i| {
-                    rows.iter()
-                        .map(|r| r[i].chars().count())
-                        .chain([columns[i].chars().count()])
-                        .max()
-                        .unwrap_or(0)
-                })
-                .collect();
-            let line = |cells: &[String]| {
-                cells
-                    .iter()
-                    .zip(&widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-                    .trim_end()
-                    .to_owned()
-            };
-            println!("{}", line(&columns));
-            println!(
-                "{}",
-                widths
-                    .iter()
-                    .map(|w| "-".repeat(*w))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            );
-            for r in &rows {
-                println!("{}", line(r));
-            }
+            print!("{}", crate::table::render(&columns, &rows));
             println!(
                 "({} row{}{}, {:.1} ms)",
                 rows.len(),

@@ -171,3 +171,105 @@ fn an_audit_that_cannot_run_exits_2_naming_the_problem() {
     assert_eq!(code, 2, "an error exits 2");
     assert!(err.contains("/nonexistent/parallax.toml"), "{err}");
 }
+
+/// `parallax status` on a running cluster: every region ready, every pair
+/// drained, the critical class's last audit and the SLO from the tables;
+/// exit 0. With a region killed: exit 1, the region named unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_cluster_on_one_screen_and_exits_1_with_a_region_down() {
+    let mut c = Cluster::with(
+        "[classes.accounts]\nconflict = \"lww\"\ncritical = true\n\n\
+         [collector]\nflush_interval_ms = 200\n\n\
+         [slos.availability]\nkind = \"availability\"\nobjective = 99.9\n",
+        &[],
+    );
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+    let client = reqwest::Client::new();
+    for n in 0..30 {
+        let r = client
+            .put(format!("{}/v1/entities/accounts/acct-{n}", c.url(n % 3)))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "balance": n }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !drained(&c).await {
+        assert!(Instant::now() < deadline, "replication did not drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cfg = c.config.to_str().unwrap().to_owned();
+    let data = c.data_dir().to_str().unwrap().to_owned();
+    let dir = c.dir.path().to_owned();
+    let status = |json: bool| {
+        let mut args = vec!["status", "--config", &cfg, "--data-dir", &data];
+        if json {
+            args.push("--json");
+        }
+        run(&args, &dir)
+    };
+    let (code, out, err) = run(&["audit", "--config", &cfg, "--lag-bound-ms", "1000"], &dir);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The audit's row reaches the tables at the collector's next flush.
+    let report = common::eventually("status shows the audit", Duration::from_secs(20), || {
+        let (code, out, err) = status(true);
+        async move {
+            assert_eq!(code, 0, "all is well: {out}\n{err}");
+            let report: Value = serde_json::from_str(&out).unwrap();
+            report["audits"][0]["at"].is_string().then_some(report)
+        }
+    })
+    .await;
+    let states: Vec<&str> = report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["ready"; 3], "{report}");
+    let pairs = report["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 6, "{report}");
+    for p in pairs {
+        assert_eq!(p["backlog_ops"], 0, "{p}");
+        assert!(p["lag_ms"].is_u64(), "{p}");
+    }
+    let audit = &report["audits"][0];
+    assert_eq!(
+        (&audit["class"], &audit["entities"], &audit["divergent"]),
+        (&json!("accounts"), &json!(30), &json!(0)),
+        "{report}"
+    );
+    let slos = report["slos"].as_array().unwrap();
+    assert_eq!(slos.len(), 3, "one availability SLO per region: {report}");
+    assert_eq!(report["problems"], json!([]), "{report}");
+    let (code, out, _) = status(false);
+    assert_eq!(code, 0, "{out}");
+    for want in ["us-east -> eu-west", "accounts", "availability", "all well"] {
+        assert!(out.contains(want), "{want}:\n{out}");
+    }
+
+    c.kill9(1);
+    let (code, out, _) = status(false);
+    assert_eq!(code, 1, "a region down needs a person:\n{out}");
+    assert!(out.contains("us-west is unreachable"), "{out}");
+    let (_, out, _) = status(true);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let west = report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "us-west")
+        .unwrap();
+    assert_eq!(west["state"], "unreachable", "{report}");
+    let from_west = report["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["from"] == "us-west" && p["to"] == "us-east")
+        .unwrap();
+    assert_eq!(from_west["backlog_ops"], Value::Null, "{report}");
+}

@@ -2,7 +2,7 @@
 //! them (promtool checks the Prometheus config and rules and runs the
 //! rules' unit tests) and checked against the binary: the scrape targets
 //! are the example config's addresses, and every metric the rules use is
-//! one the regions or routers export and the README documents.
+//! one the regions, routers or web app export and the README documents.
 
 mod common;
 
@@ -97,12 +97,12 @@ fn rust_sources(dir: &Path, out: &mut String) {
     }
 }
 
-/// Panics unless every metric `file` uses is one a region or router
-/// exports and the README's metric tables list.
+/// Panics unless every metric `file` uses is one a region, router or the
+/// web app exports and the README's metric tables list.
 fn assert_exported_and_documented(file: &str, used: &BTreeSet<String>) {
     assert!(!used.is_empty(), "{file} uses no parallax metric");
     let mut exported = String::new();
-    for dir in ["collector/src", "router/src"] {
+    for dir in ["collector/src", "router/src", "web/src"] {
         rust_sources(&root().join(dir), &mut exported);
     }
     let documented: BTreeSet<String> = read("README.md")
@@ -113,7 +113,7 @@ fn assert_exported_and_documented(file: &str, used: &BTreeSet<String>) {
     for name in used {
         assert!(
             exported.contains(&format!("\"{name}\"")),
-            "{file} uses {name}, which no region or router exports"
+            "{file} uses {name}, which no region, router or web app exports"
         );
         assert!(
             documented.contains(name),
@@ -200,20 +200,28 @@ fn the_grafana_dashboard_is_well_formed_and_its_queries_are_promql_over_exported
 }
 
 #[test]
-fn the_scrape_targets_are_the_example_configs_regions_and_routers() {
+fn the_scrape_targets_are_the_example_configs_regions_routers_and_web_app() {
     let config = Config::from_toml(
         &read("deploy/examples/three-regions.toml"),
         "deploy/examples/three-regions.toml",
     )
     .unwrap();
     let scrape = read("deploy/prometheus/prometheus.yml");
-    // Each target line is followed by its `instance_region:` or `location:`.
+    // Each target line is followed by its `instance_region:` or `location:`;
+    // the web app's job has one target.
     let mut regions = BTreeSet::new();
     let mut routers = BTreeSet::new();
+    let mut web = Vec::new();
+    let mut job = "";
     let mut target = None;
     for line in scrape.lines().map(str::trim) {
-        if let Some(t) = line.strip_prefix("- targets: [\"") {
+        if let Some(name) = line.strip_prefix("- job_name: ") {
+            job = name;
+        } else if let Some(t) = line.strip_prefix("- targets: [\"") {
             target = t.strip_suffix("\"]").map(str::to_owned);
+            if job == "parallax-web" {
+                web.extend(target.take());
+            }
         } else if let Some(name) = line.strip_prefix("instance_region: ") {
             regions.insert((name.to_owned(), target.take().expect("a target first")));
         } else if let Some(name) = line.strip_prefix("location: ") {
@@ -232,6 +240,11 @@ fn the_scrape_targets_are_the_example_configs_regions_and_routers() {
         .collect();
     assert_eq!(regions, want_regions, "regions scraped vs the config's");
     assert_eq!(routers, want_routers, "routers scraped vs the config's");
+    assert_eq!(
+        web,
+        [config.web.listen.to_string()],
+        "the web app scraped vs the config's [web] listen"
+    );
 }
 
 /// The `parallax` command lines of `file` (after `prefix`, e.g.

@@ -4,9 +4,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, Int64Array};
@@ -195,31 +194,7 @@ async fn metrics_pass_promtool_check_metrics() {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
-    let Ok(mut promtool) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        common::missing_tool(
-            "promtool is not installed (Debian package `prometheus`; .ci/run installs it)",
-        );
-        return;
-    };
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::promtool_check_metrics(&text);
 }
 
 /// Every Parquet file under `root` opens; returns the rows of `requests`

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Web, run};
 use parallax_collector::{Collector, CollectorOptions};
-use parallax_core::clock::ManualClock;
+use parallax_core::clock::{Clock, ManualClock};
 use parallax_core::config::CollectorConfig;
 use parallax_core::telemetry::{Event, RequestEvent};
 use serde_json::{Value, json};
@@ -189,4 +189,195 @@ async fn a_stopping_web_app_finishes_delivering_its_notices() {
         "the retry was made before the web app exited"
     );
     receiving.abort();
+}
+
+/// A receiver answering every notice with `status`; its URL.
+async fn receiver(status: u16) -> (String, tokio::task::JoinHandle<()>) {
+    let code = axum::http::StatusCode::from_u16(status).unwrap();
+    let app = axum::Router::new().route("/hook", axum::routing::post(move || async move { code }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let serving = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, serving)
+}
+
+/// The value of the series of `name` whose labels include every one of
+/// `labels` (`key="value"`), if `text` has one.
+fn series(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        let matches = if labels.is_empty() {
+            rest.is_empty()
+        } else {
+            rest.starts_with('{') && labels.iter().all(|l| rest.contains(l))
+        };
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// `parallax web` exports its own metrics: its requests by route template
+/// and status, user and app queries by outcome, each rule's evaluations
+/// (a rule whose query fails counts as failed) and alerts, and notices
+/// delivered or failed by notifier; promtool accepts the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallax_web_exports_its_requests_queries_evaluations_and_deliveries() {
+    let (ok_hook, ok_serving) = receiver(200).await;
+    let (down_hook, down_serving) = receiver(500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    fill(&data);
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/three-regions.toml"),
+    )
+    .unwrap()
+    .replace("eval_interval_ms = 5000", "eval_interval_ms = 200");
+    let config = dir.path().join("parallax.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{example}\n\
+             [alerts.always]\nkind = \"sql\"\nsql = \"SELECT 'x' AS what\"\nnotify = [\"oncall\", \"down\"]\n\n\
+             [alerts.broken]\nkind = \"sql\"\nsql = \"SELECT no_such_column FROM requests\"\n\n\
+             [notifiers.oncall]\nkind = \"webhook\"\nurl = \"{ok_hook}\"\n\n\
+             [notifiers.down]\nkind = \"webhook\"\nurl = \"{down_hook}\"\nmax_attempts = 1\n"
+        ),
+    )
+    .unwrap();
+    let web = Web::start(&config, &data);
+    let url = web.url.clone();
+    let http = reqwest::Client::new();
+    let sql = |q: &str| {
+        http.post(format!("{url}/api/v1/sql"))
+            .json(&json!({ "sql": q }))
+            .send()
+    };
+    assert_eq!(
+        sql("SELECT count(*) FROM requests").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        sql("SELECT nope FROM requests").await.unwrap().status(),
+        400
+    );
+    let page = http.get(format!("{url}/replication")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let missing = http
+        .get(format!("{url}/no/such/page"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // Wait for a delivery through each notifier.
+    let scrape = || async {
+        let resp = http.get(format!("{url}/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let kind = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+        resp.text().await.unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = scrape().await;
+        let delivered = |notifier: &str, outcome: &str| {
+            series(
+                &text,
+                "parallax_notifications_total",
+                &[
+                    &format!("notifier=\"{notifier}\""),
+                    &format!("outcome=\"{outcome}\""),
+                ],
+            )
+            .is_some_and(|n| n >= 1.0)
+        };
+        if delivered("oncall", "ok") && delivered("down", "failed") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no deliveries counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let at_least = |name: &str, labels: &[&str], want: f64| {
+        let got = series(&text, name, labels);
+        assert!(
+            got.is_some_and(|v| v >= want),
+            "{name}{labels:?} = {got:?}, want at least {want}:\n{text}"
+        );
+    };
+    let exactly = |name: &str, labels: &[&str], want: f64| {
+        let got = series(&text, name, labels);
+        assert_eq!(got, Some(want), "{name}{labels:?}:\n{text}");
+    };
+    let requests = "parallax_web_requests_total";
+    exactly(
+        requests,
+        &[
+            r#"route="/api/v1/sql""#,
+            r#"method="POST""#,
+            r#"status="200""#,
+        ],
+        1.0,
+    );
+    exactly(
+        requests,
+        &[r#"route="/api/v1/sql""#, r#"status="400""#],
+        1.0,
+    );
+    exactly(requests, &[r#"route="unmatched""#, r#"status="404""#], 1.0);
+    exactly(
+        requests,
+        &[r#"route="/replication""#, r#"status="200""#],
+        1.0,
+    );
+    let queries = "parallax_sql_queries_total";
+    exactly(queries, &[r#"source="user""#, r#"outcome="ok""#], 1.0);
+    exactly(
+        queries,
+        &[r#"source="user""#, r#"outcome="invalid_query""#],
+        1.0,
+    );
+    // The page's and the rules' own queries.
+    at_least(queries, &[r#"source="app""#, r#"outcome="ok""#], 2.0);
+    at_least(
+        queries,
+        &[r#"source="app""#, r#"outcome="invalid_query""#],
+        1.0,
+    );
+    exactly("parallax_sql_queries_running", &[r#"source="user""#], 0.0);
+    let evaluations = "parallax_alert_evaluations_total";
+    at_least(
+        evaluations,
+        &[r#"rule="broken""#, r#"outcome="failed""#],
+        1.0,
+    );
+    at_least(evaluations, &[r#"rule="always""#, r#"outcome="ok""#], 1.0);
+    assert_eq!(
+        series(&text, evaluations, &[r#"rule="broken""#, r#"outcome="ok""#]),
+        None,
+        "{text}"
+    );
+    exactly(
+        "parallax_alerts",
+        &[r#"rule="always""#, r#"state="firing""#],
+        1.0,
+    );
+    exactly(
+        "parallax_alerts",
+        &[r#"rule="broken""#, r#"state="firing""#],
+        0.0,
+    );
+    let last = series(
+        &text,
+        "parallax_alert_last_evaluation_timestamp_seconds",
+        &[],
+    )
+    .unwrap();
+    let now = parallax_core::clock::SystemClock.now_us() as f64 / 1e6;
+    assert!((now - last).abs() < 30.0, "last round at {last}, now {now}");
+    common::promtool_check_metrics(&text);
+    drop(web);
+    ok_serving.abort();
+    down_serving.abort();
 }

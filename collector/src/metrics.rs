@@ -368,10 +368,15 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding cannot fail");
-        String::from_utf8(out).unwrap_or_default()
+        text(&self.registry)
     }
+}
+
+/// A registry's metrics in the Prometheus text format.
+pub fn text(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding cannot fail");
+    String::from_utf8(out).unwrap_or_default()
 }

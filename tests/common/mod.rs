@@ -485,6 +485,37 @@ pub(crate) fn missing_tool(what: &str) {
     eprintln!("SKIPPED: {what}");
 }
 
+/// Panics unless `promtool check metrics` accepts `text` (a `/metrics`
+/// answer); skips (or fails under CI) when promtool is missing.
+pub(crate) fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let Ok(mut promtool) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        missing_tool(
+            "promtool is not installed (Debian package `prometheus`; .ci/run installs it)",
+        );
+        return;
+    };
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A `parallax router` process, killed when dropped.
 pub(crate) struct RouterProcess {
     child: Child,

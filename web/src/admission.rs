@@ -12,9 +12,10 @@
 //!   up to a minute).
 //!
 //! Neither lane can take the other's slots: SQL clients hammering the API
-//! leave every page slot free. `/healthz` is in no lane. User queries have
-//! their own, narrower bound beyond this one (`web.sql_max_concurrent`,
-//! see the SQL engine's pool).
+//! leave every page slot free. `/healthz` and `/metrics` are in no lane:
+//! a flood of page views cannot keep Prometheus from scraping. User
+//! queries have their own, narrower bound beyond this one
+//! (`web.sql_max_concurrent`, see the SQL engine's pool).
 
 use std::sync::Arc;
 
@@ -56,7 +57,7 @@ enum Lane {
 impl Lane {
     /// The lane of a request; `None` for the health check.
     fn of(method: &Method, path: &str) -> Option<Lane> {
-        if path == "/healthz" {
+        if path == "/healthz" || path == "/metrics" {
             return None;
         }
         let reads = *method == Method::GET || *method == Method::HEAD;
@@ -133,6 +134,7 @@ mod tests {
                 Some(Lane::Work),
             ),
             (Method::GET, "/healthz", None),
+            (Method::GET, "/metrics", None),
         ] {
             assert_eq!(Lane::of(&method, path), lane, "{method} {path}");
         }

@@ -14,7 +14,7 @@
 use parallax_core::worker::{Worker, WorkerStatus};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -23,6 +23,7 @@ use parallax_core::config::{AlertRuleConfig, Config, RuleKind};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::metrics::AlertMetrics;
 use crate::notify::{Delivery, DeliveryLog, Notice, deliver};
 use crate::sql::{SqlEngine, SqlError};
 use crate::time::rfc3339;
@@ -144,6 +145,7 @@ pub struct Alerter {
     external_url: String,
     state: Arc<Mutex<State>>,
     log: DeliveryLog,
+    metrics: AlertMetrics,
     deliveries: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// Each notifier's latest delivery: the next one waits for it, so a
     /// receiver hears an alert fire before it hears it resolve.
@@ -186,6 +188,7 @@ impl Alerter {
                 (name.clone(), c)
             })
             .collect();
+        let metrics = AlertMetrics::default();
         let mut state = State::default();
         for (name, r) in &config.alerts {
             state.rules.insert(
@@ -208,7 +211,8 @@ impl Alerter {
             clients,
             external_url,
             state: Arc::new(Mutex::new(state)),
-            log: DeliveryLog::default(),
+            log: DeliveryLog::counting(metrics.notifications.clone()),
+            metrics,
             deliveries: Arc::new(Mutex::new(Vec::new())),
             chain: Arc::default(),
         }
@@ -218,6 +222,11 @@ impl Alerter {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The counts of evaluations, alerts and deliveries.
+    pub fn metrics(&self) -> &AlertMetrics {
+        &self.metrics
     }
 
     /// What the alerts page shows.
@@ -425,6 +434,7 @@ impl Alerter {
 
     /// Evaluates every rule once at `now` (µs) and sends the notices due.
     pub async fn evaluate_at(&self, now: i64) {
+        let started = Instant::now();
         let mut notices: BTreeMap<(String, String), Vec<Notice>> = BTreeMap::new();
         for (name, rule) in &self.config.alerts {
             let found = self.conditions(rule, now).await;
@@ -432,6 +442,7 @@ impl Alerter {
             let st = &mut *st;
             let rs = st.rules.get_mut(name).expect("every rule has a state");
             rs.evaluated_at = Some(rfc3339(now));
+            self.metrics.evaluated(name, found.is_ok());
             let found = match found {
                 Ok(f) => {
                     rs.error = None;
@@ -542,6 +553,7 @@ impl Alerter {
                 rs.state = worst.into();
             }
         }
+        self.count_alerts(started, now);
         for ((notifier, _), group) in notices {
             let Some(n) = self.config.notifiers.get(&notifier).cloned() else {
                 continue;
@@ -582,6 +594,17 @@ impl Alerter {
             running.retain(|h| !h.is_finished());
             running.push(h);
         }
+    }
+
+    /// Ends a round in the metrics: each rule's pending and firing alerts.
+    fn count_alerts(&self, started: Instant, now: i64) {
+        let st = self.lock();
+        let counts = self.config.alerts.keys().map(|rule| {
+            let of_rule = || st.active.values().filter(move |a| a.rule == *rule);
+            let firing = of_rule().filter(|a| a.state == "firing").count();
+            (rule.clone(), of_rule().count() - firing, firing)
+        });
+        self.metrics.round(started, now, counts);
     }
 
     fn notice(&self, a: &Alert, now: i64) -> Notice {

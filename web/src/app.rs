@@ -1,5 +1,6 @@
 //! The web app's shared state: the SQL engine, the configuration, the
-//! clock, the region clients and the alert evaluator, behind one `Arc`.
+//! clock, the region clients, the alert evaluator and the metrics, behind
+//! one `Arc`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use parallax_core::worker::Workers;
 use crate::alerts::Alerter;
 use crate::dash;
 use crate::filters::{FilterQuery, Filters};
+use crate::metrics::WebMetrics;
 use crate::pages::Chrome;
 use crate::regions::Regions;
 use crate::sql::{SqlEngine, SqlLimits};
@@ -29,6 +31,7 @@ struct Inner {
     regions: Regions,
     alerter: Alerter,
     workers: Workers,
+    metrics: WebMetrics,
 }
 
 /// The SQL limits `[web]` asks for.
@@ -49,6 +52,7 @@ impl App {
         let sql = Arc::new(sql);
         let config = Arc::new(config);
         let alerter = Alerter::new(Arc::clone(&config), Arc::clone(&sql), Arc::clone(&clock));
+        let metrics = WebMetrics::new(sql.metrics(), alerter.metrics());
         let clock_for_workers = Arc::clone(&clock);
         App {
             inner: Arc::new(Inner {
@@ -58,6 +62,7 @@ impl App {
                 regions,
                 alerter,
                 workers: Workers::new(clock_for_workers),
+                metrics,
             }),
         }
     }
@@ -77,6 +82,11 @@ impl App {
     /// The app's background workers (alert evaluation).
     pub fn workers(&self) -> &Workers {
         &self.inner.workers
+    }
+
+    /// The app's metrics (`GET /metrics`).
+    pub fn metrics(&self) -> &WebMetrics {
+        &self.inner.metrics
     }
 
     /// The SQL engine.

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use parallax_core::config::{NotifierConfig, NotifierKind};
+use prometheus::IntCounterVec;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -62,14 +63,36 @@ pub struct Delivery {
     pub detail: String,
 }
 
-/// The delivery log: the latest 500 deliveries.
-#[derive(Clone, Debug, Default)]
-pub struct DeliveryLog(Arc<Mutex<VecDeque<Delivery>>>);
+/// The delivery log: the latest 500 deliveries, and a count of all by
+/// notifier and outcome.
+#[derive(Clone, Debug)]
+pub struct DeliveryLog {
+    latest: Arc<Mutex<VecDeque<Delivery>>>,
+    outcomes: IntCounterVec,
+}
+
+impl Default for DeliveryLog {
+    fn default() -> Self {
+        DeliveryLog::counting(crate::metrics::notification_counter())
+    }
+}
 
 impl DeliveryLog {
+    /// A log that also counts each delivery in `outcomes` (by notifier
+    /// and outcome).
+    pub(crate) fn counting(outcomes: IntCounterVec) -> DeliveryLog {
+        DeliveryLog {
+            latest: Arc::default(),
+            outcomes,
+        }
+    }
+
     fn push(&self, d: Delivery) {
+        self.outcomes
+            .with_label_values(&[d.notifier.as_str(), d.outcome.as_str()])
+            .inc();
         let mut log = self
-            .0
+            .latest
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if log.len() == 500 {
@@ -81,7 +104,7 @@ impl DeliveryLog {
     /// Newest first.
     pub fn entries(&self) -> Vec<Delivery> {
         let log = self
-            .0
+            .latest
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         log.iter().rev().cloned().collect()

@@ -1,13 +1,14 @@
 //! The router: every area's routes, under one layer stack. From the
 //! outside in: a trace span per request (method and path) and an event
-//! when it is answered (status and latency); the bound on requests served
-//! at once ([`crate::admission`]); a time limit; the bound on bodies.
+//! when it is answered (status and latency); its count and time in the
+//! metrics ([`crate::metrics`]); the bound on requests served at once
+//! ([`crate::admission`]); a time limit; the bound on bodies.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,6 +20,7 @@ use crate::admission::{self, InFlight, RequestLimits};
 use crate::app::App;
 use crate::body_limit::{self, MAX_BODY_BYTES};
 use crate::handlers;
+use crate::metrics;
 
 /// The web app's router, with the default [`RequestLimits`].
 pub fn router(app: App) -> Router {
@@ -33,6 +35,7 @@ pub fn router_with_limits(app: App, limits: RequestLimits) -> Router {
         .merge(handlers::alerts::routes())
         .route("/static/app.js", get(app_js))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -45,6 +48,10 @@ pub fn router_with_limits(app: App, limits: RequestLimits) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(InFlight::new(limits)),
             admission::admit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.metrics().clone(),
+            metrics::record,
         ))
         .layer(
             TraceLayer::new_for_http()
@@ -69,6 +76,17 @@ fn answered(resp: &Response, latency: Duration, _span: &Span) {
     } else {
         tracing::debug!(status, latency_ms, "answered");
     }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics().render(),
+    )
+        .into_response()
 }
 
 async fn app_js() -> Response {

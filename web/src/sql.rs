@@ -38,6 +38,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
 use futures::StreamExt;
 use serde_json::Value;
 
+use crate::metrics::{Asker, SqlMetrics};
 use crate::stop::{self, Stop};
 use crate::time::rfc3339_micros;
 use pool::{Pool, QUEUE_WAIT};
@@ -268,6 +269,7 @@ pub struct SqlEngine {
     limits: SqlLimits,
     root: PathBuf,
     users: Arc<Pool>,
+    metrics: SqlMetrics,
 }
 
 impl std::fmt::Debug for SqlEngine {
@@ -368,6 +370,7 @@ impl SqlEngine {
             limits,
             root,
             users,
+            metrics: SqlMetrics::default(),
         })
     }
 
@@ -376,9 +379,21 @@ impl SqlEngine {
         &self.limits
     }
 
+    /// The counts of the queries run.
+    pub fn metrics(&self) -> &SqlMetrics {
+        &self.metrics
+    }
+
     /// Runs one of the app's own read-only queries (a dashboard's, an alert
     /// rule's) on the caller's runtime.
     pub async fn query(&self, sql: &str) -> Result<QueryResult, SqlError> {
+        let counted = self.metrics.begin(Asker::App);
+        let answer = self.app_query(sql).await;
+        counted.ended(outcome(&answer));
+        answer
+    }
+
+    async fn app_query(&self, sql: &str) -> Result<QueryResult, SqlError> {
         let started = Instant::now();
         check_text(sql, &self.limits)?;
         let stop = Stop::after(self.limits.timeout);
@@ -399,6 +414,13 @@ impl SqlEngine {
     /// running. Dropping the returned future (the client went away) stops
     /// the query; so does its time limit, whether or not it is awaited.
     pub async fn user_query(&self, sql: &str) -> Result<QueryResult, SqlError> {
+        let counted = self.metrics.begin(Asker::User);
+        let answer = self.run_user_query(sql).await;
+        counted.ended(outcome(&answer));
+        answer
+    }
+
+    async fn run_user_query(&self, sql: &str) -> Result<QueryResult, SqlError> {
         let started = Instant::now();
         check_text(sql, &self.limits)?;
         let slot = self.users.admit().await?;
@@ -436,6 +458,11 @@ impl SqlEngine {
             ..RuntimeEnv::clone(&base)
         })
     }
+}
+
+/// How a query ended, as the metrics count it: `ok` or the error's code.
+fn outcome(answer: &Result<QueryResult, SqlError>) -> &'static str {
+    answer.as_ref().map_or_else(SqlError::code, |_| "ok")
 }
 
 /// Refuses an empty query and one over the length limit.

@@ -1,0 +1,418 @@
+//! `parallax status`: the cluster on one screen. Every region is asked at
+//! once (`/readyz`, then `/v1/stats`, a few seconds each): its health,
+//! replication lag and backlog by pair, cut links; the collector's tables
+//! under the data directory give each critical class's last audit and
+//! every SLO's state. The exit code says whether anything needs a person.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use parallax_core::NodeStats;
+use parallax_core::RegionClient;
+use parallax_core::client::ClientError;
+use parallax_core::clock::{Clock, SystemClock};
+use parallax_core::config::Config;
+use parallax_web::slo::SloStatus;
+use parallax_web::{SqlEngine, SqlLimits};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::table;
+
+/// How long each region has to answer each question.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How far back the last audit of a class is looked for.
+const AUDIT_LOOKBACK_US: i64 = 7 * 24 * 3_600 * 1_000_000;
+
+/// Arguments of `parallax status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The cluster config file: the regions, their addresses, the client token.
+    #[arg(long, env = "PARALLAX_CONFIG")]
+    pub(crate) config: PathBuf,
+    /// The data directory whose `tables/` hold the audits and the SLOs'
+    /// events (the one the web app reads); without tables, those parts say so.
+    #[arg(long, env = "PARALLAX_DATA_DIR", default_value_os_t = crate::default_data_dir())]
+    pub(crate) data_dir: PathBuf,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// One region as it answered.
+#[derive(Debug, Serialize)]
+struct RegionStatus {
+    region: String,
+    url: String,
+    /// `ready`, `not ready` (it answers but is starting or stopping) or
+    /// `unreachable`.
+    state: String,
+    /// Why it is not ready or not reached.
+    error: Option<String>,
+    uptime_s: Option<u64>,
+    /// Entities waiting in its reconciliation queue.
+    queue: Option<u64>,
+    /// Peers it has not reached for `anti_entropy.detour_after_ms` (a cut link).
+    cut_from: Vec<String>,
+    /// Its workers whose last run failed (`name: error`).
+    failing_workers: Vec<String>,
+}
+
+/// Replication from one region to another.
+#[derive(Debug, Serialize)]
+struct PairStatus {
+    from: String,
+    to: String,
+    /// How far `to` trails `from`'s writes now (ms), as `to` measures it.
+    lag_ms: Option<u64>,
+    /// `from`'s log entries `to` has not acknowledged.
+    backlog_ops: Option<u64>,
+    /// `from` dropped its log for `to` (backlog cap): anti-entropy must repair.
+    needs_anti_entropy: bool,
+}
+
+/// A critical class's last audit.
+#[derive(Debug, Serialize)]
+struct AuditStatus {
+    class: String,
+    /// When it finished (RFC 3339), `None` without one in the last 7 days.
+    at: Option<String>,
+    entities: i64,
+    differing: i64,
+    in_flight: i64,
+    divergent: i64,
+}
+
+/// Everything the command prints.
+#[derive(Debug, Serialize)]
+struct Status {
+    regions: Vec<RegionStatus>,
+    pairs: Vec<PairStatus>,
+    audits: Vec<AuditStatus>,
+    slos: Vec<SloStatus>,
+    /// Why the audits or SLOs could not be read, if they could not.
+    tables_error: Option<String>,
+    /// What needs a person; empty when all is well.
+    problems: Vec<String>,
+}
+
+/// `parallax status`: exit 0 when nothing needs a person, 1 when something
+/// does (the problems are listed), 2 on error.
+pub(crate) async fn run(a: StatusArgs) -> Result<ExitCode> {
+    let config = Config::load(&a.config)?;
+    let asked =
+        futures::future::join_all(config.region_names().into_iter().map(|r| ask(&config, r))).await;
+    let mut regions = Vec::new();
+    let mut stats = BTreeMap::new();
+    for (r, s) in asked {
+        if let Some(s) = s {
+            stats.insert(r.region.clone(), s);
+        }
+        regions.push(r);
+    }
+    let pairs = pairs(&config, &stats);
+    let now_us = SystemClock.now_us() as i64;
+    let (audits, slos, tables_error) = match from_tables(&config, &a.data_dir, now_us).await {
+        Ok((audits, slos)) => (audits, slos, None),
+        Err(e) => (Vec::new(), Vec::new(), Some(e)),
+    };
+    let mut status = Status {
+        regions,
+        pairs,
+        audits,
+        slos,
+        tables_error,
+        problems: Vec::new(),
+    };
+    status.problems = problems(&status);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render(&status));
+    }
+    Ok(if status.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Asks one region whether it is ready, then for its stats.
+async fn ask(config: &Config, region: String) -> (RegionStatus, Option<NodeStats>) {
+    let url = config.region_url(&region).unwrap_or_default();
+    let client = RegionClient::new(&region, &url)
+        .with_tokens(&config.cluster.client_token, &config.cluster.admin_token)
+        .with_timeout(ASK_TIMEOUT);
+    let mut status = RegionStatus {
+        region,
+        url,
+        state: "unreachable".into(),
+        error: None,
+        uptime_s: None,
+        queue: None,
+        cut_from: Vec::new(),
+        failing_workers: Vec::new(),
+    };
+    match client.readyz().await {
+        Ok(_) => status.state = "ready".into(),
+        Err(e) => {
+            // Any answer but 200 is a region that runs but is not ready.
+            if !matches!(e, ClientError::Unreachable { .. }) {
+                status.state = "not ready".into();
+            }
+            status.error = Some(e.to_string());
+        }
+    }
+    if status.state == "unreachable" {
+        return (status, None);
+    }
+    let stats = match client.stats().await {
+        Ok(s) => s,
+        Err(e) => {
+            status.error = Some(format!("stats: {e}"));
+            return (status, None);
+        }
+    };
+    status.uptime_s = Some(stats.uptime_ms / 1_000);
+    status.queue = Some(stats.reconciliation_queue);
+    status.cut_from = stats
+        .anti_entropy
+        .detour
+        .as_ref()
+        .map(|d| d.cut.clone())
+        .unwrap_or_default();
+    status.failing_workers = stats
+        .workers
+        .iter()
+        .filter_map(|w| Some(format!("{}: {}", w.name, w.last_error.as_ref()?)))
+        .collect();
+    (status, Some(stats))
+}
+
+/// Every ordered pair of regions: the lag as the receiver measures it,
+/// the backlog as the sender holds it.
+fn pairs(config: &Config, stats: &BTreeMap<String, NodeStats>) -> Vec<PairStatus> {
+    let names = config.region_names();
+    let mut out = Vec::new();
+    for from in &names {
+        for to in names.iter().filter(|t| *t != from) {
+            let sent = stats.get(from).and_then(|s| s.replication.peers.get(to));
+            let received = stats.get(to).and_then(|s| s.replication.peers.get(from));
+            out.push(PairStatus {
+                from: from.clone(),
+                to: to.clone(),
+                lag_ms: received.and_then(|p| p.lag_from_ms),
+                backlog_ops: sent.map(|p| p.backlog_ops),
+                needs_anti_entropy: sent.is_some_and(|p| p.needs_anti_entropy),
+            });
+        }
+    }
+    out
+}
+
+/// The last audit of each critical class and every SLO, from the tables.
+async fn from_tables(
+    config: &Config,
+    data_dir: &std::path::Path,
+    now_us: i64,
+) -> Result<(Vec<AuditStatus>, Vec<SloStatus>), String> {
+    let tables = data_dir.join("tables");
+    if !tables.is_dir() {
+        return Err(format!(
+            "no tables under {}. Fix: pass --data-dir with the directory the regions' collectors write (the web app's)",
+            data_dir.display()
+        ));
+    }
+    let engine = SqlEngine::open(data_dir, SqlLimits::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let since = now_us - AUDIT_LOOKBACK_US;
+    let rows = engine
+        .query(&format!(
+            "SELECT class, arrow_cast(ts, 'Int64') AS ts_us, entities, differing, in_flight, divergent \
+             FROM audits WHERE ts >= to_timestamp_micros({since}) ORDER BY ts DESC"
+        ))
+        .await
+        .map_err(|e| format!("audits: {e}"))?
+        .json_rows();
+    let int = |v: &Value| v.as_i64().unwrap_or(0);
+    let mut audits: Vec<AuditStatus> = config
+        .classes
+        .iter()
+        .filter(|(n, c)| c.critical && !n.starts_with('_'))
+        .map(|(class, _)| {
+            let last = rows.iter().find(|r| r[0].as_str() == Some(class));
+            AuditStatus {
+                class: class.clone(),
+                at: last.map(|r| parallax_web::time::rfc3339(int(&r[1]))),
+                entities: last.map_or(0, |r| int(&r[2])),
+                differing: last.map_or(0, |r| int(&r[3])),
+                in_flight: last.map_or(0, |r| int(&r[4])),
+                divergent: last.map_or(0, |r| int(&r[5])),
+            }
+        })
+        .collect();
+    audits.sort_by(|a, b| a.class.cmp(&b.class));
+    let slos = parallax_web::slo::evaluate(&engine, config, now_us, &[])
+        .await
+        .map_err(|e| format!("SLOs: {e}"))?
+        .slos;
+    Ok((audits, slos))
+}
+
+/// What needs a person.
+fn problems(s: &Status) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &s.regions {
+        if r.state != "ready" {
+            out.push(format!(
+                "{} is {}: {}",
+                r.region,
+                r.state,
+                r.error.as_deref().unwrap_or("?")
+            ));
+        }
+        for peer in &r.cut_from {
+            out.push(format!(
+                "{} has not reached {peer} for anti_entropy.detour_after_ms (a cut link?)",
+                r.region
+            ));
+        }
+    }
+    for p in s.pairs.iter().filter(|p| p.needs_anti_entropy) {
+        out.push(format!(
+            "{} dropped its log for {} (backlog cap): anti-entropy must repair it",
+            p.from, p.to
+        ));
+    }
+    for a in s.audits.iter().filter(|a| a.divergent > 0) {
+        out.push(format!(
+            "the last audit of {} found {} divergent keys. Fix: parallax audit --repair",
+            a.class, a.divergent
+        ));
+    }
+    for slo in &s.slos {
+        if let Some(alert) = &slo.alerting {
+            out.push(format!("SLO {} in {}: {alert}", slo.name, slo.region));
+        }
+    }
+    out
+}
+
+/// The last cause of an error, without its fix: "Connection refused (os
+/// error 111)" of the whole chain (the problems list has it all).
+fn cause(error: &str) -> String {
+    let without_fix = error.split(". Fix:").next().unwrap_or(error);
+    without_fix
+        .rsplit(": ")
+        .next()
+        .unwrap_or(without_fix)
+        .to_owned()
+}
+
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn strings(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| (*c).to_owned()).collect()
+}
+
+/// The screen.
+fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let rows: Vec<Vec<String>> = s
+        .regions
+        .iter()
+        .map(|r| {
+            vec![
+                r.region.clone(),
+                r.state.clone(),
+                or_dash(
+                    r.uptime_s
+                        .map(|u| format!("{}h{:02}m", u / 3_600, u / 60 % 60)),
+                ),
+                or_dash(r.queue),
+                r.url.clone(),
+                r.error.as_deref().map(cause).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let headers = strings(&["region", "state", "uptime", "queue", "url", "error"]);
+    out.push_str(&table::render(&headers, &rows));
+    let rows: Vec<Vec<String>> = s
+        .pairs
+        .iter()
+        .map(|p| {
+            vec![
+                format!("{} -> {}", p.from, p.to),
+                or_dash(p.lag_ms),
+                or_dash(p.backlog_ops),
+                if p.needs_anti_entropy { "yes" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    let headers = strings(&["replication", "lag_ms", "backlog", "needs anti-entropy"]);
+    out.push('\n');
+    out.push_str(&table::render(&headers, &rows));
+    out.push('\n');
+    if let Some(e) = &s.tables_error {
+        let _ = writeln!(out, "audits and SLOs: {e}");
+    } else {
+        let rows: Vec<Vec<String>> = s
+            .audits
+            .iter()
+            .map(|a| {
+                vec![
+                    a.class.clone(),
+                    a.at.clone().unwrap_or_else(|| "none in 7 days".into()),
+                    a.entities.to_string(),
+                    a.differing.to_string(),
+                    a.in_flight.to_string(),
+                    a.divergent.to_string(),
+                ]
+            })
+            .collect();
+        let headers = strings(&[
+            "last audit",
+            "at",
+            "entities",
+            "differing",
+            "in flight",
+            "divergent",
+        ]);
+        out.push_str(&table::render(&headers, &rows));
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .slos
+            .iter()
+            .map(|slo| {
+                vec![
+                    slo.name.clone(),
+                    slo.region.clone(),
+                    format!("{}%", slo.objective_pct),
+                    or_dash(slo.sli_pct.map(|v| format!("{v:.3}%"))),
+                    or_dash(slo.budget_remaining_pct.map(|v| format!("{v:.1}%"))),
+                    slo.alerting.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        let headers = strings(&["slo", "region", "objective", "sli", "budget left", "alert"]);
+        out.push_str(&table::render(&headers, &rows));
+    }
+    out.push('\n');
+    if s.problems.is_empty() {
+        out.push_str("all well\n");
+    } else {
+        let _ = writeln!(out, "{} to look at:", s.problems.len());
+        for p in &s.problems {
+            let _ = writeln!(out, "  - {p}");
+        }
+    }
+    out
+}
