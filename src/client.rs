@@ -152,7 +152,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 impl RegionTarget {
     /// The client of the region these flags name, with the tokens to use.
-    fn client(&self) -> Result<RegionClient> {
+    pub(crate) fn client(&self) -> Result<RegionClient> {
         let config = match &self.config {
             Some(path) => Some(Config::load(path)?),
             None => None,

@@ -6,6 +6,7 @@
 //! --help`.
 
 mod audit;
+mod backup;
 mod client;
 mod region;
 mod router;
@@ -64,6 +65,13 @@ enum Command {
     /// and backlog by pair, the last audit of each critical class and every
     /// SLO. Exits 0 when all is well, 1 when something needs a person.
     Status(status::StatusArgs),
+    /// Write a region's store to a file while it serves: a consistent
+    /// snapshot (entities, queue, conflict log, replication bookkeeping).
+    Backup(backup::BackupArgs),
+    /// Build a stopped region's store from a backup (its own, or another
+    /// region's to seed a new one); at start it runs anti-entropy with
+    /// every peer to bring back what the backup missed.
+    Restore(backup::RestoreArgs),
     /// Move ownership of a region's keys to another region (after that region
     /// failed), under a new epoch that fences writes the old owner still takes.
     Failover(client::FailoverArgs),
@@ -122,6 +130,8 @@ fn main() -> ExitCode {
             Command::Resolve(a) => client::put(a, true).await,
             Command::Stats(a) => client::stats(a).await,
             Command::Status(a) => status::run(a).await,
+            Command::Backup(a) => backup::backup(a).await,
+            Command::Restore(a) => backup::restore(a).await,
             Command::Changes(a) => client::changes(a).await,
             Command::Failover(a) => client::failover(a).await,
             Command::Ownership(a) => client::ownership(a).await,

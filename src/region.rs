@@ -9,18 +9,26 @@ use clap::Args;
 use parallax_core::config::Config;
 use parallax_lab::process::{Setup, shutdown_signal, start_region};
 
-/// Arguments of `parallax region`.
+/// A region of a config, and the directory of its store.
 #[derive(Debug, Args)]
-pub(crate) struct RegionArgs {
+pub(crate) struct RegionOnDisk {
     /// The cluster config file (TOML), the same for every region.
     #[arg(long, env = "PARALLAX_CONFIG")]
     pub(crate) config: PathBuf,
-    /// Which of the config's regions this process is.
+    /// Which of the config's regions.
     #[arg(long, env = "PARALLAX_REGION")]
     pub(crate) region: String,
-    /// Directory for the region's store (`<region>.redb`); created if missing.
+    /// Directory for the region's store (`<region>.redb`, `<region>.wal/`);
+    /// created if missing.
     #[arg(long, env = "PARALLAX_DATA_DIR", default_value_os_t = crate::default_data_dir())]
     pub(crate) data_dir: PathBuf,
+}
+
+/// Arguments of `parallax region`.
+#[derive(Debug, Args)]
+pub(crate) struct RegionArgs {
+    #[command(flatten)]
+    pub(crate) on_disk: RegionOnDisk,
     /// Delay region-to-region traffic by the config's latency table, to
     /// rehearse WAN behaviour on one machine.
     #[arg(long)]
@@ -37,20 +45,20 @@ pub(crate) struct RegionArgs {
 
 /// `parallax region`.
 pub(crate) async fn run(args: RegionArgs) -> Result<ExitCode> {
-    let config = Arc::new(Config::load(&args.config)?);
+    let config = Arc::new(Config::load(&args.on_disk.config)?);
     let running = start_region(Setup {
         config,
-        region: &args.region,
-        data_dir: &args.data_dir,
+        region: &args.on_disk.region,
+        data_dir: &args.on_disk.data_dir,
         simulate_wan: args.simulate_wan,
         allow_fault_injection: args.allow_fault_injection,
         clock_skew_ms: args.clock_skew_ms,
         links: None,
     })
     .await?;
-    tracing::info!(region = %args.region, addr = %running.addr, data_dir = %args.data_dir.display(), "Serving.");
+    tracing::info!(region = %args.on_disk.region, addr = %running.addr, data_dir = %args.on_disk.data_dir.display(), "Serving.");
     shutdown_signal().await;
-    tracing::info!(region = %args.region, "Shutting down.");
+    tracing::info!(region = %args.on_disk.region, "Shutting down.");
     running.stop().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -485,7 +485,18 @@ impl RegionClient {
         url: &str,
         req: RequestBuilder,
     ) -> Result<bytes::Bytes, ClientError> {
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+        let unreachable = |e| self.unreachable(url, e);
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(self.refused(method, url, status, &bytes))
+    }
+
+    fn unreachable(&self, url: &str, e: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
             region: self.region.clone(),
             url: url.to_owned(),
             cause: if e.is_timeout() {
@@ -494,19 +505,16 @@ impl RegionClient {
                 error_chain(&e)
             },
             maybe_applied: !e.is_connect(),
-        };
-        let resp = req.send().await.map_err(unreachable)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(unreachable)?;
-        if status.is_success() {
-            return Ok(bytes);
         }
-        Err(ClientError::Refused {
+    }
+
+    fn refused(&self, method: &Method, url: &str, status: StatusCode, body: &[u8]) -> ClientError {
+        ClientError::Refused {
             region: self.region.clone(),
             method: method.to_string(),
             url: url.to_owned(),
-            error: Box::new(api_error(status, &bytes)),
-        })
+            error: Box::new(api_error(status, body)),
+        }
     }
 
     fn bad_answer(&self, url: &str, cause: String) -> ClientError {

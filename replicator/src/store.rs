@@ -40,8 +40,10 @@ const QUEUE: TableDefinition<'_, &[u8], u64> = TableDefinition::new("queue");
 const CONFLICT_LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("conflict_log");
 const CHANGES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("changes");
 
+mod backup;
 mod feed;
 
+pub use backup::{BackupHeader, BackupSummary, RestorePlan, restore, verify};
 pub use feed::{FEED_GAP, FeedPage, StoredChange};
 
 /// Turns a redb error into a storage error (redb is the replicator's

@@ -11,6 +11,33 @@ use crate::api::{
 };
 
 impl RegionClient {
+    /// `GET /v1/admin/backup`: writes the region's backup (a consistent
+    /// snapshot of its store) to `out` as it streams in; the bytes written.
+    /// The call has no time limit: a backup takes as long as the store
+    /// takes to read.
+    pub async fn backup(&self, out: &mut (dyn std::io::Write + Send)) -> Result<u64, ClientError> {
+        let url = format!("{}/v1/admin/backup", self.base);
+        let mut resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&url, e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(self.refused(&Method::GET, &url, status, &body));
+        }
+        let mut written = 0;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(&url, e))? {
+            out.write_all(&chunk)
+                .map_err(|e| ClientError::Invalid(format!("cannot write the backup: {e}")))?;
+            written += chunk.len() as u64;
+        }
+        Ok(written)
+    }
+
     /// `GET /v1/admin/ownership`.
     pub async fn ownership(&self) -> Result<Ownership, ClientError> {
         self.call(Method::GET, "/v1/admin/ownership", Auth::Admin, None, None)

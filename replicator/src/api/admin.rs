@@ -341,3 +341,74 @@ pub(super) async fn audit_rpc(
     )
         .into_response()
 }
+
+/// Bytes of a backup sent to the client at a time.
+const BACKUP_CHUNK: usize = 256 << 10;
+
+/// Hands what the backup writes to the response body in chunks; fails
+/// (ending the backup) once the client is gone.
+struct ToBody {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ToBody {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= BACKUP_CHUNK {
+            self.flush()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+    }
+}
+
+/// `GET /v1/admin/backup`: a consistent snapshot of the store in the
+/// backup format, streamed as it is read. A failure midway ends the body
+/// early, before the trailer, so the file is refused by `parallax restore`.
+pub(super) async fn backup(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(e) = admin_auth(&state, &headers) {
+        return error_response(&e);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let node = state.node.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ToBody {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(BACKUP_CHUNK),
+        };
+        match node.backup(&mut out) {
+            Ok(s) => tracing::info!(entities = s.entities, records = s.records, "backup sent"),
+            Err(e) => {
+                tracing::warn!(error = %e, "backup failed");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"{}.parallax-backup\"",
+                    state.node.region()
+                ),
+            ),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
+}

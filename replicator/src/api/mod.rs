@@ -124,6 +124,9 @@ pub fn router(node: Node) -> Router {
         .merge(client)
         .merge(feed)
         .merge(peer)
+        // A backup streams for as long as the store takes to read: no
+        // request time limit.
+        .route("/v1/admin/backup", get(admin::backup))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

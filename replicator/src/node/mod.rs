@@ -427,6 +427,14 @@ impl Node {
         all
     }
 
+    /// Writes a consistent snapshot of the store to `out` (see
+    /// [`crate::store::restore`]); the region keeps serving.
+    pub fn backup(&self, out: &mut dyn std::io::Write) -> Result<crate::store::BackupSummary> {
+        self.inner
+            .store
+            .backup(&self.inner.region, self.inner.clock.now_us(), out)
+    }
+
     /// The reconciliation queue.
     pub fn queue(&self, class: Option<&str>, limit: usize) -> Result<Vec<QueuedConflict>> {
         if let Some(c) = class {
