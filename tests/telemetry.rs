@@ -194,6 +194,20 @@ async fn metrics_pass_promtool_check_metrics() {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
+    // What crossed to each peer, by kind: its log batches and heartbeats.
+    for peer in ["us-west", "eu-west"] {
+        for op in ["replicate", "heartbeat"] {
+            let series = format!(
+                "parallax_peer_sent_bytes_total{{op=\"{op}\",peer=\"{peer}\",region=\"us-east\"}} "
+            );
+            let bytes: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            assert!(bytes > 0, "{series}is missing or 0:\n{text}");
+        }
+    }
     common::promtool_check_metrics(&text);
 }
 

@@ -42,6 +42,12 @@ pub struct Metrics {
     rows_written: IntCounterVec,
     files_written: IntCounterVec,
     queue: IntGaugeVec,
+    peer_calls: IntCounterVec,
+    peer_sent: IntCounterVec,
+    peer_received: IntCounterVec,
+    /// Held while the peer counters catch up with the node's totals, so
+    /// two scrapes at once do not both add the same difference.
+    catching_up: std::sync::Mutex<()>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -230,6 +236,25 @@ impl Metrics {
                 "Entities waiting in the reconciliation queue.",
                 &["region"],
             ),
+            peer_calls: counter(
+                &r,
+                "parallax_peer_calls_total",
+                "Calls to another region answered, by kind (op).",
+                &["region", "peer", "op"],
+            ),
+            peer_sent: counter(
+                &r,
+                "parallax_peer_sent_bytes_total",
+                "Request bytes sent to another region (this region's egress to it), by kind (op).",
+                &["region", "peer", "op"],
+            ),
+            peer_received: counter(
+                &r,
+                "parallax_peer_received_bytes_total",
+                "Answer bytes received from another region (its egress to this one), by kind (op).",
+                &["region", "peer", "op"],
+            ),
+            catching_up: std::sync::Mutex::new(()),
             registry: r,
         }
     }
@@ -364,6 +389,22 @@ impl Metrics {
         self.queue
             .with_label_values(&[&self.region])
             .set(stats.reconciliation_queue as i64);
+        let _one_at_a_time = self
+            .catching_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for t in &stats.traffic {
+            let labels = [self.region.as_str(), t.peer.as_str(), t.kind.as_str()];
+            for (counter, total) in [
+                (&self.peer_calls, t.calls),
+                (&self.peer_sent, t.sent_bytes),
+                (&self.peer_received, t.received_bytes),
+            ] {
+                // The node's totals only grow: the counter takes the difference.
+                let c = counter.with_label_values(&labels);
+                c.inc_by(total.saturating_sub(c.get()));
+            }
+        }
     }
 
     /// The metrics in the Prometheus text format.

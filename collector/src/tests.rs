@@ -5,6 +5,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use parallax_core::clock::ManualClock;
 use parallax_core::config::CollectorConfig;
 use parallax_core::telemetry::{Event, ReplicationEvent, RequestEvent};
+use parallax_core::traffic::PeerTraffic;
 
 use super::*;
 
@@ -716,4 +717,34 @@ fn the_drain_and_the_detour_are_gauges_from_the_regions_live_state() {
         )
     );
     assert!(text.contains("parallax_anti_entropy_detour{peer=\"eu-west\",region=\"us-west\"} 0"));
+}
+
+#[test]
+fn the_peer_byte_counters_follow_the_nodes_totals() {
+    use parallax_core::stats::NodeStats;
+    let m = metrics::Metrics::new("us-west");
+    let mut stats = NodeStats::default();
+    let mut traffic = PeerTraffic {
+        peer: "us-east".into(),
+        kind: "replicate".into(),
+        calls: 3,
+        sent_bytes: 1_000,
+        received_bytes: 60,
+    };
+    stats.traffic = vec![traffic.clone()];
+    m.refresh(&stats);
+    traffic.calls = 5;
+    traffic.sent_bytes = 1_500;
+    stats.traffic = vec![traffic];
+    // Scraped twice: the counters are the totals, not their sum.
+    m.refresh(&stats);
+    m.refresh(&stats);
+    let text = m.render();
+    for line in [
+        "parallax_peer_calls_total{op=\"replicate\",peer=\"us-east\",region=\"us-west\"} 5",
+        "parallax_peer_sent_bytes_total{op=\"replicate\",peer=\"us-east\",region=\"us-west\"} 1500",
+        "parallax_peer_received_bytes_total{op=\"replicate\",peer=\"us-east\",region=\"us-west\"} 60",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
 }

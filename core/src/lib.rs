@@ -43,6 +43,7 @@ pub mod routing;
 pub mod stats;
 pub mod sync;
 pub mod telemetry;
+pub mod traffic;
 pub mod transport;
 pub mod version;
 pub mod web_config;

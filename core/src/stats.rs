@@ -30,6 +30,9 @@ pub struct NodeStats {
     /// The node's background workers.
     #[serde(default)]
     pub workers: Vec<WorkerStatus>,
+    /// Bytes of its calls to other regions, by peer and kind.
+    #[serde(default)]
+    pub traffic: Vec<crate::traffic::PeerTraffic>,
 }
 
 /// Anti-entropy as served by `/v1/stats`.

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::links::Links;
 use crate::protocol::{PeerReply, PeerRequest, decode, encode};
+use crate::traffic::{PeerTraffic, Traffic, kind_of};
 
 /// Header naming the calling region.
 pub const FROM_HEADER: &str = "x-parallax-from";
@@ -48,6 +49,12 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         to: &str,
         req: PeerRequest,
     ) -> BoxFuture<'static, Result<PeerReply, TransportError>>;
+
+    /// The bytes of the calls answered so far, by peer and kind (empty
+    /// for a transport that does not count them).
+    fn traffic(&self) -> Vec<PeerTraffic> {
+        Vec::new()
+    }
 }
 
 /// Region-to-region calls over HTTP.
@@ -60,6 +67,7 @@ pub struct HttpTransport {
     delays: BTreeMap<String, Duration>,
     timeout: Duration,
     links: Option<Arc<Links>>,
+    traffic: Arc<Traffic>,
 }
 
 impl HttpTransport {
@@ -85,6 +93,7 @@ impl HttpTransport {
             delays: BTreeMap::new(),
             timeout,
             links: None,
+            traffic: Arc::default(),
         }
     }
 
@@ -115,6 +124,8 @@ impl Transport for HttpTransport {
         let delay = self.delays.get(to).copied().unwrap_or_default();
         let to = to.to_owned();
         let (links, timeout) = (self.links.clone(), self.timeout);
+        let traffic = Arc::clone(&self.traffic);
+        let kind = kind_of(&req);
         Box::pin(async move {
             let url = url.ok_or_else(|| {
                 TransportError::Refused(format!("region {to} is not in the config"))
@@ -129,6 +140,7 @@ impl Transport for HttpTransport {
                 tokio::time::sleep(delay).await;
             }
             let body = encode(&req);
+            let sent = body.len() as u64;
             let resp = client
                 .post(&url)
                 .bearer_auth(&secret)
@@ -149,6 +161,7 @@ impl Transport for HttpTransport {
                 .bytes()
                 .await
                 .map_err(|e| TransportError::Unreachable(format!("{url}: {e}")))?;
+            traffic.count(&to, kind, sent, bytes.len() as u64);
             if status == reqwest::StatusCode::UNAUTHORIZED {
                 return Err(TransportError::Refused(format!(
                     "region {to} refused the peer secret; every region must have the same cluster.peer_secret"
@@ -167,6 +180,10 @@ impl Transport for HttpTransport {
             }
             Ok(reply)
         })
+    }
+
+    fn traffic(&self) -> Vec<PeerTraffic> {
+        self.traffic.snapshot()
     }
 }
 

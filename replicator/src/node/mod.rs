@@ -405,6 +405,7 @@ impl Node {
             anti_entropy: self.inner.repl.ae_stats(),
             reconciliation_queue: self.inner.store.queue_len().unwrap_or(0),
             workers: self.worker_status(),
+            traffic: self.inner.transport.traffic(),
         }
     }
 
