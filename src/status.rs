@@ -1,8 +1,9 @@
 //! `parallax status`: the cluster on one screen. Every region is asked at
 //! once (`/readyz`, then `/v1/stats`, a few seconds each): its health,
 //! replication lag and backlog by pair, cut links; the collector's tables
-//! under the data directory give each critical class's last audit and
-//! every SLO's state. The exit code says whether anything needs a person.
+//! under the data directory (or the web app's API, `--web`) give each
+//! critical class's last audit and every SLO's state. The exit code says
+//! whether anything needs a person.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,7 +18,6 @@ use parallax_core::RegionClient;
 use parallax_core::client::ClientError;
 use parallax_core::clock::{Clock, SystemClock};
 use parallax_core::config::Config;
-use parallax_web::slo::SloStatus;
 use parallax_web::{SqlEngine, SqlLimits};
 use serde::Serialize;
 use serde_json::Value;
@@ -26,6 +26,9 @@ use crate::table;
 
 /// How long each region has to answer each question.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the web app has to answer each page (an SLO evaluation reads
+/// a window of days).
+const WEB_TIMEOUT: Duration = Duration::from_secs(30);
 /// How far back the last audit of a class is looked for.
 const AUDIT_LOOKBACK_US: i64 = 7 * 24 * 3_600 * 1_000_000;
 
@@ -39,6 +42,10 @@ pub(crate) struct StatusArgs {
     /// events (the one the web app reads); without tables, those parts say so.
     #[arg(long, env = "PARALLAX_DATA_DIR", default_value_os_t = crate::default_data_dir())]
     pub(crate) data_dir: PathBuf,
+    /// Read the audits and SLOs from the web app at this URL (its JSON
+    /// API) instead of from --data-dir: for an operator away from the tables.
+    #[arg(long, env = "PARALLAX_WEB")]
+    pub(crate) web: Option<String>,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub(crate) json: bool,
@@ -88,13 +95,25 @@ struct AuditStatus {
     divergent: i64,
 }
 
+/// An SLO's state, as `/api/v1/slos` serves it (the fields shown here).
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct SloRow {
+    name: String,
+    region: String,
+    objective_pct: f64,
+    sli_pct: Option<f64>,
+    budget_remaining_pct: Option<f64>,
+    /// `page: ...` or `ticket: ...` while a burn-rate alert holds.
+    alerting: Option<String>,
+}
+
 /// Everything the command prints.
 #[derive(Debug, Serialize)]
 struct Status {
     regions: Vec<RegionStatus>,
     pairs: Vec<PairStatus>,
     audits: Vec<AuditStatus>,
-    slos: Vec<SloStatus>,
+    slos: Vec<SloRow>,
     /// Why the audits or SLOs could not be read, if they could not.
     tables_error: Option<String>,
     /// What needs a person; empty when all is well.
@@ -117,8 +136,12 @@ pub(crate) async fn run(a: StatusArgs) -> Result<ExitCode> {
     }
     let pairs = pairs(&config, &stats);
     let now_us = SystemClock.now_us() as i64;
-    let (audits, slos, tables_error) = match from_tables(&config, &a.data_dir, now_us).await {
-        Ok((audits, slos)) => (audits, slos, None),
+    let read = match &a.web {
+        Some(url) => from_web(url).await,
+        None => from_tables(&config, &a.data_dir, now_us).await,
+    };
+    let (audits, slos, tables_error) = match read {
+        Ok((rows, slos)) => (last_audits(&config, &rows), slos, None),
         Err(e) => (Vec::new(), Vec::new(), Some(e)),
     };
     let mut status = Status {
@@ -215,16 +238,42 @@ fn pairs(config: &Config, stats: &BTreeMap<String, NodeStats>) -> Vec<PairStatus
     out
 }
 
-/// The last audit of each critical class and every SLO, from the tables.
+/// One audit run, newest first where there are several: class, when it
+/// finished (RFC 3339), entities, differing, in flight, divergent.
+type AuditRow = (String, String, i64, i64, i64, i64);
+
+/// The last audit of each critical class among `rows` (newest first).
+fn last_audits(config: &Config, rows: &[AuditRow]) -> Vec<AuditStatus> {
+    let mut audits: Vec<AuditStatus> = config
+        .classes
+        .iter()
+        .filter(|(n, c)| c.critical && !n.starts_with('_'))
+        .map(|(class, _)| {
+            let last = rows.iter().find(|r| r.0 == *class);
+            AuditStatus {
+                class: class.clone(),
+                at: last.map(|r| r.1.clone()),
+                entities: last.map_or(0, |r| r.2),
+                differing: last.map_or(0, |r| r.3),
+                in_flight: last.map_or(0, |r| r.4),
+                divergent: last.map_or(0, |r| r.5),
+            }
+        })
+        .collect();
+    audits.sort_by(|a, b| a.class.cmp(&b.class));
+    audits
+}
+
+/// The audits of the last 7 days and every SLO, from the tables.
 async fn from_tables(
     config: &Config,
     data_dir: &std::path::Path,
     now_us: i64,
-) -> Result<(Vec<AuditStatus>, Vec<SloStatus>), String> {
+) -> Result<(Vec<AuditRow>, Vec<SloRow>), String> {
     let tables = data_dir.join("tables");
     if !tables.is_dir() {
         return Err(format!(
-            "no tables under {}. Fix: pass --data-dir with the directory the regions' collectors write (the web app's)",
+            "no tables under {}. Fix: pass --data-dir with the directory the regions' collectors write (the web app's), or --web with the web app's URL",
             data_dir.display()
         ));
     }
@@ -232,6 +281,7 @@ async fn from_tables(
         .await
         .map_err(|e| e.to_string())?;
     let since = now_us - AUDIT_LOOKBACK_US;
+    let int = |v: &Value| v.as_i64().unwrap_or(0);
     let rows = engine
         .query(&format!(
             "SELECT class, arrow_cast(ts, 'Int64') AS ts_us, entities, differing, in_flight, divergent \
@@ -239,30 +289,82 @@ async fn from_tables(
         ))
         .await
         .map_err(|e| format!("audits: {e}"))?
-        .json_rows();
-    let int = |v: &Value| v.as_i64().unwrap_or(0);
-    let mut audits: Vec<AuditStatus> = config
-        .classes
+        .json_rows()
         .iter()
-        .filter(|(n, c)| c.critical && !n.starts_with('_'))
-        .map(|(class, _)| {
-            let last = rows.iter().find(|r| r[0].as_str() == Some(class));
-            AuditStatus {
-                class: class.clone(),
-                at: last.map(|r| parallax_web::time::rfc3339(int(&r[1]))),
-                entities: last.map_or(0, |r| int(&r[2])),
-                differing: last.map_or(0, |r| int(&r[3])),
-                in_flight: last.map_or(0, |r| int(&r[4])),
-                divergent: last.map_or(0, |r| int(&r[5])),
-            }
+        .map(|r| {
+            (
+                r[0].as_str().unwrap_or_default().to_owned(),
+                parallax_web::time::rfc3339_micros(int(&r[1])),
+                int(&r[2]),
+                int(&r[3]),
+                int(&r[4]),
+                int(&r[5]),
+            )
         })
         .collect();
-    audits.sort_by(|a, b| a.class.cmp(&b.class));
     let slos = parallax_web::slo::evaluate(&engine, config, now_us, &[])
         .await
         .map_err(|e| format!("SLOs: {e}"))?
         .slos;
-    Ok((audits, slos))
+    let slos = serde_json::to_value(slos)
+        .and_then(serde_json::from_value)
+        .map_err(|e| format!("SLOs: {e}"))?;
+    Ok((rows, slos))
+}
+
+/// The audits of the last 7 days and every SLO, from the web app at `url`
+/// (its JSON twins of the Divergence and SLOs pages).
+async fn from_web(url: &str) -> Result<(Vec<AuditRow>, Vec<SloRow>), String> {
+    let url = url.trim_end_matches('/');
+    let http = reqwest::Client::builder()
+        .timeout(WEB_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let get = |path: &str| {
+        let page = format!("{url}{path}");
+        let http = http.clone();
+        async move {
+            let answer = http
+                .get(&page)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| {
+                    format!(
+                        "the web app did not answer {page}: {}. Fix: pass --web with its URL, or --data-dir with its tables",
+                        parallax_core::transport::error_chain(&e)
+                    )
+                })?;
+            let body: Value = answer
+                .json()
+                .await
+                .map_err(|e| format!("{page} answered no JSON: {e}"))?;
+            Ok::<Value, String>(body["data"].clone())
+        }
+    };
+    let divergence = get("/api/v1/divergence?range=7d").await?;
+    let str_of = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let int = |v: &Value| v.as_i64().unwrap_or(0);
+    let rows = divergence["audits"]
+        .as_array()
+        .map(|runs| {
+            runs.iter()
+                .map(|a| {
+                    (
+                        str_of(&a["class"]),
+                        str_of(&a["ts"]),
+                        int(&a["entities"]),
+                        int(&a["differing"]),
+                        int(&a["in_flight"]),
+                        int(&a["divergent"]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let slos = serde_json::from_value(get("/api/v1/slos").await?["slos"].clone())
+        .map_err(|e| format!("{url}/api/v1/slos: {e}"))?;
+    Ok((rows, slos))
 }
 
 /// What needs a person.

@@ -251,6 +251,43 @@ async fn status_shows_the_cluster_on_one_screen_and_exits_1_with_a_region_down()
     for want in ["us-east -> eu-west", "accounts", "availability", "all well"] {
         assert!(out.contains(want), "{want}:\n{out}");
     }
+    // Away from the tables: the same audit and SLOs through the web app.
+    let web = common::Web::start(&c.config, &c.data_dir());
+    let remote = |web_url: &str| {
+        run(
+            &[
+                "status",
+                "--config",
+                &cfg,
+                "--data-dir",
+                "/nonexistent",
+                "--web",
+                web_url,
+                "--json",
+            ],
+            &dir,
+        )
+    };
+    let (code, out, err) = remote(&web.url);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let through_web: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(through_web["tables_error"], Value::Null, "{through_web}");
+    assert_eq!(through_web["audits"], report["audits"], "{through_web}");
+    assert_eq!(
+        through_web["slos"].as_array().unwrap().len(),
+        3,
+        "{through_web}"
+    );
+    let gone = web.url.clone();
+    drop(web);
+    let (_, out, _) = remote(&gone);
+    let no_web: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        no_web["tables_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer")),
+        "{no_web}"
+    );
 
     c.kill9(1);
     let (code, out, _) = status(false);
