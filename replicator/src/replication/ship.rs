@@ -63,7 +63,8 @@ impl Shipper {
             .peer(&self.peer)
             .expect("shipper for a known peer");
         let mut machine =
-            ShipperMachine::new(Limits::new(cfg), state.acked(), state.durable(), self.seed);
+            ShipperMachine::new(Limits::new(cfg), state.acked(), state.durable(), self.seed)
+                .with_hole(state.needs_anti_entropy());
         let mut head_rx = self.repl.subscribe_head();
         let start = Instant::now();
         let mut inflight: FuturesUnordered<BoxFuture<'static, Shipped>> = FuturesUnordered::new();

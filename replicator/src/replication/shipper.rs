@@ -188,6 +188,17 @@ impl ShipperMachine {
         }
     }
 
+    /// Starts with the peer's watermark known to be below entries this
+    /// log no longer has (`hole`): the peer is marked for anti-entropy (its
+    /// log was dropped at the backlog cap before a restart, or this region
+    /// was restored from a backup and its log restarted far past it).
+    /// Batches then tell the peer to accept the gap, and its old watermark
+    /// does not take the log back (which would drop it at the cap again).
+    pub(crate) fn with_hole(mut self, hole: bool) -> ShipperMachine {
+        self.hole = hole;
+        self
+    }
+
     /// Last sequence the peer acknowledged (or that was dropped for it).
     pub(crate) fn acked(&self) -> u64 {
         self.acked
@@ -556,6 +567,33 @@ mod tests {
         assert!(
             !b.gap_acknowledged,
             "the hole closed once a batch was taken whole"
+        );
+    }
+
+    #[test]
+    fn a_peer_marked_at_start_is_told_of_the_hole_instead_of_losing_the_log_again() {
+        // A region restored from a backup: its log restarted far past the
+        // peer's watermark of it, and the peer is marked for anti-entropy.
+        let mut m = ShipperMachine::new(limits(), 1_000_000, 1_000_000, 1).with_hole(true);
+        let hb = sent(m.on_tick(ms(0), &view(1_000_000), read_all));
+        m.on_reply(
+            ms(1),
+            hb.first,
+            hb.last,
+            Reply::Acked {
+                acked: 300,
+                durable: 300,
+            },
+        );
+        assert_eq!(
+            m.acked(),
+            1_000_000,
+            "an old watermark does not take the log back"
+        );
+        let b = sent(m.on_tick(ms(2), &view(1_000_002), read_all));
+        assert_eq!(
+            (b.first, b.last, b.gap_acknowledged),
+            (1_000_001, 1_000_002, true)
         );
     }
 
