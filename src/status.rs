@@ -19,7 +19,7 @@ use parallax_core::client::ClientError;
 use parallax_core::clock::{Clock, SystemClock};
 use parallax_core::config::Config;
 use parallax_web::{SqlEngine, SqlLimits};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::table;
@@ -83,11 +83,13 @@ struct PairStatus {
     needs_anti_entropy: bool,
 }
 
-/// A critical class's last audit.
-#[derive(Debug, Serialize)]
+/// An audit of one class; the web app's Divergence page serves them so
+/// (its `ts` is `at` here).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct AuditStatus {
     class: String,
     /// When it finished (RFC 3339), `None` without one in the last 7 days.
+    #[serde(alias = "ts")]
     at: Option<String>,
     entities: i64,
     differing: i64,
@@ -96,7 +98,7 @@ struct AuditStatus {
 }
 
 /// An SLO's state, as `/api/v1/slos` serves it (the fields shown here).
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct SloRow {
     name: String,
     region: String,
@@ -141,7 +143,7 @@ pub(crate) async fn run(a: StatusArgs) -> Result<ExitCode> {
         None => from_tables(&config, &a.data_dir, now_us).await,
     };
     let (audits, slos, tables_error) = match read {
-        Ok((rows, slos)) => (last_audits(&config, &rows), slos, None),
+        Ok((runs, slos)) => (last_audits(&config, &runs), slos, None),
         Err(e) => (Vec::new(), Vec::new(), Some(e)),
     };
     let mut status = Status {
@@ -238,30 +240,23 @@ fn pairs(config: &Config, stats: &BTreeMap<String, NodeStats>) -> Vec<PairStatus
     out
 }
 
-/// One audit run, newest first where there are several: class, when it
-/// finished (RFC 3339), entities, differing, in flight, divergent.
-type AuditRow = (String, String, i64, i64, i64, i64);
-
-/// The last audit of each critical class among `rows` (newest first).
-fn last_audits(config: &Config, rows: &[AuditRow]) -> Vec<AuditStatus> {
-    let mut audits: Vec<AuditStatus> = config
+/// The last audit of each critical class among `runs` (newest first), by
+/// class name.
+fn last_audits(config: &Config, runs: &[AuditStatus]) -> Vec<AuditStatus> {
+    config
         .classes
         .iter()
         .filter(|(n, c)| c.critical && !n.starts_with('_'))
         .map(|(class, _)| {
-            let last = rows.iter().find(|r| r.0 == *class);
-            AuditStatus {
-                class: class.clone(),
-                at: last.map(|r| r.1.clone()),
-                entities: last.map_or(0, |r| r.2),
-                differing: last.map_or(0, |r| r.3),
-                in_flight: last.map_or(0, |r| r.4),
-                divergent: last.map_or(0, |r| r.5),
-            }
+            runs.iter()
+                .find(|r| r.class == *class)
+                .cloned()
+                .unwrap_or_else(|| AuditStatus {
+                    class: class.clone(),
+                    ..AuditStatus::default()
+                })
         })
-        .collect();
-    audits.sort_by(|a, b| a.class.cmp(&b.class));
-    audits
+        .collect()
 }
 
 /// The audits of the last 7 days and every SLO, from the tables.
@@ -269,7 +264,7 @@ async fn from_tables(
     config: &Config,
     data_dir: &std::path::Path,
     now_us: i64,
-) -> Result<(Vec<AuditRow>, Vec<SloRow>), String> {
+) -> Result<(Vec<AuditStatus>, Vec<SloRow>), String> {
     let tables = data_dir.join("tables");
     if !tables.is_dir() {
         return Err(format!(
@@ -291,15 +286,13 @@ async fn from_tables(
         .map_err(|e| format!("audits: {e}"))?
         .json_rows()
         .iter()
-        .map(|r| {
-            (
-                r[0].as_str().unwrap_or_default().to_owned(),
-                parallax_web::time::rfc3339_micros(int(&r[1])),
-                int(&r[2]),
-                int(&r[3]),
-                int(&r[4]),
-                int(&r[5]),
-            )
+        .map(|r| AuditStatus {
+            class: r[0].as_str().unwrap_or_default().to_owned(),
+            at: Some(parallax_web::time::rfc3339_micros(int(&r[1]))),
+            entities: int(&r[2]),
+            differing: int(&r[3]),
+            in_flight: int(&r[4]),
+            divergent: int(&r[5]),
         })
         .collect();
     let slos = parallax_web::slo::evaluate(&engine, config, now_us, &[])
@@ -314,7 +307,7 @@ async fn from_tables(
 
 /// The audits of the last 7 days and every SLO, from the web app at `url`
 /// (its JSON twins of the Divergence and SLOs pages).
-async fn from_web(url: &str) -> Result<(Vec<AuditRow>, Vec<SloRow>), String> {
+async fn from_web(url: &str) -> Result<(Vec<AuditStatus>, Vec<SloRow>), String> {
     let url = url.trim_end_matches('/');
     let http = reqwest::Client::builder()
         .timeout(WEB_TIMEOUT)
@@ -342,29 +335,11 @@ async fn from_web(url: &str) -> Result<(Vec<AuditRow>, Vec<SloRow>), String> {
             Ok::<Value, String>(body["data"].clone())
         }
     };
-    let divergence = get("/api/v1/divergence?range=7d").await?;
-    let str_of = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    let int = |v: &Value| v.as_i64().unwrap_or(0);
-    let rows = divergence["audits"]
-        .as_array()
-        .map(|runs| {
-            runs.iter()
-                .map(|a| {
-                    (
-                        str_of(&a["class"]),
-                        str_of(&a["ts"]),
-                        int(&a["entities"]),
-                        int(&a["differing"]),
-                        int(&a["in_flight"]),
-                        int(&a["divergent"]),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let runs = serde_json::from_value(get("/api/v1/divergence?range=7d").await?["audits"].clone())
+        .map_err(|e| format!("{url}/api/v1/divergence: {e}"))?;
     let slos = serde_json::from_value(get("/api/v1/slos").await?["slos"].clone())
         .map_err(|e| format!("{url}/api/v1/slos: {e}"))?;
-    Ok((rows, slos))
+    Ok((runs, slos))
 }
 
 /// What needs a person.

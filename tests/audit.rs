@@ -14,17 +14,10 @@ use serde_json::{Value, json};
 const ENTITIES: u64 = 100_000;
 
 async fn drained(c: &Cluster) -> bool {
-    let client = reqwest::Client::new();
     for i in 0..3 {
-        let Ok(r) = client
-            .get(format!("{}/v1/stats", c.url(i)))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-        else {
+        let Some(s) = c.stats(i).await else {
             return false;
         };
-        let s: Value = r.json().await.unwrap();
         let peers = s["replication"]["peers"].as_object().unwrap();
         if peers.values().any(|p| p["backlog_ops"].as_u64() != Some(0)) {
             return false;

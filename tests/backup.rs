@@ -16,15 +16,7 @@ use serde_json::{Value, json};
 
 /// Region `i`'s `/v1/stats`.
 async fn stats(c: &Cluster, i: usize) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/v1/stats", c.url(i)))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    c.stats(i).await.expect("the region answers its stats")
 }
 
 /// Writes `accounts/<key>` through the region at `url`; whether it was

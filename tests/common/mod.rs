@@ -307,6 +307,19 @@ impl Cluster {
         self.children[i] = Some(child);
     }
 
+    /// Region `i`'s `/v1/stats`; `None` when it does not answer.
+    pub(crate) async fn stats(&self, i: usize) -> Option<Value> {
+        reqwest::Client::new()
+            .get(format!("{}/v1/stats", self.url(i)))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
     pub(crate) fn url(&self, i: usize) -> String {
         format!("http://{}:{}", self.hosts[i], self.ports[i])
     }

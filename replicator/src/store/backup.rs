@@ -172,6 +172,15 @@ struct Unframer<R: Read> {
     hash: blake3::Hasher,
 }
 
+impl<R: Read> Unframer<std::io::BufReader<R>> {
+    fn new(input: R) -> Self {
+        Unframer {
+            input: std::io::BufReader::new(input),
+            hash: blake3::Hasher::new(),
+        }
+    }
+}
+
 impl<R: Read> Unframer<R> {
     fn exact(&mut self, n: usize, hash: bool) -> Result<Vec<u8>> {
         let mut buf = vec![0; n];
@@ -224,20 +233,22 @@ fn restored_meta(
     meta: Vec<(String, Vec<u8>)>,
 ) -> Vec<(String, Vec<u8>)> {
     let floor = plan.log_floor.max(header.checkpoint + 1);
+    let own = format!("applied/{}", plan.region);
+    // The snapshot holds the origin's writes up to its checkpoint.
+    let origin = format!("applied/{}", header.region);
+    let seeded = header.region != plan.region;
     let mut out: Vec<(String, Vec<u8>)> = meta
         .into_iter()
         .filter(|(k, _)| {
-            !(k == "checkpoint"
+            !(["checkpoint", "feed_last", "feed_trimmed"].contains(&k.as_str())
                 || k.starts_with("cursor/")
                 || k.starts_with("ae/")
-                || *k == format!("applied/{}", plan.region))
+                || *k == own
+                || (seeded && *k == origin))
         })
         .collect();
-    if header.region != plan.region {
-        // The snapshot holds the origin's writes up to its checkpoint.
-        let applied = format!("applied/{}", header.region);
-        out.retain(|(k, _)| *k != applied);
-        out.push((applied, u64_bytes(header.checkpoint).to_vec()));
+    if seeded {
+        out.push((origin, u64_bytes(header.checkpoint).to_vec()));
     }
     out.push(("checkpoint".into(), u64_bytes(floor).to_vec()));
     for peer in &plan.peers {
@@ -245,7 +256,6 @@ fn restored_meta(
         out.push((format!("ae/{peer}"), vec![1]));
     }
     // The feed restarts past every position handed out before.
-    out.retain(|(k, _)| k != "feed_last" && k != "feed_trimmed");
     out.push(("feed_last".into(), u64_bytes(floor).to_vec()));
     out
 }
@@ -253,10 +263,7 @@ fn restored_meta(
 /// Reads a whole backup and checks it (its header, every record, the
 /// trailer's count and checksum) without writing anything.
 pub fn verify(input: impl Read) -> Result<BackupSummary> {
-    let mut r = Unframer {
-        input: std::io::BufReader::new(input),
-        hash: blake3::Hasher::new(),
-    };
+    let mut r = Unframer::new(input);
     let header = read_header(&mut r)?;
     let (mut records, mut entities) = (1u64, 0u64);
     let (count, hash) = loop {
@@ -313,10 +320,7 @@ fn check_trailer<R: Read>(r: &Unframer<R>, records: u64, count: &[u8], hash: &[u
 /// `plan` says; nothing is at `path` until the whole backup is checked and
 /// written. Refuses a cut, damaged or foreign file.
 pub fn restore(input: impl Read, path: &Path, plan: &RestorePlan) -> Result<BackupSummary> {
-    let mut r = Unframer {
-        input: std::io::BufReader::new(input),
-        hash: blake3::Hasher::new(),
-    };
+    let mut r = Unframer::new(input);
     let header = read_header(&mut r)?;
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".restoring");
