@@ -279,6 +279,8 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         "{}",
         if ok {
             "converged: every region holds identical data"
+        } else if converged {
+            "converged, but a check above FAILED"
         } else {
             "NOT converged: see above"
         }
