@@ -194,11 +194,12 @@ async fn metrics_pass_promtool_check_metrics() {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
-    // What crossed to each peer, by kind: its log batches and heartbeats.
+    // What crossed to each peer, by kind and class: the `likes` log
+    // batches, and heartbeats, which carry no class.
     for peer in ["us-west", "eu-west"] {
-        for op in ["replicate", "heartbeat"] {
+        for (class, op) in [("likes", "replicate"), ("", "heartbeat")] {
             let series = format!(
-                "parallax_peer_sent_bytes_total{{op=\"{op}\",peer=\"{peer}\",region=\"us-east\"}} "
+                "parallax_peer_sent_bytes_total{{class=\"{class}\",op=\"{op}\",peer=\"{peer}\",region=\"us-east\"}} "
             );
             let bytes: u64 = text
                 .lines()

@@ -239,20 +239,20 @@ impl Metrics {
             peer_calls: counter(
                 &r,
                 "parallax_peer_calls_total",
-                "Calls to another region answered, by kind (op).",
-                &["region", "peer", "op"],
+                "Calls to another region answered, by kind (op) and class.",
+                &["region", "peer", "op", "class"],
             ),
             peer_sent: counter(
                 &r,
                 "parallax_peer_sent_bytes_total",
-                "Request bytes sent to another region (this region's egress to it), by kind (op).",
-                &["region", "peer", "op"],
+                "Request bytes sent to another region (this region's egress to it), by kind (op) and class.",
+                &["region", "peer", "op", "class"],
             ),
             peer_received: counter(
                 &r,
                 "parallax_peer_received_bytes_total",
-                "Answer bytes received from another region (its egress to this one), by kind (op).",
-                &["region", "peer", "op"],
+                "Answer bytes received from another region (its egress to this one), by kind (op) and class.",
+                &["region", "peer", "op", "class"],
             ),
             catching_up: std::sync::Mutex::new(()),
             registry: r,
@@ -319,7 +319,8 @@ impl Metrics {
                 .audit_divergent
                 .with_label_values(&[me, &a.class])
                 .set(a.divergent as i64),
-            Event::Divergence(_) => {}
+            // The peer byte counters come from the node's totals (`refresh`).
+            Event::Divergence(_) | Event::Traffic(_) => {}
             Event::Cache(c) => {
                 let r = &c.report;
                 for (result, n) in [
@@ -394,7 +395,12 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for t in &stats.traffic {
-            let labels = [self.region.as_str(), t.peer.as_str(), t.kind.as_str()];
+            let labels = [
+                self.region.as_str(),
+                t.peer.as_str(),
+                t.kind.as_str(),
+                t.class.as_str(),
+            ];
             for (counter, total) in [
                 (&self.peer_calls, t.calls),
                 (&self.peer_sent, t.sent_bytes),

@@ -19,7 +19,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parallax_core::telemetry::{
     AuditEvent, CacheEvent, ClockEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent,
-    ProbeEvent, ReplicationEvent, RequestEvent, RolloutEvent,
+    ProbeEvent, ReplicationEvent, RequestEvent, RolloutEvent, TrafficEvent,
 };
 
 use crate::Error;
@@ -407,6 +407,18 @@ tables! {
         "offset_ms": int64(|r| r.offset_ms),
         "rtt_ms": int64(|r| r.rtt_ms as i64),
     }
+
+    /// One row per peer, kind and class a region's calls carried bytes of
+    /// in a report window (`collector.traffic_interval_ms`).
+    traffic = Traffic(TrafficEvent) {
+        "peer": text(|r| &r.traffic.peer),
+        "kind": text(|r| &r.traffic.kind),
+        "class": text(|r| &r.traffic.class),
+        "calls": int64(|r| r.traffic.calls as i64),
+        "items": int64(|r| r.traffic.items as i64),
+        "sent_bytes": int64(|r| r.traffic.sent_bytes as i64),
+        "received_bytes": int64(|r| r.traffic.received_bytes as i64),
+    }
 }
 
 /// The UTC date (`YYYY-MM-DD`) and hour of a timestamp in µs.
@@ -609,6 +621,19 @@ mod tests {
             (
                 "clock",
                 vec![ts("ts"), text("peer"), int64("offset_ms"), int64("rtt_ms")],
+            ),
+            (
+                "traffic",
+                vec![
+                    ts("ts"),
+                    text("peer"),
+                    text("kind"),
+                    text("class"),
+                    int64("calls"),
+                    int64("items"),
+                    int64("sent_bytes"),
+                    int64("received_bytes"),
+                ],
             ),
         ]
     }

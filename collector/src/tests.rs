@@ -382,7 +382,7 @@ async fn probes_show_which_regions_answer_from_here() {
 fn one_of_each() -> Vec<Event> {
     use parallax_core::telemetry::{
         AuditEvent, CacheEvent, ClockEvent, ConflictEvent, DivergenceEvent, FailoverEvent,
-        ProbeEvent, RolloutEvent,
+        ProbeEvent, RolloutEvent, TrafficEvent,
     };
     vec![
         Event::Request(RequestEvent {
@@ -511,6 +511,19 @@ fn one_of_each() -> Vec<Event> {
             offset_ms: -71,
             rtt_ms: 72,
         }),
+        Event::Traffic(TrafficEvent {
+            ts_us: T0 + 12,
+            region: "us-east".into(),
+            traffic: PeerTraffic {
+                peer: "eu-west".into(),
+                kind: "replicate".into(),
+                class: "carts".into(),
+                calls: 81,
+                items: 82,
+                sent_bytes: 83,
+                received_bytes: 84,
+            },
+        }),
     ]
 }
 
@@ -562,7 +575,7 @@ fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
     for e in one_of_each() {
         c.ingest(e);
     }
-    assert_eq!(c.flush().unwrap(), 11);
+    assert_eq!(c.flush().unwrap(), 12);
     let ts = |n: u64| format!("ts=2026-11-28T10:00:00.{n:06}");
     let expected = [
         (
@@ -647,6 +660,14 @@ fn a_row_of_every_table_reads_back_from_its_parquet_file_as_it_went_in() {
             "clock",
             vec![format!("{}, peer=eu-west, offset_ms=-71, rtt_ms=72", ts(9))],
         ),
+        (
+            "traffic",
+            vec![format!(
+                "{}, peer=eu-west, kind=replicate, class=carts, calls=81, items=82, \
+                 sent_bytes=83, received_bytes=84",
+                ts(12)
+            )],
+        ),
     ];
     assert_eq!(
         expected.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
@@ -727,7 +748,9 @@ fn the_peer_byte_counters_follow_the_nodes_totals() {
     let mut traffic = PeerTraffic {
         peer: "us-east".into(),
         kind: "replicate".into(),
+        class: "orders".into(),
         calls: 3,
+        items: 9,
         sent_bytes: 1_000,
         received_bytes: 60,
     };
@@ -741,9 +764,9 @@ fn the_peer_byte_counters_follow_the_nodes_totals() {
     m.refresh(&stats);
     let text = m.render();
     for line in [
-        "parallax_peer_calls_total{op=\"replicate\",peer=\"us-east\",region=\"us-west\"} 5",
-        "parallax_peer_sent_bytes_total{op=\"replicate\",peer=\"us-east\",region=\"us-west\"} 1500",
-        "parallax_peer_received_bytes_total{op=\"replicate\",peer=\"us-east\",region=\"us-west\"} 60",
+        "parallax_peer_calls_total{class=\"orders\",op=\"replicate\",peer=\"us-east\",region=\"us-west\"} 5",
+        "parallax_peer_sent_bytes_total{class=\"orders\",op=\"replicate\",peer=\"us-east\",region=\"us-west\"} 1500",
+        "parallax_peer_received_bytes_total{class=\"orders\",op=\"replicate\",peer=\"us-east\",region=\"us-west\"} 60",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }

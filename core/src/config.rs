@@ -14,10 +14,12 @@ pub use crate::web_config::{
 };
 
 mod class;
+mod cost;
 mod load;
 mod router;
 
 pub use class::{ClassConfig, FieldRule, ForeignWrites, OpKind, Ownership, Policy, Rollout};
+pub use cost::CostConfig;
 pub use load::{estimate_latency_ms, great_circle_km};
 pub use router::{RouterConfig, RouterSite, Subnet};
 
@@ -84,6 +86,9 @@ pub struct Config {
     /// One router per client location, by location name.
     #[serde(default)]
     pub routers: BTreeMap<String, RouterSite>,
+    /// `[cost]`: prices for the Cost page.
+    #[serde(default)]
+    pub cost: CostConfig,
 }
 
 /// `[collector]`: where telemetry goes.
@@ -117,6 +122,10 @@ pub struct CollectorConfig {
     /// Telemetry events the collector may hold before it drops (and counts) them.
     #[serde(default = "default_event_queue")]
     pub event_queue: usize,
+    /// Each region reports the bytes its calls to peers carried (the
+    /// `traffic` table) this often (ms).
+    #[serde(default = "default_traffic_interval_ms")]
+    pub traffic_interval_ms: u64,
 }
 
 impl Default for CollectorConfig {
@@ -131,6 +140,7 @@ impl Default for CollectorConfig {
             probe_timeout_ms: default_probe_timeout_ms(),
             metrics_listen: None,
             event_queue: default_event_queue(),
+            traffic_interval_ms: default_traffic_interval_ms(),
         }
     }
 }
@@ -383,6 +393,9 @@ fn default_retention_days() -> u32 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_traffic_interval_ms() -> u64 {
+    10_000
 }
 fn default_probe_interval_ms() -> u64 {
     5_000

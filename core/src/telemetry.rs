@@ -39,6 +39,21 @@ pub enum Event {
     Rollout(RolloutEvent),
     /// A client's feed-kept cache reported a window of its reads.
     Cache(CacheEvent),
+    /// What this region's calls to a peer carried of a class since the
+    /// previous report.
+    Traffic(TrafficEvent),
+}
+
+/// Bytes a region's calls to a peer carried of one kind and class in a
+/// window ending at `ts_us` (a row of the `traffic` table).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficEvent {
+    /// The end of the window (µs since epoch, UTC).
+    pub ts_us: u64,
+    /// The calling region.
+    pub region: String,
+    /// The window's growth of the counts.
+    pub traffic: crate::traffic::PeerTraffic,
 }
 
 /// A class moved to another rollout stage (recorded by the region that
@@ -542,7 +557,8 @@ impl Stats {
             | Event::Audit(_)
             | Event::Divergence(_)
             | Event::Rollout(_)
-            | Event::Cache(_) => {}
+            | Event::Cache(_)
+            | Event::Traffic(_) => {}
         }
     }
 

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::links::Links;
 use crate::protocol::{PeerReply, PeerRequest, decode, encode};
-use crate::traffic::{PeerTraffic, Traffic, kind_of};
+use crate::traffic::{PeerTraffic, Traffic, kind_of, shares_of};
 
 /// Header naming the calling region.
 pub const FROM_HEADER: &str = "x-parallax-from";
@@ -126,6 +126,7 @@ impl Transport for HttpTransport {
         let (links, timeout) = (self.links.clone(), self.timeout);
         let traffic = Arc::clone(&self.traffic);
         let kind = kind_of(&req);
+        let shares = shares_of(&req);
         Box::pin(async move {
             let url = url.ok_or_else(|| {
                 TransportError::Refused(format!("region {to} is not in the config"))
@@ -161,7 +162,7 @@ impl Transport for HttpTransport {
                 .bytes()
                 .await
                 .map_err(|e| TransportError::Unreachable(format!("{url}: {e}")))?;
-            traffic.count(&to, kind, sent, bytes.len() as u64);
+            traffic.count(&to, kind, &shares, sent, bytes.len() as u64);
             if status == reqwest::StatusCode::UNAUTHORIZED {
                 return Err(TransportError::Refused(format!(
                     "region {to} refused the peer secret; every region must have the same cluster.peer_secret"

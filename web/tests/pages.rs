@@ -15,8 +15,9 @@ use parallax_core::clock::ManualClock;
 use parallax_core::config::Config;
 use parallax_core::telemetry::{
     AuditEvent, CacheEvent, ConflictEvent, DivergenceEvent, Event, FailoverEvent, ProbeEvent,
-    ReplicationEvent, RequestEvent,
+    ReplicationEvent, RequestEvent, TrafficEvent,
 };
+use parallax_core::traffic::PeerTraffic;
 use parallax_core::transport::HttpTransport;
 use parallax_replicator::{Node, NodeOptions, api};
 use parallax_web::charts::num;
@@ -215,6 +216,7 @@ async fn every_page_and_its_json_twin_answer() {
         ("/latency", "/api/v1/latency", "Latency and errors"),
         ("/failovers", "/api/v1/failovers", "Failovers"),
         ("/slos", "/api/v1/slos", "SLOs"),
+        ("/cost", "/api/v1/cost", "Cost"),
     ] {
         for range in ["15m", "1h", "6h", "24h", "7d"] {
             let (status, html) = get(&app, &format!("{page}?range={range}")).await;
@@ -740,4 +742,148 @@ async fn slos_show_budget_and_workbook_burn_rates() {
     assert!(html.contains("<td class=\"num firing\">-9900</td>"));
     let v = json(&app, "/api/v1/slos?region=eu-west").await;
     assert_eq!(v["data"]["slos"].as_array().unwrap().len(), 4);
+}
+
+/// An hour of traffic: us-east ships `likes` to eu-west (1 MB a minute,
+/// 1 kB of acknowledgments back) and us-west passes 5 writes a minute on to
+/// us-east (50 kB each way); us-east takes 10 writes a minute itself.
+fn fill_cost(dir: &std::path::Path) {
+    for region in ["us-east", "us-west"] {
+        let c = common::collector(dir, region, T0);
+        for n in 0..60u64 {
+            let ts_us = T0 + n * MIN;
+            let (peer, kind, items, sent, received) = if region == "us-east" {
+                ("eu-west", "replicate", 10, 1_000_000, 1_000)
+            } else {
+                ("us-east", "write", 5, 50_000, 50_000)
+            };
+            c.ingest(Event::Traffic(TrafficEvent {
+                ts_us,
+                region: region.into(),
+                traffic: PeerTraffic {
+                    peer: peer.into(),
+                    kind: kind.into(),
+                    class: "likes".into(),
+                    calls: 1,
+                    items,
+                    sent_bytes: sent,
+                    received_bytes: received,
+                },
+            }));
+            for _ in 0..if region == "us-east" { 10 } else { 5 } {
+                c.ingest(Event::Request(RequestEvent {
+                    ts_us,
+                    region: region.into(),
+                    op: "incr".into(),
+                    class: "likes".into(),
+                    status: 200,
+                    latency_us: 1_000,
+                    consistency: "local".into(),
+                    served_by: "us-east".into(),
+                    client_geo: String::new(),
+                }));
+            }
+        }
+        if region == "us-east" {
+            for (n, outcome) in ["merged", "merged", "queued"].iter().enumerate() {
+                c.ingest(Event::Conflict(ConflictEvent {
+                    ts_us: T0 + n as u64 * MIN,
+                    region: region.into(),
+                    class: "likes".into(),
+                    key: format!("post-{n}"),
+                    policy: "gcounter".into(),
+                    outcome: (*outcome).into(),
+                    resolution_ms: 5,
+                }));
+            }
+        }
+        c.flush().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_cost_page_prices_each_pair_and_class_and_what_another_stage_would_move() {
+    let (_d, app) = app_of(fill_cost).await;
+    let v = json(&app, "/api/v1/cost?range=6h").await;
+    let d = &v["data"];
+    // The range ends 2 h after the first report; the traffic began one
+    // report interval (10 s) before it.
+    let observed_s = d["observed_s"].as_f64().unwrap();
+    assert_eq!(observed_s, 7_210.0);
+    let month = 30.0 * 86_400.0 / observed_s;
+    let pair = |src: &str, dst: &str| {
+        d["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["src"] == src && p["dst"] == dst)
+            .unwrap_or_else(|| panic!("{src} → {dst} in {d}"))
+            .clone()
+    };
+    let east_eu = pair("us-east", "eu-west");
+    assert_eq!(east_eu["bytes"], 60_000_000);
+    assert_eq!(
+        pair("eu-west", "us-east")["bytes"],
+        60_000,
+        "the acknowledgments"
+    );
+    assert_eq!(pair("us-west", "us-east")["bytes"], 3_000_000);
+    assert_eq!(pair("us-east", "us-west")["bytes"], 3_000_000);
+    let close = |a: &Value, b: f64| (a.as_f64().unwrap() - b).abs() < 1e-9 * b.abs().max(1.0);
+    assert!(close(&east_eu["spend"], 60_000_000.0 * 0.02 / 1e9));
+    assert!(close(&east_eu["month"], 60_000_000.0 * 0.02 / 1e9 * month));
+    let total = 60_000_000.0 + 60_000.0 + 6_000_000.0;
+    assert_eq!(d["bytes"], total as i64);
+    // The example config prices a region's hour at 0.5 USD.
+    assert!(close(&d["month_regions"], 3.0 * 0.5 * 720.0));
+    let likes = &d["classes"][0];
+    assert_eq!(likes["class"], "likes");
+    assert_eq!(
+        (likes["writes"].as_i64(), likes["forwarded_writes"].as_i64()),
+        (Some(900), Some(300))
+    );
+    assert_eq!(
+        (likes["conflicts"].as_i64(), likes["queued"].as_i64()),
+        (Some(3), Some(1))
+    );
+    let what_if = |change: &str| {
+        likes["what_if"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["change"] == change)
+            .unwrap_or_else(|| panic!("{change} in {likes}"))
+            .clone()
+    };
+    // Every write local: the 6 MB passed on are saved, measured.
+    let global = what_if("active-active, global ownership");
+    assert!(close(&global["month_bytes"], (total - 6_000_000.0) * month));
+    assert!(close(&global["delta"], -6_000_000.0 * 0.02 / 1e9 * month));
+    assert_eq!(global["estimated"], false);
+    // Writes at us-east (it takes the most): us-west's 300 passed on at the
+    // measured 20 kB each, as now.
+    let read_local = what_if("read-local at us-east");
+    assert!(
+        close(&read_local["month_bytes"], total * month),
+        "{read_local}"
+    );
+    assert!(close(&read_local["delta"], 0.0));
+    // Hash: a third of each region's writes to each other region.
+    let hash = what_if("active-active, hash ownership");
+    let moved = 900.0 * 2.0 / 3.0 * 20_000.0;
+    assert!(
+        close(&hash["month_bytes"], (total - 6_000_000.0 + moved) * month),
+        "{hash}"
+    );
+    let (status, html) = get(&app, "/cost?range=6h").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("<h1>Cost</h1>"));
+    assert!(
+        html.contains(
+            "<td class=\"\">us-east</td><td class=\"\">eu-west</td><td class=\"num\">60 MB</td>"
+        ),
+        "{html}"
+    );
+    assert!(html.contains("read-local at us-east"));
+    assert!(html.contains("1080.00 USD"), "the regions' month: {html}");
 }

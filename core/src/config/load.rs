@@ -142,6 +142,26 @@ impl Config {
                 check_region(&format!("latency_ms.{from}.{to}"), to)?;
             }
         }
+        for (src, row) in &self.cost.gb_by_pair {
+            check_region(&format!("cost.gb_by_pair.{src}"), src)?;
+            for dst in row.keys() {
+                check_region(&format!("cost.gb_by_pair.{src}.{dst}"), dst)?;
+            }
+        }
+        for (field, price) in self.cost.prices() {
+            if !(price.is_finite() && price >= 0.0) {
+                return fail(
+                    &format!("cost.{field}"),
+                    format!("is {price}, not a price. Fix: give a number of 0 or more"),
+                );
+            }
+        }
+        if self.cost.currency.trim().is_empty() {
+            return fail(
+                "cost.currency",
+                "is empty. Fix: name the currency, e.g. \"USD\"".into(),
+            );
+        }
         for (name, class) in &self.classes {
             let at = |field: &str| format!("classes.{name}.{field}");
             if !valid_class_name(name) {
@@ -231,10 +251,11 @@ impl Config {
             || c.flush_rows == 0
             || c.row_group_rows == 0
             || c.probe_interval_ms == 0
+            || c.traffic_interval_ms == 0
         {
             return fail(
                 "collector",
-                "flush_interval_ms, flush_rows, row_group_rows and probe_interval_ms must be at least 1. Fix: use the defaults".into(),
+                "flush_interval_ms, flush_rows, row_group_rows, probe_interval_ms and traffic_interval_ms must be at least 1. Fix: use the defaults".into(),
             );
         }
         if c.retention_days == 0 {

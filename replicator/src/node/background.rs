@@ -1,11 +1,14 @@
 //! The loops a node runs besides requests (each a [`parallax_core::worker`]):
-//! the telemetry relay and checkpoints. The shippers and the lag sampler
+//! the telemetry relay, checkpoints and traffic reports. The shippers and the lag sampler
 //! live in [`crate::replication`], anti-entropy in [`super::anti_entropy`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use parallax_core::telemetry::{Event, Stats, Telemetry};
+use parallax_core::clock::Clock;
+use parallax_core::telemetry::{Event, Stats, Telemetry, TrafficEvent};
+use parallax_core::traffic::growth;
+use parallax_core::transport::Transport;
 use parallax_core::worker::Worker;
 use tokio::sync::mpsc;
 
@@ -22,6 +25,39 @@ pub(super) async fn checkpoints(mut w: Worker, writer: mpsc::Sender<Command>, ev
         }
         w.ran(Ok::<(), String>(()));
     }
+}
+
+/// Reports every `every` what this region's calls to its peers carried
+/// since the previous report (the `traffic` table), and once more when
+/// told to stop, so no window's bytes go unreported.
+pub(super) async fn traffic_reports(
+    mut w: Worker,
+    region: String,
+    transport: Arc<dyn Transport>,
+    clock: Arc<dyn Clock>,
+    telemetry: Telemetry,
+    every: Duration,
+) {
+    let mut reported = transport.traffic();
+    let report = |reported: &mut Vec<_>| {
+        let now = transport.traffic();
+        let ts_us = clock.now_us();
+        for traffic in growth(reported, &now) {
+            telemetry.emit(Event::Traffic(TrafficEvent {
+                ts_us,
+                region: region.clone(),
+                traffic,
+            }));
+        }
+        *reported = now;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    while w.next_tick(&mut tick).await {
+        report(&mut reported);
+        w.ran(Ok::<(), String>(()));
+    }
+    report(&mut reported);
 }
 
 /// Counts every telemetry event and forwards it to the subscriber (the

@@ -294,6 +294,14 @@ impl Node {
                 workers.spawn(format!("shipper:{peer}"), |w| shipper.run(w));
             }
         }
+        if !peers.is_empty() {
+            let (region, transport) = (region.clone(), Arc::clone(&transport));
+            let (clock, telemetry) = (Arc::clone(&clock), telemetry.clone());
+            let every = Duration::from_millis(config.collector.traffic_interval_ms);
+            workers.spawn("traffic", move |w| {
+                background::traffic_reports(w, region, transport, clock, telemetry, every)
+            });
+        }
         if replicate && !peers.is_empty() {
             let sampler = LagSampler {
                 me: region.clone(),

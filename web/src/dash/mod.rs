@@ -4,6 +4,7 @@
 
 mod common;
 mod conflicts;
+mod cost;
 mod divergence;
 mod failovers;
 mod latency;
@@ -13,6 +14,7 @@ mod replication;
 
 pub use common::{LagMatrix, names, per_region};
 pub use conflicts::{ConflictCount, Conflicts, Resolution, conflicts};
+pub use cost::{Carried, ClassCost, Cost, KindCost, Mix, PairCost, WhatIf, cost, what_ifs};
 pub use divergence::{AuditRun, CURRENT_STATE, Divergence, DivergentKey, divergence};
 pub use failovers::{Failover, FailoverEvent, Failovers, Misdirected, failovers};
 pub use latency::{Latency, RegionLatency, latency};

@@ -48,6 +48,7 @@ enum Kind {
     Latency,
     Failovers,
     Slos,
+    Cost,
 }
 
 impl Kind {
@@ -60,6 +61,7 @@ impl Kind {
             "/latency" => Kind::Latency,
             "/failovers" => Kind::Failovers,
             "/slos" => Kind::Slos,
+            "/cost" => Kind::Cost,
             _ => return None,
         })
     }
@@ -78,6 +80,7 @@ impl Kind {
             Kind::Latency => ("Latency and errors", "/latency"),
             Kind::Failovers => ("Failovers", "/failovers"),
             Kind::Slos => ("SLOs", "/slos"),
+            Kind::Cost => ("Cost", "/cost"),
         }
     }
 }
@@ -135,6 +138,10 @@ async fn load(app: &App, kind: Kind, f: &Filters) -> Result<Loaded, SqlError> {
         Kind::Slos => {
             let d = slo::evaluate(e, app.config(), f.to_us, &f.regions).await?;
             (json!(d), pages::slos(&d), None)
+        }
+        Kind::Cost => {
+            let d = dash::cost(e, f, app.config()).await?;
+            (json!(d), pages::cost(&d, f, &marks), None)
         }
     };
     Ok((with_marks(data, marks), sections, queue))

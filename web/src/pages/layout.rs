@@ -206,7 +206,7 @@ pub struct Chrome {
 }
 
 /// The navigation.
-pub const NAV: [(&str, &str); 9] = [
+pub const NAV: [(&str, &str); 10] = [
     ("/", "Overview"),
     ("/replication", "Replication"),
     ("/conflicts", "Conflicts"),
@@ -214,6 +214,7 @@ pub const NAV: [(&str, &str); 9] = [
     ("/latency", "Latency & errors"),
     ("/failovers", "Failovers"),
     ("/slos", "SLOs"),
+    ("/cost", "Cost"),
     ("/alerts", "Alerts"),
     ("/sql", "SQL"),
 ];

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod conflicts;
+mod cost;
 mod divergence;
 mod failovers;
 mod latency;
@@ -14,6 +15,7 @@ mod slos;
 
 pub use alerts::alerts;
 pub use conflicts::conflicts;
+pub use cost::cost;
 pub use divergence::divergence;
 pub use failovers::failovers;
 pub use latency::latency;
