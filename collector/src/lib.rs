@@ -63,8 +63,8 @@ pub struct CollectorOptions {
     pub config: CollectorConfig,
     /// Base URLs of the regions to probe, by name.
     pub probe_urls: BTreeMap<String, String>,
-    /// Bearer tokens accepted by `GET /v1/probes`.
-    pub tokens: Vec<String>,
+    /// The secrets in force: `GET /v1/probes` takes a client or admin token.
+    pub tokens: parallax_core::secrets::SecretCell,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
     /// Links cut by a drill in this process (`demo --chaos`): a probe over
@@ -471,11 +471,11 @@ async fn probes(State(c): State<Collector>, headers: HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !c
-        .inner
-        .opts
-        .tokens
+    let secrets = c.inner.opts.tokens.get();
+    if !secrets
+        .client
         .iter()
+        .chain(&secrets.admin)
         .any(|t| parallax_core::api::constant_time_eq(t.as_bytes(), given.as_bytes()))
     {
         let body = serde_json::json!({

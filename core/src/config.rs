@@ -225,6 +225,16 @@ pub struct ClusterConfig {
     /// Shared secret that regions send to each other; a region-to-region
     /// request without it is refused.
     pub peer_secret: String,
+    /// Client tokens accepted besides `client_token` (rotation: see the
+    /// README's "Rotating secrets").
+    #[serde(default)]
+    pub accept_client_tokens: Vec<String>,
+    /// Admin tokens accepted besides `admin_token`.
+    #[serde(default)]
+    pub accept_admin_tokens: Vec<String>,
+    /// Peer secrets accepted besides `peer_secret` (which is the one sent).
+    #[serde(default)]
+    pub accept_peer_secrets: Vec<String>,
     /// The primary region: the only writer for classes in the `active-passive`
     /// stage. Defaults to the first region by name.
     #[serde(default)]

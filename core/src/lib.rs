@@ -40,6 +40,7 @@ pub mod protocol;
 pub mod rollout;
 pub mod routed;
 pub mod routing;
+pub mod secrets;
 pub mod stats;
 pub mod sync;
 pub mod telemetry;

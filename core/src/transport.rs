@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::links::Links;
 use crate::protocol::{PeerReply, PeerRequest, decode, encode};
+use crate::secrets::{SecretCell, Secrets};
 use crate::traffic::{PeerTraffic, Traffic, kind_of, shares_of};
 
 /// Header naming the calling region.
@@ -62,7 +63,7 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 pub struct HttpTransport {
     from: String,
     urls: BTreeMap<String, String>,
-    secret: String,
+    secrets: SecretCell,
     client: reqwest::Client,
     delays: BTreeMap<String, Duration>,
     timeout: Duration,
@@ -88,13 +89,24 @@ impl HttpTransport {
         HttpTransport {
             from: from.into(),
             urls,
-            secret: secret.into(),
+            secrets: SecretCell::new(Secrets {
+                client: Vec::new(),
+                admin: Vec::new(),
+                peer: vec![secret.into().into()],
+            }),
             client,
             delays: BTreeMap::new(),
             timeout,
             links: None,
             traffic: Arc::default(),
         }
+    }
+
+    /// Sends the peer secret in force in `secrets` (swapped when the
+    /// region reloads its secrets) instead of the one given to `new`.
+    pub fn with_secrets(mut self, secrets: SecretCell) -> HttpTransport {
+        self.secrets = secrets;
+        self
     }
 
     /// Drops calls over the links a drill cuts in `links` (`demo --chaos`).
@@ -119,7 +131,7 @@ impl Transport for HttpTransport {
     ) -> BoxFuture<'static, Result<PeerReply, TransportError>> {
         let url = self.urls.get(to).map(|u| format!("{u}{PEER_PATH}"));
         let client = self.client.clone();
-        let secret = self.secret.clone();
+        let secret = self.secrets.get().peer_secret().to_owned();
         let from = self.from.clone();
         let delay = self.delays.get(to).copied().unwrap_or_default();
         let to = to.to_owned();

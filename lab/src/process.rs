@@ -13,6 +13,7 @@ use parallax_collector::{Collector, CollectorOptions};
 use parallax_core::clock::{Clock, SkewedClock, SystemClock};
 use parallax_core::config::Config;
 use parallax_core::links::Links;
+use parallax_core::secrets::{SecretCell, Secrets};
 use parallax_core::transport::HttpTransport;
 use parallax_core::worker::Workers;
 use parallax_replicator::{Node, NodeOptions};
@@ -34,6 +35,8 @@ pub struct RunningRegion {
     pub clock: Arc<SkewedClock>,
     /// The address its API serves.
     pub addr: SocketAddr,
+    /// The secrets its API accepts and sends, swapped by a reload.
+    pub secrets: SecretCell,
     stops: Vec<oneshot::Sender<()>>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -129,12 +132,14 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
         .keys()
         .filter_map(|r| Some((r.clone(), config.region_url(r)?)))
         .collect();
+    let secrets = SecretCell::new(Secrets::of(&config.cluster));
     let mut transport = HttpTransport::new(
         region,
         urls.clone(),
         config.cluster.peer_secret.clone(),
         Duration::from_millis(config.replication.peer_timeout_ms),
-    );
+    )
+    .with_secrets(secrets.clone());
     if simulate_wan {
         let delays = config
             .regions
@@ -166,6 +171,7 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
     opts.allow_fault_injection = allow_fault_injection;
     opts.clock = Arc::clone(&clock);
     opts.subscriber = Some(events_tx);
+    opts.secrets = Some(secrets.clone());
     let node = Node::start(opts)
         .await
         .with_context(|| format!("cannot start region {region}"))?;
@@ -175,10 +181,7 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
             region: region.to_owned(),
             config: config.collector.clone(),
             probe_urls: urls,
-            tokens: vec![
-                config.cluster.client_token.clone(),
-                config.cluster.admin_token.clone(),
-            ],
+            tokens: secrets.clone(),
             clock,
             links,
         },
@@ -204,6 +207,7 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
     Ok(RunningRegion {
         node,
         collector,
+        secrets,
         clock: skewed,
         addr,
         stops,

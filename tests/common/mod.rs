@@ -342,6 +342,11 @@ impl Cluster {
         }
     }
 
+    /// Sends region `i` a SIGHUP: it reloads its secrets.
+    pub(crate) fn hangup(&self, i: usize) {
+        signal("-HUP", self.children[i].as_ref().expect("region runs").id());
+    }
+
     /// Stops region `i` with SIGSTOP: its process holds its sockets and
     /// answers nothing until the returned guard sends SIGCONT (on `thaw` or
     /// when dropped, so a failing test leaves no region stopped).

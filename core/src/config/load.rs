@@ -82,12 +82,39 @@ impl Config {
                 );
             }
         }
-        if self.cluster.client_token == self.cluster.peer_secret
-            || self.cluster.admin_token == self.cluster.peer_secret
-        {
+        for (field, list) in [
+            (
+                "cluster.accept_client_tokens",
+                &self.cluster.accept_client_tokens,
+            ),
+            (
+                "cluster.accept_admin_tokens",
+                &self.cluster.accept_admin_tokens,
+            ),
+            (
+                "cluster.accept_peer_secrets",
+                &self.cluster.accept_peer_secrets,
+            ),
+        ] {
+            if list.iter().any(|t| t.trim().is_empty()) {
+                return fail(
+                    field,
+                    "holds an empty string. Fix: list only the secrets still accepted".into(),
+                );
+            }
+        }
+        let peers = std::iter::once(&self.cluster.peer_secret)
+            .chain(&self.cluster.accept_peer_secrets)
+            .collect::<Vec<_>>();
+        let users = [&self.cluster.client_token, &self.cluster.admin_token]
+            .into_iter()
+            .chain(&self.cluster.accept_client_tokens)
+            .chain(&self.cluster.accept_admin_tokens)
+            .collect::<Vec<_>>();
+        if peers.iter().any(|p| users.contains(p)) {
             return fail(
                 "cluster.peer_secret",
-                "equals a client or admin token. Fix: give regions a secret of their own".into(),
+                "(or one in accept_peer_secrets) equals a client or admin token. Fix: give regions a secret of their own".into(),
             );
         }
         if let Some(primary) = &self.cluster.primary {

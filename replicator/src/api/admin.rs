@@ -18,7 +18,7 @@ pub(super) async fn stats(State(state): State<ApiState>, headers: HeaderMap) -> 
 }
 
 pub(super) fn admin_auth(state: &ApiState, headers: &HeaderMap) -> Result<(), Error> {
-    authorize(headers, &[("cluster.admin_token", &state.admin_token)])
+    authorize(state, headers, &[Secret::Admin])
 }
 
 pub(super) fn ownership_body(state: &ApiState, view: &OwnershipView) -> Ownership {
@@ -306,13 +306,7 @@ pub(super) async fn audit_rpc(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(e) = authorize(
-        &headers,
-        &[
-            ("cluster.admin_token", &state.admin_token),
-            ("cluster.peer_secret", &state.peer_secret),
-        ],
-    ) {
+    if let Err(e) = authorize(&state, &headers, &[Secret::Admin, Secret::Peer]) {
         return error_response(&e);
     }
     let limit = state.node.config().limits.max_peer_body_bytes;

@@ -25,6 +25,7 @@ use parallax_core::protocol::{
     PeerRequest, ReadConsistency, SessionToken, WriteConsistency, decode, encode,
 };
 use parallax_core::routing::OwnershipView;
+use parallax_core::secrets::Secrets;
 use parallax_core::telemetry::{Event, RequestEvent};
 use parallax_core::transport::{FROM_HEADER, PEER_PATH};
 use serde::Deserialize;
@@ -53,19 +54,13 @@ pub struct ApiState {
     node: Node,
     /// Change-feed readers at once (`limits.max_feed_readers`).
     feed_readers: Arc<tokio::sync::Semaphore>,
-    client_token: Arc<str>,
-    admin_token: Arc<str>,
-    peer_secret: Arc<str>,
 }
 
 impl ApiState {
-    /// State for `node`, with the tokens from its config.
+    /// State for `node` (its secrets are the ones it accepts, read at each
+    /// request, so a reload takes effect at once).
     pub fn new(node: Node) -> ApiState {
-        let c = &node.config().cluster;
         ApiState {
-            client_token: c.client_token.as_str().into(),
-            admin_token: c.admin_token.as_str().into(),
-            peer_secret: c.peer_secret.as_str().into(),
             feed_readers: Arc::new(tokio::sync::Semaphore::new(
                 node.config().limits.max_feed_readers,
             )),
@@ -210,17 +205,47 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn authorize(headers: &HeaderMap, accepted: &[(&str, &str)]) -> Result<(), Error> {
-    let names: Vec<&str> = accepted.iter().map(|(name, _)| *name).collect();
+/// Which secret a route takes, and where the config names it.
+#[derive(Clone, Copy, Debug)]
+enum Secret {
+    Client,
+    Admin,
+    Peer,
+}
+
+impl Secret {
+    fn field(self) -> &'static str {
+        match self {
+            Secret::Client => "cluster.client_token",
+            Secret::Admin => "cluster.admin_token",
+            Secret::Peer => "cluster.peer_secret",
+        }
+    }
+
+    fn accepted(self, s: &Secrets) -> &[Arc<str>] {
+        match self {
+            Secret::Client => &s.client,
+            Secret::Admin => &s.admin,
+            Secret::Peer => &s.peer,
+        }
+    }
+}
+
+/// Whether the request's bearer token is one of the secrets of `kinds`
+/// in force now (the current ones and those `cluster.accept_*` lists).
+fn authorize(state: &ApiState, headers: &HeaderMap, kinds: &[Secret]) -> Result<(), Error> {
+    let names: Vec<&str> = kinds.iter().map(|k| k.field()).collect();
     let Some(given) = bearer(headers) else {
         return Err(Error::Unauthorized(format!(
             "missing bearer token. Fix: send `Authorization: Bearer <{}>` from the cluster config",
             names.join("> or <")
         )));
     };
-    if accepted
+    let secrets = state.node.secrets();
+    if kinds
         .iter()
-        .any(|(_, t)| constant_time_eq(given.as_bytes(), t.as_bytes()))
+        .flat_map(|k| k.accepted(&secrets))
+        .any(|t| constant_time_eq(given.as_bytes(), t.as_bytes()))
     {
         Ok(())
     } else {
@@ -232,13 +257,7 @@ fn authorize(headers: &HeaderMap, accepted: &[(&str, &str)]) -> Result<(), Error
 }
 
 fn client_auth(state: &ApiState, headers: &HeaderMap) -> Result<(), Error> {
-    authorize(
-        headers,
-        &[
-            ("cluster.client_token", &state.client_token),
-            ("cluster.admin_token", &state.admin_token),
-        ],
-    )
+    authorize(state, headers, &[Secret::Client, Secret::Admin])
 }
 
 fn path_error(e: PathRejection) -> Error {
@@ -328,7 +347,7 @@ async fn peer_rpc(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(e) = authorize(&headers, &[("cluster.peer_secret", &state.peer_secret)]) {
+    if let Err(e) = authorize(&state, &headers, &[Secret::Peer]) {
         return error_response(&e);
     }
     let from = headers

@@ -33,6 +33,7 @@ use parallax_core::config::{ClassConfig, Config};
 use parallax_core::entity::Entity;
 use parallax_core::error::{Error, Result};
 use parallax_core::protocol::{PeerRequest, PeerResponse};
+use parallax_core::secrets::{SecretCell, Secrets};
 use parallax_core::stats::NodeStats;
 use parallax_core::telemetry::{Event, Stats, Telemetry};
 use parallax_core::transport::{PeerHandler, Transport};
@@ -82,6 +83,9 @@ pub struct NodeOptions {
     /// Serve `POST /v1/admin/fault`, which changes stored entities without
     /// replicating them (for drills; never in production).
     pub allow_fault_injection: bool,
+    /// The secrets its API accepts, shared with whatever reloads them
+    /// (default: the config's, never reloaded).
+    pub secrets: Option<SecretCell>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -113,6 +117,7 @@ impl NodeOptions {
             seed: 0x5eed,
             replicate: true,
             allow_fault_injection: false,
+            secrets: None,
         }
     }
 }
@@ -154,6 +159,7 @@ struct Inner {
     ready: AtomicBool,
     started_ms: u64,
     allow_fault_injection: bool,
+    secrets: SecretCell,
     ae_lock: tokio::sync::Mutex<()>,
     /// Ownership moves, one at a time (a conditional move checks and acts
     /// with no other in between).
@@ -182,7 +188,9 @@ impl Node {
             seed,
             replicate,
             allow_fault_injection,
+            secrets,
         } = opts;
+        let secrets = secrets.unwrap_or_else(|| SecretCell::new(Secrets::of(&config.cluster)));
         if !config.regions.contains_key(&region) {
             return Err(Error::Config(format!(
                 "region `{region}` is not declared in the config (declared: {}). Fix: pass --region with one of those",
@@ -262,6 +270,7 @@ impl Node {
             ready: AtomicBool::new(false),
             started_ms: clock.now_ms(),
             allow_fault_injection,
+            secrets,
             ae_lock: tokio::sync::Mutex::new(()),
             ownership_lock: tokio::sync::Mutex::new(()),
             streams_closed: tokio::sync::watch::Sender::new(false),
@@ -379,6 +388,11 @@ impl Node {
     /// The cluster config.
     pub fn config(&self) -> &Arc<Config> {
         &self.inner.config
+    }
+
+    /// The secrets its API accepts now.
+    pub fn secrets(&self) -> Arc<Secrets> {
+        self.inner.secrets.get()
     }
 
     /// The wall clock.

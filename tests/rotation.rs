@@ -1,0 +1,220 @@
+//! End to end: the client token and the peer secret are rotated on three
+//! running regions by editing the config and sending SIGHUP, in the three
+//! steps the README gives, while a client keeps writing with quorum
+//! consistency (each write needs a peer to accept this region's batches,
+//! so a peer secret refused anywhere fails writes): no request fails, and
+//! afterwards the old values are refused.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, REGIONS, TOKEN};
+use parallax_core::transport::{FROM_HEADER, PEER_PATH};
+use serde_json::{Value, json};
+
+const OLD_PEER: &str = "e2e-peer";
+const NEW_CLIENT: &str = "rotated-client";
+const NEW_PEER: &str = "rotated-peer";
+
+/// Rewrites the config's `[cluster]` secrets and sends the regions a SIGHUP
+/// one after another, 1.5 s apart (a rolling reload, as a deployment tool
+/// does it): longer than a quorum write waits, so a region that sent a
+/// secret its peers did not accept yet would fail writes.
+async fn reload(
+    c: &Cluster,
+    client: &str,
+    accept_client: &[&str],
+    peer: &str,
+    accept_peer: &[&str],
+) {
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("accept_client_tokens") || line.starts_with("accept_peer_secrets") {
+            continue;
+        }
+        if line.starts_with("client_token") {
+            out.push_str(&format!(
+                "client_token = \"{client}\"\naccept_client_tokens = {accept_client:?}\n"
+            ));
+        } else if line.starts_with("peer_secret") {
+            out.push_str(&format!(
+                "peer_secret = \"{peer}\"\naccept_peer_secrets = {accept_peer:?}\n"
+            ));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(&c.config, out).unwrap();
+    for i in 0..REGIONS.len() {
+        c.hangup(i);
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+}
+
+/// The status a region answers a read with `token`.
+async fn read_status(http: &reqwest::Client, url: &str, token: &str) -> u16 {
+    http.get(format!("{url}/v1/entities/likes/never-written"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The status a region answers a region-to-region call signed with `secret`.
+async fn peer_status(http: &reqwest::Client, url: &str, secret: &str) -> u16 {
+    http.post(format!("{url}{PEER_PATH}"))
+        .bearer_auth(secret)
+        .header(FROM_HEADER, "us-east")
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits (10 s at most) until every region answers `want` to `check`.
+async fn until_every_region<F, Fut>(c: &Cluster, what: &str, want: u16, check: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, region) in REGIONS.iter().enumerate() {
+        loop {
+            let got = check(c.url(i)).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{region}: {what} answered {got}, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_rotate_on_sighup_without_a_failed_request() {
+    // Quorum writes wait 1 s at most for a peer's acknowledgment.
+    let c = Cluster::with_replication(
+        "quorum_timeout_ms = 1000\n",
+        "[classes.likes]\nconflict = \"gcounter\"\n",
+        &[],
+    );
+    for i in 0..REGIONS.len() {
+        c.wait_ready(i).await;
+    }
+    let http = reqwest::Client::new();
+    let urls: Vec<String> = (0..REGIONS.len()).map(|i| c.url(i)).collect();
+    let token = Arc::new(RwLock::new(TOKEN.to_owned()));
+    let done = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (http, token, done) = (http.clone(), Arc::clone(&token), Arc::clone(&done));
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut n = 0usize;
+            while !done.load(Ordering::Relaxed) {
+                let t = token.read().unwrap().clone();
+                let r = http
+                    .post(format!(
+                        "{}/v1/entities/likes/k{}/ops?consistency=quorum",
+                        urls[n % urls.len()],
+                        n % 5
+                    ))
+                    .bearer_auth(&t)
+                    .timeout(Duration::from_secs(10))
+                    .json(&json!({"op": "incr"}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => failed.push(format!("{}: {}", r.status(), r.text().await.unwrap())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                n += 1;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 1. Every region accepts the new values besides the old.
+    reload(&c, TOKEN, &[NEW_CLIENT], OLD_PEER, &[NEW_PEER]).await;
+    until_every_region(&c, "a read with the new client token", 404, |u| {
+        let http = http.clone();
+        async move { read_status(&http, &u, NEW_CLIENT).await }
+    })
+    .await;
+    until_every_region(&c, "a peer call with the new secret", 400, |u| {
+        let http = http.clone();
+        async move { peer_status(&http, &u, NEW_PEER).await }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 2. The new values are the ones sent; the old ones still accepted.
+    reload(&c, NEW_CLIENT, &[TOKEN], NEW_PEER, &[OLD_PEER]).await;
+    *token.write().unwrap() = NEW_CLIENT.to_owned();
+
+    // 3. The old values are refused.
+    reload(&c, NEW_CLIENT, &[], NEW_PEER, &[]).await;
+    until_every_region(&c, "a read with the old client token", 401, |u| {
+        let http = http.clone();
+        async move { read_status(&http, &u, TOKEN).await }
+    })
+    .await;
+    until_every_region(&c, "a peer call with the old secret", 401, |u| {
+        let http = http.clone();
+        async move { peer_status(&http, &u, OLD_PEER).await }
+    })
+    .await;
+    // Writes keep needing a peer's acknowledgment under the new secret.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    done.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} writes failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 50, "the load kept writing through the rotation: {ok}");
+    // And every region holds every increment.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut totals = Vec::new();
+        for i in 0..REGIONS.len() {
+            let mut sum = 0;
+            for k in 0..5 {
+                let v: Value = http
+                    .get(format!("{}/v1/entities/likes/k{k}", c.url(i)))
+                    .bearer_auth(NEW_CLIENT)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                sum += v["value"].as_u64().unwrap_or(0);
+            }
+            totals.push(sum);
+        }
+        if totals.iter().all(|&t| t == ok) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "regions hold {totals:?} of {ok} increments"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
