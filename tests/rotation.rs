@@ -11,11 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, REGIONS, TOKEN};
+use common::{Cluster, REGIONS, TOKEN, net_or_skip};
 use parallax_core::transport::{FROM_HEADER, PEER_PATH};
 use serde_json::{Value, json};
 
-const OLD_PEER: &str = "e2e-peer";
 const NEW_CLIENT: &str = "rotated-client";
 const NEW_PEER: &str = "rotated-peer";
 
@@ -102,17 +101,24 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_rotate_on_sighup_without_a_failed_request() {
-    // Quorum writes wait 1 s at most for a peer's acknowledgment.
-    let c = Cluster::with_replication(
-        "quorum_timeout_ms = 1000\n",
-        "[classes.likes]\nconflict = \"gcounter\"\n",
-        &[],
-    );
+/// The peer secret the config names now.
+fn peer_secret(c: &Cluster) -> String {
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("peer_secret = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("the config names a peer_secret")
+        .to_owned()
+}
+
+/// Rotates the client token and the peer secret of `c`'s running regions
+/// under a quorum-writing client; asserts no write failed.
+async fn rotate(c: &Cluster) {
     for i in 0..REGIONS.len() {
         c.wait_ready(i).await;
     }
+    let old_peer = peer_secret(c);
+    let old_peer = old_peer.as_str();
     let http = reqwest::Client::new();
     let urls: Vec<String> = (0..REGIONS.len()).map(|i| c.url(i)).collect();
     let token = Arc::new(RwLock::new(TOKEN.to_owned()));
@@ -148,13 +154,13 @@ async fn secrets_rotate_on_sighup_without_a_failed_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 1. Every region accepts the new values besides the old.
-    reload(&c, TOKEN, &[NEW_CLIENT], OLD_PEER, &[NEW_PEER]).await;
-    until_every_region(&c, "a read with the new client token", 404, |u| {
+    reload(c, TOKEN, &[NEW_CLIENT], old_peer, &[NEW_PEER]).await;
+    until_every_region(c, "a read with the new client token", 404, |u| {
         let http = http.clone();
         async move { read_status(&http, &u, NEW_CLIENT).await }
     })
     .await;
-    until_every_region(&c, "a peer call with the new secret", 400, |u| {
+    until_every_region(c, "a peer call with the new secret", 400, |u| {
         let http = http.clone();
         async move { peer_status(&http, &u, NEW_PEER).await }
     })
@@ -162,19 +168,19 @@ async fn secrets_rotate_on_sighup_without_a_failed_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 2. The new values are the ones sent; the old ones still accepted.
-    reload(&c, NEW_CLIENT, &[TOKEN], NEW_PEER, &[OLD_PEER]).await;
+    reload(c, NEW_CLIENT, &[TOKEN], NEW_PEER, &[old_peer]).await;
     *token.write().unwrap() = NEW_CLIENT.to_owned();
 
     // 3. The old values are refused.
-    reload(&c, NEW_CLIENT, &[], NEW_PEER, &[]).await;
-    until_every_region(&c, "a read with the old client token", 401, |u| {
+    reload(c, NEW_CLIENT, &[], NEW_PEER, &[]).await;
+    until_every_region(c, "a read with the old client token", 401, |u| {
         let http = http.clone();
         async move { read_status(&http, &u, TOKEN).await }
     })
     .await;
-    until_every_region(&c, "a peer call with the old secret", 401, |u| {
+    until_every_region(c, "a peer call with the old secret", 401, |u| {
         let http = http.clone();
-        async move { peer_status(&http, &u, OLD_PEER).await }
+        async move { peer_status(&http, &u, old_peer).await }
     })
     .await;
     // Writes keep needing a peer's acknowledgment under the new secret.
@@ -217,4 +223,45 @@ async fn secrets_rotate_on_sighup_without_a_failed_request() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_rotate_on_sighup_without_a_failed_request() {
+    // Quorum writes wait 1 s at most for a peer's acknowledgment.
+    let c = Cluster::with_replication(
+        "quorum_timeout_ms = 1000\n",
+        "[classes.likes]\nconflict = \"gcounter\"\n",
+        &[],
+    );
+    rotate(&c).await;
+}
+
+/// The same with every region a host of its own (the example config on the
+/// network-namespace harness).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_rotate_on_sighup_across_hosts_without_a_failed_request() {
+    let Some(net) = net_or_skip("rotate", &REGIONS) else {
+        return;
+    };
+    let mut c = Cluster::from_example_in(
+        include_str!("../deploy/examples/three-regions.toml"),
+        "",
+        &net,
+    );
+    // Quorum writes wait 1 s at most: restart the regions with that.
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    std::fs::write(
+        &c.config,
+        text.replacen(
+            "[replication]\n",
+            "[replication]\nquorum_timeout_ms = 1000\n",
+            1,
+        ),
+    )
+    .unwrap();
+    for i in 0..REGIONS.len() {
+        c.kill9(i);
+        c.spawn(i);
+    }
+    rotate(&c).await;
 }
