@@ -9,6 +9,7 @@ mod audit;
 mod backup;
 mod client;
 mod region;
+mod reload;
 mod router;
 mod sql;
 mod status;

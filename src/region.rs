@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 use parallax_core::config::Config;
-use parallax_core::secrets::{SecretCell, Secrets};
-use parallax_lab::process::{Setup, shutdown_signal, start_region};
+use parallax_lab::process::{Setup, start_region};
+
+use crate::reload;
 
 /// A region of a config, and the directory of its store.
 #[derive(Debug, Args)]
@@ -58,67 +59,8 @@ pub(crate) async fn run(args: RegionArgs) -> Result<ExitCode> {
     })
     .await?;
     tracing::info!(region = %args.on_disk.region, addr = %running.addr, data_dir = %args.on_disk.data_dir.display(), "Serving.");
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    let mut hangups = hangups()?;
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            _ = hangups.recv() => reload_secrets(&args.on_disk.config, &config, &running.secrets),
-        }
-    }
+    reload::until_stopped(&args.on_disk.config, &config, &running.secrets).await;
     tracing::info!(region = %args.on_disk.region, "Shutting down.");
     running.stop().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// SIGHUPs, as a stream (`kill -HUP <pid>`, `systemctl reload`).
-fn hangups() -> Result<tokio::signal::unix::Signal> {
-    Ok(tokio::signal::unix::signal(
-        tokio::signal::unix::SignalKind::hangup(),
-    )?)
-}
-
-/// Re-reads the config file and puts its secrets in force (the tokens and
-/// peer secret, current and `accept_*`). Only the secrets: any other change
-/// is named and waits for a restart. A file that does not load changes
-/// nothing and says why.
-pub(crate) fn reload_secrets(path: &std::path::Path, running: &Config, secrets: &SecretCell) {
-    let new = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: the config does not load; the secrets in force stay.");
-            return;
-        }
-    };
-    if without_secrets(&new) != without_secrets(running) {
-        tracing::warn!(
-            "SIGHUP: the config changed besides the secrets; those changes take effect at the next restart."
-        );
-    }
-    let s = Secrets::of(&new.cluster);
-    tracing::info!(
-        client_tokens = s.client.len(),
-        admin_tokens = s.admin.len(),
-        peer_secrets = s.peer.len(),
-        "SIGHUP: secrets reloaded."
-    );
-    secrets.set(s);
-}
-
-/// A config with its secrets blanked, to tell other changes apart.
-fn without_secrets(c: &Config) -> Config {
-    let mut c = c.clone();
-    let k = &mut c.cluster;
-    for s in [&mut k.client_token, &mut k.admin_token, &mut k.peer_secret] {
-        s.clear();
-    }
-    for l in [
-        &mut k.accept_client_tokens,
-        &mut k.accept_admin_tokens,
-        &mut k.accept_peer_secrets,
-    ] {
-        l.clear();
-    }
-    c
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use clap::Args;
 use parallax_core::config::Config;
-use parallax_lab::process::{shutdown_signal, start_router};
+use parallax_lab::process::start_router;
 
 /// Arguments of `parallax router`.
 #[derive(Debug, Args)]
@@ -41,7 +41,8 @@ pub(crate) async fn run(a: RouterArgs) -> Result<ExitCode> {
         ),
     };
     let zone = config.router.zone.clone();
-    let running = start_router(config, &location, a.listen, a.dns_listen, None).await?;
+    let running =
+        start_router(Arc::clone(&config), &location, a.listen, a.dns_listen, None).await?;
     match (running.dns_addr, zone) {
         (Some(dns), Some(zone)) => println!(
             "parallax router for {location}: http://{}/v1/route, DNS for {zone} on {dns}",
@@ -52,7 +53,7 @@ pub(crate) async fn run(a: RouterArgs) -> Result<ExitCode> {
             running.addr
         ),
     }
-    shutdown_signal().await;
+    crate::reload::until_stopped(&a.config, &config, running.router.secrets()).await;
     running.stop().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use parallax_core::config::Config;
-use parallax_lab::process::{shutdown_signal, start_web};
+use parallax_lab::process::start_web;
 
 /// Arguments of `parallax web`.
 #[derive(Debug, Args)]
@@ -27,13 +27,13 @@ pub(crate) struct WebArgs {
 pub(crate) async fn run(a: WebArgs) -> Result<ExitCode> {
     let config = Config::load(&a.config)?;
     let listen = a.listen.unwrap_or(config.web.listen);
-    let web = start_web(config, &a.data_dir, listen).await?;
+    let web = start_web(config.clone(), &a.data_dir, listen).await?;
     println!(
         "parallax web: http://{}/ (data: {})",
         web.addr,
         a.data_dir.display()
     );
-    shutdown_signal().await;
+    crate::reload::until_stopped(&a.config, &config, &web.secrets).await;
     web.stop().await;
     Ok(ExitCode::SUCCESS)
 }

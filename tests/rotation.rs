@@ -11,38 +11,41 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, REGIONS, TOKEN, net_or_skip};
+use common::{ADMIN_TOKEN, Cluster, REGIONS, TOKEN, Web, net_or_skip};
 use parallax_core::transport::{FROM_HEADER, PEER_PATH};
 use serde_json::{Value, json};
 
 const NEW_CLIENT: &str = "rotated-client";
+const NEW_ADMIN: &str = "rotated-admin";
 const NEW_PEER: &str = "rotated-peer";
 
-/// Rewrites the config's `[cluster]` secrets and sends the regions a SIGHUP
-/// one after another, 1.5 s apart (a rolling reload, as a deployment tool
-/// does it): longer than a quorum write waits, so a region that sent a
-/// secret its peers did not accept yet would fail writes.
-async fn reload(
-    c: &Cluster,
-    client: &str,
-    accept_client: &[&str],
-    peer: &str,
-    accept_peer: &[&str],
-) {
+/// One step's secrets: each current value and the ones still accepted.
+struct Step<'a> {
+    client: (&'a str, &'a [&'a str]),
+    admin: (&'a str, &'a [&'a str]),
+    peer: (&'a str, &'a [&'a str]),
+}
+
+/// Rewrites the config's `[cluster]` secrets and sends the regions, then
+/// the web app, a SIGHUP one after another, 2.5 s apart (a rolling reload,
+/// as a deployment tool does it): longer than a quorum write waits, so a
+/// region that sent a secret its peers did not accept yet would fail
+/// writes.
+async fn reload(c: &Cluster, web: &Web, step: Step<'_>) {
     let text = std::fs::read_to_string(&c.config).unwrap();
     let mut out = String::new();
     for line in text.lines() {
-        if line.starts_with("accept_client_tokens") || line.starts_with("accept_peer_secrets") {
+        let set = |(name, accept): (&str, &str), (current, also): (&str, &[&str])| {
+            format!("{name} = \"{current}\"\n{accept} = {also:?}\n")
+        };
+        if line.starts_with("accept_") {
             continue;
-        }
-        if line.starts_with("client_token") {
-            out.push_str(&format!(
-                "client_token = \"{client}\"\naccept_client_tokens = {accept_client:?}\n"
-            ));
+        } else if line.starts_with("client_token") {
+            out.push_str(&set(("client_token", "accept_client_tokens"), step.client));
+        } else if line.starts_with("admin_token") {
+            out.push_str(&set(("admin_token", "accept_admin_tokens"), step.admin));
         } else if line.starts_with("peer_secret") {
-            out.push_str(&format!(
-                "peer_secret = \"{peer}\"\naccept_peer_secrets = {accept_peer:?}\n"
-            ));
+            out.push_str(&set(("peer_secret", "accept_peer_secrets"), step.peer));
         } else {
             out.push_str(line);
             out.push('\n');
@@ -51,8 +54,14 @@ async fn reload(
     std::fs::write(&c.config, out).unwrap();
     for i in 0..REGIONS.len() {
         c.hangup(i);
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
     }
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &web.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 /// The status a region answers a read with `token`.
@@ -111,18 +120,60 @@ fn peer_secret(c: &Cluster) -> String {
         .to_owned()
 }
 
-/// Rotates the client token and the peer secret of `c`'s running regions
-/// under a quorum-writing client; asserts no write failed.
+/// Rotates the client and admin tokens and the peer secret of `c`'s
+/// running regions and of a `parallax web` over them, under a
+/// quorum-writing client and an operator using the web app's actions
+/// (anti-entropy, with the admin token; the live queue, read with the
+/// client token); asserts nothing failed.
 async fn rotate(c: &Cluster) {
     for i in 0..REGIONS.len() {
         c.wait_ready(i).await;
     }
+    let web = Web::start(&c.config, &c.data_dir());
     let old_peer = peer_secret(c);
     let old_peer = old_peer.as_str();
     let http = reqwest::Client::new();
     let urls: Vec<String> = (0..REGIONS.len()).map(|i| c.url(i)).collect();
     let token = Arc::new(RwLock::new(TOKEN.to_owned()));
+    let admin = Arc::new(RwLock::new(ADMIN_TOKEN.to_owned()));
     let done = Arc::new(AtomicBool::new(false));
+    let operator = {
+        let (http, admin, done) = (http.clone(), Arc::clone(&admin), Arc::clone(&done));
+        let url = web.url.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                let t = admin.read().unwrap().clone();
+                let r = http
+                    .post(format!("{url}/api/v1/anti-entropy"))
+                    .bearer_auth(&t)
+                    .json(&json!({"region": "us-west"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                let body = r.text().await.unwrap();
+                let queue: Value = http
+                    .get(format!("{url}/api/v1/conflicts?range=15m"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let errors = &queue["data"]["queue"]["errors"];
+                if status.is_success() && errors.as_array().is_some_and(Vec::is_empty) {
+                    ok += 1;
+                } else {
+                    failed.push(format!(
+                        "anti-entropy {status}: {body}; queue errors {errors}"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(1_000)).await;
+            }
+            (ok, failed)
+        })
+    };
     let load = {
         let (http, token, done) = (http.clone(), Arc::clone(&token), Arc::clone(&done));
         tokio::spawn(async move {
@@ -154,7 +205,16 @@ async fn rotate(c: &Cluster) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 1. Every region accepts the new values besides the old.
-    reload(c, TOKEN, &[NEW_CLIENT], old_peer, &[NEW_PEER]).await;
+    reload(
+        c,
+        &web,
+        Step {
+            client: (TOKEN, &[NEW_CLIENT]),
+            admin: (ADMIN_TOKEN, &[NEW_ADMIN]),
+            peer: (old_peer, &[NEW_PEER]),
+        },
+    )
+    .await;
     until_every_region(c, "a read with the new client token", 404, |u| {
         let http = http.clone();
         async move { read_status(&http, &u, NEW_CLIENT).await }
@@ -168,11 +228,30 @@ async fn rotate(c: &Cluster) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 2. The new values are the ones sent; the old ones still accepted.
-    reload(c, NEW_CLIENT, &[TOKEN], NEW_PEER, &[old_peer]).await;
+    reload(
+        c,
+        &web,
+        Step {
+            client: (NEW_CLIENT, &[TOKEN]),
+            admin: (NEW_ADMIN, &[ADMIN_TOKEN]),
+            peer: (NEW_PEER, &[old_peer]),
+        },
+    )
+    .await;
     *token.write().unwrap() = NEW_CLIENT.to_owned();
+    *admin.write().unwrap() = NEW_ADMIN.to_owned();
 
     // 3. The old values are refused.
-    reload(c, NEW_CLIENT, &[], NEW_PEER, &[]).await;
+    reload(
+        c,
+        &web,
+        Step {
+            client: (NEW_CLIENT, &[]),
+            admin: (NEW_ADMIN, &[]),
+            peer: (NEW_PEER, &[]),
+        },
+    )
+    .await;
     until_every_region(c, "a read with the old client token", 401, |u| {
         let http = http.clone();
         async move { read_status(&http, &u, TOKEN).await }
@@ -186,6 +265,28 @@ async fn rotate(c: &Cluster) {
     // Writes keep needing a peer's acknowledgment under the new secret.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     done.store(true, Ordering::Relaxed);
+    let (actions, refused) = operator.await.unwrap();
+    assert!(
+        refused.is_empty(),
+        "{} web actions failed: {refused:?}",
+        refused.len()
+    );
+    assert!(
+        actions > 10,
+        "the operator kept acting through the rotation: {actions}"
+    );
+    // The web app refuses the old admin token now, and takes the new one.
+    for (t, want) in [(ADMIN_TOKEN, 401), (NEW_ADMIN, 200)] {
+        let status = http
+            .post(format!("{}/api/v1/anti-entropy", web.url))
+            .bearer_auth(t)
+            .json(&json!({"region": "us-east"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), want, "the web app with {t}");
+    }
     let (ok, failed) = load.await.unwrap();
     assert!(
         failed.is_empty(),
@@ -194,6 +295,7 @@ async fn rotate(c: &Cluster) {
         ok as usize + failed.len()
     );
     assert!(ok > 50, "the load kept writing through the rotation: {ok}");
+    eprintln!("rotated under {ok} quorum writes and {actions} web actions, none failed");
     // And every region holds every increment.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -227,9 +329,9 @@ async fn rotate(c: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_rotate_on_sighup_without_a_failed_request() {
-    // Quorum writes wait 1 s at most for a peer's acknowledgment.
+    // Quorum writes wait 2 s at most for a peer's acknowledgment.
     let c = Cluster::with_replication(
-        "quorum_timeout_ms = 1000\n",
+        "quorum_timeout_ms = 2000\n",
         "[classes.likes]\nconflict = \"gcounter\"\n",
         &[],
     );
@@ -248,13 +350,13 @@ async fn secrets_rotate_on_sighup_across_hosts_without_a_failed_request() {
         "",
         &net,
     );
-    // Quorum writes wait 1 s at most: restart the regions with that.
+    // Quorum writes wait 2 s at most: restart the regions with that.
     let text = std::fs::read_to_string(&c.config).unwrap();
     std::fs::write(
         &c.config,
         text.replacen(
             "[replication]\n",
-            "[replication]\nquorum_timeout_ms = 1000\n",
+            "[replication]\nquorum_timeout_ms = 2000\n",
             1,
         ),
     )

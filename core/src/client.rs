@@ -32,6 +32,7 @@ use crate::protocol::{
     AuditRequest, AuditResponse, ReadOutcome, TreeRequest, TreeResponse, WriteOutcome, decode,
     encode,
 };
+use crate::secrets::{SecretCell, Secrets};
 use crate::stats::NodeStats;
 use crate::sync::TreeSource;
 use crate::transport::error_chain;
@@ -180,8 +181,8 @@ enum Auth {
 pub struct RegionClient {
     region: String,
     base: String,
-    client_token: String,
-    admin_token: String,
+    /// The tokens sent: the first client and admin token in force.
+    secrets: SecretCell,
     timeout: Duration,
     client_geo: Option<String>,
     http: reqwest::Client,
@@ -206,8 +207,7 @@ impl RegionClient {
         RegionClient {
             region: region.to_owned(),
             base: url.trim_end_matches('/').to_owned(),
-            client_token: String::new(),
-            admin_token: String::new(),
+            secrets: SecretCell::tokens(&[]),
             timeout: DEFAULT_TIMEOUT,
             client_geo: None,
             http,
@@ -227,9 +227,38 @@ impl RegionClient {
     /// Sends `client_token` with client calls and `admin_token` with
     /// administration calls.
     pub fn with_tokens(mut self, client_token: &str, admin_token: &str) -> RegionClient {
-        self.client_token = client_token.to_owned();
-        self.admin_token = admin_token.to_owned();
+        self.secrets = SecretCell::new(Secrets {
+            client: vec![client_token.into()],
+            admin: vec![admin_token.into()],
+            peer: Vec::new(),
+        });
         self
+    }
+
+    /// Sends the client and admin tokens in force in `secrets` at each
+    /// call (a process that reloads its secrets shares its cell).
+    pub fn with_secrets(mut self, secrets: SecretCell) -> RegionClient {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The admin token sent now.
+    pub(crate) fn admin_token(&self) -> std::sync::Arc<str> {
+        self.secrets
+            .get()
+            .admin
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "".into())
+    }
+
+    fn client_token(&self) -> std::sync::Arc<str> {
+        self.secrets
+            .get()
+            .client
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "".into())
     }
 
     /// Gives each call at most `timeout`, connecting included.
@@ -447,12 +476,12 @@ impl RegionClient {
         match auth {
             Auth::None => {}
             Auth::Client => {
-                req = req.bearer_auth(&self.client_token);
+                req = req.bearer_auth(self.client_token());
                 if let Some(geo) = &self.client_geo {
                     req = req.header(CLIENT_GEO_HEADER, geo);
                 }
             }
-            Auth::Admin => req = req.bearer_auth(&self.admin_token),
+            Auth::Admin => req = req.bearer_auth(self.admin_token()),
         }
         if let Some(s) = session {
             req = req.header(TOKEN_HEADER, s);

@@ -241,6 +241,9 @@ pub async fn shutdown_signal() {
 pub struct RunningWeb {
     /// The address it serves.
     pub addr: SocketAddr,
+    /// The secrets its forms take and it sends the regions, swapped by a
+    /// reload.
+    pub secrets: SecretCell,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
     workers: Workers,
@@ -302,6 +305,7 @@ pub async fn start_web(
     app.start_alerts();
     let workers = app.workers().clone();
     let alerter = app.alerter().clone();
+    let secrets = app.secrets().clone();
     let (stop, stop_rx) = oneshot::channel::<()>();
     let router = parallax_web::router(app);
     let server = tokio::spawn(async move {
@@ -317,6 +321,7 @@ pub async fn start_web(
     });
     Ok(RunningWeb {
         addr,
+        secrets,
         stop,
         server,
         workers,

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use parallax_core::RegionClient;
 use parallax_core::api::{FailoverRecords, MoveOwnership};
 use parallax_core::config::{Ownership, Rollout, SYSTEM_CLASS_PREFIX};
 use parallax_core::telemetry::FailoverEvent;
@@ -184,7 +183,7 @@ async fn caught_up(router: &Router, region: &str, states: &BTreeMap<String, Stat
     let config = &router.inner.config;
     let timeout = Duration::from_millis(config.router.check_timeout_ms.max(1_000));
     let bound = (2 * config.replication.heartbeat_interval_ms).max(1_000);
-    let Some(client) = RegionClient::from_config(config, region) else {
+    let Some(client) = router.region_client(region) else {
         return false;
     };
     if router.cross(region, timeout).await.is_err() {
@@ -218,7 +217,7 @@ async fn move_keys(
     unreachable_for_ms: Option<u64>,
 ) -> Outcome {
     let config = &router.inner.config;
-    let Some(client) = RegionClient::from_config(config, at) else {
+    let Some(client) = router.region_client(at) else {
         return Outcome::Failed(format!("region `{at}` is not in the config"));
     };
     let timeout = Duration::from_millis(config.replication.quorum_timeout_ms.max(1_000));

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use parallax_core::RegionClient;
 use parallax_core::routing::OwnershipView;
 use parallax_core::worker::Worker;
 use tokio::time::MissedTickBehavior;
@@ -16,7 +15,7 @@ use crate::health::{State, Transition};
 pub(crate) async fn check_loop(router: Router, region: String, mut w: Worker) {
     let cfg = &router.inner.config.router;
     let timeout = Duration::from_millis(cfg.check_timeout_ms);
-    let Some(client) = RegionClient::from_config(&router.inner.config, &region) else {
+    let Some(client) = router.region_client(&region) else {
         return;
     };
     let client = client.with_timeout(timeout);

@@ -45,6 +45,7 @@ use parallax_core::config::Config;
 use parallax_core::error::{Error, Result};
 use parallax_core::rollout::RolloutView;
 use parallax_core::routing::OwnershipView;
+use parallax_core::secrets::{SecretCell, Secrets};
 use parallax_core::worker::{WorkerStatus, Workers};
 
 use crate::api::{RouteAnswer, RouteQuery};
@@ -105,6 +106,8 @@ struct Inner {
     finished: Mutex<VecDeque<Failover>>,
     metrics: Metrics,
     workers: Workers,
+    /// The tokens it sends the regions, swapped by a reload (SIGHUP).
+    secrets: SecretCell,
 }
 
 impl Router {
@@ -141,6 +144,7 @@ impl Router {
                 finished: Mutex::new(VecDeque::new()),
                 metrics,
                 workers: Workers::new(Arc::clone(&clock)),
+                secrets: SecretCell::new(Secrets::of(&config.cluster)),
                 config,
                 location,
                 clock,
@@ -245,7 +249,7 @@ impl Router {
         decide::ranked(config, &origin, &self.states())
             .into_iter()
             .filter(|c| c.state == State::Up)
-            .filter_map(|c| parallax_core::RegionClient::from_config(config, &c.region))
+            .filter_map(|c| self.region_client(&c.region))
             .collect()
     }
 
@@ -375,5 +379,19 @@ impl Router {
         if !late.is_empty() {
             tracing::warn!(workers = ?late, "Router workers did not stop in time.");
         }
+    }
+}
+
+impl Router {
+    /// The secrets in force: a reload sets them here.
+    pub fn secrets(&self) -> &SecretCell {
+        &self.inner.secrets
+    }
+
+    /// A client of `region` sending the tokens in force; `None` when the
+    /// config does not declare it.
+    pub(crate) fn region_client(&self, region: &str) -> Option<parallax_core::RegionClient> {
+        parallax_core::RegionClient::from_config(&self.inner.config, region)
+            .map(|c| c.with_secrets(self.inner.secrets.clone()))
     }
 }

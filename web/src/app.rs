@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use parallax_core::clock::Clock;
 use parallax_core::config::Config;
+use parallax_core::secrets::{SecretCell, Secrets};
 use parallax_core::worker::Workers;
 
 use crate::alerts::Alerter;
@@ -27,6 +28,9 @@ pub struct App {
 struct Inner {
     sql: Arc<SqlEngine>,
     config: Arc<Config>,
+    /// The admin tokens its forms take and the tokens it sends the
+    /// regions, swapped by a reload (SIGHUP).
+    secrets: SecretCell,
     clock: Arc<dyn Clock>,
     regions: Regions,
     alerter: Alerter,
@@ -48,7 +52,8 @@ pub fn sql_limits(config: &Config) -> SqlLimits {
 impl App {
     /// An app over a SQL engine, for the cluster `config`.
     pub fn new(sql: SqlEngine, config: Config, clock: Arc<dyn Clock>) -> App {
-        let regions = Regions::new(&config);
+        let secrets = SecretCell::new(Secrets::of(&config.cluster));
+        let regions = Regions::new(&config, &secrets);
         let sql = Arc::new(sql);
         let config = Arc::new(config);
         let alerter = Alerter::new(Arc::clone(&config), Arc::clone(&sql), Arc::clone(&clock));
@@ -58,6 +63,7 @@ impl App {
             inner: Arc::new(Inner {
                 sql,
                 config,
+                secrets,
                 clock,
                 regions,
                 alerter,
@@ -130,10 +136,19 @@ impl App {
         )
     }
 
+    /// The secrets in force: a reload sets them here.
+    pub fn secrets(&self) -> &SecretCell {
+        &self.inner.secrets
+    }
+
+    /// Whether `token` is an admin token in force (the current one or one
+    /// `cluster.accept_admin_tokens` lists), compared in constant time.
     pub(crate) fn admin_ok(&self, token: &str) -> bool {
-        let want = self.inner.config.cluster.admin_token.as_bytes();
-        let got = token.as_bytes();
-        // Constant time in the token's content.
-        want.len() == got.len() && want.iter().zip(got).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+        self.inner
+            .secrets
+            .get()
+            .admin
+            .iter()
+            .any(|t| parallax_core::api::constant_time_eq(t.as_bytes(), token.as_bytes()))
     }
 }

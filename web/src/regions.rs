@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use parallax_core::api::Resolution;
 use parallax_core::config::Config;
+use parallax_core::secrets::SecretCell;
 use parallax_core::sync::AntiEntropyReport;
 use parallax_core::{ClientError, ReadOptions, RegionClient};
 use serde_json::Value;
@@ -67,13 +68,17 @@ pub(crate) struct Regions {
 }
 
 impl Regions {
-    /// The clients of every region `config` declares, with its tokens.
-    pub(crate) fn new(config: &Config) -> Regions {
+    /// The clients of every region `config` declares, sending the tokens
+    /// in force in `secrets`.
+    pub(crate) fn new(config: &Config, secrets: &SecretCell) -> Regions {
         Regions {
             clients: config
                 .region_names()
                 .into_iter()
-                .filter_map(|r| Some((r.clone(), RegionClient::from_config(config, &r)?)))
+                .filter_map(|r| {
+                    let client = RegionClient::from_config(config, &r)?;
+                    Some((r, client.with_secrets(secrets.clone())))
+                })
                 .collect(),
         }
     }

@@ -20,7 +20,7 @@ impl RegionClient {
         let mut resp = self
             .http
             .get(&url)
-            .bearer_auth(&self.admin_token)
+            .bearer_auth(self.admin_token())
             .send()
             .await
             .map_err(|e| self.unreachable(&url, e))?;
