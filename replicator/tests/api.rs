@@ -638,3 +638,54 @@ async fn serves_over_a_real_socket_and_shuts_down() {
     server.await.unwrap();
     h.node.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn one_backup_at_a_time_and_the_next_once_the_first_client_left() {
+    let h = harness().await;
+    // 2.1 MB, more than the response buffers (4 chunks of 256 KiB and the
+    // one being filled): the first backup stays under way while its body
+    // is not read.
+    let value = json!({ "pad": "x".repeat(3_000) }).to_string();
+    for n in 0..700 {
+        let (status, body) = call(
+            &h.app,
+            Method::PUT,
+            &format!("/v1/entities/settings/k{n}"),
+            T,
+            Some(&value),
+        )
+        .await;
+        assert!(status.is_success(), "{status} {body}");
+    }
+    let backup = || {
+        Request::get("/v1/admin/backup")
+            .header("authorization", "Bearer admin-secret")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let first = h.app.clone().oneshot(backup()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = h.app.clone().oneshot(backup()).await.unwrap();
+    let status = second.status();
+    let bytes = to_bytes(second.into_body(), 1 << 20).await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_error(
+        &(status, body),
+        StatusCode::CONFLICT,
+        "precondition_failed",
+        &["already being taken", "here"],
+    );
+    // The first client leaves: its backup ends, the next one may start.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = h.app.clone().oneshot(backup()).await.unwrap();
+        if next.status() == StatusCode::OK {
+            let whole = to_bytes(next.into_body(), 1 << 26).await.unwrap();
+            assert!(whole.len() > 2_100_000, "{} bytes", whole.len());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", next.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

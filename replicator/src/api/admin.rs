@@ -373,9 +373,17 @@ pub(super) async fn backup(State(state): State<ApiState>, headers: HeaderMap) ->
     if let Err(e) = admin_auth(&state, &headers) {
         return error_response(&e);
     }
+    let Ok(one_at_a_time) = Arc::clone(&state.backups).try_acquire_owned() else {
+        return error_response(&Error::Precondition(format!(
+            "a backup of {} is already being taken. Fix: wait for it to finish (one at a time)",
+            state.node.region()
+        )));
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let node = state.node.clone();
     tokio::task::spawn_blocking(move || {
+        // Held until the snapshot is sent or the client has left.
+        let _one_at_a_time = one_at_a_time;
         let mut out = ToBody {
             tx: tx.clone(),
             buf: Vec::with_capacity(BACKUP_CHUNK),

@@ -54,6 +54,9 @@ pub struct ApiState {
     node: Node,
     /// Change-feed readers at once (`limits.max_feed_readers`).
     feed_readers: Arc<tokio::sync::Semaphore>,
+    /// Backups at once: one (each holds a read snapshot of the whole store
+    /// and streams it; a second would double the pinned pages for nothing).
+    backups: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {
@@ -61,6 +64,7 @@ impl ApiState {
     /// request, so a reload takes effect at once).
     pub fn new(node: Node) -> ApiState {
         ApiState {
+            backups: Arc::new(tokio::sync::Semaphore::new(1)),
             feed_readers: Arc::new(tokio::sync::Semaphore::new(
                 node.config().limits.max_feed_readers,
             )),
