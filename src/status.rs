@@ -422,6 +422,13 @@ fn render(s: &Status) -> String {
         .collect();
     let headers = strings(&["region", "state", "uptime", "queue", "url", "error"]);
     out.push_str(&table::render(&headers, &rows));
+    // Background loops whose last run failed: often a peer being down
+    // (already above), else worth a look in the region's log.
+    for r in &s.regions {
+        for w in &r.failing_workers {
+            let _ = writeln!(out, "{} worker {w}", r.region);
+        }
+    }
     let rows: Vec<Vec<String>> = s
         .pairs
         .iter()
@@ -492,4 +499,47 @@ fn render(s: &Status) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(name: &str, failing: &[&str]) -> RegionStatus {
+        RegionStatus {
+            region: name.into(),
+            url: format!("http://{name}"),
+            state: "ready".into(),
+            error: None,
+            uptime_s: Some(3_720),
+            queue: Some(0),
+            cut_from: Vec::new(),
+            failing_workers: failing.iter().map(|w| (*w).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_screen_names_failing_workers_under_their_region() {
+        let s = Status {
+            regions: vec![
+                region("us-east", &[]),
+                region("eu-west", &["anti-entropy: us-west unreachable"]),
+            ],
+            pairs: Vec::new(),
+            audits: Vec::new(),
+            slos: Vec::new(),
+            tables_error: None,
+            problems: Vec::new(),
+        };
+        let screen = render(&s);
+        assert!(
+            screen.contains("eu-west worker anti-entropy: us-west unreachable\n"),
+            "{screen}"
+        );
+        assert!(!screen.contains("us-east worker"), "{screen}");
+        assert!(
+            screen.contains("1h02m") && screen.ends_with("all well\n"),
+            "{screen}"
+        );
+    }
 }
