@@ -47,8 +47,10 @@ fn secrets(path: &Path, running: &Config, secrets: &SecretCell) {
             return;
         }
     };
-    if without_secrets(&new) != without_secrets(running) {
+    let changed = changed_sections(&without_secrets(running), &without_secrets(&new));
+    if !changed.is_empty() {
         tracing::warn!(
+            sections = %changed.join(", "),
             "SIGHUP: the config changed besides the secrets; those changes take effect at the next restart."
         );
     }
@@ -77,4 +79,50 @@ fn without_secrets(c: &Config) -> Config {
         l.clear();
     }
     c
+}
+
+/// The top-level sections (`cluster`, `regions`, `web`, ...) that differ
+/// between two configs.
+fn changed_sections(a: &Config, b: &Config) -> Vec<String> {
+    let (serde_json::Value::Object(a), serde_json::Value::Object(b)) = (
+        serde_json::to_value(a).unwrap_or_default(),
+        serde_json::to_value(b).unwrap_or_default(),
+    ) else {
+        return Vec::new();
+    };
+    a.keys()
+        .chain(b.keys().filter(|k| !a.contains_key(*k)))
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "[cluster]\nclient_token = \"c\"\nadmin_token = \"a\"\npeer_secret = \"p\"\n\n\
+        [regions.us-east]\nlisten = \"127.0.0.1:7101\"\nlocation = { lat = 0.0, lon = 0.0 }\n";
+
+    #[test]
+    fn only_changes_besides_the_secrets_are_named() {
+        let running = Config::from_toml(CONFIG, "a.toml").unwrap();
+        let rotated = Config::from_toml(
+            &CONFIG.replace(
+                "client_token = \"c\"",
+                "client_token = \"c2\"\naccept_client_tokens = [\"c\"]",
+            ),
+            "b.toml",
+        )
+        .unwrap();
+        assert!(
+            changed_sections(&without_secrets(&running), &without_secrets(&rotated)).is_empty()
+        );
+        let moved =
+            Config::from_toml(&format!("{CONFIG}\n[web]\nrefresh_s = 7\n"), "c.toml").unwrap();
+        assert_eq!(
+            changed_sections(&without_secrets(&running), &without_secrets(&moved)),
+            vec!["web".to_owned()]
+        );
+    }
 }

@@ -60,7 +60,7 @@ fn fill(data: &Path) {
             region: "us-east".into(),
             config: CollectorConfig::default(),
             probe_urls: BTreeMap::new(),
-            tokens: parallax_core::secrets::SecretCell::tokens(&[]),
+            secrets: parallax_core::secrets::SecretCell::tokens(&[]),
             clock: Arc::new(ManualClock::new(now_us / 1_000)),
             links: None,
         },

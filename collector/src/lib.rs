@@ -64,7 +64,7 @@ pub struct CollectorOptions {
     /// Base URLs of the regions to probe, by name.
     pub probe_urls: BTreeMap<String, String>,
     /// The secrets in force: `GET /v1/probes` takes a client or admin token.
-    pub tokens: parallax_core::secrets::SecretCell,
+    pub secrets: parallax_core::secrets::SecretCell,
     /// Wall clock.
     pub clock: Arc<dyn Clock>,
     /// Links cut by a drill in this process (`demo --chaos`): a probe over
@@ -471,7 +471,7 @@ async fn probes(State(c): State<Collector>, headers: HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    let secrets = c.inner.opts.tokens.get();
+    let secrets = c.inner.opts.secrets.get();
     if !secrets
         .client
         .iter()

@@ -24,7 +24,7 @@ fn collector(root: &std::path::Path, now_us: u64) -> Collector {
                 ..CollectorConfig::default()
             },
             probe_urls: BTreeMap::new(),
-            tokens: parallax_core::secrets::SecretCell::tokens(&["t"]),
+            secrets: parallax_core::secrets::SecretCell::tokens(&["t"]),
             clock,
             links: None,
         },
@@ -351,7 +351,7 @@ async fn probes_show_which_regions_answer_from_here() {
                 ..CollectorConfig::default()
             },
             probe_urls: BTreeMap::from([("eu-west".to_owned(), down), ("us-west".to_owned(), up)]),
-            tokens: parallax_core::secrets::SecretCell::tokens(&["t"]),
+            secrets: parallax_core::secrets::SecretCell::tokens(&["t"]),
             clock: Arc::new(parallax_core::clock::SystemClock),
             links: None,
         },

@@ -81,40 +81,33 @@ impl Share {
 
 /// The classes a request carries, each with its weight and items.
 pub fn shares_of(req: &PeerRequest) -> Vec<Share> {
-    let mut by: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    fn add<'a>(by: &mut BTreeMap<&'a str, (u64, u64)>, class: &'a str, weight: u64) {
-        let s = by.entry(class).or_default();
-        s.0 += weight;
-        s.1 += 1;
-    }
-    let by_ref = &mut by;
-    let mut add = |class, weight| add(by_ref, class, weight);
-    match req {
-        PeerRequest::Replicate(b) if b.entries.is_empty() => add("", 1),
-        PeerRequest::Replicate(b) => {
-            for e in &b.entries {
-                add(&e.class, e.size() as u64);
-            }
-        }
-        PeerRequest::Fetch { class, .. } => add(class, 1),
-        PeerRequest::Write(w) => add(&w.class, 1),
-        PeerRequest::Read(r) => add(&r.class, 1),
-        PeerRequest::Repair(items) => {
-            for i in items {
-                add(&i.class, 1);
-            }
-        }
+    // Each thing the call carries: its class and its weight.
+    let carried: Vec<(&str, u64)> = match req {
+        PeerRequest::Replicate(b) if b.entries.is_empty() => vec![("", 1)],
+        PeerRequest::Replicate(b) => b
+            .entries
+            .iter()
+            .map(|e| (e.class.as_str(), e.size() as u64))
+            .collect(),
+        PeerRequest::Fetch { class, .. } => vec![(class, 1)],
+        PeerRequest::Write(w) => vec![(&w.class, 1)],
+        PeerRequest::Read(r) => vec![(&r.class, 1)],
+        PeerRequest::Repair(items) => items.iter().map(|i| (i.class.as_str(), 1)).collect(),
         PeerRequest::Tree(TreeRequest::Roots { classes }) => {
-            for c in classes {
-                add(c, 1);
-            }
+            classes.iter().map(|c| (c.as_str(), 1)).collect()
         }
         PeerRequest::Tree(
             TreeRequest::Children { class, .. }
             | TreeRequest::Entries { class, .. }
             | TreeRequest::Versions { class, .. },
-        ) => add(class, 1),
-        PeerRequest::Tree(TreeRequest::Applied) | PeerRequest::Silent { .. } => add("", 1),
+        ) => vec![(class, 1)],
+        PeerRequest::Tree(TreeRequest::Applied) | PeerRequest::Silent { .. } => vec![("", 1)],
+    };
+    let mut by: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for (class, weight) in carried {
+        let s = by.entry(class).or_default();
+        s.0 += weight;
+        s.1 += 1;
     }
     if by.is_empty() {
         // A tree question about no class, a repair of nothing.

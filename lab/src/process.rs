@@ -181,7 +181,7 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
             region: region.to_owned(),
             config: config.collector.clone(),
             probe_urls: urls,
-            tokens: secrets.clone(),
+            secrets: secrets.clone(),
             clock,
             links,
         },

@@ -119,3 +119,72 @@ fn duplicate_listen_address_is_refused() {
     let err = Config::from_toml(&text, "p.toml").unwrap_err().to_string();
     assert!(err.contains("listen") && err.contains("us-east"), "{err}");
 }
+
+#[test]
+fn bad_prices_and_pairs_of_undeclared_regions_are_refused_naming_the_field() {
+    let c = Config::from_toml(
+        &format!("{MINIMAL}\n[cost]\ngb = 0.05\n[cost.gb_by_pair.us-east]\neu-west = 0.08\n"),
+        "p.toml",
+    )
+    .unwrap();
+    assert_eq!(c.cost.gb_price("us-east", "eu-west"), 0.08);
+    assert_eq!(c.cost.gb_price("eu-west", "us-east"), 0.05);
+    for (cost, field, mentions) in [
+        (
+            "[cost]\ngb = -0.02\n",
+            "cost.gb",
+            "Fix: give a number of 0 or more",
+        ),
+        (
+            "[cost]\nregion_hour = nan\n",
+            "cost.region_hour",
+            "not a price",
+        ),
+        (
+            "[cost.gb_by_pair.us-east]\nap-south = 0.09\n",
+            "cost.gb_by_pair.us-east.ap-south",
+            "not declared",
+        ),
+        (
+            "[cost]\ncurrency = \" \"\n",
+            "cost.currency",
+            "name the currency",
+        ),
+    ] {
+        let err = Config::from_toml(&format!("{MINIMAL}\n{cost}"), "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(field) && err.contains(mentions),
+            "{cost}: {err}"
+        );
+    }
+}
+
+#[test]
+fn secrets_still_accepted_may_not_be_empty_or_shared_between_peers_and_clients() {
+    let with = |lines: &str| {
+        MINIMAL.replace(
+            "peer_secret = \"p\"",
+            &format!("peer_secret = \"p\"\n{lines}"),
+        )
+    };
+    let c = Config::from_toml(&with("accept_client_tokens = [\"c0\"]"), "p.toml").unwrap();
+    assert_eq!(c.cluster.accept_client_tokens, ["c0"]);
+    for (lines, field) in [
+        (
+            "accept_admin_tokens = [\"\"]",
+            "cluster.accept_admin_tokens",
+        ),
+        ("accept_peer_secrets = [\"c\"]", "cluster.peer_secret"),
+        ("accept_client_tokens = [\"p\"]", "cluster.peer_secret"),
+    ] {
+        let err = Config::from_toml(&with(lines), "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(field) && err.contains("Fix:"),
+            "{lines}: {err}"
+        );
+    }
+}

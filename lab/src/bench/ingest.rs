@@ -140,7 +140,7 @@ pub(super) async fn run(a: IngestArgs) -> Result<ExitCode> {
                     ..CollectorConfig::default()
                 },
                 probe_urls: BTreeMap::new(),
-                tokens: parallax_core::secrets::SecretCell::tokens(&[]),
+                secrets: parallax_core::secrets::SecretCell::tokens(&[]),
                 clock: Arc::new(SystemClock),
                 links: None,
             },

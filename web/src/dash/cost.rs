@@ -123,13 +123,10 @@ pub struct Cost {
     pub series: Vec<Series>,
 }
 
-/// One row of the `traffic` table, summed over the range.
+/// The `traffic` table's counts of one region, peer, kind and class,
+/// summed over the range.
 #[derive(Clone, Debug, Default)]
 struct Row {
-    region: String,
-    peer: String,
-    kind: String,
-    class: String,
     calls: i64,
     items: i64,
     sent: i64,
@@ -152,51 +149,59 @@ pub struct Mix {
 /// What a class's calls carried in the range, by kind.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Carried {
-    /// Bytes of forwarded writes and of forwarded reads, both ways.
+    /// Bytes of forwarded writes, both ways.
     pub forwarded_write_bytes: i64,
-    /// ...
+    /// Bytes of forwarded reads, both ways.
     pub forwarded_read_bytes: i64,
-    /// Forwarded writes and reads counted by the traffic table.
+    /// Forwarded writes, as the traffic table counted them.
     pub forwarded_write_items: i64,
-    /// ...
+    /// Forwarded reads, as the traffic table counted them.
     pub forwarded_read_items: i64,
-    /// Replicated entries (one per entry per peer) and their bytes.
+    /// Replicated entries (one per entry per peer).
     pub replicated_items: i64,
-    /// ...
+    /// Their bytes, both ways.
     pub replicated_bytes: i64,
     /// Every call carrying the class, priced at its pair.
     pub spend: f64,
-    /// Their bytes.
+    /// Their bytes, both ways.
     pub bytes: i64,
 }
 
 /// The cost page's figures.
 pub async fn cost(e: &SqlEngine, f: &Filters, config: &Config) -> Result<Cost, SqlError> {
     let prices = &config.cost;
+    // One scan: the rows by chart bucket, summed here into the range's
+    // totals and the bytes-per-second series.
     let w = f.source("traffic", Some("region"), Some("class"));
-    let mut traffic = Vec::new();
+    let b = f.bucket_sql();
+    let step = f.step_s as f64;
+    let mut traffic: BTreeMap<(String, String, String, String), Row> = BTreeMap::new();
+    let mut points: BTreeMap<(String, i64), f64> = BTreeMap::new();
     let mut first_us = i64::MAX;
     for r in rows(
         e,
         &format!(
-            "SELECT region, peer, kind, class, sum(calls), sum(items), sum(sent_bytes), \
-             sum(received_bytes), CAST(min(ts) AS BIGINT) FROM {w} GROUP BY 1, 2, 3, 4"
+            "SELECT region, peer, kind, class, {b} AS t, sum(calls), sum(items), \
+             sum(sent_bytes), sum(received_bytes), CAST(min(ts) AS BIGINT) \
+             FROM {w} GROUP BY 1, 2, 3, 4, 5"
         ),
     )
     .await?
     {
-        first_us = first_us.min(i64_of(&r[8]));
-        traffic.push(Row {
-            region: str_of(&r[0]),
-            peer: str_of(&r[1]),
-            kind: str_of(&r[2]),
-            class: str_of(&r[3]),
-            calls: i64_of(&r[4]),
-            items: i64_of(&r[5]),
-            sent: i64_of(&r[6]),
-            received: i64_of(&r[7]),
-        });
+        let (region, peer) = (str_of(&r[0]), str_of(&r[1]));
+        let (t, sent, received) = (i64_of(&r[4]), i64_of(&r[7]), i64_of(&r[8]));
+        first_us = first_us.min(i64_of(&r[9]));
+        *points.entry((format!("{region} → {peer}"), t)).or_default() += sent as f64 / step;
+        *points.entry((format!("{peer} → {region}"), t)).or_default() += received as f64 / step;
+        let row = traffic
+            .entry((region, peer, str_of(&r[2]), str_of(&r[3])))
+            .or_default();
+        row.calls += i64_of(&r[5]);
+        row.items += i64_of(&r[6]);
+        row.sent += sent;
+        row.received += received;
     }
+    let series = series_of(points.into_iter().map(|((label, t), v)| (label, t, v)));
     // A report covers the interval before its `ts`: the traffic began one
     // interval before the first row (or at the range's start).
     let interval_us = config.collector.traffic_interval_ms as i64 * 1_000;
@@ -218,14 +223,14 @@ pub async fn cost(e: &SqlEngine, f: &Filters, config: &Config) -> Result<Cost, S
     let mut pairs: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut kinds: BTreeMap<String, KindCost> = BTreeMap::new();
     let mut carried: BTreeMap<String, Carried> = BTreeMap::new();
-    for r in &traffic {
-        *pairs.entry((r.region.clone(), r.peer.clone())).or_default() += r.sent;
-        *pairs.entry((r.peer.clone(), r.region.clone())).or_default() += r.received;
-        let spend = (r.sent as f64 * prices.gb_price(&r.region, &r.peer)
-            + r.received as f64 * prices.gb_price(&r.peer, &r.region))
+    for ((region, peer, kind, class), r) in &traffic {
+        *pairs.entry((region.clone(), peer.clone())).or_default() += r.sent;
+        *pairs.entry((peer.clone(), region.clone())).or_default() += r.received;
+        let spend = (r.sent as f64 * prices.gb_price(region, peer)
+            + r.received as f64 * prices.gb_price(peer, region))
             / GB;
-        let k = kinds.entry(r.kind.clone()).or_insert_with(|| KindCost {
-            kind: r.kind.clone(),
+        let k = kinds.entry(kind.clone()).or_insert_with(|| KindCost {
+            kind: kind.clone(),
             calls: 0,
             bytes: 0,
             spend: 0.0,
@@ -233,10 +238,10 @@ pub async fn cost(e: &SqlEngine, f: &Filters, config: &Config) -> Result<Cost, S
         k.calls += r.calls;
         k.bytes += r.sent + r.received;
         k.spend += spend;
-        let c = carried.entry(r.class.clone()).or_default();
+        let c = carried.entry(class.clone()).or_default();
         c.bytes += r.sent + r.received;
         c.spend += spend;
-        match r.kind.as_str() {
+        match kind.as_str() {
             "write" => {
                 c.forwarded_write_bytes += r.sent + r.received;
                 c.forwarded_write_items += r.items;
@@ -298,18 +303,13 @@ pub async fn cost(e: &SqlEngine, f: &Filters, config: &Config) -> Result<Cost, S
         .iter()
         .map(|(class, c)| {
             let mix = mixes.get(class).cloned().unwrap_or_default();
-            let (stage, ownership) = match config.classes.get(class) {
+            let (stage, ownership, what_if) = match config.classes.get(class) {
                 Some(cc) => (
                     stages
                         .get(class)
                         .cloned()
                         .unwrap_or(cc.rollout.as_str().to_owned()),
                     cc.ownership.as_str().to_owned(),
-                ),
-                None => ("–".to_owned(), "–".to_owned()),
-            };
-            let what_if = match config.classes.get(class) {
-                Some(cc) if !class.is_empty() => {
                     what_ifs(&regions, cc.primary.as_deref(), &mix, c, prices)
                         .into_iter()
                         .map(|(change, bytes, spend, estimated)| WhatIf {
@@ -319,9 +319,10 @@ pub async fn cost(e: &SqlEngine, f: &Filters, config: &Config) -> Result<Cost, S
                             delta: per_month(spend - c.spend),
                             estimated,
                         })
-                        .collect()
-                }
-                _ => Vec::new(),
+                        .collect(),
+                ),
+                // `""` (calls of no class) is no class of the config.
+                None => ("–".to_owned(), "–".to_owned(), Vec::new()),
             };
             ClassCost {
                 class: if class.is_empty() {
@@ -375,36 +376,8 @@ pub async fn cost(e: &SqlEngine, f: &Filters, config: &Config) -> Result<Cost, S
         pairs,
         kinds,
         classes,
-        series: series(e, f).await?,
+        series,
     })
-}
-
-/// Bytes per second by pair (`src → dst`) over time.
-async fn series(e: &SqlEngine, f: &Filters) -> Result<Vec<Series>, SqlError> {
-    let w = f.source("traffic", Some("region"), Some("class"));
-    let b = f.bucket_sql();
-    let step = f.step_s as f64;
-    let mut points = BTreeMap::new();
-    for r in rows(
-        e,
-        &format!(
-            "SELECT region, peer, {b} AS t, sum(sent_bytes), sum(received_bytes) \
-             FROM {w} GROUP BY 1, 2, 3"
-        ),
-    )
-    .await?
-    {
-        let (region, peer, t) = (str_of(&r[0]), str_of(&r[1]), i64_of(&r[2]));
-        *points
-            .entry((format!("{region} → {peer}"), t))
-            .or_insert(0.0) += i64_of(&r[3]) as f64 / step;
-        *points
-            .entry((format!("{peer} → {region}"), t))
-            .or_insert(0.0) += i64_of(&r[4]) as f64 / step;
-    }
-    Ok(series_of(
-        points.into_iter().map(|((label, t), v)| (label, t, v)),
-    ))
 }
 
 /// Each class's requests in the range by the region that took them.
@@ -528,8 +501,7 @@ pub fn what_ifs(
     // Hash: each region's writes spread over the others alike.
     let (mut bytes, mut spend) = (base_bytes, base_spend);
     for (r, &w) in &mix.writes {
-        let others: Vec<&String> = regions.iter().filter(|o| *o != r).collect();
-        for o in &others {
+        for o in regions.iter().filter(|o| *o != r) {
             let moved = w as f64 / n;
             bytes += moved * write_bytes;
             spend += moved * write_bytes * round(r, o);

@@ -19,7 +19,7 @@ pub(crate) fn collector(dir: &Path, region: &str, now_us: u64) -> Collector {
             region: region.into(),
             config: CollectorConfig::default(),
             probe_urls: BTreeMap::new(),
-            tokens: parallax_core::secrets::SecretCell::tokens(&[]),
+            secrets: parallax_core::secrets::SecretCell::tokens(&[]),
             clock: Arc::new(ManualClock::new(now_us / 1_000)),
             links: None,
         },
