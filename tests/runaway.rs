@@ -61,6 +61,7 @@ fn fill(data: &Path) {
             config: CollectorConfig::default(),
             probe_urls: BTreeMap::new(),
             secrets: parallax_core::secrets::SecretCell::tokens(&[]),
+            bounds: parallax_collector::rollup::Bounds::default(),
             clock: Arc::new(ManualClock::new(now_us / 1_000)),
             links: None,
         },

@@ -28,6 +28,7 @@ fn fill(data: &Path) {
             config: CollectorConfig::default(),
             probe_urls: BTreeMap::new(),
             secrets: parallax_core::secrets::SecretCell::tokens(&[]),
+            bounds: parallax_collector::rollup::Bounds::default(),
             clock: Arc::new(ManualClock::new(T0 / 1_000)),
             links: None,
         },

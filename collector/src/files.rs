@@ -236,21 +236,42 @@ pub fn compact_partition(
     let all = concat_batches(&schema, &batches).map_err(|e| io(dir, "concatenate", e))?;
     let order = sort_to_indices(all.column(0), None, None).map_err(|e| io(dir, "sort", e))?;
     let sorted = take_record_batch(&all, &order).map_err(|e| io(dir, "sort", e))?;
+    let rows = sorted.num_rows() as u64;
+    swap_in(root, dir, &sorted, opts)?;
+    Ok(Some(rows))
+}
+
+/// Makes `batch` (sorted by `ts`, its first column) the only file of the
+/// partition `dir`: written to a staging directory, which is exchanged
+/// with `dir` in one atomic rename (`RENAME_EXCHANGE`), or renamed into
+/// place when `dir` does not exist yet. A reader sees the old files or the
+/// new one, never both or neither.
+pub fn swap_in(
+    root: &Path,
+    dir: &Path,
+    batch: &RecordBatch,
+    opts: &FileOptions,
+) -> Result<(), Error> {
     let first_ts =
         arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMicrosecondType>(
-            sorted.column(0),
+            batch.column(0),
         )
         .values()
         .first()
         .copied()
         .unwrap_or(0);
-    let rows = sorted.num_rows() as u64;
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let stage = staging_dir(root).join(format!("{}-{seq}", std::process::id()));
     if stage.exists() {
         fs::remove_dir_all(&stage).map_err(|e| io(&stage, "remove", e))?;
     }
-    write_file(&stage, &sorted, first_ts as u64, opts)?;
+    write_file(&stage, batch, first_ts as u64, opts)?;
+    if !dir.exists() {
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent).map_err(|e| io(parent, "create", e))?;
+        }
+        return fs::rename(&stage, dir).map_err(|e| io(dir, "move the new file into", e));
+    }
     rustix::fs::renameat_with(
         rustix::fs::CWD,
         &stage,
@@ -258,9 +279,9 @@ pub fn compact_partition(
         dir,
         rustix::fs::RenameFlags::EXCHANGE,
     )
-    .map_err(|e| io(dir, "swap in the compacted file for", e))?;
+    .map_err(|e| io(dir, "swap in the new file for", e))?;
     fs::remove_dir_all(&stage).map_err(|e| io(&stage, "remove", e))?;
-    Ok(Some(rows))
+    Ok(())
 }
 
 /// Rows in some files, from their footers.

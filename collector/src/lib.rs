@@ -6,9 +6,11 @@
 //! probes). Rows are buffered per table and written, sorted by `ts`, to
 //! Hive-partitioned ZSTD Parquet files every `flush_interval_ms`, whenever a
 //! table buffers `flush_rows` rows, and on shutdown. A file is written under
-//! a hidden temporary name and renamed when complete. Once an hour has
-//! closed, its files are compacted into one with an atomic directory swap;
-//! partitions past `retention_days` are deleted.
+//! a hidden temporary name and renamed when complete. Each flush also
+//! writes the 5-minute rollups of the rows it wrote ([`rollup`]). Once an
+//! hour has closed, its files are compacted into one with an atomic
+//! directory swap and its rollups rebuilt from them; partitions past
+//! `retention_days` (rollups: `rollup_retention_days`) are deleted.
 //!
 //! A `kill -9` loses the rows buffered since the last flush — at most
 //! `flush_interval_ms` of telemetry (10 s by default) — and never leaves a
@@ -16,10 +18,12 @@
 //!
 //! - [`tables`]: every table declared once: its schema, its batches, its rows.
 //! - [`files`]: writing, compaction and retention.
+//! - [`rollup`]: the 5-minute rollups of `requests` and `replication_lag`.
 //! - [`metrics`]: the Prometheus metrics.
 
 pub mod files;
 pub mod metrics;
+pub mod rollup;
 pub mod tables;
 
 use std::collections::BTreeMap;
@@ -61,6 +65,8 @@ pub struct CollectorOptions {
     pub region: String,
     /// Flushing, compaction, retention, probes.
     pub config: CollectorConfig,
+    /// The SLO thresholds rollup rows are keyed by ([`rollup::Bounds::of`]).
+    pub bounds: rollup::Bounds,
     /// Base URLs of the regions to probe, by name.
     pub probe_urls: BTreeMap<String, String>,
     /// The secrets in force: `GET /v1/probes` takes a client or admin token.
@@ -183,51 +189,117 @@ impl Collector {
         rows.write_to(self)
     }
 
-    /// Compacts closed hours and deletes partitions past retention.
-    /// Returns (partitions compacted, partitions deleted).
+    /// Compacts closed hours, rebuilds their rollups, and deletes
+    /// partitions past retention. Returns (partitions compacted or rebuilt,
+    /// partitions deleted).
     pub fn maintain(&self) -> Result<(u64, u64), Error> {
+        let cfg = &self.inner.opts.config;
         let now = self.inner.opts.clock.now_us();
         let (today, hour_now) = date_hour(now);
-        let oldest_kept = date_hour(
-            now.saturating_sub(u64::from(self.inner.opts.config.retention_days) * 86_400_000_000),
-        )
-        .0;
+        let oldest_kept =
+            |days: u32| date_hour(now.saturating_sub(u64::from(days) * 86_400_000_000)).0;
+        let (raw_kept, rollups_kept) = (
+            oldest_kept(cfg.retention_days),
+            oldest_kept(cfg.rollup_retention_days),
+        );
         let (mut compacted, mut deleted) = (0, 0);
-        for table in tables::TABLES {
-            let region_dir = self
-                .inner
-                .opts
-                .root
-                .join(table)
-                .join(format!("region={}", self.inner.opts.region));
-            for (date, date_dir) in files::partitions(&region_dir, "date") {
-                if date < oldest_kept {
+        // Raw tables first: a closed hour's rollup is rebuilt from its raw
+        // files, and only a rollup whose raw hour is gone is compacted as is.
+        for table in tables::TABLES.iter().chain(&rollup::ROLLUPS) {
+            let raw_of_rollup = rollup::raw_of(table);
+            let kept = if raw_of_rollup.is_some() {
+                &rollups_kept
+            } else {
+                &raw_kept
+            };
+            for (date, date_dir) in files::partitions(&self.region_dir(table), "date") {
+                if date < *kept {
                     std::fs::remove_dir_all(&date_dir).map_err(|e| {
                         Error::Io(format!("cannot remove {}: {e}", date_dir.display()))
                     })?;
                     deleted += 1;
                     continue;
                 }
-                if !self.inner.opts.config.compact {
+                if !cfg.compact {
                     continue;
                 }
                 for (hour, hour_dir) in files::partitions(&date_dir, "hour") {
                     let closed = date < today || hour.parse::<u32>().is_ok_and(|h| h < hour_now);
-                    if closed
-                        && files::compact_partition(
-                            &self.inner.opts.root,
-                            &hour_dir,
-                            &self.inner.files,
-                        )?
-                        .is_some()
-                    {
-                        self.inner.metrics.wrote(table, 0);
-                        compacted += 1;
+                    if !closed {
+                        continue;
                     }
+                    let done = match raw_of_rollup {
+                        Some(raw) => {
+                            let raw_dir = self
+                                .region_dir(raw)
+                                .join(format!("date={date}"))
+                                .join(format!("hour={hour}"));
+                            files::parquet_files(&raw_dir).is_empty()
+                                && self.compact(table, &hour_dir)?
+                        }
+                        None => {
+                            let done = self.compact(table, &hour_dir)?;
+                            match rollup::rollup_of(table) {
+                                Some(r) => self.rebuild(table, r, &date, &hour, &hour_dir, done)?,
+                                None => done,
+                            }
+                        }
+                    };
+                    compacted += u64::from(done);
                 }
             }
         }
         Ok((compacted, deleted))
+    }
+
+    /// `<root>/<table>/region=<this region>`.
+    fn region_dir(&self, table: &str) -> PathBuf {
+        self.inner
+            .opts
+            .root
+            .join(table)
+            .join(format!("region={}", self.inner.opts.region))
+    }
+
+    /// Compacts one partition; whether it did.
+    fn compact(&self, table: &str, dir: &std::path::Path) -> Result<bool, Error> {
+        let done =
+            files::compact_partition(&self.inner.opts.root, dir, &self.inner.files)?.is_some();
+        if done {
+            self.inner.metrics.wrote(table, 0);
+        }
+        Ok(done)
+    }
+
+    /// Rebuilds the rollup of a closed raw hour from its files when they
+    /// were just compacted, or when its rollup is not one file (never
+    /// written for that hour, written by several flushes, or missing what
+    /// a crash between a raw file and its rollup file left out). Returns
+    /// whether anything was compacted or rebuilt.
+    fn rebuild(
+        &self,
+        table: &str,
+        rollup: &str,
+        date: &str,
+        hour: &str,
+        raw_dir: &std::path::Path,
+        compacted: bool,
+    ) -> Result<bool, Error> {
+        let dir = self
+            .region_dir(rollup)
+            .join(format!("date={date}"))
+            .join(format!("hour={hour}"));
+        let raw_files = files::parquet_files(raw_dir);
+        if raw_files.is_empty() || (!compacted && files::parquet_files(&dir).len() == 1) {
+            return Ok(compacted);
+        }
+        let raw = files::read_files(&raw_files)?;
+        let Some(batch) = rollup::roll_up(table, &raw, &self.inner.opts.bounds)? else {
+            return Ok(compacted);
+        };
+        files::swap_in(&self.inner.opts.root, &dir, &batch, &self.inner.files)?;
+        self.inner.metrics.wrote(rollup, 0);
+        Ok(true)
     }
 
     /// What has been written so far.
@@ -415,7 +487,18 @@ impl Collector {
     }
 }
 
-/// Writes a table's rows sorted by `ts`, one file per hour they fall in.
+impl Collector {
+    fn count_written(&self, table: &str, rows: u64, bytes: u64) {
+        self.inner.metrics.wrote(table, rows);
+        let mut w = self.inner.written.lock().expect("written lock");
+        *w.rows.entry(table.to_owned()).or_insert(0) += rows;
+        w.files += 1;
+        w.bytes += bytes;
+    }
+}
+
+/// Writes a table's rows sorted by `ts`, one file per hour they fall in,
+/// and their rollup beside them.
 impl RowSink for Collector {
     fn write<T: TableRow>(&self, rows: Vec<T>) -> Result<u64, Error> {
         if rows.is_empty() {
@@ -443,11 +526,21 @@ impl RowSink for Collector {
             let batch = T::batch(&rows[start..end]);
             let (_, size) =
                 files::write_file(&dir, &batch, rows[start].ts_us(), &self.inner.files)?;
-            self.inner.metrics.wrote(T::TABLE, (end - start) as u64);
-            let mut w = self.inner.written.lock().expect("written lock");
-            *w.rows.entry(T::TABLE.to_owned()).or_insert(0) += (end - start) as u64;
-            w.files += 1;
-            w.bytes += size;
+            self.count_written(T::TABLE, (end - start) as u64, size);
+            if let Some(rollup) = rollup::rollup_of(T::TABLE)
+                && let Some(rolled) = rollup::roll_up(T::TABLE, &[batch], &self.inner.opts.bounds)?
+            {
+                let dir = files::partition_dir(
+                    &self.inner.opts.root,
+                    rollup,
+                    &self.inner.opts.region,
+                    &date,
+                    hour,
+                );
+                let (_, size) =
+                    files::write_file(&dir, &rolled, rows[start].ts_us(), &self.inner.files)?;
+                self.count_written(rollup, rolled.num_rows() as u64, size);
+            }
             start = end;
         }
         Ok(n)

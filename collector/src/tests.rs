@@ -25,6 +25,7 @@ fn collector(root: &std::path::Path, now_us: u64) -> Collector {
             },
             probe_urls: BTreeMap::new(),
             secrets: parallax_core::secrets::SecretCell::tokens(&["t"]),
+            bounds: crate::rollup::Bounds::default(),
             clock,
             links: None,
         },
@@ -103,7 +104,12 @@ fn flush_writes_sorted_hive_partitioned_files_and_counts_them() {
     let w = c.written();
     assert_eq!(w.rows["requests"], 500);
     assert_eq!(w.rows["replication_lag"], 1);
-    assert_eq!(w.files, 3);
+    // Three raw files, and the rollup of each.
+    assert_eq!(w.files, 6);
+    assert_eq!(
+        w.rows["requests_5m"], 24,
+        "a row per 5-minute bucket: 2 hours less 14 s"
+    );
     // No temporary file is left where a reader looks.
     let leftovers = std::fs::read_dir(&hour0)
         .unwrap()
@@ -352,6 +358,7 @@ async fn probes_show_which_regions_answer_from_here() {
             },
             probe_urls: BTreeMap::from([("eu-west".to_owned(), down), ("us-west".to_owned(), up)]),
             secrets: parallax_core::secrets::SecretCell::tokens(&["t"]),
+            bounds: crate::rollup::Bounds::default(),
             clock: Arc::new(parallax_core::clock::SystemClock),
             links: None,
         },
@@ -770,4 +777,85 @@ fn the_peer_byte_counters_follow_the_nodes_totals() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }
+}
+
+/// Rows of a table, all partitions, summed over `col` (an Int64 column).
+fn sum_of(root: &std::path::Path, table: &str, col: &str) -> i64 {
+    files::read_table(root, table)
+        .unwrap()
+        .iter()
+        .map(|b| {
+            b.column_by_name(col)
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .iter()
+                .sum::<i64>()
+        })
+        .sum()
+}
+
+#[test]
+fn each_flush_writes_the_rollup_of_its_rows_and_compaction_rebuilds_it_as_one_row_per_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(dir.path(), T0 + 2 * HOUR_US);
+    // Three flushes, each with rows of the same two 5-minute buckets.
+    for round in 0..3u64 {
+        for n in 0..40 {
+            c.ingest(request(
+                T0 + (n % 2) * 300_000_000 + round * 1_000 + n,
+                1_000 + n,
+            ));
+        }
+        c.flush().unwrap();
+    }
+    let rollups = files::partition_dir(dir.path(), "requests_5m", "us-east", "2026-11-28", 10);
+    assert_eq!(
+        files::parquet_files(&rollups).len(),
+        3,
+        "one rollup file a flush"
+    );
+    assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 120);
+    assert_eq!(c.written().rows["requests_5m"], 6, "two buckets a flush");
+    // A crash between a raw file and its rollup file: the rollup misses it.
+    let before = files::parquet_files(&rollups);
+    c.ingest(request(T0 + 7, 5));
+    c.flush().unwrap();
+    for f in files::parquet_files(&rollups) {
+        if !before.contains(&f) {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 120);
+    c.maintain().unwrap();
+    // Rebuilt from the compacted raw hour: every row counted once, one row
+    // per bucket and keys.
+    assert_eq!(files::parquet_files(&rollups).len(), 1);
+    assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 121);
+    let rows: usize = files::read_table(dir.path(), "requests_5m")
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 2);
+    // Nothing more to do the next time.
+    assert_eq!(c.maintain().unwrap(), (0, 0));
+}
+
+#[test]
+fn rollups_outlive_the_raw_rows_and_are_deleted_past_their_own_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    // Raw rows are kept 30 days, rollups 400.
+    let now = T0 + 40 * 24 * HOUR_US;
+    let c = collector(dir.path(), now);
+    c.ingest(request(T0, 1));
+    c.ingest(lag(T0, 7));
+    c.flush().unwrap();
+    c.maintain().unwrap();
+    assert!(latencies(dir.path()).is_empty(), "raw rows past 30 days");
+    assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 1);
+    assert_eq!(sum_of(dir.path(), "replication_lag_5m", "samples"), 1);
+    let later = collector(dir.path(), T0 + 401 * 24 * HOUR_US);
+    assert_eq!(later.maintain().unwrap(), (0, 2));
+    assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 0);
 }

@@ -107,6 +107,10 @@ pub struct CollectorConfig {
     /// Partitions (days) older than this many days are deleted.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// The 5-minute rollups (`requests_5m`, `replication_lag_5m`) are kept
+    /// this many days: at least `retention_days`.
+    #[serde(default = "default_rollup_retention_days")]
+    pub rollup_retention_days: u32,
     /// Closed hours' small files are compacted into one file per table and hour.
     #[serde(default = "default_true")]
     pub compact: bool,
@@ -135,6 +139,7 @@ impl Default for CollectorConfig {
             flush_rows: default_flush_rows(),
             row_group_rows: default_row_group_rows(),
             retention_days: default_retention_days(),
+            rollup_retention_days: default_rollup_retention_days(),
             compact: true,
             probe_interval_ms: default_probe_interval_ms(),
             probe_timeout_ms: default_probe_timeout_ms(),
@@ -400,6 +405,10 @@ fn default_row_group_rows() -> usize {
 }
 fn default_retention_days() -> u32 {
     30
+}
+/// 13 months: a year of months, each beside the same month a year before.
+fn default_rollup_retention_days() -> u32 {
+    400
 }
 fn default_true() -> bool {
     true

@@ -13,6 +13,7 @@
 //! - [`routing`]: ownership and rollout stages (pure).
 //! - [`rollout`]: rollout stages moved at runtime, and the rule for a move.
 //! - [`merkle`]: Merkle trees over a class's entities (pure).
+//! - [`histogram`]: the log-bucketed histogram behind percentiles and rollups.
 //! - [`sync`]: comparing two regions' trees; anti-entropy.
 //! - [`protocol`]: region-to-region messages, the replication log entry.
 //! - [`transport`]: region-to-region calls (HTTP, or in-process with faults).
@@ -34,6 +35,7 @@ pub mod clock;
 pub mod config;
 pub mod entity;
 pub mod error;
+pub mod histogram;
 pub mod links;
 pub mod merkle;
 pub mod protocol;

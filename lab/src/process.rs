@@ -182,6 +182,7 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
             config: config.collector.clone(),
             probe_urls: urls,
             secrets: secrets.clone(),
+            bounds: parallax_collector::rollup::Bounds::of(&config),
             clock,
             links,
         },

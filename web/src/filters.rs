@@ -1,6 +1,6 @@
 //! The time range and region/class filters every page and API takes.
 //!
-//! Query string: `range=15m|1h|6h|24h|7d|custom` (default 1h), with
+//! Query string: `range=15m|1h|6h|24h|7d|30d|custom` (default 1h), with
 //! `from`/`to` for `custom` (RFC 3339, `YYYY-MM-DDTHH:MM` as a browser's
 //! datetime-local field sends it, or microseconds since the epoch),
 //! `region=a,b` and `class=x,y` (empty: all).
@@ -10,12 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::time;
 
 /// The named ranges, with their length in seconds.
-pub const RANGES: [(&str, i64); 5] = [
+pub const RANGES: [(&str, i64); 6] = [
     ("15m", 900),
     ("1h", 3_600),
     ("6h", 21_600),
     ("24h", 86_400),
     ("7d", 604_800),
+    ("30d", 2_592_000),
 ];
 
 /// The raw query string.
@@ -152,7 +153,7 @@ impl Filters {
         } else {
             let Some(&(_, secs)) = RANGES.iter().find(|(n, _)| *n == range) else {
                 return Err(format!(
-                    "`range` = `{range}` is unknown. Fix: use one of 15m, 1h, 6h, 24h, 7d, custom"
+                    "`range` = `{range}` is unknown. Fix: use one of 15m, 1h, 6h, 24h, 7d, 30d, custom"
                 ));
             };
             (now_us - secs * 1_000_000, now_us)

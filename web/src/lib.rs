@@ -29,6 +29,7 @@ pub mod notify;
 pub mod pages;
 mod quantile;
 mod regions;
+pub mod rollup;
 mod router;
 pub mod slo;
 pub mod sql;

@@ -17,7 +17,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::filters::time_scan;
+use crate::rollup::{self, Plan};
 use crate::sql::{SqlEngine, SqlError};
+use parallax_collector::rollup::Bounds;
 
 /// The burn-rate windows (name, seconds for a 30-day SLO).
 pub const WINDOWS: [(&str, i64); 5] = [
@@ -98,15 +100,57 @@ pub struct Slos {
     pub slos: Vec<SloStatus>,
 }
 
-/// The SQL predicate of a bad event, and the table. Every table is
-/// partitioned by region; `replication_lag` by the destination, so a
-/// freshness SLO in a region measures replication into it.
-fn measure(slo: &SloConfig, config: &Config) -> (String, &'static str) {
+/// How an SLO counts its events and its bad ones.
+enum Measure {
+    /// From a table with rollups, through [`crate::rollup`]: the source
+    /// (`requests` or `lag`), the count column and the bad events'
+    /// predicate over the rollup's columns.
+    Rolled {
+        source: fn(&Plan, &str, &str, &[u64]) -> String,
+        bounds: Vec<u64>,
+        count: &'static str,
+        bad: String,
+    },
+    /// From the raw rows of a table: the bad events' predicate.
+    Raw { table: &'static str, bad: String },
+}
+
+/// How `slo` is measured. Every table is partitioned by region;
+/// `replication_lag` by the destination, so a freshness SLO in a region
+/// measures replication into it. A latency or freshness threshold is read
+/// from the rollups when the collectors key their rows by it (every SLO
+/// threshold in the config); else, and for integrity, from the raw rows.
+fn measure(slo: &SloConfig, config: &Config) -> Measure {
     let threshold = slo.threshold_ms.unwrap_or(0);
+    let bounds = Bounds::of(config);
+    let banded = |bounds: &[u64]| bounds.contains(&threshold);
     match slo.kind {
-        SloKind::Availability => ("status >= 500".into(), "requests"),
-        SloKind::Latency => (format!("latency_us > {}", threshold * 1_000), "requests"),
-        SloKind::Freshness => (format!("lag_ms > {threshold}"), "replication_lag"),
+        SloKind::Availability => Measure::Rolled {
+            source: rollup::requests,
+            bounds: bounds.latency_ms,
+            count: "requests",
+            bad: "status >= 500".into(),
+        },
+        SloKind::Latency if banded(&bounds.latency_ms) => Measure::Rolled {
+            source: rollup::requests,
+            bounds: bounds.latency_ms,
+            count: "requests",
+            bad: format!("latency_over_ms >= {threshold}"),
+        },
+        SloKind::Latency => Measure::Raw {
+            table: "requests",
+            bad: format!("latency_us > {}", threshold * 1_000),
+        },
+        SloKind::Freshness if banded(&bounds.lag_ms) => Measure::Rolled {
+            source: rollup::lag,
+            bounds: bounds.lag_ms,
+            count: "samples",
+            bad: format!("lag_over_ms >= {threshold}"),
+        },
+        SloKind::Freshness => Measure::Raw {
+            table: "replication_lag",
+            bad: format!("lag_ms > {threshold}"),
+        },
         SloKind::Integrity => {
             let critical: Vec<String> = config
                 .classes
@@ -119,31 +163,67 @@ fn measure(slo: &SloConfig, config: &Config) -> (String, &'static str) {
             } else {
                 format!("class IN ({})", critical.join(", "))
             };
-            (format!("({class}) AND divergent > 0"), "audits")
+            Measure::Raw {
+                table: "audits",
+                bad: format!("({class}) AND divergent > 0"),
+            }
         }
     }
 }
 
-/// Rows of `cols` per region over `source`, by region.
-async fn per_region_rows(
-    engine: &SqlEngine,
-    regions: &[String],
-    cols: &str,
-    source: &str,
-) -> Result<BTreeMap<String, Vec<Value>>, SqlError> {
-    let sql = crate::dash::per_region(regions, cols, &format!("{source} WHERE TRUE"), "");
-    Ok(engine
-        .query(&sql)
-        .await?
-        .json_rows()
-        .into_iter()
-        .map(|row| {
-            (
-                row[0].as_str().unwrap_or_default().to_owned(),
-                row[1..].to_vec(),
-            )
-        })
-        .collect())
+impl Measure {
+    /// Per region: the events and bad events over `[from_us, to_us)`, then
+    /// over each window from `cuts[i]` to `to_us`.
+    async fn count(
+        &self,
+        engine: &SqlEngine,
+        regions: &[String],
+        from_us: i64,
+        to_us: i64,
+        cuts: &[i64],
+    ) -> Result<BTreeMap<String, Vec<Value>>, SqlError> {
+        let (n, bad, ts) = match self {
+            Measure::Rolled { count, bad, .. } => (format!("sum({count})"), bad, "ts".to_owned()),
+            Measure::Raw { bad, .. } => ("count(*)".to_owned(), bad, "CAST(ts AS BIGINT)".into()),
+        };
+        let mut cols = vec![n.clone(), format!("{n} FILTER (WHERE {bad})")];
+        for cut in cuts {
+            cols.push(format!("{n} FILTER (WHERE {ts} >= {cut})"));
+            cols.push(format!("{n} FILTER (WHERE {ts} >= {cut} AND ({bad}))"));
+        }
+        let cols = cols.join(", ");
+        let sql = match self {
+            // Rollups for the whole 5-minute buckets; the raw rows one by one
+            // in the buckets a window starts inside and at the ends.
+            Measure::Rolled { source, bounds, .. } => {
+                let plan = Plan::windows(from_us, to_us, cuts);
+                crate::dash::per_region_from(
+                    regions,
+                    &cols,
+                    |r| source(&plan, r, "TRUE", bounds),
+                    "",
+                )
+            }
+            Measure::Raw { table, .. } => crate::dash::per_region(
+                regions,
+                &cols,
+                &format!("{} WHERE TRUE", time_scan(table, from_us, to_us)),
+                "",
+            ),
+        };
+        Ok(engine
+            .query(&sql)
+            .await?
+            .json_rows()
+            .into_iter()
+            .map(|row| {
+                (
+                    row[0].as_str().unwrap_or_default().to_owned(),
+                    row[1..].to_vec(),
+                )
+            })
+            .collect())
+    }
 }
 
 fn int(v: &Value) -> i64 {
@@ -197,45 +277,39 @@ async fn evaluate_some(
         if regions.is_empty() {
             continue;
         }
-        let (bad, table) = measure(slo, config);
+        let measure = measure(slo, config);
         let scale = f64::from(slo.window_days) / 30.0;
         let long_s = i64::from(slo.window_days) * 86_400;
         let windows: Vec<(String, i64)> = WINDOWS
             .iter()
             .map(|(n, s)| ((*n).to_owned(), ((*s as f64) * scale).round() as i64))
             .collect();
-        let count = |bad: &str| format!("count(*) FILTER (WHERE {bad})");
-        // The window's totals need no `ts`: its whole hours are chosen by
-        // their partitions. The integrity SLO counts audits of every class,
-        // bad when a critical one diverged; its region is the one that
-        // recorded it.
+        // The window's totals need no `ts` for the whole hours (chosen by
+        // their partitions) or the whole 5-minute buckets (from rollups).
+        // The integrity SLO counts audits of every class, bad when a
+        // critical one diverged; its region is the one that recorded it.
         let start = now_us - long_s * 1_000_000;
-        let totals = per_region_rows(
-            engine,
-            &regions,
-            &format!("count(*), {}", count(&bad)),
-            &time_scan(table, start, now_us),
-        )
-        .await?;
+        let totals = measure.count(engine, &regions, start, now_us, &[]).await?;
         // The burn windows count by `ts`, over the longest of them only.
         let longest = windows.iter().map(|w| w.1).max().unwrap_or(0);
-        let mut cols = Vec::new();
-        for (_, secs) in &windows {
-            let since = format!("ts >= to_timestamp_micros({})", now_us - secs * 1_000_000);
-            cols.push(count(&since));
-            cols.push(count(&format!("{since} AND ({bad})")));
-        }
-        let burns = per_region_rows(
-            engine,
-            &regions,
-            &cols.join(", "),
-            &time_scan(table, (now_us - longest * 1_000_000).max(start), now_us),
-        )
-        .await?;
+        let cuts: Vec<i64> = windows
+            .iter()
+            .map(|(_, secs)| now_us - secs * 1_000_000)
+            .collect();
+        let burns = measure
+            .count(
+                engine,
+                &regions,
+                (now_us - longest * 1_000_000).max(start),
+                now_us,
+                &cuts,
+            )
+            .await?;
         let allowed = 1.0 - slo.objective / 100.0;
         for region in regions {
             let total_at = |i: usize| totals.get(&region).map_or(0, |r| int(&r[i]));
-            let burn_at = |i: usize| burns.get(&region).map_or(0, |r| int(&r[i]));
+            // Each window's two counts follow the whole range's two.
+            let burn_at = |i: usize| burns.get(&region).map_or(0, |r| int(&r[i + 2]));
             let (total, bad) = (total_at(0), total_at(1));
             let burn_rates: Vec<BurnRate> = windows
                 .iter()

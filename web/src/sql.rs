@@ -305,8 +305,9 @@ fn classify(e: DataFusionError, limits: &SqlLimits) -> SqlError {
         | DataFusionError::NotImplemented(_) => {
             let hint = if text.contains("table") && text.contains("not found") {
                 format!(
-                    ". The tables are: {}",
-                    parallax_collector::tables::TABLES.join(", ")
+                    ". The tables are: {}, and their rollups {}",
+                    parallax_collector::tables::TABLES.join(", "),
+                    parallax_collector::rollup::ROLLUPS.join(", ")
                 )
             } else {
                 String::new()
@@ -339,7 +340,12 @@ impl SqlEngine {
             .set_bool("datafusion.execution.parquet.reorder_filters", true);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udaf(crate::quantile::udaf());
-        for table in parallax_collector::tables::TABLES {
+        ctx.register_udaf(crate::quantile::state_udaf());
+        let rollups = parallax_collector::rollup::ROLLUPS;
+        for table in parallax_collector::tables::TABLES
+            .into_iter()
+            .chain(rollups)
+        {
             let dir = root.join(table);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| SqlError::Failed(format!("cannot create {}: {e}", dir.display())))?;
@@ -351,8 +357,11 @@ impl SqlEngine {
                     ("hour".to_owned(), DataType::Int32),
                 ])
                 .with_file_sort_order(vec![vec![col("ts").sort(true, false)]]);
-            let schema =
-                string_views(&parallax_collector::tables::schema_of(table).expect("a known table"));
+            let schema = string_views(
+                &parallax_collector::tables::schema_of(table)
+                    .or_else(|| parallax_collector::rollup::schema_of(table))
+                    .expect("a known table"),
+            );
             let url = format!("{}/", dir.display());
             let name = if table == "divergence" {
                 DIVERGENCE_FILES

@@ -218,7 +218,7 @@ async fn every_page_and_its_json_twin_answer() {
         ("/slos", "/api/v1/slos", "SLOs"),
         ("/cost", "/api/v1/cost", "Cost"),
     ] {
-        for range in ["15m", "1h", "6h", "24h", "7d"] {
+        for range in ["15m", "1h", "6h", "24h", "7d", "30d"] {
             let (status, html) = get(&app, &format!("{page}?range={range}")).await;
             assert_eq!(status, StatusCode::OK, "{page} {range}: {html}");
             assert!(html.contains(&format!("<h1>{title}</h1>")), "{page}");
@@ -461,7 +461,7 @@ async fn ranges_and_filters_narrow_and_bad_ones_name_the_fix() {
     assert_eq!(v["data"]["figures"]["counts"].as_array().unwrap().len(), 0);
 
     for (q, says) in [
-        ("range=2w", "15m, 1h, 6h, 24h, 7d, custom"),
+        ("range=2w", "15m, 1h, 6h, 24h, 7d, 30d, custom"),
         ("range=custom", "`from` is missing"),
         ("range=custom&from=yesterday", "`from` = `yesterday`"),
         (

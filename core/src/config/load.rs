@@ -291,6 +291,16 @@ impl Config {
                 "is 0. Fix: keep at least one day, e.g. 30".into(),
             );
         }
+        if c.rollup_retention_days < c.retention_days {
+            return fail(
+                "collector.rollup_retention_days",
+                format!(
+                    "is {}, shorter than retention_days ({}): pages over the days between would \
+                     find no rollups. Fix: keep rollups at least as long, e.g. 400",
+                    c.rollup_retention_days, c.retention_days
+                ),
+            );
+        }
         if self.anti_entropy.detour_after_ms > 0 && self.anti_entropy.detour_interval_ms == 0 {
             return fail(
                 "anti_entropy.detour_interval_ms",

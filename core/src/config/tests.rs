@@ -188,3 +188,21 @@ fn secrets_still_accepted_may_not_be_empty_or_shared_between_peers_and_clients()
         );
     }
 }
+
+#[test]
+fn rollups_kept_shorter_than_raw_rows_are_refused_naming_both() {
+    let c = Config::from_toml(MINIMAL, "p.toml").unwrap();
+    assert_eq!(
+        (
+            c.collector.retention_days,
+            c.collector.rollup_retention_days
+        ),
+        (30, 400)
+    );
+    let text = format!("{MINIMAL}\n[collector]\nretention_days = 60\nrollup_retention_days = 45\n");
+    let err = Config::from_toml(&text, "p.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("collector.rollup_retention_days") && err.contains("retention_days (60)"),
+        "{err}"
+    );
+}

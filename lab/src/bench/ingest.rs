@@ -141,6 +141,7 @@ pub(super) async fn run(a: IngestArgs) -> Result<ExitCode> {
                 },
                 probe_urls: BTreeMap::new(),
                 secrets: parallax_core::secrets::SecretCell::tokens(&[]),
+                bounds: parallax_collector::rollup::Bounds::default(),
                 clock: Arc::new(SystemClock),
                 links: None,
             },

@@ -48,6 +48,24 @@ pub(super) async fn rows(engine: &SqlEngine, sql: &str) -> Result<Vec<Vec<Value>
 /// hashes a region, which GROUP BY region costs DataFusion at every row
 /// (2-4x at 80M rows; README, `bench query`).
 pub fn per_region(regions: &[String], cols: &str, from_where: &str, group_by: &str) -> String {
+    per_region_from(
+        regions,
+        cols,
+        |r| format!("{from_where} AND region = '{r}'"),
+        group_by,
+    )
+}
+
+/// One SELECT of `cols` per region from the FROM source `source(region)`
+/// (already narrowed to that region, like [`crate::rollup::requests`]),
+/// joined by UNION ALL, each led by the region's name; `group_by` as for
+/// [`per_region`].
+pub fn per_region_from(
+    regions: &[String],
+    cols: &str,
+    source: impl Fn(&str) -> String,
+    group_by: &str,
+) -> String {
     let tail = if group_by.is_empty() {
         "HAVING count(*) > 0".to_owned()
     } else {
@@ -55,9 +73,7 @@ pub fn per_region(regions: &[String], cols: &str, from_where: &str, group_by: &s
     };
     regions
         .iter()
-        .map(|r| {
-            format!("SELECT '{r}' AS region, {cols} FROM {from_where} AND region = '{r}' {tail}")
-        })
+        .map(|r| format!("SELECT '{r}' AS region, {cols} FROM {} {tail}", source(r)))
         .collect::<Vec<_>>()
         .join(" UNION ALL ")
 }

@@ -2,9 +2,10 @@
 
 use serde::Serialize;
 
-use super::common::{f64_of, i64_of, pct, per_region, rows, series_of, shown, str_of};
+use super::common::{f64_of, i64_of, pct, per_region_from, rows, series_of, shown, str_of};
 use crate::charts::Series;
 use crate::filters::Filters;
+use crate::rollup::{self, Plan};
 use crate::sql::{SqlEngine, SqlError};
 
 /// One region's latency and errors.
@@ -37,19 +38,21 @@ pub struct Latency {
     pub error_series: Vec<Series>,
 }
 
-/// The latency and errors page.
+/// The latency and errors page: from the 5-minute rollups for whole
+/// buckets, the raw rows at the ends ([`crate::rollup`]).
 pub async fn latency(e: &SqlEngine, f: &Filters, regions: &[String]) -> Result<Latency, SqlError> {
     let shown = shown(regions, f);
-    let w = f.source("requests", Some("region"), Some("class"));
+    let filter = f.where_sql(None, Some("class"));
+    let totals = Plan::totals(f.from_us, f.to_us);
     let mut regions: Vec<RegionLatency> = rows(
         e,
-        &per_region(
+        &per_region_from(
             &shown,
-            "count(*), approx_quantile(latency_us, 0.5), \
+            "sum(requests), approx_quantile(latency_us, 0.5), \
              approx_quantile(latency_us, 0.95), approx_quantile(latency_us, 0.99), \
-             count(*) FILTER (WHERE status >= 500), \
-             count(*) FILTER (WHERE status >= 400 AND status < 500)",
-            &w,
+             sum(requests) FILTER (WHERE status >= 500), \
+             sum(requests) FILTER (WHERE status >= 400 AND status < 500)",
+            |r| rollup::requests(&totals, r, &filter, &[]),
             "",
         ),
     )
@@ -70,17 +73,18 @@ pub async fn latency(e: &SqlEngine, f: &Filters, regions: &[String]) -> Result<L
     .collect();
     regions.sort_by(|a, b| a.region.cmp(&b.region));
     let b = f.bucket_sql();
+    let series = Plan::series(f.from_us, f.to_us, f.step_s);
     let mut p99 = Vec::new();
     let mut errors = Vec::new();
     for r in rows(
         e,
-        &per_region(
+        &per_region_from(
             &shown,
             &format!(
-                "{b} AS t, approx_quantile(latency_us, 0.99), count(*), \
-                 count(*) FILTER (WHERE status >= 500)"
+                "{b} AS t, approx_quantile(latency_us, 0.99), sum(requests), \
+                 sum(requests) FILTER (WHERE status >= 500)"
             ),
-            &w,
+            |r| rollup::requests(&series, r, &filter, &[]),
             "t",
         ),
     )

@@ -12,7 +12,7 @@ mod marks;
 mod overview;
 mod replication;
 
-pub use common::{LagMatrix, names, per_region};
+pub use common::{LagMatrix, names, per_region, per_region_from};
 pub use conflicts::{ConflictCount, Conflicts, Resolution, conflicts};
 pub use cost::{Carried, ClassCost, Cost, KindCost, Mix, PairCost, WhatIf, cost, what_ifs};
 pub use divergence::{AuditRun, CURRENT_STATE, Divergence, DivergentKey, divergence};

@@ -6,10 +6,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::common::{
-    LagMatrix, f64_of, i64_of, matrix, pct, per_region, rows, series_of, shown, str_of,
+    LagMatrix, f64_of, i64_of, matrix, pct, per_region_from, rows, series_of, shown, str_of,
 };
 use crate::charts::Series;
 use crate::filters::Filters;
+use crate::rollup::{self, Plan};
 use crate::sql::{SqlEngine, SqlError};
 
 /// One region's health at a glance.
@@ -147,13 +148,16 @@ pub async fn overview(
             )
         })
         .collect();
+    // Requests and lag from the 5-minute rollups for whole buckets, the
+    // raw rows at the ends.
+    let totals = Plan::totals(f.from_us, f.to_us);
     for r in rows(
         e,
-        &per_region(
+        &per_region_from(
             &regions,
-            "count(*), count(*) FILTER (WHERE status >= 500), \
+            "sum(requests), sum(requests) FILTER (WHERE status >= 500), \
              approx_quantile(latency_us, 0.99)",
-            &w("requests"),
+            |r| rollup::requests(&totals, r, "TRUE", &[]),
             "",
         ),
     )
@@ -165,15 +169,14 @@ pub async fn overview(
             h.p99_ms = f64_of(&r[3]).map(|us| us / 1e3);
         }
     }
-    let wl = f.source("replication_lag", Some("dst"), None);
     let mut cells = BTreeMap::new();
     for r in rows(
         e,
         // Lag is recorded where it is applied: the region partition is `dst`.
-        &per_region(
+        &per_region_from(
             &regions,
-            "src, approx_quantile(lag_ms, 0.99), max(lag_ms)",
-            &wl,
+            "src, approx_quantile(lag_ms, 0.99), max(max_lag_ms)",
+            |r| rollup::lag(&totals, r, "TRUE", &[]),
             "src",
         ),
     )
@@ -233,13 +236,14 @@ pub async fn overview(
     }
     let b = f.bucket_sql();
     let step = f.step_s as f64;
+    let series = Plan::series(f.from_us, f.to_us, f.step_s);
     let throughput = series_of(
         rows(
             e,
-            &per_region(
+            &per_region_from(
                 &regions,
-                &format!("{b} AS t, count(*)"),
-                &w("requests"),
+                &format!("{b} AS t, sum(requests)"),
+                |r| rollup::requests(&series, r, "TRUE", &[]),
                 "t",
             ),
         )

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::common::{
-    LagMatrix, f64_of, i64_of, matrix, per_region, rows, series_of, shown, str_of,
+    LagMatrix, f64_of, i64_of, matrix, per_region, per_region_from, rows, series_of, shown, str_of,
 };
 use crate::charts::Series;
 use crate::filters::Filters;
+use crate::rollup::{self, Plan};
 use crate::sql::{SqlEngine, SqlError};
 
 /// Replication statistics of one region pair.
@@ -89,19 +90,21 @@ pub async fn replication(
     regions: &[String],
 ) -> Result<Replication, SqlError> {
     let regions = shown(regions, f);
-    let w = f.source("replication_lag", Some("dst"), None);
+    // From the 5-minute rollups for whole buckets, the raw rows at the ends.
+    let totals = Plan::totals(f.from_us, f.to_us);
     let mut cells = BTreeMap::new();
     let mut pairs = Vec::new();
     for r in rows(
         e,
         // Lag is recorded where it is applied: the region partition is `dst`.
-        &per_region(
+        &per_region_from(
             &regions,
-            "src, count(*), approx_quantile(lag_ms, 0.5), \
-             approx_quantile(lag_ms, 0.99), max(lag_ms), \
-             last_value(backlog_ops ORDER BY ts), last_value(backlog_bytes ORDER BY ts), sum(applied_ops), \
-             last_value(drain_ops_per_s ORDER BY ts), last_value(eta_ms ORDER BY ts)",
-            &w,
+            "src, sum(samples), approx_quantile(lag_ms, 0.5), \
+             approx_quantile(lag_ms, 0.99), max(max_lag_ms), \
+             last_value(backlog_ops ORDER BY last_ts), last_value(backlog_bytes ORDER BY last_ts), \
+             sum(applied_ops), last_value(drain_ops_per_s ORDER BY last_ts), \
+             last_value(eta_ms ORDER BY last_ts)",
+            |r| rollup::lag(&totals, r, "TRUE", &[]),
             "src",
         ),
     )
@@ -125,14 +128,15 @@ pub async fn replication(
     }
     pairs.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
     let b = f.bucket_sql();
+    let series = Plan::series(f.from_us, f.to_us, f.step_s);
     let mut lag = Vec::new();
     let mut backlog = Vec::new();
     for r in rows(
         e,
-        &per_region(
+        &per_region_from(
             &regions,
-            &format!("src, {b} AS t, approx_quantile(lag_ms, 0.99), max(backlog_ops)"),
-            &w,
+            &format!("src, {b} AS t, approx_quantile(lag_ms, 0.99), max(max_backlog_ops)"),
+            |r| rollup::lag(&series, r, "TRUE", &[]),
             "src, t",
         ),
     )

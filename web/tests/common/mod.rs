@@ -20,6 +20,7 @@ pub(crate) fn collector(dir: &Path, region: &str, now_us: u64) -> Collector {
             config: CollectorConfig::default(),
             probe_urls: BTreeMap::new(),
             secrets: parallax_core::secrets::SecretCell::tokens(&[]),
+            bounds: parallax_collector::rollup::Bounds::default(),
             clock: Arc::new(ManualClock::new(now_us / 1_000)),
             links: None,
         },

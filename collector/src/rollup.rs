@@ -1,0 +1,356 @@
+//! 5-minute rollups of the two tables that grow with traffic: `requests`
+//! (one row per request) and `replication_lag` (one row per pair and
+//! heartbeat). A rollup row counts the raw rows of one 5-minute bucket
+//! that share their keys, with their values as a histogram
+//! ([`parallax_core::histogram`]), so a week- or month-long page reads a few
+//! thousand rollup rows instead of hundreds of millions of raw ones.
+//!
+//! Rollups are written with every flush, from the rows the flush writes
+//! (several rows of one bucket and keys then sit in several files, and
+//! add up), and rebuilt from an hour's raw files when the hour is compacted:
+//! one row per bucket and keys, and whatever a crash between a raw file
+//! and its rollup file left out is counted again. They live under their own
+//! tables (`requests_5m`, `replication_lag_5m`, partitioned as every table)
+//! and are kept for `collector.rollup_retention_days`, longer than the raw
+//! rows.
+//!
+//! Counts above a latency or freshness SLO's threshold must be exact, and a
+//! histogram only places a value within 1/128: each row is also keyed by the
+//! greatest configured threshold its values exceed (`latency_over_ms`,
+//! `lag_over_ms`; 0 when none), so "slower than T" is
+//! `latency_over_ms >= T` for every T the config names ([`Bounds`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Int32Array, Int64Array, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{
+    DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
+use arrow::record_batch::RecordBatch;
+use parallax_core::config::Config;
+use parallax_core::histogram::Histogram;
+use parallax_core::web_config::SloKind;
+
+/// A rollup bucket's width (µs): 5 minutes.
+pub const BUCKET_US: i64 = 300_000_000;
+
+/// The rollup tables, in the order the README documents them.
+pub const ROLLUPS: [&str; 2] = ["requests_5m", "replication_lag_5m"];
+
+/// The rollup of a raw table, if it has one.
+pub fn rollup_of(table: &str) -> Option<&'static str> {
+    match table {
+        "requests" => Some("requests_5m"),
+        "replication_lag" => Some("replication_lag_5m"),
+        _ => None,
+    }
+}
+
+/// The raw table a rollup is built from.
+pub fn raw_of(rollup: &str) -> Option<&'static str> {
+    match rollup {
+        "requests_5m" => Some("requests"),
+        "replication_lag_5m" => Some("replication_lag"),
+        _ => None,
+    }
+}
+
+/// The thresholds rollup rows are keyed by: every latency and freshness
+/// SLO's `threshold_ms`, ascending, without 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bounds {
+    /// Latency SLOs' thresholds (ms).
+    pub latency_ms: Vec<u64>,
+    /// Freshness SLOs' thresholds (ms).
+    pub lag_ms: Vec<u64>,
+}
+
+impl Bounds {
+    /// The thresholds of the SLOs `config` declares.
+    pub fn of(config: &Config) -> Bounds {
+        let of_kind = |kind: SloKind| {
+            let mut v: Vec<u64> = config
+                .slos
+                .values()
+                .filter(|s| s.kind == kind)
+                .filter_map(|s| s.threshold_ms)
+                .filter(|t| *t > 0)
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        Bounds {
+            latency_ms: of_kind(SloKind::Latency),
+            lag_ms: of_kind(SloKind::Freshness),
+        }
+    }
+}
+
+/// The greatest bound (ms) that `value` (in `per_ms` units of a ms)
+/// exceeds, 0 if none. `bounds` ascending.
+pub fn over(bounds: &[u64], value: i64, per_ms: i64) -> i64 {
+    bounds
+        .iter()
+        .rev()
+        .find(|b| value > **b as i64 * per_ms)
+        .map_or(0, |b| *b as i64)
+}
+
+fn ts_field(name: &str) -> Field {
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    )
+}
+
+/// A rollup table's schema (without the partition columns).
+pub fn schema_of(rollup: &str) -> Option<SchemaRef> {
+    let text = |n: &str| Field::new(n, DataType::Utf8, false);
+    let int64 = |n: &str| Field::new(n, DataType::Int64, false);
+    let fields = match rollup {
+        "requests_5m" => vec![
+            ts_field("ts"),
+            text("class"),
+            text("op"),
+            Field::new("status", DataType::Int32, false),
+            int64("latency_over_ms"),
+            int64("requests"),
+            Field::new("latency_us", DataType::Binary, false),
+        ],
+        "replication_lag_5m" => vec![
+            ts_field("ts"),
+            text("src"),
+            text("dst"),
+            int64("lag_over_ms"),
+            int64("samples"),
+            Field::new("lag_ms", DataType::Binary, false),
+            int64("max_lag_ms"),
+            int64("applied_ops"),
+            int64("max_backlog_ops"),
+            ts_field("last_ts"),
+            int64("backlog_ops"),
+            int64("backlog_bytes"),
+            Field::new("drain_ops_per_s", DataType::Int64, true),
+            Field::new("eta_ms", DataType::Int64, true),
+        ],
+        _ => return None,
+    };
+    Some(Arc::new(Schema::new(fields)))
+}
+
+/// A raw column by name, or an error naming it.
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, crate::Error> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| crate::Error::Io(format!("a raw batch has no column {name}")))
+}
+
+fn bucket_of(ts_us: i64) -> i64 {
+    ts_us.div_euclid(BUCKET_US) * BUCKET_US
+}
+
+/// The rollup rows of some raw batches of `table` (rows in any order),
+/// one per bucket and keys, sorted by them; `None` for a table without a
+/// rollup or without rows.
+pub fn roll_up(
+    table: &str,
+    raw: &[RecordBatch],
+    bounds: &Bounds,
+) -> Result<Option<RecordBatch>, crate::Error> {
+    if raw.iter().all(|b| b.num_rows() == 0) {
+        return Ok(None);
+    }
+    match table {
+        "requests" => requests(raw, &bounds.latency_ms).map(Some),
+        "replication_lag" => lag(raw, &bounds.lag_ms).map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn requests(raw: &[RecordBatch], bounds: &[u64]) -> Result<RecordBatch, crate::Error> {
+    // (bucket, class, op, status, band) -> (requests, latency histogram)
+    type Key<'a> = (i64, &'a str, &'a str, i32, i64);
+    let mut groups: BTreeMap<Key<'_>, (i64, Histogram)> = BTreeMap::new();
+    for raw in raw {
+        let ts = column(raw, "ts")?.as_primitive::<TimestampMicrosecondType>();
+        let class = column(raw, "class")?.as_string::<i32>();
+        let op = column(raw, "op")?.as_string::<i32>();
+        let status = column(raw, "status")?.as_primitive::<Int32Type>();
+        let latency = column(raw, "latency_us")?.as_primitive::<Int64Type>();
+        for i in 0..raw.num_rows() {
+            let l = latency.value(i);
+            let key = (
+                bucket_of(ts.value(i)),
+                class.value(i),
+                op.value(i),
+                status.value(i),
+                over(bounds, l, 1_000),
+            );
+            let g = groups.entry(key).or_default();
+            g.0 += 1;
+            g.1.add(l as f64);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(groups.keys().map(|k| k.0))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(groups.keys().map(|k| k.1))),
+        Arc::new(StringArray::from_iter_values(groups.keys().map(|k| k.2))),
+        Arc::new(Int32Array::from_iter_values(groups.keys().map(|k| k.3))),
+        Arc::new(Int64Array::from_iter_values(groups.keys().map(|k| k.4))),
+        Arc::new(Int64Array::from_iter_values(groups.values().map(|g| g.0))),
+        Arc::new(BinaryArray::from_iter_values(
+            groups.values().map(|g| g.1.to_bytes()),
+        )),
+    ];
+    batch("requests_5m", columns)
+}
+
+/// One bucket's lag samples of one pair and band.
+#[derive(Default)]
+struct LagGroup {
+    samples: i64,
+    hist: Histogram,
+    max_lag_ms: i64,
+    applied_ops: i64,
+    max_backlog_ops: i64,
+    /// The latest sample's ts and backlog, drain pace and ETA.
+    last: (i64, i64, i64, Option<i64>, Option<i64>),
+}
+
+fn lag(raw: &[RecordBatch], bounds: &[u64]) -> Result<RecordBatch, crate::Error> {
+    let mut groups: BTreeMap<(i64, &str, &str, i64), LagGroup> = BTreeMap::new();
+    for raw in raw {
+        lag_rows(raw, bounds, &mut groups)?;
+    }
+    lag_batch(&groups)
+}
+
+/// Counts one raw batch's lag samples into `groups`.
+fn lag_rows<'a>(
+    raw: &'a RecordBatch,
+    bounds: &[u64],
+    groups: &mut BTreeMap<(i64, &'a str, &'a str, i64), LagGroup>,
+) -> Result<(), crate::Error> {
+    let ts = column(raw, "ts")?.as_primitive::<TimestampMicrosecondType>();
+    let src = column(raw, "src")?.as_string::<i32>();
+    let dst = column(raw, "dst")?.as_string::<i32>();
+    let int = |n: &str| -> Result<&'a Int64Array, crate::Error> {
+        Ok(column(raw, n)?.as_primitive::<Int64Type>())
+    };
+    let (lag_ms, backlog_ops, backlog_bytes, applied) = (
+        int("lag_ms")?,
+        int("backlog_ops")?,
+        int("backlog_bytes")?,
+        int("applied_ops")?,
+    );
+    // Files written before the catch-up pace existed have no such columns.
+    let pace = |n: &str| raw.column_by_name(n).map(|a| a.as_primitive::<Int64Type>());
+    let (drain, eta) = (pace("drain_ops_per_s"), pace("eta_ms"));
+    let maybe = |a: Option<&Int64Array>, i: usize| a.filter(|a| a.is_valid(i)).map(|a| a.value(i));
+    for i in 0..raw.num_rows() {
+        let (t, l) = (ts.value(i), lag_ms.value(i));
+        let key = (bucket_of(t), src.value(i), dst.value(i), over(bounds, l, 1));
+        let g = groups.entry(key).or_insert_with(|| LagGroup {
+            max_lag_ms: i64::MIN,
+            last: (i64::MIN, 0, 0, None, None),
+            ..LagGroup::default()
+        });
+        g.samples += 1;
+        g.hist.add(l as f64);
+        g.max_lag_ms = g.max_lag_ms.max(l);
+        g.applied_ops += applied.value(i);
+        g.max_backlog_ops = g.max_backlog_ops.max(backlog_ops.value(i));
+        // Ties in ts keep the later row, as `last_value(... ORDER BY ts)`
+        // may pick either.
+        if t >= g.last.0 {
+            g.last = (
+                t,
+                backlog_ops.value(i),
+                backlog_bytes.value(i),
+                maybe(drain, i),
+                maybe(eta, i),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn lag_batch(
+    groups: &BTreeMap<(i64, &str, &str, i64), LagGroup>,
+) -> Result<RecordBatch, crate::Error> {
+    let keys = || groups.keys();
+    let vals = || groups.values();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(keys().map(|k| k.0)).with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(keys().map(|k| k.1))),
+        Arc::new(StringArray::from_iter_values(keys().map(|k| k.2))),
+        Arc::new(Int64Array::from_iter_values(keys().map(|k| k.3))),
+        Arc::new(Int64Array::from_iter_values(vals().map(|g| g.samples))),
+        Arc::new(BinaryArray::from_iter_values(
+            vals().map(|g| g.hist.to_bytes()),
+        )),
+        Arc::new(Int64Array::from_iter_values(vals().map(|g| g.max_lag_ms))),
+        Arc::new(Int64Array::from_iter_values(vals().map(|g| g.applied_ops))),
+        Arc::new(Int64Array::from_iter_values(
+            vals().map(|g| g.max_backlog_ops),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(vals().map(|g| g.last.0))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(Int64Array::from_iter_values(vals().map(|g| g.last.1))),
+        Arc::new(Int64Array::from_iter_values(vals().map(|g| g.last.2))),
+        Arc::new(Int64Array::from_iter(vals().map(|g| g.last.3))),
+        Arc::new(Int64Array::from_iter(vals().map(|g| g.last.4))),
+    ];
+    batch("replication_lag_5m", columns)
+}
+
+fn batch(rollup: &str, columns: Vec<ArrayRef>) -> Result<RecordBatch, crate::Error> {
+    let schema = schema_of(rollup).expect("a rollup's schema");
+    RecordBatch::try_new(schema, columns)
+        .map_err(|e| crate::Error::Io(format!("cannot build the {rollup} rollup: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_is_keyed_by_the_greatest_bound_it_exceeds() {
+        let b = [100, 250, 1_000];
+        assert_eq!(over(&b, 50_000, 1_000), 0);
+        assert_eq!(over(&b, 100_000, 1_000), 0, "at the bound is not over it");
+        assert_eq!(over(&b, 100_001, 1_000), 100);
+        assert_eq!(over(&b, 999_999, 1_000), 250);
+        assert_eq!(over(&b, 5_000_000, 1_000), 1_000);
+        assert_eq!(over(&[], 5_000_000, 1_000), 0);
+        // "Over T" is exactly "keyed by a bound >= T", for every T in b.
+        for v in [0, 99_999, 100_000, 100_001, 250_000, 250_001, 2_000_000] {
+            for t in b {
+                assert_eq!(v > t as i64 * 1_000, over(&b, v, 1_000) >= t as i64);
+            }
+        }
+    }
+
+    #[test]
+    fn rollups_and_raw_tables_pair_up() {
+        for r in ROLLUPS {
+            let raw = raw_of(r).unwrap();
+            assert_eq!(rollup_of(raw), Some(r));
+            assert_eq!(schema_of(r).unwrap().field(0).name(), "ts");
+        }
+        assert_eq!(rollup_of("conflicts"), None);
+    }
+}
