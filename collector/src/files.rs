@@ -301,6 +301,8 @@ pub fn read_table(root: &Path, table: &str) -> Result<Vec<RecordBatch>, Error> {
     let mut files = Vec::new();
     for (_, r) in partitions(&root.join(table), "region") {
         for (_, d) in partitions(&r, "date") {
+            // A rollup's files sit in its date partition.
+            files.extend(parquet_files(&d));
             for (_, h) in partitions(&d, "hour") {
                 files.extend(parquet_files(&h));
             }

@@ -26,8 +26,8 @@ pub mod metrics;
 pub mod rollup;
 pub mod tables;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,6 +113,12 @@ struct Inner {
     node: Option<Arc<dyn NodeView>>,
     flush_now: Notify,
     flush_lock: tokio::sync::Mutex<()>,
+    /// Held while files are written, compacted or rewritten: a flush
+    /// never writes into a partition a compaction is swapping out.
+    disk: Mutex<()>,
+    /// Whether a maintenance pass since start looked for closed hours the
+    /// rollups lack (written before rollups existed).
+    backfilled: std::sync::atomic::AtomicBool,
     workers: Workers,
 }
 
@@ -140,6 +146,8 @@ impl Collector {
                 node,
                 flush_now: Notify::new(),
                 flush_lock: tokio::sync::Mutex::new(()),
+                disk: Mutex::new(()),
+                backfilled: std::sync::atomic::AtomicBool::new(false),
                 workers,
                 opts,
             }),
@@ -189,13 +197,17 @@ impl Collector {
         rows.write_to(self)
     }
 
-    /// Compacts closed hours, rebuilds their rollups, and deletes
-    /// partitions past retention. Returns (partitions compacted or rebuilt,
-    /// partitions deleted).
+    /// Compacts closed hours, rewrites each date's rollup as one file
+    /// (rebuilding the hours just compacted from their raw files), and
+    /// deletes partitions past retention. Returns (partitions compacted or
+    /// rewritten, partitions deleted).
     pub fn maintain(&self) -> Result<(u64, u64), Error> {
         let cfg = &self.inner.opts.config;
         let now = self.inner.opts.clock.now_us();
         let (today, hour_now) = date_hour(now);
+        let closed = |date: &str, hour: &str| {
+            date < today.as_str() || hour.parse::<u32>().is_ok_and(|h| h < hour_now)
+        };
         let oldest_kept =
             |days: u32| date_hour(now.saturating_sub(u64::from(days) * 86_400_000_000)).0;
         let (raw_kept, rollups_kept) = (
@@ -203,20 +215,13 @@ impl Collector {
             oldest_kept(cfg.rollup_retention_days),
         );
         let (mut compacted, mut deleted) = (0, 0);
-        // Raw tables first: a closed hour's rollup is rebuilt from its raw
-        // files, and only a rollup whose raw hour is gone is compacted as is.
-        for table in tables::TABLES.iter().chain(&rollup::ROLLUPS) {
-            let raw_of_rollup = rollup::raw_of(table);
-            let kept = if raw_of_rollup.is_some() {
-                &rollups_kept
-            } else {
-                &raw_kept
-            };
+        // The hours compacted now, by rollup and date: their rollup rows
+        // are rebuilt from the compacted files.
+        let mut rebuild: BTreeMap<(&str, String), BTreeSet<u32>> = BTreeMap::new();
+        for table in tables::TABLES {
             for (date, date_dir) in files::partitions(&self.region_dir(table), "date") {
-                if date < *kept {
-                    std::fs::remove_dir_all(&date_dir).map_err(|e| {
-                        Error::Io(format!("cannot remove {}: {e}", date_dir.display()))
-                    })?;
+                if date < raw_kept {
+                    remove(&date_dir)?;
                     deleted += 1;
                     continue;
                 }
@@ -224,29 +229,60 @@ impl Collector {
                     continue;
                 }
                 for (hour, hour_dir) in files::partitions(&date_dir, "hour") {
-                    let closed = date < today || hour.parse::<u32>().is_ok_and(|h| h < hour_now);
-                    if !closed {
+                    if !closed(&date, &hour) {
                         continue;
                     }
-                    let done = match raw_of_rollup {
-                        Some(raw) => {
-                            let raw_dir = self
-                                .region_dir(raw)
-                                .join(format!("date={date}"))
-                                .join(format!("hour={hour}"));
-                            files::parquet_files(&raw_dir).is_empty()
-                                && self.compact(table, &hour_dir)?
-                        }
-                        None => {
-                            let done = self.compact(table, &hour_dir)?;
-                            match rollup::rollup_of(table) {
-                                Some(r) => self.rebuild(table, r, &date, &hour, &hour_dir, done)?,
-                                None => done,
-                            }
-                        }
-                    };
-                    compacted += u64::from(done);
+                    let _disk = self.inner.disk.lock().expect("disk lock");
+                    if files::compact_partition(
+                        &self.inner.opts.root,
+                        &hour_dir,
+                        &self.inner.files,
+                    )?
+                    .is_none()
+                    {
+                        continue;
+                    }
+                    self.inner.metrics.wrote(table, 0);
+                    compacted += 1;
+                    if let (Some(r), Ok(h)) = (rollup::rollup_of(table), hour.parse()) {
+                        rebuild.entry((r, date.clone())).or_default().insert(h);
+                    }
                 }
+            }
+        }
+        // Once after start: every closed raw hour without rollup rows gets them.
+        let backfill = !self
+            .inner
+            .backfilled
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        for r in rollup::ROLLUPS {
+            let raw = rollup::raw_of(r).expect("a rollup's raw table");
+            let mut dates: BTreeSet<String> = files::partitions(&self.region_dir(r), "date")
+                .into_iter()
+                .map(|d| d.0)
+                .collect();
+            if backfill {
+                dates.extend(
+                    files::partitions(&self.region_dir(raw), "date")
+                        .into_iter()
+                        .map(|d| d.0),
+                );
+            }
+            for date in dates {
+                let dir = self.region_dir(r).join(format!("date={date}"));
+                if date < rollups_kept {
+                    if dir.exists() {
+                        remove(&dir)?;
+                        deleted += 1;
+                    }
+                    continue;
+                }
+                if !cfg.compact {
+                    continue;
+                }
+                let hours = rebuild.remove(&(r, date.clone())).unwrap_or_default();
+                let covered: Option<IsClosed<'_>> = backfill.then_some(&closed);
+                compacted += u64::from(self.rewrite_rollup(r, raw, &date, hours, covered)?);
             }
         }
         Ok((compacted, deleted))
@@ -261,43 +297,56 @@ impl Collector {
             .join(format!("region={}", self.inner.opts.region))
     }
 
-    /// Compacts one partition; whether it did.
-    fn compact(&self, table: &str, dir: &std::path::Path) -> Result<bool, Error> {
-        let done =
-            files::compact_partition(&self.inner.opts.root, dir, &self.inner.files)?.is_some();
-        if done {
-            self.inner.metrics.wrote(table, 0);
-        }
-        Ok(done)
-    }
-
-    /// Rebuilds the rollup of a closed raw hour from its files when they
-    /// were just compacted, or when its rollup is not one file (never
-    /// written for that hour, written by several flushes, or missing what
-    /// a crash between a raw file and its rollup file left out). Returns
-    /// whether anything was compacted or rebuilt.
-    fn rebuild(
+    /// Rewrites one date of a rollup as one file: its rows merged (one per
+    /// bucket and keys), those of the hours in `rebuild` recomputed from
+    /// the raw files (which also counts what a crash between a raw file and
+    /// its rollup file left out). With `backfill` (which says whether a
+    /// raw hour is closed), closed raw hours without rollup rows are
+    /// rebuilt too. Does nothing to a date already one file with nothing to
+    /// rebuild. Returns whether it rewrote.
+    fn rewrite_rollup(
         &self,
-        table: &str,
         rollup: &str,
+        raw: &str,
         date: &str,
-        hour: &str,
-        raw_dir: &std::path::Path,
-        compacted: bool,
+        mut rebuild: BTreeSet<u32>,
+        backfill: Option<IsClosed<'_>>,
     ) -> Result<bool, Error> {
-        let dir = self
-            .region_dir(rollup)
-            .join(format!("date={date}"))
-            .join(format!("hour={hour}"));
-        let raw_files = files::parquet_files(raw_dir);
-        if raw_files.is_empty() || (!compacted && files::parquet_files(&dir).len() == 1) {
-            return Ok(compacted);
+        let _disk = self.inner.disk.lock().expect("disk lock");
+        let dir = self.region_dir(rollup).join(format!("date={date}"));
+        let current = files::parquet_files(&dir);
+        let rows = files::read_files(&current)?;
+        let raw_dir = self.region_dir(raw).join(format!("date={date}"));
+        if let Some(closed) = backfill {
+            let covered = rollup::hours_of(&rows);
+            for (hour, hour_dir) in files::partitions(&raw_dir, "hour") {
+                if let Ok(h) = hour.parse::<u32>()
+                    && closed(date, &hour)
+                    && !covered.contains(&h)
+                    && !files::parquet_files(&hour_dir).is_empty()
+                {
+                    rebuild.insert(h);
+                }
+            }
         }
-        let raw = files::read_files(&raw_files)?;
-        let Some(batch) = rollup::roll_up(table, &raw, &self.inner.opts.bounds)? else {
-            return Ok(compacted);
-        };
-        files::swap_in(&self.inner.opts.root, &dir, &batch, &self.inner.files)?;
+        if rebuild.is_empty() && current.len() <= 1 {
+            return Ok(false);
+        }
+        let mut parts = rollup::without_hours(&rows, &rebuild)?;
+        for h in &rebuild {
+            let raw_rows =
+                files::read_files(&files::parquet_files(&raw_dir.join(format!("hour={h}"))))?;
+            if let Some(b) = rollup::roll_up(raw, &raw_rows, &self.inner.opts.bounds)? {
+                parts.push(b);
+            }
+        }
+        match rollup::merge(rollup, &parts)? {
+            Some(merged) => {
+                files::swap_in(&self.inner.opts.root, &dir, &merged, &self.inner.files)?
+            }
+            None if dir.exists() => remove(&dir)?,
+            None => return Ok(false),
+        }
         self.inner.metrics.wrote(rollup, 0);
         Ok(true)
     }
@@ -487,6 +536,14 @@ impl Collector {
     }
 }
 
+/// Whether the hour (`date`, `hour` as in their partitions' names) has closed.
+type IsClosed<'a> = &'a dyn Fn(&str, &str) -> bool;
+
+fn remove(dir: &Path) -> Result<(), Error> {
+    std::fs::remove_dir_all(dir)
+        .map_err(|e| Error::Io(format!("cannot remove {}: {e}", dir.display())))
+}
+
 impl Collector {
     fn count_written(&self, table: &str, rows: u64, bytes: u64) {
         self.inner.metrics.wrote(table, rows);
@@ -498,12 +555,13 @@ impl Collector {
 }
 
 /// Writes a table's rows sorted by `ts`, one file per hour they fall in,
-/// and their rollup beside them.
+/// and their rollup into the date's rollup partition.
 impl RowSink for Collector {
     fn write<T: TableRow>(&self, rows: Vec<T>) -> Result<u64, Error> {
         if rows.is_empty() {
             return Ok(0);
         }
+        let _disk = self.inner.disk.lock().expect("disk lock");
         // Events mostly arrive in time order: sort references, not rows, and only if needed.
         let mut rows: Vec<&T> = rows.iter().collect();
         if !rows.is_sorted_by_key(|r| r.ts_us()) {
@@ -530,13 +588,7 @@ impl RowSink for Collector {
             if let Some(rollup) = rollup::rollup_of(T::TABLE)
                 && let Some(rolled) = rollup::roll_up(T::TABLE, &[batch], &self.inner.opts.bounds)?
             {
-                let dir = files::partition_dir(
-                    &self.inner.opts.root,
-                    rollup,
-                    &self.inner.opts.region,
-                    &date,
-                    hour,
-                );
+                let dir = self.region_dir(rollup).join(format!("date={date}"));
                 let (_, size) =
                     files::write_file(&dir, &rolled, rows[start].ts_us(), &self.inner.files)?;
                 self.count_written(rollup, rolled.num_rows() as u64, size);

@@ -10,9 +10,11 @@
 //! add up), and rebuilt from an hour's raw files when the hour is compacted:
 //! one row per bucket and keys, and whatever a crash between a raw file
 //! and its rollup file left out is counted again. They live under their own
-//! tables (`requests_5m`, `replication_lag_5m`, partitioned as every table)
-//! and are kept for `collector.rollup_retention_days`, longer than the raw
-//! rows.
+//! tables (`requests_5m`, `replication_lag_5m`), partitioned by region and
+//! date only — a month is 30 files per region, where hourly partitions made
+//! it 720 and opening them cost more than reading them — each date merged
+//! into one file by every maintenance pass, and are kept for
+//! `collector.rollup_retention_days`, longer than the raw rows.
 //!
 //! Counts above a latency or freshness SLO's threshold must be exact, and a
 //! histogram only places a value within 1/128: each row is also keyed by the
@@ -20,11 +22,11 @@
 //! `lag_over_ms`; 0 when none), so "slower than T" is
 //! `latency_over_ms >= T` for every T the config names ([`Bounds`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Int32Array, Int64Array, StringArray,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int32Array, Int64Array, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{
@@ -173,10 +175,25 @@ pub fn roll_up(
     }
 }
 
+/// Rollup rows of `rollup` from several files (several flushes, hours
+/// rebuilt at compaction), merged: one row per bucket and keys, sorted by
+/// them; `None` without rows.
+pub fn merge(rollup: &str, rows: &[RecordBatch]) -> Result<Option<RecordBatch>, crate::Error> {
+    if rows.iter().all(|b| b.num_rows() == 0) {
+        return Ok(None);
+    }
+    match rollup {
+        "requests_5m" => requests_merged(rows).map(Some),
+        "replication_lag_5m" => lag_merged(rows).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// (bucket, class, op, status, band) -> (requests, latency histogram).
+type RequestGroups<'a> = BTreeMap<(i64, &'a str, &'a str, i32, i64), (i64, Histogram)>;
+
 fn requests(raw: &[RecordBatch], bounds: &[u64]) -> Result<RecordBatch, crate::Error> {
-    // (bucket, class, op, status, band) -> (requests, latency histogram)
-    type Key<'a> = (i64, &'a str, &'a str, i32, i64);
-    let mut groups: BTreeMap<Key<'_>, (i64, Histogram)> = BTreeMap::new();
+    let mut groups = RequestGroups::new();
     for raw in raw {
         let ts = column(raw, "ts")?.as_primitive::<TimestampMicrosecondType>();
         let class = column(raw, "class")?.as_string::<i32>();
@@ -197,6 +214,40 @@ fn requests(raw: &[RecordBatch], bounds: &[u64]) -> Result<RecordBatch, crate::E
             g.1.add(l as f64);
         }
     }
+    requests_batch(&groups)
+}
+
+fn requests_merged(rows: &[RecordBatch]) -> Result<RecordBatch, crate::Error> {
+    let mut groups = RequestGroups::new();
+    for b in rows {
+        let ts = column(b, "ts")?.as_primitive::<TimestampMicrosecondType>();
+        let class = column(b, "class")?.as_string::<i32>();
+        let op = column(b, "op")?.as_string::<i32>();
+        let status = column(b, "status")?.as_primitive::<Int32Type>();
+        let band = column(b, "latency_over_ms")?.as_primitive::<Int64Type>();
+        let n = column(b, "requests")?.as_primitive::<Int64Type>();
+        let hist = column(b, "latency_us")?.as_binary::<i32>();
+        for i in 0..b.num_rows() {
+            let key = (
+                ts.value(i),
+                class.value(i),
+                op.value(i),
+                status.value(i),
+                band.value(i),
+            );
+            let g = groups.entry(key).or_default();
+            g.0 += n.value(i);
+            g.1.merge_bytes(hist.value(i)).map_err(malformed)?;
+        }
+    }
+    requests_batch(&groups)
+}
+
+fn malformed(e: parallax_core::histogram::Malformed) -> crate::Error {
+    crate::Error::Io(format!("a rollup file's histogram: {e}"))
+}
+
+fn requests_batch(groups: &RequestGroups<'_>) -> Result<RecordBatch, crate::Error> {
     let columns: Vec<ArrayRef> = vec![
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(groups.keys().map(|k| k.0))
@@ -224,6 +275,16 @@ struct LagGroup {
     max_backlog_ops: i64,
     /// The latest sample's ts and backlog, drain pace and ETA.
     last: (i64, i64, i64, Option<i64>, Option<i64>),
+}
+
+impl LagGroup {
+    fn empty() -> LagGroup {
+        LagGroup {
+            max_lag_ms: i64::MIN,
+            last: (i64::MIN, 0, 0, None, None),
+            ..LagGroup::default()
+        }
+    }
 }
 
 fn lag(raw: &[RecordBatch], bounds: &[u64]) -> Result<RecordBatch, crate::Error> {
@@ -259,11 +320,7 @@ fn lag_rows<'a>(
     for i in 0..raw.num_rows() {
         let (t, l) = (ts.value(i), lag_ms.value(i));
         let key = (bucket_of(t), src.value(i), dst.value(i), over(bounds, l, 1));
-        let g = groups.entry(key).or_insert_with(|| LagGroup {
-            max_lag_ms: i64::MIN,
-            last: (i64::MIN, 0, 0, None, None),
-            ..LagGroup::default()
-        });
+        let g = groups.entry(key).or_insert_with(LagGroup::empty);
         g.samples += 1;
         g.hist.add(l as f64);
         g.max_lag_ms = g.max_lag_ms.max(l);
@@ -282,6 +339,53 @@ fn lag_rows<'a>(
         }
     }
     Ok(())
+}
+
+fn lag_merged(rows: &[RecordBatch]) -> Result<RecordBatch, crate::Error> {
+    let mut groups: BTreeMap<(i64, &str, &str, i64), LagGroup> = BTreeMap::new();
+    for b in rows {
+        let ts = column(b, "ts")?.as_primitive::<TimestampMicrosecondType>();
+        let last_ts = column(b, "last_ts")?.as_primitive::<TimestampMicrosecondType>();
+        let src = column(b, "src")?.as_string::<i32>();
+        let dst = column(b, "dst")?.as_string::<i32>();
+        let hist = column(b, "lag_ms")?.as_binary::<i32>();
+        let int = |n: &str| -> Result<&Int64Array, crate::Error> {
+            Ok(column(b, n)?.as_primitive::<Int64Type>())
+        };
+        let (band, samples, max_lag, applied, max_backlog) = (
+            int("lag_over_ms")?,
+            int("samples")?,
+            int("max_lag_ms")?,
+            int("applied_ops")?,
+            int("max_backlog_ops")?,
+        );
+        let (ops, bytes, drain, eta) = (
+            int("backlog_ops")?,
+            int("backlog_bytes")?,
+            int("drain_ops_per_s")?,
+            int("eta_ms")?,
+        );
+        let maybe = |a: &Int64Array, i: usize| a.is_valid(i).then(|| a.value(i));
+        for i in 0..b.num_rows() {
+            let key = (ts.value(i), src.value(i), dst.value(i), band.value(i));
+            let g = groups.entry(key).or_insert_with(LagGroup::empty);
+            g.samples += samples.value(i);
+            g.hist.merge_bytes(hist.value(i)).map_err(malformed)?;
+            g.max_lag_ms = g.max_lag_ms.max(max_lag.value(i));
+            g.applied_ops += applied.value(i);
+            g.max_backlog_ops = g.max_backlog_ops.max(max_backlog.value(i));
+            if last_ts.value(i) >= g.last.0 {
+                g.last = (
+                    last_ts.value(i),
+                    ops.value(i),
+                    bytes.value(i),
+                    maybe(drain, i),
+                    maybe(eta, i),
+                );
+            }
+        }
+    }
+    lag_batch(&groups)
 }
 
 fn lag_batch(
@@ -315,6 +419,42 @@ fn lag_batch(
         Arc::new(Int64Array::from_iter(vals().map(|g| g.last.4))),
     ];
     batch("replication_lag_5m", columns)
+}
+
+/// The hours of the day (UTC) that some rollup rows' buckets fall in.
+pub fn hours_of(rows: &[RecordBatch]) -> BTreeSet<u32> {
+    rows.iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .values()
+                .iter()
+                .map(|ts| (ts.div_euclid(3_600_000_000).rem_euclid(24)) as u32)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Rollup rows less those whose bucket falls in one of `hours` (of the day, UTC).
+pub fn without_hours(
+    rows: &[RecordBatch],
+    hours: &BTreeSet<u32>,
+) -> Result<Vec<RecordBatch>, crate::Error> {
+    rows.iter()
+        .map(|b| {
+            let keep: BooleanArray = b
+                .column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .values()
+                .iter()
+                .map(|ts| {
+                    Some(!hours.contains(&((ts.div_euclid(3_600_000_000).rem_euclid(24)) as u32)))
+                })
+                .collect();
+            arrow::compute::filter_record_batch(b, &keep)
+                .map_err(|e| crate::Error::Io(format!("cannot filter rollup rows: {e}")))
+        })
+        .collect()
 }
 
 fn batch(rollup: &str, columns: Vec<ArrayRef>) -> Result<RecordBatch, crate::Error> {

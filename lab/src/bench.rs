@@ -4,6 +4,7 @@
 mod failover;
 mod ingest;
 mod merkle;
+mod pages;
 mod query;
 
 use std::collections::BTreeMap;
@@ -29,8 +30,9 @@ pub enum BenchCommand {
     /// Telemetry into Parquet: events per second per core and bytes per
     /// event, beside the same events written as JSON lines.
     Ingest(ingest::IngestArgs),
-    /// The dashboards' queries over a week of telemetry (100 million rows)
-    /// through parallax's SQL engine, beside DuckDB on the same files.
+    /// The dashboards' queries over a month of telemetry (100 million rows)
+    /// through parallax's SQL engine, beside DuckDB and chDB on the same
+    /// files; whole pages over 24 h, 7 and 30 days from the rollups.
     Query(query::QueryArgs),
     /// Failover through the routers: kill -9 a region under client load,
     /// several times; detection, reroute and ownership-move times and the

@@ -139,6 +139,19 @@ impl Plan {
     }
 }
 
+/// The rows of a rollup with `ts` in `[from_us, to_us)`, as a FROM source:
+/// rollups are partitioned by date alone, so the dates pick the files and
+/// `ts` (cheap to read from a rollup's few rows) the buckets.
+fn day_scan(rollup: &str, from_us: i64, to_us: i64) -> String {
+    let day = |us: i64| crate::time::date(us.div_euclid(86_400_000_000));
+    format!(
+        "(SELECT * FROM {rollup} WHERE date >= DATE '{}' AND date <= DATE '{}' \
+         AND ts >= to_timestamp_micros({from_us}) AND ts < to_timestamp_micros({to_us})) AS {rollup}",
+        day(from_us),
+        day(to_us - 1)
+    )
+}
+
 /// `CASE` giving the greatest of `bounds` (ms) that `col` (in `per_ms`
 /// units of a ms) exceeds, 0 if none: the band the collector keys rollup
 /// rows by ([`parallax_collector::rollup::over`]).
@@ -191,9 +204,10 @@ impl Shape<'_> {
                 format!(" AND CAST(ts AS BIGINT) NOT IN ({})", holes.join(", "))
             };
             parts.push(format!(
-                "SELECT CAST(ts AS BIGINT) AS ts, {} FROM {} WHERE region = '{region}' AND {filter}{holes}",
+                "SELECT CAST(ts AS BIGINT) AS ts, {} FROM {} WHERE region = '{region}' \
+                 AND {filter}{holes}",
                 self.rolled_cols,
-                time_scan(self.rollup, first.0, last.1)
+                day_scan(self.rollup, first.0, last.1)
             ));
         }
         for (lo, hi) in &plan.split.raw {

@@ -349,13 +349,17 @@ impl SqlEngine {
             let dir = root.join(table);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| SqlError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+            // Rollups are partitioned by region and date only.
+            let mut partitions = vec![
+                ("region".to_owned(), DataType::Utf8),
+                ("date".to_owned(), DataType::Date32),
+            ];
+            if !rollups.contains(&table) {
+                partitions.push(("hour".to_owned(), DataType::Int32));
+            }
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet")
-                .with_table_partition_cols(vec![
-                    ("region".to_owned(), DataType::Utf8),
-                    ("date".to_owned(), DataType::Date32),
-                    ("hour".to_owned(), DataType::Int32),
-                ])
+                .with_table_partition_cols(partitions)
                 .with_file_sort_order(vec![vec![col("ts").sort(true, false)]]);
             let schema = string_views(
                 &parallax_collector::tables::schema_of(table)

@@ -71,7 +71,7 @@ async fn sql_api(
 }
 
 /// Example queries on the console.
-const EXAMPLES: [(&str, &str); 5] = [
+const EXAMPLES: [(&str, &str); 6] = [
     (
         "p99 latency per region, last hour",
         "SELECT region, count(*) AS requests, approx_quantile(latency_us, 0.99) / 1000 AS p99_ms\nFROM requests\nWHERE ts > now() - INTERVAL '1 hour'\nGROUP BY region ORDER BY region",
@@ -87,6 +87,10 @@ const EXAMPLES: [(&str, &str); 5] = [
     (
         "errors per hour in one region, 30 days (whole hours by partition: fast)",
         "SELECT date, hour, count(*) AS requests, count(*) FILTER (WHERE status >= 500) AS errors\nFROM requests\nWHERE region = 'us-east' AND date >= current_date() - INTERVAL '30 days'\nGROUP BY date, hour ORDER BY date, hour",
+    ),
+    (
+        "p99 latency by class, 30 days (from the 5-minute rollups: fast)",
+        "SELECT class, sum(requests) AS requests, approx_quantile(latency_us, 0.99) / 1000 AS p99_ms\nFROM requests_5m\nWHERE ts > now() - INTERVAL '30 days'\nGROUP BY class ORDER BY p99_ms DESC",
     ),
     (
         "divergent keys",
@@ -116,7 +120,12 @@ async fn sql_page(app: App, text: Option<String>) -> PageAnswer {
     let limits = app.sql().limits();
     let mut console = SqlConsole {
         text: text.clone().unwrap_or_else(|| EXAMPLES[0].1.to_owned()),
-        tables: parallax_collector::tables::TABLES.join(", "),
+        tables: parallax_collector::tables::TABLES
+            .iter()
+            .chain(&parallax_collector::rollup::ROLLUPS)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", "),
         limits: format!(
             "{} MiB of memory, {} s, {} rows",
             limits.memory_bytes >> 20,
