@@ -281,7 +281,10 @@ impl Collector {
                     continue;
                 }
                 let hours = rebuild.remove(&(r, date.clone())).unwrap_or_default();
-                let covered: Option<IsClosed<'_>> = backfill.then_some(&closed);
+                // Only dates that still have raw rows can lack rollup rows.
+                let raw_date = self.region_dir(raw).join(format!("date={date}"));
+                let covered: Option<IsClosed<'_>> =
+                    (backfill && raw_date.exists()).then_some(&closed);
                 compacted += u64::from(self.rewrite_rollup(r, raw, &date, hours, covered)?);
             }
         }
@@ -315,6 +318,9 @@ impl Collector {
         let _disk = self.inner.disk.lock().expect("disk lock");
         let dir = self.region_dir(rollup).join(format!("date={date}"));
         let current = files::parquet_files(&dir);
+        if backfill.is_none() && rebuild.is_empty() && current.len() <= 1 {
+            return Ok(false);
+        }
         let rows = files::read_files(&current)?;
         let raw_dir = self.region_dir(raw).join(format!("date={date}"));
         if let Some(closed) = backfill {

@@ -863,3 +863,22 @@ fn rollups_outlive_the_raw_rows_and_are_deleted_past_their_own_retention() {
     assert_eq!(later.maintain().unwrap(), (0, 2));
     assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 0);
 }
+
+#[test]
+fn closed_hours_written_before_rollups_existed_get_theirs_after_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = collector(dir.path(), T0 + 2 * HOUR_US);
+    for n in 0..30 {
+        c.ingest(request(T0 + n * 1_000_000, 100 + n));
+    }
+    c.flush().unwrap();
+    c.maintain().unwrap();
+    // As an earlier release left it: the raw hour compacted, no rollups.
+    std::fs::remove_dir_all(dir.path().join("requests_5m")).unwrap();
+    assert_eq!(c.maintain().unwrap(), (0, 0), "checked once after start");
+    assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 0);
+    let restarted = collector(dir.path(), T0 + 2 * HOUR_US);
+    assert_eq!(restarted.maintain().unwrap(), (1, 0));
+    assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 30);
+    assert_eq!(restarted.maintain().unwrap(), (0, 0));
+}
