@@ -31,11 +31,17 @@ fn io(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Io(format!("cannot {what} {}: {e}", path.display()))
 }
 
-/// The directory of one partition.
-pub fn partition_dir(root: &Path, table: &str, region: &str, date: &str, hour: u32) -> PathBuf {
+/// The directory of one date of a region's table: a rollup's partition,
+/// or the parent of a table's hour partitions.
+pub fn date_dir(root: &Path, table: &str, region: &str, date: &str) -> PathBuf {
     root.join(table)
         .join(format!("region={region}"))
         .join(format!("date={date}"))
+}
+
+/// The directory of one partition.
+pub fn partition_dir(root: &Path, table: &str, region: &str, date: &str, hour: u32) -> PathBuf {
+    date_dir(root, table, region, date)
         // Unpadded, as DataFusion spells the value when it turns
         // `hour = 4` into the path prefix `hour=4/`.
         .join(format!("hour={hour}"))

@@ -269,7 +269,7 @@ impl Collector {
                 );
             }
             for date in dates {
-                let dir = self.region_dir(r).join(format!("date={date}"));
+                let dir = self.date_dir(r, &date);
                 if date < rollups_kept {
                     if dir.exists() {
                         remove(&dir)?;
@@ -282,7 +282,7 @@ impl Collector {
                 }
                 let hours = rebuild.remove(&(r, date.clone())).unwrap_or_default();
                 // Only dates that still have raw rows can lack rollup rows.
-                let raw_date = self.region_dir(raw).join(format!("date={date}"));
+                let raw_date = self.date_dir(raw, &date);
                 let covered: Option<IsClosed<'_>> =
                     (backfill && raw_date.exists()).then_some(&closed);
                 compacted += u64::from(self.rewrite_rollup(r, raw, &date, hours, covered)?);
@@ -298,6 +298,11 @@ impl Collector {
             .root
             .join(table)
             .join(format!("region={}", self.inner.opts.region))
+    }
+
+    /// `<root>/<table>/region=<this region>/date=<date>`.
+    fn date_dir(&self, table: &str, date: &str) -> PathBuf {
+        files::date_dir(&self.inner.opts.root, table, &self.inner.opts.region, date)
     }
 
     /// Rewrites one date of a rollup as one file: its rows merged (one per
@@ -316,13 +321,13 @@ impl Collector {
         backfill: Option<IsClosed<'_>>,
     ) -> Result<bool, Error> {
         let _disk = self.inner.disk.lock().expect("disk lock");
-        let dir = self.region_dir(rollup).join(format!("date={date}"));
+        let dir = self.date_dir(rollup, date);
         let current = files::parquet_files(&dir);
         if backfill.is_none() && rebuild.is_empty() && current.len() <= 1 {
             return Ok(false);
         }
         let rows = files::read_files(&current)?;
-        let raw_dir = self.region_dir(raw).join(format!("date={date}"));
+        let raw_dir = self.date_dir(raw, date);
         if let Some(closed) = backfill {
             let covered = rollup::hours_of(&rows);
             for (hour, hour_dir) in files::partitions(&raw_dir, "hour") {
@@ -594,7 +599,7 @@ impl RowSink for Collector {
             if let Some(rollup) = rollup::rollup_of(T::TABLE)
                 && let Some(rolled) = rollup::roll_up(T::TABLE, &[batch], &self.inner.opts.bounds)?
             {
-                let dir = self.region_dir(rollup).join(format!("date={date}"));
+                let dir = self.date_dir(rollup, &date);
                 let (_, size) =
                     files::write_file(&dir, &rolled, rows[start].ts_us(), &self.inner.files)?;
                 self.count_written(rollup, rolled.num_rows() as u64, size);

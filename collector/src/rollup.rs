@@ -421,17 +421,22 @@ fn lag_batch(
     batch("replication_lag_5m", columns)
 }
 
+/// The hour of the day (UTC) of a timestamp in µs.
+fn hour_of_day(ts_us: i64) -> u32 {
+    ts_us.div_euclid(3_600_000_000).rem_euclid(24) as u32
+}
+
+/// The `ts` (first column) of some rollup rows.
+fn ts_of(b: &RecordBatch) -> &[i64] {
+    b.column(0)
+        .as_primitive::<TimestampMicrosecondType>()
+        .values()
+}
+
 /// The hours of the day (UTC) that some rollup rows' buckets fall in.
 pub fn hours_of(rows: &[RecordBatch]) -> BTreeSet<u32> {
     rows.iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_primitive::<TimestampMicrosecondType>()
-                .values()
-                .iter()
-                .map(|ts| (ts.div_euclid(3_600_000_000).rem_euclid(24)) as u32)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|b| ts_of(b).iter().map(|ts| hour_of_day(*ts)))
         .collect()
 }
 
@@ -442,14 +447,9 @@ pub fn without_hours(
 ) -> Result<Vec<RecordBatch>, crate::Error> {
     rows.iter()
         .map(|b| {
-            let keep: BooleanArray = b
-                .column(0)
-                .as_primitive::<TimestampMicrosecondType>()
-                .values()
+            let keep: BooleanArray = ts_of(b)
                 .iter()
-                .map(|ts| {
-                    Some(!hours.contains(&((ts.div_euclid(3_600_000_000).rem_euclid(24)) as u32)))
-                })
+                .map(|ts| Some(!hours.contains(&hour_of_day(*ts))))
                 .collect();
             arrow::compute::filter_record_batch(b, &keep)
                 .map_err(|e| crate::Error::Io(format!("cannot filter rollup rows: {e}")))

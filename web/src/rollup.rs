@@ -125,18 +125,6 @@ impl Plan {
             raw: RawRows::Exact,
         }
     }
-
-    /// Only the raw rows, one by one (for a question the rollups cannot
-    /// answer exactly).
-    pub fn raw(from_us: i64, to_us: i64) -> Plan {
-        Plan {
-            split: Split {
-                rolled: Vec::new(),
-                raw: vec![(from_us, to_us)],
-            },
-            raw: RawRows::Exact,
-        }
-    }
 }
 
 /// The rows of a rollup with `ts` in `[from_us, to_us)`, as a FROM source:

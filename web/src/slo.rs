@@ -118,25 +118,24 @@ enum Measure {
 /// How `slo` is measured. Every table is partitioned by region;
 /// `replication_lag` by the destination, so a freshness SLO in a region
 /// measures replication into it. A latency or freshness threshold is read
-/// from the rollups when the collectors key their rows by it (every SLO
-/// threshold in the config); else, and for integrity, from the raw rows.
+/// from the rollups, whose rows the collectors key by every SLO threshold
+/// in the config; a threshold of 0, which no key tells apart, and the
+/// integrity SLO from the raw rows.
 fn measure(slo: &SloConfig, config: &Config) -> Measure {
     let threshold = slo.threshold_ms.unwrap_or(0);
     let bounds = Bounds::of(config);
     let banded = |bounds: &[u64]| bounds.contains(&threshold);
+    let requests = |bad: String| Measure::Rolled {
+        source: rollup::requests,
+        bounds: bounds.latency_ms.clone(),
+        count: "requests",
+        bad,
+    };
     match slo.kind {
-        SloKind::Availability => Measure::Rolled {
-            source: rollup::requests,
-            bounds: bounds.latency_ms,
-            count: "requests",
-            bad: "status >= 500".into(),
-        },
-        SloKind::Latency if banded(&bounds.latency_ms) => Measure::Rolled {
-            source: rollup::requests,
-            bounds: bounds.latency_ms,
-            count: "requests",
-            bad: format!("latency_over_ms >= {threshold}"),
-        },
+        SloKind::Availability => requests("status >= 500".into()),
+        SloKind::Latency if banded(&bounds.latency_ms) => {
+            requests(format!("latency_over_ms >= {threshold}"))
+        }
         SloKind::Latency => Measure::Raw {
             table: "requests",
             bad: format!("latency_us > {}", threshold * 1_000),

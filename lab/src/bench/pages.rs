@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use parallax_collector::rollup::Bounds;
 use parallax_core::config::Config;
 use parallax_web::SqlEngine;
 use parallax_web::filters::{Filters, step_for, time_scan};
@@ -56,47 +57,24 @@ pub(super) async fn time_pages(
     now_us: i64,
     runs: u32,
 ) -> Result<Vec<PageTime>> {
-    let config = Config::from_toml(crate::demo::EXAMPLE_CONFIG, "three-regions.toml")?;
+    let config = example_config()?;
     let mut out = Vec::new();
     for (range, days) in [("24 h", 1), ("7 days", 7), ("30 days", 30)] {
         let f = filters(now_us - days * 86_400_000_000, now_us);
-        let err = |page: &str| format!("the {page} page over {range}");
-        let ms = best(runs, || async {
-            parallax_web::dash::overview(e, &f, regions)
-                .await
-                .with_context(|| err("overview"))
-                .map(drop)
-        })
-        .await?;
-        out.push(PageTime {
-            page: "overview",
-            range,
-            ms,
-        });
-        let ms = best(runs, || async {
-            parallax_web::dash::replication(e, &f, regions)
-                .await
-                .with_context(|| err("replication"))
-                .map(drop)
-        })
-        .await?;
-        out.push(PageTime {
-            page: "replication",
-            range,
-            ms,
-        });
-        let ms = best(runs, || async {
-            parallax_web::dash::latency(e, &f, regions)
-                .await
-                .with_context(|| err("latency"))
-                .map(drop)
-        })
-        .await?;
-        out.push(PageTime {
-            page: "latency",
-            range,
-            ms,
-        });
+        for page in ["overview", "replication", "latency"] {
+            let ms = best(runs, || async {
+                match page {
+                    "overview" => parallax_web::dash::overview(e, &f, regions).await.map(drop),
+                    "replication" => parallax_web::dash::replication(e, &f, regions)
+                        .await
+                        .map(drop),
+                    _ => parallax_web::dash::latency(e, &f, regions).await.map(drop),
+                }
+                .with_context(|| format!("the {page} page over {range}"))
+            })
+            .await?;
+            out.push(PageTime { page, range, ms });
+        }
     }
     let ms = best(runs, || async {
         parallax_web::slo::evaluate(e, &config, now_us, &[])
@@ -113,29 +91,51 @@ pub(super) async fn time_pages(
     Ok(out)
 }
 
-/// Each region's requests, 5xx, requests over 250 ms and p50/p99 over 30
-/// days ending at `now_us`, from the rollups and from the raw rows: they
-/// must be equal. Returns (rollups ms, raw ms).
+/// The config the benchmark's pages are drawn for: the example's.
+fn example_config() -> Result<Config> {
+    Ok(Config::from_toml(
+        crate::demo::EXAMPLE_CONFIG,
+        "three-regions.toml",
+    )?)
+}
+
+/// The example config's SLO thresholds, which the rollups are keyed by.
+pub(super) fn example_bounds() -> Result<Bounds> {
+    Ok(Bounds::of(&example_config()?))
+}
+
+/// Each region's requests, 5xx, requests over the example's latency SLO
+/// threshold and p50/p99 over 30 days ending at `now_us`, from the rollups
+/// and from the raw rows: they must be equal. Returns (rollups ms, raw ms).
 pub(super) async fn check_rollups(
     e: &SqlEngine,
     regions: &[String],
     now_us: i64,
 ) -> Result<(f64, f64)> {
+    let bounds = example_bounds()?.latency_ms;
+    let t = *bounds
+        .first()
+        .context("the example config has a latency SLO")?;
     let from = now_us - 30 * 86_400_000_000;
     let plan = Plan::totals(from, now_us);
     let rolled = parallax_web::dash::per_region_from(
         regions,
-        "sum(requests), coalesce(sum(requests) FILTER (WHERE status >= 500), 0), \
-         coalesce(sum(requests) FILTER (WHERE latency_over_ms >= 250), 0), \
-         approx_quantile(latency_us, 0.5), approx_quantile(latency_us, 0.99)",
-        |r| rollup::requests(&plan, r, "TRUE", &[250]),
+        &format!(
+            "sum(requests), coalesce(sum(requests) FILTER (WHERE status >= 500), 0), \
+         coalesce(sum(requests) FILTER (WHERE latency_over_ms >= {t}), 0), \
+         approx_quantile(latency_us, 0.5), approx_quantile(latency_us, 0.99)"
+        ),
+        |r| rollup::requests(&plan, r, "TRUE", &bounds),
         "",
     );
     let raw = parallax_web::dash::per_region(
         regions,
-        "count(*), count(*) FILTER (WHERE status >= 500), \
-         count(*) FILTER (WHERE latency_us > 250000), \
-         approx_quantile(latency_us, 0.5), approx_quantile(latency_us, 0.99)",
+        &format!(
+            "count(*), count(*) FILTER (WHERE status >= 500), \
+             count(*) FILTER (WHERE latency_us > {}), \
+             approx_quantile(latency_us, 0.5), approx_quantile(latency_us, 0.99)",
+            t * 1_000
+        ),
         &format!("{} WHERE TRUE", time_scan("requests", from, now_us)),
         "",
     );

@@ -13,8 +13,8 @@ use anyhow::{Context, Result, bail};
 use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
 use clap::Args;
-use parallax_collector::files::{FileOptions, partition_dir, write_file};
-use parallax_collector::rollup::{Bounds, roll_up, rollup_of};
+use parallax_collector::files::{FileOptions, date_dir, partition_dir, write_file};
+use parallax_collector::rollup::{roll_up, rollup_of};
 use parallax_collector::tables::{date_hour, schema_of};
 use parallax_core::config::CollectorConfig;
 use parallax_web::{SqlEngine, SqlLimits};
@@ -143,6 +143,7 @@ fn lag(rows: usize, start_us: i64, dst: &str, rng: &mut Rng) -> Result<RecordBat
 /// file per table, region and hour, sorted by `ts`, in row groups of the
 /// collector's default size. Two threads, one per core.
 fn generate(root: &Path, rows: u64, days: u64) -> Result<()> {
+    let bounds = super::pages::example_bounds()?;
     let hours = days * 24;
     let parts = hours * REGIONS.len() as u64;
     let req_rows = (rows * 4 / 5 / parts) as usize;
@@ -178,12 +179,9 @@ fn generate(root: &Path, rows: u64, days: u64) -> Result<()> {
                             write_file(&at(table), &b, hour_us as u64, &opts)?;
                             // The rollup, into its date's partition (merged below).
                             if let (Some(r), Some(rolled)) =
-                                (rollup_of(table), roll_up(table, &[b], &bench_bounds())?)
+                                (rollup_of(table), roll_up(table, &[b], &bounds)?)
                             {
-                                let dir = root
-                                    .join(r)
-                                    .join(format!("region={region}"))
-                                    .join(format!("date={date}"));
+                                let dir = date_dir(root, r, region, &date);
                                 write_file(&dir, &rolled, hour_us as u64, &opts)?;
                             }
                         }
@@ -212,14 +210,6 @@ fn generate(root: &Path, rows: u64, days: u64) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The example config's SLO thresholds, which the rollups are keyed by.
-fn bench_bounds() -> Bounds {
-    Bounds {
-        latency_ms: vec![250],
-        lag_ms: vec![1_000],
-    }
 }
 
 /// A dashboard query in three dialects.
@@ -573,7 +563,7 @@ pub(super) async fn run(a: QueryArgs) -> Result<ExitCode> {
     }
     let (rolled_ms, raw_ms) = super::pages::check_rollups(&engine, &regions, QUERY_NOW_US).await?;
     println!(
-        "\nRequests, 5xx, over 250 ms, p50 and p99 per region over 30 days: the rollups' \
+        "\nRequests, 5xx, over the latency SLO threshold, p50 and p99 per region over 30 days: the rollups' \
          answer equals the raw rows' ({rolled_ms:.1} ms against {raw_ms:.1} ms, {:.3}x).",
         rolled_ms / raw_ms
     );
