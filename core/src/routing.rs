@@ -81,6 +81,11 @@ pub enum Route {
     Local {
         /// Ownership epoch to stamp on a write.
         epoch: u64,
+        /// The region whose delegation this region serves it under (the
+        /// key's owner by config, or the class's primary); `None` when any
+        /// region serves it. A write is taken only if that delegation
+        /// still names this region when it commits.
+        under: Option<String>,
     },
     /// Another region must.
     Remote {
@@ -152,12 +157,23 @@ pub fn owner(
     explicit_home: Option<&str>,
     view: &OwnershipView,
 ) -> Result<Option<(String, u64)>> {
-    let by_config = match class.ownership {
-        Ownership::Global => return Ok(None),
-        Ownership::Home => home_of(class_name, class, key, explicit_home)?,
-        Ownership::Hash => hash_owner(config.regions.keys(), key),
-    };
-    Ok(Some(view.effective(&by_config)))
+    Ok(owned_under(config, class_name, class, key, explicit_home)?.map(|r| view.effective(&r)))
+}
+
+/// The region that owns a key by config (before delegations); `None` for
+/// a global class.
+fn owned_under(
+    config: &Config,
+    class_name: &str,
+    class: &ClassConfig,
+    key: &str,
+    explicit_home: Option<&str>,
+) -> Result<Option<String>> {
+    Ok(match class.ownership {
+        Ownership::Global => None,
+        Ownership::Home => Some(home_of(class_name, class, key, explicit_home)?),
+        Ownership::Hash => Some(hash_owner(config.regions.keys(), key)),
+    })
 }
 
 /// Where a write goes, by rollout stage (the class's stage now, see
@@ -183,18 +199,30 @@ pub fn route_write(
         _ => None,
     };
     if let Some(why) = to_primary {
-        let (p, epoch) = view.effective(primary(config, class));
+        let under = primary(config, class);
+        let (p, epoch) = view.effective(under);
         let why = why.replace("{}", stage.as_str());
         return Ok(if p == me {
-            Route::Local { epoch }
+            Route::Local {
+                epoch,
+                under: Some(under.to_owned()),
+            }
         } else {
             Route::Remote { to: p, why }
         });
     }
-    match owner(config, class_name, class, key, explicit_home, view)? {
-        None => Ok(Route::Local { epoch: 0 }),
-        Some((o, epoch)) if o == me => Ok(Route::Local { epoch }),
-        Some((o, _)) => Ok(Route::Remote {
+    let Some(under) = owned_under(config, class_name, class, key, explicit_home)? else {
+        return Ok(Route::Local {
+            epoch: 0,
+            under: None,
+        });
+    };
+    match view.effective(&under) {
+        (o, epoch) if o == me => Ok(Route::Local {
+            epoch,
+            under: Some(under),
+        }),
+        (o, _) => Ok(Route::Remote {
             to: o,
             why: format!(
                 "the key is owned by another region (ownership = \"{}\")",
@@ -213,7 +241,8 @@ pub fn route_read(
     stage: Rollout,
 ) -> Route {
     if stage == Rollout::ActivePassive {
-        let (p, epoch) = view.effective(primary(config, class));
+        let under = primary(config, class);
+        let (p, epoch) = view.effective(under);
         if p != me {
             return Route::Remote {
                 to: p,
@@ -221,9 +250,15 @@ pub fn route_read(
                     .into(),
             };
         }
-        return Route::Local { epoch };
+        return Route::Local {
+            epoch,
+            under: Some(under.to_owned()),
+        };
     }
-    Route::Local { epoch: 0 }
+    Route::Local {
+        epoch: 0,
+        under: None,
+    }
 }
 
 #[cfg(test)]
@@ -305,14 +340,20 @@ rollout = "read-local"
         };
         assert_eq!(
             r("balances", "eu-1", OpKind::Put, "eu-west"),
-            Route::Local { epoch: 0 }
+            Route::Local {
+                epoch: 0,
+                under: Some("eu-west".into())
+            }
         );
         assert!(
             matches!(r("balances", "eu-1", OpKind::Put, "us-east"), Route::Remote { to, .. } if to == "eu-west")
         );
         assert_eq!(
             r("likes", "k", OpKind::Incr, "eu-west"),
-            Route::Local { epoch: 0 }
+            Route::Local {
+                epoch: 0,
+                under: None
+            }
         );
         assert!(
             matches!(r("likes", "k", OpKind::Delete, "eu-west"), Route::Remote { to, .. } if to == "us-east")
@@ -323,7 +364,10 @@ rollout = "read-local"
         let owner = hash_owner(c.regions.keys(), "cart-1");
         assert_eq!(
             r("carts", "cart-1", OpKind::Add, &owner),
-            Route::Local { epoch: 0 }
+            Route::Local {
+                epoch: 0,
+                under: Some(owner.clone())
+            }
         );
     }
 
@@ -352,7 +396,13 @@ rollout = "read-local"
             Rollout::ActiveActive,
         )
         .unwrap();
-        assert_eq!(route, Route::Local { epoch: 3 });
+        assert_eq!(
+            route,
+            Route::Local {
+                epoch: 3,
+                under: Some("eu-west".into())
+            }
+        );
         // An older delegation does not replace a newer one.
         view.join(&OwnershipView {
             delegations: BTreeMap::from([(

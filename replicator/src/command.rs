@@ -17,6 +17,10 @@ pub(crate) struct LocalWrite {
     pub(crate) key: String,
     pub(crate) op: Op,
     pub(crate) owner_epoch: u64,
+    /// The region whose delegation this region takes the write under (see
+    /// [`parallax_core::routing::Route::Local`]): the writer refuses it
+    /// (`Misdirected`) if, by the time it commits, a move names another.
+    pub(crate) under: Option<String>,
     pub(crate) home: Option<String>,
 }
 

@@ -120,6 +120,7 @@ impl Node {
                     key: region.to_owned(),
                     op: Op::Put(value),
                     owner_epoch: epoch,
+                    under: None,
                     home: None,
                 },
                 tx,

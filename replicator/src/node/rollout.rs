@@ -105,6 +105,7 @@ impl Node {
                         key: m.class.clone(),
                         op: Op::Put(value),
                         owner_epoch: 0,
+                        under: None,
                         home: None,
                     },
                     tx,

@@ -54,32 +54,47 @@ impl Node {
         {
             route = self.route(&req, class, explicit_home.as_deref())?;
         }
-        let epoch = match route {
-            Route::Local { epoch } => epoch,
-            Route::Remote { to, why } => {
-                return self
-                    .write_elsewhere(req, class, to, why, forwarded_from)
-                    .await;
+        // The writer takes it only if the delegation it was routed under
+        // still names this region when it commits; a move that came in
+        // between (replicated, read, or a hand-back made here) sends it
+        // where the key went.
+        let mut moved_since = 0;
+        let applied: LocalApplied = loop {
+            let (epoch, under) = match route {
+                Route::Local { epoch, under } => (epoch, under),
+                Route::Remote { to, why } => {
+                    return self
+                        .write_elsewhere(req, class, to, why, forwarded_from)
+                        .await;
+                }
+            };
+            let committed = self
+                .submit(|tx| {
+                    Command::Local(
+                        LocalWrite {
+                            class: req.class.clone(),
+                            key: req.key.clone(),
+                            op: req.op.clone(),
+                            owner_epoch: epoch,
+                            under,
+                            home: if class.ownership == Ownership::Home {
+                                explicit_home.clone()
+                            } else {
+                                None
+                            },
+                        },
+                        tx,
+                    )
+                })
+                .await;
+            match committed {
+                Err(Error::Misdirected(_)) if moved_since < 3 => {
+                    moved_since += 1;
+                    route = self.route(&req, class, explicit_home.as_deref())?;
+                }
+                other => break other?,
             }
         };
-        let applied: LocalApplied = self
-            .submit(|tx| {
-                Command::Local(
-                    LocalWrite {
-                        class: req.class.clone(),
-                        key: req.key.clone(),
-                        op: req.op.clone(),
-                        owner_epoch: epoch,
-                        home: if class.ownership == Ownership::Home {
-                            explicit_home.clone()
-                        } else {
-                            None
-                        },
-                    },
-                    tx,
-                )
-            })
-            .await?;
         let mut token = req.session.clone().unwrap_or_default();
         token.include(&self.inner.region, applied.seq);
         if req.consistency == WriteConsistency::Quorum {

@@ -20,6 +20,10 @@ impl Writer {
                 class: req.class.clone(),
                 declared: self.config.class_names(),
             })?;
+        let owner_epoch = match &req.under {
+            Some(under) => self.still_owned(txn, &req, under)?,
+            None => req.owner_epoch,
+        };
         let existing_raw = txn.get_raw(&req.class, &req.key)?;
         let existing = existing_raw.as_deref().map(Entity::decode).transpose()?;
         let stamp = self.hlc.now(now_us / 1_000);
@@ -31,7 +35,7 @@ impl Writer {
             class,
             stamp: stamp.clone(),
             seq,
-            owner_epoch: req.owner_epoch,
+            owner_epoch,
             home: req.home.clone(),
         };
         let entity = Entity::apply_local(existing.as_ref(), &req.op, &ctx)?;
@@ -68,6 +72,34 @@ impl Writer {
             )?;
         }
         Ok(LocalApplied { entity, seq })
+    }
+
+    /// The fence of a write taken under `under`'s delegation: the
+    /// delegation as committed now (a move applied after the write was
+    /// routed included, even one earlier in this group) must still name
+    /// this region, or the write is refused as misdirected and routed
+    /// again, so no key has two owners. Its epoch is the one to stamp.
+    fn still_owned(&self, txn: &StoreTxn, req: &LocalWrite, under: &str) -> Result<u64> {
+        let value = txn
+            .get_raw(OWNERSHIP_CLASS, under)?
+            .map(|raw| Entity::decode(&raw))
+            .transpose()?
+            .and_then(|e| e.value());
+        let view = OwnershipView::from_values(value.map(|v| (under, v)).into_iter());
+        let (owner, epoch) = view.effective(under);
+        if owner == self.region {
+            return Ok(epoch.max(req.owner_epoch));
+        }
+        Err(Error::Misdirected(Box::new(
+            parallax_core::error::Misdirected {
+                region: self.region.clone(),
+                class: req.class.clone(),
+                key: req.key.clone(),
+                owner_url: self.config.region_url(&owner).unwrap_or_default(),
+                owner,
+                why: format!("its owner's keys moved (epoch {epoch}) after this write was routed"),
+            },
+        )))
     }
 
     pub(super) fn apply(
