@@ -7,7 +7,7 @@
 //! Hive-partitioned ZSTD Parquet files every `flush_interval_ms`, whenever a
 //! table buffers `flush_rows` rows, and on shutdown. A file is written under
 //! a hidden temporary name and renamed when complete. Each flush also
-//! writes the 5-minute rollups of the rows it wrote ([`rollup`]). Once an
+//! writes the 5-minute and hourly rollups of the rows it wrote ([`rollup`]). Once an
 //! hour has closed, its files are compacted into one with an atomic
 //! directory swap and its rollups rebuilt from them; partitions past
 //! `retention_days` (rollups: `rollup_retention_days`) are deleted.
@@ -18,15 +18,17 @@
 //!
 //! - [`tables`]: every table declared once: its schema, its batches, its rows.
 //! - [`files`]: writing, compaction and retention.
-//! - [`rollup`]: the 5-minute rollups of `requests` and `replication_lag`.
+//! - `maintain`: the maintenance pass (compaction, rollup rewrites, retention).
+//! - [`rollup`]: the 5-minute and hourly rollups of `requests` and `replication_lag`.
 //! - [`metrics`]: the Prometheus metrics.
 
 pub mod files;
+mod maintain;
 pub mod metrics;
 pub mod rollup;
 pub mod tables;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -197,100 +199,6 @@ impl Collector {
         rows.write_to(self)
     }
 
-    /// Compacts closed hours, rewrites each date's rollup as one file
-    /// (rebuilding the hours just compacted from their raw files), and
-    /// deletes partitions past retention. Returns (partitions compacted or
-    /// rewritten, partitions deleted).
-    pub fn maintain(&self) -> Result<(u64, u64), Error> {
-        let cfg = &self.inner.opts.config;
-        let now = self.inner.opts.clock.now_us();
-        let (today, hour_now) = date_hour(now);
-        let closed = |date: &str, hour: &str| {
-            date < today.as_str() || hour.parse::<u32>().is_ok_and(|h| h < hour_now)
-        };
-        let oldest_kept =
-            |days: u32| date_hour(now.saturating_sub(u64::from(days) * 86_400_000_000)).0;
-        let (raw_kept, rollups_kept) = (
-            oldest_kept(cfg.retention_days),
-            oldest_kept(cfg.rollup_retention_days),
-        );
-        let (mut compacted, mut deleted) = (0, 0);
-        // The hours compacted now, by rollup and date: their rollup rows
-        // are rebuilt from the compacted files.
-        let mut rebuild: BTreeMap<(&str, String), BTreeSet<u32>> = BTreeMap::new();
-        for table in tables::TABLES {
-            for (date, date_dir) in files::partitions(&self.region_dir(table), "date") {
-                if date < raw_kept {
-                    remove(&date_dir)?;
-                    deleted += 1;
-                    continue;
-                }
-                if !cfg.compact {
-                    continue;
-                }
-                for (hour, hour_dir) in files::partitions(&date_dir, "hour") {
-                    if !closed(&date, &hour) {
-                        continue;
-                    }
-                    let _disk = self.inner.disk.lock().expect("disk lock");
-                    if files::compact_partition(
-                        &self.inner.opts.root,
-                        &hour_dir,
-                        &self.inner.files,
-                    )?
-                    .is_none()
-                    {
-                        continue;
-                    }
-                    self.inner.metrics.wrote(table, 0);
-                    compacted += 1;
-                    if let (Some(r), Ok(h)) = (rollup::rollup_of(table), hour.parse()) {
-                        rebuild.entry((r, date.clone())).or_default().insert(h);
-                    }
-                }
-            }
-        }
-        // Once after start: every closed raw hour without rollup rows gets them.
-        let backfill = !self
-            .inner
-            .backfilled
-            .swap(true, std::sync::atomic::Ordering::Relaxed);
-        for r in rollup::ROLLUPS {
-            let raw = rollup::raw_of(r).expect("a rollup's raw table");
-            let mut dates: BTreeSet<String> = files::partitions(&self.region_dir(r), "date")
-                .into_iter()
-                .map(|d| d.0)
-                .collect();
-            if backfill {
-                dates.extend(
-                    files::partitions(&self.region_dir(raw), "date")
-                        .into_iter()
-                        .map(|d| d.0),
-                );
-            }
-            for date in dates {
-                let dir = self.date_dir(r, &date);
-                if date < rollups_kept {
-                    if dir.exists() {
-                        remove(&dir)?;
-                        deleted += 1;
-                    }
-                    continue;
-                }
-                if !cfg.compact {
-                    continue;
-                }
-                let hours = rebuild.remove(&(r, date.clone())).unwrap_or_default();
-                // Only dates that still have raw rows can lack rollup rows.
-                let raw_date = self.date_dir(raw, &date);
-                let covered: Option<IsClosed<'_>> =
-                    (backfill && raw_date.exists()).then_some(&closed);
-                compacted += u64::from(self.rewrite_rollup(r, raw, &date, hours, covered)?);
-            }
-        }
-        Ok((compacted, deleted))
-    }
-
     /// `<root>/<table>/region=<this region>`.
     fn region_dir(&self, table: &str) -> PathBuf {
         self.inner
@@ -303,63 +211,6 @@ impl Collector {
     /// `<root>/<table>/region=<this region>/date=<date>`.
     fn date_dir(&self, table: &str, date: &str) -> PathBuf {
         files::date_dir(&self.inner.opts.root, table, &self.inner.opts.region, date)
-    }
-
-    /// Rewrites one date of a rollup as one file: its rows merged (one per
-    /// bucket and keys), those of the hours in `rebuild` recomputed from
-    /// the raw files (which also counts what a crash between a raw file and
-    /// its rollup file left out). With `backfill` (which says whether a
-    /// raw hour is closed), closed raw hours without rollup rows are
-    /// rebuilt too. Does nothing to a date already one file with nothing to
-    /// rebuild. Returns whether it rewrote.
-    fn rewrite_rollup(
-        &self,
-        rollup: &str,
-        raw: &str,
-        date: &str,
-        mut rebuild: BTreeSet<u32>,
-        backfill: Option<IsClosed<'_>>,
-    ) -> Result<bool, Error> {
-        let _disk = self.inner.disk.lock().expect("disk lock");
-        let dir = self.date_dir(rollup, date);
-        let current = files::parquet_files(&dir);
-        if backfill.is_none() && rebuild.is_empty() && current.len() <= 1 {
-            return Ok(false);
-        }
-        let rows = files::read_files(&current)?;
-        let raw_dir = self.date_dir(raw, date);
-        if let Some(closed) = backfill {
-            let covered = rollup::hours_of(&rows);
-            for (hour, hour_dir) in files::partitions(&raw_dir, "hour") {
-                if let Ok(h) = hour.parse::<u32>()
-                    && closed(date, &hour)
-                    && !covered.contains(&h)
-                    && !files::parquet_files(&hour_dir).is_empty()
-                {
-                    rebuild.insert(h);
-                }
-            }
-        }
-        if rebuild.is_empty() && current.len() <= 1 {
-            return Ok(false);
-        }
-        let mut parts = rollup::without_hours(&rows, &rebuild)?;
-        for h in &rebuild {
-            let raw_rows =
-                files::read_files(&files::parquet_files(&raw_dir.join(format!("hour={h}"))))?;
-            if let Some(b) = rollup::roll_up(raw, &raw_rows, &self.inner.opts.bounds)? {
-                parts.push(b);
-            }
-        }
-        match rollup::merge(rollup, &parts)? {
-            Some(merged) => {
-                files::swap_in(&self.inner.opts.root, &dir, &merged, &self.inner.files)?
-            }
-            None if dir.exists() => remove(&dir)?,
-            None => return Ok(false),
-        }
-        self.inner.metrics.wrote(rollup, 0);
-        Ok(true)
     }
 
     /// What has been written so far.
@@ -547,9 +398,6 @@ impl Collector {
     }
 }
 
-/// Whether the hour (`date`, `hour` as in their partitions' names) has closed.
-type IsClosed<'a> = &'a dyn Fn(&str, &str) -> bool;
-
 fn remove(dir: &Path) -> Result<(), Error> {
     std::fs::remove_dir_all(dir)
         .map_err(|e| Error::Io(format!("cannot remove {}: {e}", dir.display())))
@@ -596,13 +444,17 @@ impl RowSink for Collector {
             let (_, size) =
                 files::write_file(&dir, &batch, rows[start].ts_us(), &self.inner.files)?;
             self.count_written(T::TABLE, (end - start) as u64, size);
-            if let Some(rollup) = rollup::rollup_of(T::TABLE)
-                && let Some(rolled) = rollup::roll_up(T::TABLE, &[batch], &self.inner.opts.bounds)?
-            {
+            // Its rollups: the 5-minute rows, and the hourly ones summed from them.
+            let mut rolled = rollup::roll_up(T::TABLE, &[batch], &self.inner.opts.bounds)?;
+            for (i, rollup) in rollup::rollups_of(T::TABLE).iter().enumerate() {
+                if i > 0 {
+                    rolled = rollup::merge(rollup, rolled.as_slice())?;
+                }
+                let Some(rows_rolled) = &rolled else { break };
                 let dir = self.date_dir(rollup, &date);
                 let (_, size) =
-                    files::write_file(&dir, &rolled, rows[start].ts_us(), &self.inner.files)?;
-                self.count_written(rollup, rolled.num_rows() as u64, size);
+                    files::write_file(&dir, rows_rolled, rows[start].ts_us(), &self.inner.files)?;
+                self.count_written(rollup, rows_rolled.num_rows() as u64, size);
             }
             start = end;
         }

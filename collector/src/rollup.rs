@@ -1,20 +1,26 @@
-//! 5-minute rollups of the two tables that grow with traffic: `requests`
-//! (one row per request) and `replication_lag` (one row per pair and
-//! heartbeat). A rollup row counts the raw rows of one 5-minute bucket
+//! 5-minute and hourly rollups of the two tables that grow with traffic:
+//! `requests` (one row per request) and `replication_lag` (one row per
+//! pair and heartbeat). A rollup row counts the raw rows of one bucket
 //! that share their keys, with their values as a histogram
 //! ([`parallax_core::histogram`]), so a week- or month-long page reads a few
 //! thousand rollup rows instead of hundreds of millions of raw ones.
 //!
 //! Rollups are written with every flush, from the rows the flush writes
 //! (several rows of one bucket and keys then sit in several files, and
-//! add up), and rebuilt from an hour's raw files when the hour is compacted:
-//! one row per bucket and keys, and whatever a crash between a raw file
-//! and its rollup file left out is counted again. They live under their own
-//! tables (`requests_5m`, `replication_lag_5m`), partitioned by region and
-//! date only — a month is 30 files per region, where hourly partitions made
-//! it 720 and opening them cost more than reading them — each date merged
-//! into one file by every maintenance pass, and are kept for
+//! add up), and the 5-minute ones rebuilt from an hour's raw files when the
+//! hour is compacted: one row per bucket and keys, and whatever a crash
+//! between a raw file and its rollup file left out is counted again. They
+//! live under their own tables (`requests_5m`, `replication_lag_5m`,
+//! `requests_1h`, `replication_lag_1h`), partitioned by region and date
+//! only — a month is 30 files per region, where hourly partitions made it
+//! 720 and opening them cost more than reading them — each date merged into
+//! one file by every maintenance pass, and are kept for
 //! `collector.rollup_retention_days`, longer than the raw rows.
+//!
+//! An hourly rollup is its 5-minute rollup's rows summed by hour: a flush
+//! writes both from the same rows (under one disk lock), and whenever a
+//! maintenance pass rewrites a date of a 5-minute rollup it rewrites the
+//! date of the hourly one from it, so the two always hold the same rows.
 //!
 //! Counts above a latency or freshness SLO's threshold must be exact, and a
 //! histogram only places a value within 1/128: each row is also keyed by the
@@ -37,27 +43,54 @@ use parallax_core::config::Config;
 use parallax_core::histogram::Histogram;
 use parallax_core::web_config::SloKind;
 
-/// A rollup bucket's width (µs): 5 minutes.
+/// A 5-minute rollup's bucket (µs).
 pub const BUCKET_US: i64 = 300_000_000;
 
-/// The rollup tables, in the order the README documents them.
-pub const ROLLUPS: [&str; 2] = ["requests_5m", "replication_lag_5m"];
+/// An hourly rollup's bucket (µs).
+pub const HOUR_US: i64 = 3_600_000_000;
 
-/// The rollup of a raw table, if it has one.
-pub fn rollup_of(table: &str) -> Option<&'static str> {
+/// The rollup tables, in the order the README documents them; each
+/// 5-minute rollup before the hourly one made from it.
+pub const ROLLUPS: [&str; 4] = [
+    "requests_5m",
+    "replication_lag_5m",
+    "requests_1h",
+    "replication_lag_1h",
+];
+
+/// The rollups of a raw table, finest first; none for a table without.
+pub fn rollups_of(table: &str) -> &'static [&'static str] {
     match table {
-        "requests" => Some("requests_5m"),
-        "replication_lag" => Some("replication_lag_5m"),
-        _ => None,
+        "requests" => &["requests_5m", "requests_1h"],
+        "replication_lag" => &["replication_lag_5m", "replication_lag_1h"],
+        _ => &[],
     }
 }
 
 /// The raw table a rollup is built from.
 pub fn raw_of(rollup: &str) -> Option<&'static str> {
-    match rollup {
-        "requests_5m" => Some("requests"),
-        "replication_lag_5m" => Some("replication_lag"),
-        _ => None,
+    ["requests", "replication_lag"]
+        .into_iter()
+        .find(|t| rollups_of(t).contains(&rollup))
+}
+
+/// The rollup an hourly rollup is summed from; `None` for a 5-minute one.
+pub fn finer_of(rollup: &str) -> Option<&'static str> {
+    let raw = raw_of(rollup)?;
+    let tiers = rollups_of(raw);
+    tiers
+        .iter()
+        .position(|r| *r == rollup)
+        .filter(|i| *i > 0)
+        .map(|i| tiers[i - 1])
+}
+
+/// A rollup's bucket (µs).
+pub fn grain_of(rollup: &str) -> i64 {
+    if rollup.ends_with("_1h") {
+        HOUR_US
+    } else {
+        BUCKET_US
     }
 }
 
@@ -116,7 +149,7 @@ pub fn schema_of(rollup: &str) -> Option<SchemaRef> {
     let text = |n: &str| Field::new(n, DataType::Utf8, false);
     let int64 = |n: &str| Field::new(n, DataType::Int64, false);
     let fields = match rollup {
-        "requests_5m" => vec![
+        "requests_5m" | "requests_1h" => vec![
             ts_field("ts"),
             text("class"),
             text("op"),
@@ -125,7 +158,7 @@ pub fn schema_of(rollup: &str) -> Option<SchemaRef> {
             int64("requests"),
             Field::new("latency_us", DataType::Binary, false),
         ],
-        "replication_lag_5m" => vec![
+        "replication_lag_5m" | "replication_lag_1h" => vec![
             ts_field("ts"),
             text("src"),
             text("dst"),
@@ -153,13 +186,13 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, crate:
         .ok_or_else(|| crate::Error::Io(format!("a raw batch has no column {name}")))
 }
 
-fn bucket_of(ts_us: i64) -> i64 {
-    ts_us.div_euclid(BUCKET_US) * BUCKET_US
+fn bucket_of(ts_us: i64, grain: i64) -> i64 {
+    ts_us.div_euclid(grain) * grain
 }
 
-/// The rollup rows of some raw batches of `table` (rows in any order),
-/// one per bucket and keys, sorted by them; `None` for a table without a
-/// rollup or without rows.
+/// The 5-minute rollup rows of some raw batches of `table` (rows in any
+/// order), one per bucket and keys, sorted by them; `None` for a table
+/// without a rollup or without rows.
 pub fn roll_up(
     table: &str,
     raw: &[RecordBatch],
@@ -175,16 +208,17 @@ pub fn roll_up(
     }
 }
 
-/// Rollup rows of `rollup` from several files (several flushes, hours
-/// rebuilt at compaction), merged: one row per bucket and keys, sorted by
-/// them; `None` without rows.
+/// Rows of `rollup` from several files (several flushes, hours rebuilt
+/// at compaction), or of its finer rollup, merged: one row per bucket of
+/// `rollup` and keys, sorted by them; `None` without rows.
 pub fn merge(rollup: &str, rows: &[RecordBatch]) -> Result<Option<RecordBatch>, crate::Error> {
     if rows.iter().all(|b| b.num_rows() == 0) {
         return Ok(None);
     }
-    match rollup {
-        "requests_5m" => requests_merged(rows).map(Some),
-        "replication_lag_5m" => lag_merged(rows).map(Some),
+    let grain = grain_of(rollup);
+    match raw_of(rollup) {
+        Some("requests") => requests_merged(rollup, rows, grain).map(Some),
+        Some("replication_lag") => lag_merged(rollup, rows, grain).map(Some),
         _ => Ok(None),
     }
 }
@@ -203,7 +237,7 @@ fn requests(raw: &[RecordBatch], bounds: &[u64]) -> Result<RecordBatch, crate::E
         for i in 0..raw.num_rows() {
             let l = latency.value(i);
             let key = (
-                bucket_of(ts.value(i)),
+                bucket_of(ts.value(i), BUCKET_US),
                 class.value(i),
                 op.value(i),
                 status.value(i),
@@ -214,10 +248,14 @@ fn requests(raw: &[RecordBatch], bounds: &[u64]) -> Result<RecordBatch, crate::E
             g.1.add(l as f64);
         }
     }
-    requests_batch(&groups)
+    requests_batch("requests_5m", &groups)
 }
 
-fn requests_merged(rows: &[RecordBatch]) -> Result<RecordBatch, crate::Error> {
+fn requests_merged(
+    rollup: &str,
+    rows: &[RecordBatch],
+    grain: i64,
+) -> Result<RecordBatch, crate::Error> {
     let mut groups = RequestGroups::new();
     for b in rows {
         let ts = column(b, "ts")?.as_primitive::<TimestampMicrosecondType>();
@@ -229,7 +267,7 @@ fn requests_merged(rows: &[RecordBatch]) -> Result<RecordBatch, crate::Error> {
         let hist = column(b, "latency_us")?.as_binary::<i32>();
         for i in 0..b.num_rows() {
             let key = (
-                ts.value(i),
+                bucket_of(ts.value(i), grain),
                 class.value(i),
                 op.value(i),
                 status.value(i),
@@ -240,14 +278,14 @@ fn requests_merged(rows: &[RecordBatch]) -> Result<RecordBatch, crate::Error> {
             g.1.merge_bytes(hist.value(i)).map_err(malformed)?;
         }
     }
-    requests_batch(&groups)
+    requests_batch(rollup, &groups)
 }
 
 fn malformed(e: parallax_core::histogram::Malformed) -> crate::Error {
     crate::Error::Io(format!("a rollup file's histogram: {e}"))
 }
 
-fn requests_batch(groups: &RequestGroups<'_>) -> Result<RecordBatch, crate::Error> {
+fn requests_batch(rollup: &str, groups: &RequestGroups<'_>) -> Result<RecordBatch, crate::Error> {
     let columns: Vec<ArrayRef> = vec![
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(groups.keys().map(|k| k.0))
@@ -262,7 +300,7 @@ fn requests_batch(groups: &RequestGroups<'_>) -> Result<RecordBatch, crate::Erro
             groups.values().map(|g| g.1.to_bytes()),
         )),
     ];
-    batch("requests_5m", columns)
+    batch(rollup, columns)
 }
 
 /// One bucket's lag samples of one pair and band.
@@ -292,7 +330,7 @@ fn lag(raw: &[RecordBatch], bounds: &[u64]) -> Result<RecordBatch, crate::Error>
     for raw in raw {
         lag_rows(raw, bounds, &mut groups)?;
     }
-    lag_batch(&groups)
+    lag_batch("replication_lag_5m", &groups)
 }
 
 /// Counts one raw batch's lag samples into `groups`.
@@ -319,7 +357,12 @@ fn lag_rows<'a>(
     let maybe = |a: Option<&Int64Array>, i: usize| a.filter(|a| a.is_valid(i)).map(|a| a.value(i));
     for i in 0..raw.num_rows() {
         let (t, l) = (ts.value(i), lag_ms.value(i));
-        let key = (bucket_of(t), src.value(i), dst.value(i), over(bounds, l, 1));
+        let key = (
+            bucket_of(t, BUCKET_US),
+            src.value(i),
+            dst.value(i),
+            over(bounds, l, 1),
+        );
         let g = groups.entry(key).or_insert_with(LagGroup::empty);
         g.samples += 1;
         g.hist.add(l as f64);
@@ -341,7 +384,7 @@ fn lag_rows<'a>(
     Ok(())
 }
 
-fn lag_merged(rows: &[RecordBatch]) -> Result<RecordBatch, crate::Error> {
+fn lag_merged(rollup: &str, rows: &[RecordBatch], grain: i64) -> Result<RecordBatch, crate::Error> {
     let mut groups: BTreeMap<(i64, &str, &str, i64), LagGroup> = BTreeMap::new();
     for b in rows {
         let ts = column(b, "ts")?.as_primitive::<TimestampMicrosecondType>();
@@ -367,7 +410,12 @@ fn lag_merged(rows: &[RecordBatch]) -> Result<RecordBatch, crate::Error> {
         );
         let maybe = |a: &Int64Array, i: usize| a.is_valid(i).then(|| a.value(i));
         for i in 0..b.num_rows() {
-            let key = (ts.value(i), src.value(i), dst.value(i), band.value(i));
+            let key = (
+                bucket_of(ts.value(i), grain),
+                src.value(i),
+                dst.value(i),
+                band.value(i),
+            );
             let g = groups.entry(key).or_insert_with(LagGroup::empty);
             g.samples += samples.value(i);
             g.hist.merge_bytes(hist.value(i)).map_err(malformed)?;
@@ -385,10 +433,11 @@ fn lag_merged(rows: &[RecordBatch]) -> Result<RecordBatch, crate::Error> {
             }
         }
     }
-    lag_batch(&groups)
+    lag_batch(rollup, &groups)
 }
 
 fn lag_batch(
+    rollup: &str,
     groups: &BTreeMap<(i64, &str, &str, i64), LagGroup>,
 ) -> Result<RecordBatch, crate::Error> {
     let keys = || groups.keys();
@@ -418,7 +467,7 @@ fn lag_batch(
         Arc::new(Int64Array::from_iter(vals().map(|g| g.last.3))),
         Arc::new(Int64Array::from_iter(vals().map(|g| g.last.4))),
     ];
-    batch("replication_lag_5m", columns)
+    batch(rollup, columns)
 }
 
 /// The hour of the day (UTC) of a timestamp in µs.
@@ -488,9 +537,18 @@ mod tests {
     fn rollups_and_raw_tables_pair_up() {
         for r in ROLLUPS {
             let raw = raw_of(r).unwrap();
-            assert_eq!(rollup_of(raw), Some(r));
+            assert!(rollups_of(raw).contains(&r));
             assert_eq!(schema_of(r).unwrap().field(0).name(), "ts");
+            // Each hourly rollup comes after the 5-minute one it is made from.
+            if let Some(f) = finer_of(r) {
+                let at = |x| ROLLUPS.iter().position(|y| *y == x);
+                assert!(at(f) < at(r), "{f} before {r}");
+                assert_eq!((grain_of(f), grain_of(r)), (BUCKET_US, HOUR_US));
+            }
         }
-        assert_eq!(rollup_of("conflicts"), None);
+        assert_eq!(finer_of("requests_1h"), Some("requests_5m"));
+        assert_eq!(finer_of("requests_5m"), None);
+        assert_eq!(raw_of("requests"), None);
+        assert!(rollups_of("conflicts").is_empty());
     }
 }

@@ -104,12 +104,13 @@ fn flush_writes_sorted_hive_partitioned_files_and_counts_them() {
     let w = c.written();
     assert_eq!(w.rows["requests"], 500);
     assert_eq!(w.rows["replication_lag"], 1);
-    // Three raw files, and the rollup of each.
-    assert_eq!(w.files, 6);
+    // Three raw files, and the two rollups of each.
+    assert_eq!(w.files, 9);
     assert_eq!(
         w.rows["requests_5m"], 24,
         "a row per 5-minute bucket: 2 hours less 14 s"
     );
+    assert_eq!(w.rows["requests_1h"], 2, "a row per hour");
     // No temporary file is left where a reader looks.
     let leftovers = std::fs::read_dir(&hour0)
         .unwrap()
@@ -170,8 +171,8 @@ fn closed_hours_are_compacted_into_one_file_with_every_row_once() {
     assert_eq!(files::parquet_files(&closed).len(), 6);
     let before = latencies(dir.path());
     let (compacted, deleted) = c.maintain().unwrap();
-    // The closed hour, and its date's rollup rewritten as one file.
-    assert_eq!((compacted, deleted), (2, 0));
+    // The closed hour, and its date's rollups rewritten as one file each.
+    assert_eq!((compacted, deleted), (3, 0));
     let after_files = files::parquet_files(&closed);
     assert_eq!(after_files.len(), 1);
     assert_eq!(latencies(dir.path()), before, "every row, once");
@@ -819,29 +820,47 @@ fn each_flush_writes_the_rollup_of_its_rows_and_compaction_rebuilds_it_as_one_ro
         3,
         "one rollup file a flush"
     );
-    assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 120);
+    let hourly = dir
+        .path()
+        .join("requests_1h/region=us-east/date=2026-11-28");
+    for table in ["requests_5m", "requests_1h"] {
+        assert_eq!(sum_of(dir.path(), table, "requests"), 120, "{table}");
+    }
     assert_eq!(c.written().rows["requests_5m"], 6, "two buckets a flush");
-    // A crash between a raw file and its rollup file: the rollup misses it.
-    let before = files::parquet_files(&rollups);
+    assert_eq!(c.written().rows["requests_1h"], 3, "one hour a flush");
+    // A crash between a raw file and its rollup files: the rollups miss it.
+    let before = [
+        files::parquet_files(&rollups),
+        files::parquet_files(&hourly),
+    ]
+    .concat();
     c.ingest(request(T0 + 7, 5));
     c.flush().unwrap();
-    for f in files::parquet_files(&rollups) {
+    for f in [
+        files::parquet_files(&rollups),
+        files::parquet_files(&hourly),
+    ]
+    .concat()
+    {
         if !before.contains(&f) {
             std::fs::remove_file(f).unwrap();
         }
     }
-    assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 120);
+    assert_eq!(sum_of(dir.path(), "requests_1h", "requests"), 120);
     c.maintain().unwrap();
     // Rebuilt from the compacted raw hour: every row counted once, one row
-    // per bucket and keys, the date one file.
-    assert_eq!(files::parquet_files(&rollups).len(), 1);
-    assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 121);
-    let rows: usize = files::read_table(dir.path(), "requests_5m")
-        .unwrap()
-        .iter()
-        .map(|b| b.num_rows())
-        .sum();
-    assert_eq!(rows, 2);
+    // per bucket and keys, the date one file; the hourly rollup summed
+    // again from it.
+    for (table, date_dir, buckets) in [("requests_5m", &rollups, 2), ("requests_1h", &hourly, 1)] {
+        assert_eq!(files::parquet_files(date_dir).len(), 1, "{table}");
+        assert_eq!(sum_of(dir.path(), table, "requests"), 121, "{table}");
+        let rows: usize = files::read_table(dir.path(), table)
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, buckets, "{table}: one row per bucket and keys");
+    }
     // Nothing more to do the next time.
     assert_eq!(c.maintain().unwrap(), (0, 0));
 }
@@ -859,9 +878,12 @@ fn rollups_outlive_the_raw_rows_and_are_deleted_past_their_own_retention() {
     assert!(latencies(dir.path()).is_empty(), "raw rows past 30 days");
     assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 1);
     assert_eq!(sum_of(dir.path(), "replication_lag_5m", "samples"), 1);
+    assert_eq!(sum_of(dir.path(), "requests_1h", "requests"), 1);
+    assert_eq!(sum_of(dir.path(), "replication_lag_1h", "samples"), 1);
     let later = collector(dir.path(), T0 + 401 * 24 * HOUR_US);
-    assert_eq!(later.maintain().unwrap(), (0, 2));
+    assert_eq!(later.maintain().unwrap(), (0, 4), "a date of each rollup");
     assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 0);
+    assert_eq!(sum_of(dir.path(), "requests_1h", "requests"), 0);
 }
 
 #[test]
@@ -874,11 +896,25 @@ fn closed_hours_written_before_rollups_existed_get_theirs_after_a_start() {
     c.flush().unwrap();
     c.maintain().unwrap();
     // As an earlier release left it: the raw hour compacted, no rollups.
-    std::fs::remove_dir_all(dir.path().join("requests_5m")).unwrap();
+    for table in ["requests_5m", "requests_1h"] {
+        std::fs::remove_dir_all(dir.path().join(table)).unwrap();
+    }
     assert_eq!(c.maintain().unwrap(), (0, 0), "checked once after start");
     assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 0);
     let restarted = collector(dir.path(), T0 + 2 * HOUR_US);
-    assert_eq!(restarted.maintain().unwrap(), (1, 0));
+    assert_eq!(
+        restarted.maintain().unwrap(),
+        (2, 0),
+        "5-minute, then hourly"
+    );
     assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 30);
+    assert_eq!(sum_of(dir.path(), "requests_1h", "requests"), 30);
     assert_eq!(restarted.maintain().unwrap(), (0, 0));
+    // As the release before hourly rollups left it (its raw rows maybe
+    // gone): the hourly rollup is summed from the 5-minute one.
+    std::fs::remove_dir_all(dir.path().join("requests")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("requests_1h")).unwrap();
+    let restarted = collector(dir.path(), T0 + 2 * HOUR_US);
+    assert_eq!(restarted.maintain().unwrap(), (1, 0));
+    assert_eq!(sum_of(dir.path(), "requests_1h", "requests"), 30);
 }

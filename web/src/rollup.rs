@@ -1,8 +1,10 @@
 //! Reading `requests` and `replication_lag` over a range from their
-//! 5-minute rollups ([`parallax_collector::rollup`]) for the whole buckets
-//! in it, and from the raw rows only for the partial buckets at its ends
-//! (and around any other cut a query needs exact, like the start of an SLO's
-//! burn window).
+//! rollups ([`parallax_collector::rollup`]): the hourly ones for the whole
+//! hours in it, the 5-minute ones for the whole buckets left at its ends,
+//! and the raw rows only for the partial buckets past those (and around any
+//! other cut a query needs exact, like the start of an SLO's burn window:
+//! the hour holding it goes to the 5-minute rollups, the bucket holding it
+//! to the raw rows).
 //!
 //! Either way a query sees one source with the rollup's columns, `ts` as
 //! microseconds since the epoch (BIGINT): raw rows enter it grouped by
@@ -14,15 +16,17 @@
 //! the same answers as over the raw rows, exactly (histograms add
 //! exactly; `tests/rollups.rs` checks it over random data and ranges).
 
-use parallax_collector::rollup::BUCKET_US;
+use parallax_collector::rollup::{BUCKET_US, HOUR_US, rollups_of};
 
 use crate::filters::time_scan;
 
-/// The spans of a range (µs, half-open) the rollups answer, and those the
+/// The spans of a range (µs, half-open) each rollup answers, and those the
 /// raw rows do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Split {
-    /// Whole buckets, from the rollups.
+    /// Whole hours, from the hourly rollups.
+    pub hourly: Vec<(i64, i64)>,
+    /// Whole 5-minute buckets outside those, from the 5-minute rollups.
     pub rolled: Vec<(i64, i64)>,
     /// The rest, from the raw rows.
     pub raw: Vec<(i64, i64)>,
@@ -38,39 +42,79 @@ fn push(spans: &mut Vec<(i64, i64)>, lo: i64, hi: i64) {
     }
 }
 
-/// Splits `[from_us, to_us)`: the whole 5-minute buckets in it go to the
-/// rollups, except a bucket holding one of `cuts` strictly inside it, which
-/// goes to the raw rows with the partial buckets at either end.
-pub fn split(from_us: i64, to_us: i64, cuts: &[i64]) -> Split {
-    let mut out = Split::default();
-    let first = from_us.div_euclid(BUCKET_US) * BUCKET_US
-        + if from_us.rem_euclid(BUCKET_US) == 0 {
-            0
-        } else {
-            BUCKET_US
-        };
-    let end = to_us.div_euclid(BUCKET_US) * BUCKET_US;
-    if first >= end {
-        push(&mut out.raw, from_us, to_us);
-        return out;
+/// The buckets `grains` uses, coarsest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grains {
+    /// Hours, then 5-minute buckets, then raw rows.
+    Hourly,
+    /// 5-minute buckets, then raw rows.
+    FiveMinutes,
+}
+
+impl Grains {
+    fn widths(self) -> &'static [i64] {
+        match self {
+            Grains::Hourly => &[HOUR_US, BUCKET_US],
+            Grains::FiveMinutes => &[BUCKET_US],
+        }
     }
+}
+
+/// Splits `[from_us, to_us)`: each whole bucket of the coarsest grain goes
+/// to its rollup, except a bucket holding one of `cuts` strictly inside
+/// it, which is split by the next grain with the partial buckets at
+/// either end; what no grain covers goes to the raw rows.
+pub fn split(from_us: i64, to_us: i64, cuts: &[i64], grains: Grains) -> Split {
+    let widths = grains.widths();
+    let mut spans = vec![Vec::new(); widths.len() + 1];
+    split_at(&mut spans, widths, 0, (from_us, to_us), cuts);
+    let raw = spans.pop().unwrap_or_default();
+    let rolled = spans.pop().unwrap_or_default();
+    Split {
+        hourly: spans.pop().unwrap_or_default(),
+        rolled,
+        raw,
+    }
+}
+
+/// [`split`] of `[lo, hi)` from the grain `widths[level]` on, into
+/// `spans[level..]`, each in ascending order.
+fn split_at(
+    spans: &mut [Vec<(i64, i64)>],
+    widths: &[i64],
+    level: usize,
+    (lo, hi): (i64, i64),
+    cuts: &[i64],
+) {
+    if lo >= hi {
+        return;
+    }
+    let Some(&g) = widths.get(level) else {
+        push(&mut spans[level], lo, hi);
+        return;
+    };
+    let first = lo.div_euclid(g) * g + if lo.rem_euclid(g) == 0 { 0 } else { g };
+    let end = hi.div_euclid(g) * g;
+    if first >= end {
+        split_at(spans, widths, level + 1, (lo, hi), cuts);
+        return;
+    }
+    split_at(spans, widths, level + 1, (lo, first), cuts);
     let mut cut: Vec<i64> = cuts
         .iter()
-        .filter(|c| **c > first && **c < end && c.rem_euclid(BUCKET_US) != 0)
-        .map(|c| c.div_euclid(BUCKET_US) * BUCKET_US)
+        .filter(|c| **c > first && **c < end && c.rem_euclid(g) != 0)
+        .map(|c| c.div_euclid(g) * g)
         .collect();
     cut.sort_unstable();
     cut.dedup();
-    push(&mut out.raw, from_us, first);
     let mut at = first;
     for b in cut {
-        push(&mut out.rolled, at, b);
-        push(&mut out.raw, b, b + BUCKET_US);
-        at = b + BUCKET_US;
+        push(&mut spans[level], at, b);
+        split_at(spans, widths, level + 1, (b, b + g), cuts);
+        at = b + g;
     }
-    push(&mut out.rolled, at, end);
-    push(&mut out.raw, end, to_us);
-    out
+    push(&mut spans[level], at, end);
+    split_at(spans, widths, level + 1, (end, hi), cuts);
 }
 
 /// How raw rows enter a source.
@@ -93,25 +137,31 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Totals over a range: rollups for its whole buckets.
+    /// Totals over a range: rollups for its whole hours and buckets.
     pub fn totals(from_us: i64, to_us: i64) -> Plan {
         Plan {
-            split: split(from_us, to_us, &[]),
+            split: split(from_us, to_us, &[], Grains::Hourly),
             raw: RawRows::Bucketed(BUCKET_US),
         }
     }
 
-    /// A chart over a range in steps of `step_s`: rollups when a step is
-    /// whole buckets, else the raw rows grouped by step.
+    /// A chart over a range in steps of `step_s`: the hourly rollups when a
+    /// step is whole hours, the 5-minute ones when it is whole buckets,
+    /// else the raw rows grouped by step.
     pub fn series(from_us: i64, to_us: i64, step_s: i64) -> Plan {
         let step_us = step_s * 1_000_000;
-        if step_us % BUCKET_US == 0 {
+        if step_us % HOUR_US == 0 {
             Plan::totals(from_us, to_us)
+        } else if step_us % BUCKET_US == 0 {
+            Plan {
+                split: split(from_us, to_us, &[], Grains::FiveMinutes),
+                raw: RawRows::Bucketed(BUCKET_US),
+            }
         } else {
             Plan {
                 split: Split {
-                    rolled: Vec::new(),
                     raw: vec![(from_us, to_us)],
+                    ..Split::default()
                 },
                 raw: RawRows::Bucketed(step_us),
             }
@@ -121,7 +171,7 @@ impl Plan {
     /// Counts over windows of a range starting at `cuts`, compared by `ts`.
     pub fn windows(from_us: i64, to_us: i64, cuts: &[i64]) -> Plan {
         Plan {
-            split: split(from_us, to_us, cuts),
+            split: split(from_us, to_us, cuts, Grains::Hourly),
             raw: RawRows::Exact,
         }
     }
@@ -155,12 +205,41 @@ fn band_sql(col: &str, bounds: &[u64], per_ms: i64) -> String {
     format!("CAST(CASE {} ELSE 0 END AS BIGINT)", arms.join(" "))
 }
 
+/// Spans of one rollup, as scans over as few stretches of it as need be:
+/// spans less than six hours apart share one scan, less the buckets
+/// between them.
+fn rollup_scans(rollup: &str, spans: &[(i64, i64)], grain: i64) -> Vec<(String, String)> {
+    let mut stretches: Vec<Vec<(i64, i64)>> = Vec::new();
+    for span in spans {
+        match stretches.last_mut() {
+            Some(s) if span.0 - s.last().map_or(span.0, |l| l.1) < 6 * HOUR_US => s.push(*span),
+            _ => stretches.push(vec![*span]),
+        }
+    }
+    stretches
+        .iter()
+        .map(|s| {
+            let (lo, hi) = (s[0].0, s[s.len() - 1].1);
+            let holes: Vec<String> = s
+                .windows(2)
+                .flat_map(|w| (w[0].1..w[1].0).step_by(grain as usize))
+                .map(|b| b.to_string())
+                .collect();
+            let holes = if holes.is_empty() {
+                String::new()
+            } else {
+                format!(" AND CAST(ts AS BIGINT) NOT IN ({})", holes.join(", "))
+            };
+            (day_scan(rollup, lo, hi), holes)
+        })
+        .collect()
+}
+
 /// The rows of one region (`region` partition) in a plan's spans, as a
 /// FROM source.
 struct Shape<'a> {
     raw_table: &'a str,
-    rollup: &'a str,
-    /// The rollup's columns after `ts`, as the rollup table has them.
+    /// The rollup's columns after `ts`, as the rollup tables have them.
     rolled_cols: &'a str,
     /// The raw rows bucketed: the key columns after the bucket, and the
     /// aggregates; `t` is the bucket and `ts_us` the row's `ts` in µs.
@@ -175,28 +254,22 @@ struct Shape<'a> {
 impl Shape<'_> {
     fn sql(&self, plan: &Plan, region: &str, filter: &str) -> String {
         let region = region.replace('\'', "''");
+        let (five, hourly) = match rollups_of(self.raw_table) {
+            [five, hourly] => (*five, *hourly),
+            _ => unreachable!("requests and replication_lag have two rollups"),
+        };
         let mut parts = Vec::new();
-        if let (Some(first), Some(last)) = (plan.split.rolled.first(), plan.split.rolled.last()) {
-            // One scan over the rolled hull, less the raw buckets inside it.
-            let holes: Vec<String> = plan
-                .split
-                .raw
-                .iter()
-                .filter(|(lo, hi)| *lo >= first.0 && *hi <= last.1)
-                .flat_map(|(lo, hi)| (*lo..*hi).step_by(BUCKET_US as usize))
-                .map(|b| b.to_string())
-                .collect();
-            let holes = if holes.is_empty() {
-                String::new()
-            } else {
-                format!(" AND CAST(ts AS BIGINT) NOT IN ({})", holes.join(", "))
-            };
-            parts.push(format!(
-                "SELECT CAST(ts AS BIGINT) AS ts, {} FROM {} WHERE region = '{region}' \
-                 AND {filter}{holes}",
-                self.rolled_cols,
-                day_scan(self.rollup, first.0, last.1)
-            ));
+        for (rollup, spans, grain) in [
+            (hourly, &plan.split.hourly, HOUR_US),
+            (five, &plan.split.rolled, BUCKET_US),
+        ] {
+            for (scan, holes) in rollup_scans(rollup, spans, grain) {
+                parts.push(format!(
+                    "SELECT CAST(ts AS BIGINT) AS ts, {} FROM {scan} WHERE region = '{region}' \
+                     AND {filter}{holes}",
+                    self.rolled_cols,
+                ));
+            }
         }
         for (lo, hi) in &plan.split.raw {
             let scan = time_scan(self.raw_table, *lo, *hi);
@@ -217,8 +290,8 @@ impl Shape<'_> {
         }
         if parts.is_empty() {
             parts.push(format!(
-                "SELECT CAST(ts AS BIGINT) AS ts, {} FROM {} WHERE FALSE",
-                self.rolled_cols, self.rollup
+                "SELECT CAST(ts AS BIGINT) AS ts, {} FROM {five} WHERE FALSE",
+                self.rolled_cols
             ));
         }
         format!("({}) AS rolled", parts.join(" UNION ALL "))
@@ -239,7 +312,6 @@ pub fn requests(plan: &Plan, region: &str, filter: &str, latency_bounds_ms: &[u6
     );
     Shape {
         raw_table: "requests",
-        rollup: "requests_5m",
         rolled_cols: "class, op, status, latency_over_ms, requests, latency_us",
         keys: "class, op, status, latency_over_ms",
         aggregates: "count(*) AS requests, quantile_state(latency_us) AS latency_us",
@@ -269,7 +341,6 @@ pub fn lag(plan: &Plan, region: &str, filter: &str, lag_bounds_ms: &[u64]) -> St
     );
     Shape {
         raw_table: "replication_lag",
-        rollup: "replication_lag_5m",
         rolled_cols: "src, dst, lag_over_ms, samples, lag_ms, max_lag_ms, applied_ops, \
                       max_backlog_ops, CAST(last_ts AS BIGINT) AS last_ts, backlog_ops, \
                       backlog_bytes, drain_ops_per_s, eta_ms",
@@ -296,25 +367,89 @@ mod tests {
     #[test]
     fn whole_buckets_go_to_the_rollups_and_the_ends_to_the_raw_rows() {
         // Aligned at both ends: all rollups.
-        let s = split(0, 4 * M5, &[]);
+        let five = |from, to, cuts: &[i64]| split(from, to, cuts, Grains::FiveMinutes);
+        let s = five(0, 4 * M5, &[]);
         assert_eq!((s.rolled, s.raw), (vec![(0, 4 * M5)], vec![]));
         // Partial ends.
-        let s = split(M5 / 2, 3 * M5 + 7, &[]);
+        let s = five(M5 / 2, 3 * M5 + 7, &[]);
         assert_eq!(s.rolled, vec![(M5, 3 * M5)]);
         assert_eq!(s.raw, vec![(M5 / 2, M5), (3 * M5, 3 * M5 + 7)]);
         // Inside one bucket, or short of a whole one: all raw.
-        assert_eq!(split(10, M5 - 1, &[]).raw, vec![(10, M5 - 1)]);
-        assert_eq!(split(M5 - 1, 2 * M5 - 2, &[]).rolled, vec![]);
+        assert_eq!(five(10, M5 - 1, &[]).raw, vec![(10, M5 - 1)]);
+        assert_eq!(five(M5 - 1, 2 * M5 - 2, &[]).rolled, vec![]);
     }
 
     #[test]
     fn a_cut_inside_a_bucket_makes_that_bucket_raw() {
-        let s = split(0, 6 * M5, &[2 * M5 + 1, 4 * M5, 4 * M5 + 3, -5, 99 * M5]);
+        let cuts = [2 * M5 + 1, 4 * M5, 4 * M5 + 3, -5, 99 * M5];
+        let s = split(0, 6 * M5, &cuts, Grains::FiveMinutes);
         assert_eq!(
             s.rolled,
             vec![(0, 2 * M5), (3 * M5, 4 * M5), (5 * M5, 6 * M5)]
         );
         assert_eq!(s.raw, vec![(2 * M5, 3 * M5), (4 * M5, 5 * M5)]);
+    }
+
+    #[test]
+    fn whole_hours_go_to_the_hourly_rollups_and_their_ends_to_the_5_minute_ones() {
+        const H: i64 = HOUR_US;
+        // From 00:07:30 to 03:12:00, a cut at 01:40:01 and one at 02:00.
+        let s = split(
+            M5 + M5 / 2,
+            3 * H + 2 * M5 + M5 / 2,
+            &[H + 8 * M5 + 1, 2 * H],
+            Grains::Hourly,
+        );
+        // The hour the cut is inside goes to 5-minute buckets; 02:00 is no cut.
+        assert_eq!(s.hourly, vec![(2 * H, 3 * H)]);
+        assert_eq!(
+            s.rolled,
+            vec![
+                (2 * M5, H + 8 * M5),
+                (H + 9 * M5, 2 * H),
+                (3 * H, 3 * H + 2 * M5)
+            ]
+        );
+        assert_eq!(
+            s.raw,
+            vec![
+                (M5 + M5 / 2, 2 * M5),
+                (H + 8 * M5, H + 9 * M5),
+                (3 * H + 2 * M5, 3 * H + 2 * M5 + M5 / 2)
+            ]
+        );
+        // Every µs of the range in exactly one span.
+        let mut all: Vec<(i64, i64)> = [s.hourly, s.rolled, s.raw].concat();
+        all.sort_unstable();
+        assert!(all.windows(2).all(|w| w[0].1 == w[1].0));
+        assert_eq!(
+            (all[0].0, all[all.len() - 1].1),
+            (M5 + M5 / 2, 3 * H + 2 * M5 + M5 / 2)
+        );
+        // A week in 3-hour steps: hours; in 30-minute steps, 5-minute buckets.
+        assert_eq!(
+            Plan::series(0, 7 * 24 * H, 10_800).split.hourly,
+            vec![(0, 7 * 24 * H)]
+        );
+        let p = Plan::series(0, 24 * H, 1_800);
+        assert!(p.split.hourly.is_empty());
+        assert_eq!(p.split.rolled, vec![(0, 24 * H)]);
+    }
+
+    #[test]
+    fn spans_apart_are_scanned_apart_and_near_ones_together_less_the_gap() {
+        const H: i64 = HOUR_US;
+        let scans = rollup_scans(
+            "requests_1h",
+            &[(0, 2 * H), (3 * H, 5 * H), (20 * H, 21 * H)],
+            H,
+        );
+        assert_eq!(scans.len(), 2);
+        assert_eq!(
+            scans[0].1,
+            format!(" AND CAST(ts AS BIGINT) NOT IN ({})", 2 * H)
+        );
+        assert!(scans[1].1.is_empty());
     }
 
     #[test]

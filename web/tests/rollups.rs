@@ -1,4 +1,4 @@
-//! The 5-minute rollups answer every question the pages, SLOs and alerts
+//! The 5-minute and hourly rollups answer every question the pages, SLOs and alerts
 //! ask exactly as the raw rows do: counts, counts over an SLO threshold,
 //! percentiles, maxima, sums and latest values, over random data, random
 //! ranges, random windows and chart steps, whether the rollups came from
@@ -302,7 +302,7 @@ proptest! {
         compact in any::<bool>(),
         ranges in prop::collection::vec((0i64..SPAN + 600_000_000, 1i64..SPAN), 3),
         cuts in prop::collection::vec(0i64..SPAN, 0..4),
-        step in prop::sample::select(vec![60i64, 300, 1_800, 3_600]),
+        step in prop::sample::select(vec![60i64, 300, 1_800, 3_600, 10_800]),
     ) {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), seed, rows, flushes, compact);
@@ -314,8 +314,14 @@ proptest! {
                 let cuts: Vec<i64> = cuts.iter().map(|c| T0 + c).filter(|c| *c > from && *c < to).collect();
                 check(&e, from, to, &cuts, step).await;
             }
-            // Aligned on buckets at both ends: nothing but rollups.
+            // Aligned on buckets at both ends: nothing but rollups, the
+            // 5-minute ones or (by hours) the hourly ones.
             check(&e, T0, T0 + SPAN, &[], 1_800).await;
+            check(&e, T0, T0 + SPAN, &[], 3_600).await;
+            // Whole hours inside, partial buckets and hours at the ends,
+            // and the window cuts.
+            let cuts: Vec<i64> = cuts.iter().map(|c| T0 + c).filter(|c| *c > T0 + 450_000_000).collect();
+            check(&e, T0 + 450_000_000, T0 + SPAN - 1, &cuts, 3_600).await;
         });
     }
 }

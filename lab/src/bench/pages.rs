@@ -1,5 +1,6 @@
 //! The whole-page half of `parallax bench query`: every dashboard page the
-//! rollups serve, over 24 hours, 7 days and 30 days, timed as the web app
+//! rollups serve, and the conflicts page (one row per conflict, no rollup),
+//! over 24 hours, 7 days and 30 days, timed as the web app
 //! draws it (the figures behind the page and its JSON twin), and the
 //! rollups checked against the raw rows on the same 100M rows.
 
@@ -48,9 +49,9 @@ where
     Ok(best)
 }
 
-/// Times the overview, replication and latency pages over 24 h, 7 days and
-/// 30 days ending at `now_us`, and the SLOs page (its windows are the
-/// SLOs' own) for the example config's SLOs.
+/// Times the overview, replication, latency and conflicts pages over 24 h,
+/// 7 days and 30 days ending at `now_us`, and the SLOs page (its windows
+/// are the SLOs' own) for the example config's SLOs.
 pub(super) async fn time_pages(
     e: &SqlEngine,
     regions: &[String],
@@ -61,13 +62,14 @@ pub(super) async fn time_pages(
     let mut out = Vec::new();
     for (range, days) in [("24 h", 1), ("7 days", 7), ("30 days", 30)] {
         let f = filters(now_us - days * 86_400_000_000, now_us);
-        for page in ["overview", "replication", "latency"] {
+        for page in ["overview", "replication", "latency", "conflicts"] {
             let ms = best(runs, || async {
                 match page {
                     "overview" => parallax_web::dash::overview(e, &f, regions).await.map(drop),
                     "replication" => parallax_web::dash::replication(e, &f, regions)
                         .await
                         .map(drop),
+                    "conflicts" => parallax_web::dash::conflicts(e, &f).await.map(drop),
                     _ => parallax_web::dash::latency(e, &f, regions).await.map(drop),
                 }
                 .with_context(|| format!("the {page} page over {range}"))

@@ -1,6 +1,6 @@
 //! `parallax bench query`: the dashboards' queries over a month of
 //! telemetry (100 million rows by default) written in the collector's
-//! layout with its 5-minute rollups, through parallax's SQL engine and
+//! layout with its 5-minute and hourly rollups, through parallax's SQL engine and
 //! through DuckDB and chDB (ClickHouse in-process) on the same files, in
 //! one run; then whole pages over 24 h, 7 and 30 days ([`super::pages`]).
 
@@ -14,7 +14,7 @@ use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMicro
 use arrow::record_batch::RecordBatch;
 use clap::Args;
 use parallax_collector::files::{FileOptions, date_dir, partition_dir, write_file};
-use parallax_collector::rollup::{roll_up, rollup_of};
+use parallax_collector::rollup::{merge, roll_up, rollups_of};
 use parallax_collector::tables::{date_hour, schema_of};
 use parallax_core::config::CollectorConfig;
 use parallax_web::{SqlEngine, SqlLimits};
@@ -139,6 +139,47 @@ fn lag(rows: usize, start_us: i64, dst: &str, rng: &mut Rng) -> Result<RecordBat
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
+/// One hour of `conflicts` recorded in a region, sorted by `ts`: one for
+/// every hundred requests, each class's policy, a fifth of the manual ones
+/// queued and the rest resolved in minutes, the automatic ones at once.
+fn conflicts(rows: usize, start_us: i64, rng: &mut Rng) -> Result<RecordBatch> {
+    let step = 3_600_000_000 / rows.max(1) as i64;
+    let (mut ts, mut class, mut key, mut policy, mut outcome, mut resolution) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for i in 0..rows {
+        let x = rng.next();
+        ts.push(start_us + i as i64 * step + (x % step.max(1) as u64) as i64 / 2);
+        let c = (x >> 8) as usize % CLASSES.len();
+        class.push(CLASSES[c]);
+        key.push(format!("{}-{}", CLASSES[c], (x >> 16) % 10_000));
+        let (p, o, ms) = match CLASSES[c] {
+            "likes" | "carts" => ("crdt", "merged", 0),
+            "profiles" | "settings" => ("lww", "lww", 0),
+            _ if (x >> 32).is_multiple_of(5) => ("manual", "queued", 0),
+            _ => ("manual", "resolved", ((x >> 36) % 600_000) as i64),
+        };
+        policy.push(p);
+        outcome.push(o);
+        resolution.push(ms);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")),
+        Arc::new(StringArray::from(class)),
+        Arc::new(StringArray::from(key)),
+        Arc::new(StringArray::from(policy)),
+        Arc::new(StringArray::from(outcome)),
+        Arc::new(Int64Array::from(resolution)),
+    ];
+    let schema = schema_of("conflicts").context("the conflicts schema")?;
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
 /// Writes the tables as the collector leaves them after compaction: one
 /// file per table, region and hour, sorted by `ts`, in row groups of the
 /// collector's default size. Two threads, one per core.
@@ -173,16 +214,21 @@ fn generate(root: &Path, rows: u64, days: u64) -> Result<()> {
                         let tables = [
                             ("requests", requests(req_rows, hour_us, &mut rng)?),
                             ("replication_lag", lag(lag_rows, hour_us, region, &mut rng)?),
+                            ("conflicts", conflicts(req_rows / 100, hour_us, &mut rng)?),
                         ];
                         for (table, b) in tables {
                             let at = |t: &str| partition_dir(root, t, region, &date, hour);
                             write_file(&at(table), &b, hour_us as u64, &opts)?;
-                            // The rollup, into its date's partition (merged below).
-                            if let (Some(r), Some(rolled)) =
-                                (rollup_of(table), roll_up(table, &[b], &bounds)?)
-                            {
+                            // The rollups, into their date's partition (merged
+                            // below): the 5-minute one, the hourly one from it.
+                            let mut rolled = roll_up(table, &[b], &bounds)?;
+                            for (i, r) in rollups_of(table).iter().enumerate() {
+                                if i > 0 {
+                                    rolled = merge(r, rolled.as_slice())?;
+                                }
+                                let Some(rows) = &rolled else { break };
                                 let dir = date_dir(root, r, region, &date);
-                                write_file(&dir, &rolled, hour_us as u64, &opts)?;
+                                write_file(&dir, rows, hour_us as u64, &opts)?;
                             }
                         }
                     }
@@ -203,7 +249,7 @@ fn generate(root: &Path, rows: u64, days: u64) -> Result<()> {
                 let rows = parallax_collector::files::read_files(
                     &parallax_collector::files::parquet_files(&dir),
                 )?;
-                if let Some(merged) = parallax_collector::rollup::merge(r, &rows)? {
+                if let Some(merged) = merge(r, &rows)? {
                     parallax_collector::files::swap_in(root, &dir, &merged, &opts)?;
                 }
             }
@@ -415,7 +461,7 @@ pub(super) async fn run(a: QueryArgs) -> Result<ExitCode> {
     let root = dir.join("tables");
     // The layout version in the name: files of an earlier layout are rewritten.
     let marker = dir.join(format!(
-        "generated-{}-rows-{}-days-layout-4",
+        "generated-{}-rows-{}-days-layout-5",
         a.rows, a.days
     ));
     if marker.exists() {
