@@ -170,21 +170,15 @@ impl Collector {
                 parts.push(b);
             }
         }
-        match rollup::merge(rollup, &parts)? {
-            Some(merged) => {
-                files::swap_in(&self.inner.opts.root, &dir, &merged, &self.inner.files)?
-            }
-            None if dir.exists() => remove(&dir)?,
-            None => return Ok(false),
-        }
-        self.inner.metrics.wrote(rollup, 0);
-        Ok(true)
+        self.publish(rollup, &dir, &parts)
     }
 
-    /// Rewrites one date of an hourly rollup as one file: summed again from
-    /// its 5-minute rollup `finer` when `resum` (that date of it was just
-    /// rewritten, or this one has none yet), else its own files merged if
-    /// there are several. Returns whether it rewrote.
+    /// Rewrites one date of a rollup summed from another (`finer`: the
+    /// hourly ones from the 5-minute ones, the latency ones from the
+    /// requests ones) as one file: summed again from `finer` when `resum`
+    /// (that date of it was just rewritten, or this one has none yet), else
+    /// its own files merged if there are several. Returns whether it
+    /// rewrote.
     fn rewrite_coarser(
         &self,
         rollup: &str,
@@ -203,11 +197,20 @@ impl Collector {
             }
             current
         };
-        match rollup::merge(rollup, &files::read_files(&sources)?)? {
-            Some(merged) => {
-                files::swap_in(&self.inner.opts.root, &dir, &merged, &self.inner.files)?
-            }
-            None if dir.exists() => remove(&dir)?,
+        self.publish(rollup, &dir, &files::read_files(&sources)?)
+    }
+
+    /// Makes `parts`, merged, the one file of a rollup's date `dir` (none:
+    /// the date is removed). Returns whether it changed anything.
+    fn publish(
+        &self,
+        rollup: &str,
+        dir: &std::path::Path,
+        parts: &[arrow::record_batch::RecordBatch],
+    ) -> Result<bool, Error> {
+        match rollup::merge(rollup, parts)? {
+            Some(merged) => files::swap_in(&self.inner.opts.root, dir, &merged, &self.inner.files)?,
+            None if dir.exists() => remove(dir)?,
             None => return Ok(false),
         }
         self.inner.metrics.wrote(rollup, 0);

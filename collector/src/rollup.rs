@@ -22,6 +22,13 @@
 //! maintenance pass rewrites a date of a 5-minute rollup it rewrites the
 //! date of the hourly one from it, so the two always hold the same rows.
 //!
+//! `latency_5m` and `latency_1h` are `requests_5m` summed by bucket and
+//! class alone: the latency histogram of all a class's requests in a
+//! bucket, whatever their op, status or band. The pages' percentiles never
+//! split by op or status, and merging one histogram per class instead of
+//! one per class, op, status and band is most of a month-long page's
+//! work; they are written and rewritten from `requests_5m` the same way.
+//!
 //! Counts above a latency or freshness SLO's threshold must be exact, and a
 //! histogram only places a value within 1/128: each row is also keyed by the
 //! greatest configured threshold its values exceed (`latency_over_ms`,
@@ -49,19 +56,22 @@ pub const BUCKET_US: i64 = 300_000_000;
 /// An hourly rollup's bucket (µs).
 pub const HOUR_US: i64 = 3_600_000_000;
 
-/// The rollup tables, in the order the README documents them; each
-/// 5-minute rollup before the hourly one made from it.
-pub const ROLLUPS: [&str; 4] = [
+/// The rollup tables, in the order the README documents them; each after
+/// the one it is summed from ([`finer_of`]).
+pub const ROLLUPS: [&str; 6] = [
     "requests_5m",
     "replication_lag_5m",
     "requests_1h",
     "replication_lag_1h",
+    "latency_5m",
+    "latency_1h",
 ];
 
-/// The rollups of a raw table, finest first; none for a table without.
+/// The rollups of a raw table, each after the one it is summed from; none
+/// for a table without.
 pub fn rollups_of(table: &str) -> &'static [&'static str] {
     match table {
-        "requests" => &["requests_5m", "requests_1h"],
+        "requests" => &["requests_5m", "requests_1h", "latency_5m", "latency_1h"],
         "replication_lag" => &["replication_lag_5m", "replication_lag_1h"],
         _ => &[],
     }
@@ -74,15 +84,15 @@ pub fn raw_of(rollup: &str) -> Option<&'static str> {
         .find(|t| rollups_of(t).contains(&rollup))
 }
 
-/// The rollup an hourly rollup is summed from; `None` for a 5-minute one.
+/// The rollup another is summed from; `None` for those rolled up from the
+/// raw rows.
 pub fn finer_of(rollup: &str) -> Option<&'static str> {
-    let raw = raw_of(rollup)?;
-    let tiers = rollups_of(raw);
-    tiers
-        .iter()
-        .position(|r| *r == rollup)
-        .filter(|i| *i > 0)
-        .map(|i| tiers[i - 1])
+    match rollup {
+        "requests_1h" | "latency_5m" => Some("requests_5m"),
+        "replication_lag_1h" => Some("replication_lag_5m"),
+        "latency_1h" => Some("latency_5m"),
+        _ => None,
+    }
 }
 
 /// A rollup's bucket (µs).
@@ -158,6 +168,12 @@ pub fn schema_of(rollup: &str) -> Option<SchemaRef> {
             int64("requests"),
             Field::new("latency_us", DataType::Binary, false),
         ],
+        "latency_5m" | "latency_1h" => vec![
+            ts_field("ts"),
+            text("class"),
+            int64("requests"),
+            Field::new("latency_us", DataType::Binary, false),
+        ],
         "replication_lag_5m" | "replication_lag_1h" => vec![
             ts_field("ts"),
             text("src"),
@@ -216,6 +232,9 @@ pub fn merge(rollup: &str, rows: &[RecordBatch]) -> Result<Option<RecordBatch>, 
         return Ok(None);
     }
     let grain = grain_of(rollup);
+    if rollup.starts_with("latency_") {
+        return latency_merged(rollup, rows, grain).map(Some);
+    }
     match raw_of(rollup) {
         Some("requests") => requests_merged(rollup, rows, grain).map(Some),
         Some("replication_lag") => lag_merged(rollup, rows, grain).map(Some),
@@ -279,6 +298,41 @@ fn requests_merged(
         }
     }
     requests_batch(rollup, &groups)
+}
+
+/// Rows of `requests_5m`, `requests_1h` or a latency rollup (they share
+/// `ts`, `class`, `requests` and `latency_us`) summed by bucket and class.
+fn latency_merged(
+    rollup: &str,
+    rows: &[RecordBatch],
+    grain: i64,
+) -> Result<RecordBatch, crate::Error> {
+    let mut groups: BTreeMap<(i64, &str), (i64, Histogram)> = BTreeMap::new();
+    for b in rows {
+        let ts = column(b, "ts")?.as_primitive::<TimestampMicrosecondType>();
+        let class = column(b, "class")?.as_string::<i32>();
+        let n = column(b, "requests")?.as_primitive::<Int64Type>();
+        let hist = column(b, "latency_us")?.as_binary::<i32>();
+        for i in 0..b.num_rows() {
+            let g = groups
+                .entry((bucket_of(ts.value(i), grain), class.value(i)))
+                .or_default();
+            g.0 += n.value(i);
+            g.1.merge_bytes(hist.value(i)).map_err(malformed)?;
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(groups.keys().map(|k| k.0))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(groups.keys().map(|k| k.1))),
+        Arc::new(Int64Array::from_iter_values(groups.values().map(|g| g.0))),
+        Arc::new(BinaryArray::from_iter_values(
+            groups.values().map(|g| g.1.to_bytes()),
+        )),
+    ];
+    batch(rollup, columns)
 }
 
 fn malformed(e: parallax_core::histogram::Malformed) -> crate::Error {
@@ -539,14 +593,18 @@ mod tests {
             let raw = raw_of(r).unwrap();
             assert!(rollups_of(raw).contains(&r));
             assert_eq!(schema_of(r).unwrap().field(0).name(), "ts");
-            // Each hourly rollup comes after the 5-minute one it is made from.
+            // Each rollup comes after the one it is summed from, in both
+            // lists, and is no finer.
             if let Some(f) = finer_of(r) {
                 let at = |x| ROLLUPS.iter().position(|y| *y == x);
                 assert!(at(f) < at(r), "{f} before {r}");
-                assert_eq!((grain_of(f), grain_of(r)), (BUCKET_US, HOUR_US));
+                let of_raw = |x| rollups_of(raw).iter().position(|y| *y == x);
+                assert!(of_raw(f) < of_raw(r), "{f} before {r}");
+                assert!(grain_of(f) <= grain_of(r));
             }
         }
         assert_eq!(finer_of("requests_1h"), Some("requests_5m"));
+        assert_eq!(finer_of("latency_1h"), Some("latency_5m"));
         assert_eq!(finer_of("requests_5m"), None);
         assert_eq!(raw_of("requests"), None);
         assert!(rollups_of("conflicts").is_empty());

@@ -104,13 +104,16 @@ fn flush_writes_sorted_hive_partitioned_files_and_counts_them() {
     let w = c.written();
     assert_eq!(w.rows["requests"], 500);
     assert_eq!(w.rows["replication_lag"], 1);
-    // Three raw files, and the two rollups of each.
-    assert_eq!(w.files, 9);
+    // Three raw files, and their rollups: four of each requests file, two
+    // of the replication_lag one.
+    assert_eq!(w.files, 13);
     assert_eq!(
         w.rows["requests_5m"], 24,
         "a row per 5-minute bucket: 2 hours less 14 s"
     );
     assert_eq!(w.rows["requests_1h"], 2, "a row per hour");
+    assert_eq!(w.rows["latency_5m"], 24, "a row per bucket and class");
+    assert_eq!(w.rows["latency_1h"], 2);
     // No temporary file is left where a reader looks.
     let leftovers = std::fs::read_dir(&hour0)
         .unwrap()
@@ -172,7 +175,7 @@ fn closed_hours_are_compacted_into_one_file_with_every_row_once() {
     let before = latencies(dir.path());
     let (compacted, deleted) = c.maintain().unwrap();
     // The closed hour, and its date's rollups rewritten as one file each.
-    assert_eq!((compacted, deleted), (3, 0));
+    assert_eq!((compacted, deleted), (5, 0));
     let after_files = files::parquet_files(&closed);
     assert_eq!(after_files.len(), 1);
     assert_eq!(latencies(dir.path()), before, "every row, once");
@@ -823,7 +826,7 @@ fn each_flush_writes_the_rollup_of_its_rows_and_compaction_rebuilds_it_as_one_ro
     let hourly = dir
         .path()
         .join("requests_1h/region=us-east/date=2026-11-28");
-    for table in ["requests_5m", "requests_1h"] {
+    for table in ["requests_5m", "requests_1h", "latency_5m", "latency_1h"] {
         assert_eq!(sum_of(dir.path(), table, "requests"), 120, "{table}");
     }
     assert_eq!(c.written().rows["requests_5m"], 6, "two buckets a flush");
@@ -851,7 +854,12 @@ fn each_flush_writes_the_rollup_of_its_rows_and_compaction_rebuilds_it_as_one_ro
     // Rebuilt from the compacted raw hour: every row counted once, one row
     // per bucket and keys, the date one file; the hourly rollup summed
     // again from it.
-    for (table, date_dir, buckets) in [("requests_5m", &rollups, 2), ("requests_1h", &hourly, 1)] {
+    let latency = dir.path().join("latency_5m/region=us-east/date=2026-11-28");
+    for (table, date_dir, buckets) in [
+        ("requests_5m", &rollups, 2),
+        ("requests_1h", &hourly, 1),
+        ("latency_5m", &latency, 2),
+    ] {
         assert_eq!(files::parquet_files(date_dir).len(), 1, "{table}");
         assert_eq!(sum_of(dir.path(), table, "requests"), 121, "{table}");
         let rows: usize = files::read_table(dir.path(), table)
@@ -881,7 +889,7 @@ fn rollups_outlive_the_raw_rows_and_are_deleted_past_their_own_retention() {
     assert_eq!(sum_of(dir.path(), "requests_1h", "requests"), 1);
     assert_eq!(sum_of(dir.path(), "replication_lag_1h", "samples"), 1);
     let later = collector(dir.path(), T0 + 401 * 24 * HOUR_US);
-    assert_eq!(later.maintain().unwrap(), (0, 4), "a date of each rollup");
+    assert_eq!(later.maintain().unwrap(), (0, 6), "a date of each rollup");
     assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 0);
     assert_eq!(sum_of(dir.path(), "requests_1h", "requests"), 0);
 }
@@ -904,11 +912,12 @@ fn closed_hours_written_before_rollups_existed_get_theirs_after_a_start() {
     let restarted = collector(dir.path(), T0 + 2 * HOUR_US);
     assert_eq!(
         restarted.maintain().unwrap(),
-        (2, 0),
-        "5-minute, then hourly"
+        (4, 0),
+        "5-minute, hourly, latency by 5 minutes and by hour"
     );
     assert_eq!(sum_of(dir.path(), "requests_5m", "requests"), 30);
     assert_eq!(sum_of(dir.path(), "requests_1h", "requests"), 30);
+    assert_eq!(sum_of(dir.path(), "latency_1h", "requests"), 30);
     assert_eq!(restarted.maintain().unwrap(), (0, 0));
     // As the release before hourly rollups left it (its raw rows maybe
     // gone): the hourly rollup is summed from the 5-minute one.

@@ -16,7 +16,7 @@
 //! the same answers as over the raw rows, exactly (histograms add
 //! exactly; `tests/rollups.rs` checks it over random data and ranges).
 
-use parallax_collector::rollup::{BUCKET_US, HOUR_US, rollups_of};
+use parallax_collector::rollup::{BUCKET_US, HOUR_US, grain_of};
 
 use crate::filters::time_scan;
 
@@ -239,8 +239,9 @@ fn rollup_scans(rollup: &str, spans: &[(i64, i64)], grain: i64) -> Vec<(String, 
 /// FROM source.
 struct Shape<'a> {
     raw_table: &'a str,
-    /// The rollup's columns after `ts`, as the rollup tables have them.
-    rolled_cols: &'a str,
+    /// The rollups read, each with its columns after `ts` (the source's
+    /// columns, from what the rollup has).
+    rolled: &'a [(&'a str, &'a str)],
     /// The raw rows bucketed: the key columns after the bucket, and the
     /// aggregates; `t` is the bucket and `ts_us` the row's `ts` in µs.
     keys: &'a str,
@@ -254,20 +255,18 @@ struct Shape<'a> {
 impl Shape<'_> {
     fn sql(&self, plan: &Plan, region: &str, filter: &str) -> String {
         let region = region.replace('\'', "''");
-        let (five, hourly) = match rollups_of(self.raw_table) {
-            [five, hourly] => (*five, *hourly),
-            _ => unreachable!("requests and replication_lag have two rollups"),
-        };
         let mut parts = Vec::new();
-        for (rollup, spans, grain) in [
-            (hourly, &plan.split.hourly, HOUR_US),
-            (five, &plan.split.rolled, BUCKET_US),
-        ] {
+        for (rollup, cols) in self.rolled {
+            let grain = grain_of(rollup);
+            let spans = if grain == HOUR_US {
+                &plan.split.hourly
+            } else {
+                &plan.split.rolled
+            };
             for (scan, holes) in rollup_scans(rollup, spans, grain) {
                 parts.push(format!(
-                    "SELECT CAST(ts AS BIGINT) AS ts, {} FROM {scan} WHERE region = '{region}' \
+                    "SELECT CAST(ts AS BIGINT) AS ts, {cols} FROM {scan} WHERE region = '{region}' \
                      AND {filter}{holes}",
-                    self.rolled_cols,
                 ));
             }
         }
@@ -289,9 +288,9 @@ impl Shape<'_> {
             });
         }
         if parts.is_empty() {
+            let (rollup, cols) = self.rolled[0];
             parts.push(format!(
-                "SELECT CAST(ts AS BIGINT) AS ts, {} FROM {five} WHERE FALSE",
-                self.rolled_cols
+                "SELECT CAST(ts AS BIGINT) AS ts, {cols} FROM {rollup} WHERE FALSE"
             ));
         }
         format!("({}) AS rolled", parts.join(" UNION ALL "))
@@ -301,25 +300,70 @@ impl Shape<'_> {
 /// A region's `requests` over a plan as a FROM source with the columns of
 /// `requests_5m`: `ts` (µs), `class`, `op`, `status`, `latency_over_ms`
 /// (banded by `latency_bounds_ms`), `requests` and `latency_us` (a
-/// histogram; null for raw rows one by one). `filter` is a condition on
-/// `class`, `op` or `status`.
+/// histogram). From the rollups, the counts come from `requests_5m` and
+/// `requests_1h` (`latency_us` null) and the histograms from `latency_5m`
+/// and `latency_1h`, one per bucket and class (`requests` 0, `op`,
+/// `status` and `latency_over_ms` null); raw rows one by one have no
+/// histogram. So `sum(requests)` counts whatever `filter` says (a
+/// condition on `class`, `op` or `status`), but percentiles follow a
+/// filter on `class` alone.
 pub fn requests(plan: &Plan, region: &str, filter: &str, latency_bounds_ms: &[u64]) -> String {
+    requests_shaped(plan, region, filter, latency_bounds_ms, true)
+}
+
+/// [`requests`] for counts alone (`latency_us` always null): no latency
+/// rollup is read and no raw row's histogram built.
+pub fn request_counts(
+    plan: &Plan,
+    region: &str,
+    filter: &str,
+    latency_bounds_ms: &[u64],
+) -> String {
+    requests_shaped(plan, region, filter, latency_bounds_ms, false)
+}
+
+fn requests_shaped(
+    plan: &Plan,
+    region: &str,
+    filter: &str,
+    latency_bounds_ms: &[u64],
+    latencies: bool,
+) -> String {
     let band = band_sql("latency_us", latency_bounds_ms, 1_000);
     let inner = format!("class, op, status, {band} AS latency_over_ms, latency_us");
     let exact = format!(
         "class, op, status, {band} AS latency_over_ms, CAST(1 AS BIGINT) AS requests, \
          CAST(NULL AS BYTEA) AS latency_us"
     );
+    let counts = "class, op, status, latency_over_ms, requests, CAST(NULL AS BYTEA) AS latency_us";
+    let histograms = "class, CAST(NULL AS VARCHAR) AS op, CAST(NULL AS INT) AS status, \
+                      CAST(NULL AS BIGINT) AS latency_over_ms, CAST(0 AS BIGINT) AS requests, latency_us";
+    let with = [
+        ("requests_1h", counts),
+        ("latency_1h", histograms),
+        ("requests_5m", counts),
+        ("latency_5m", histograms),
+    ];
+    let without = [("requests_1h", counts), ("requests_5m", counts)];
     Shape {
         raw_table: "requests",
-        rolled_cols: "class, op, status, latency_over_ms, requests, latency_us",
+        rolled: if latencies { &with } else { &without },
         keys: "class, op, status, latency_over_ms",
-        aggregates: "count(*) AS requests, quantile_state(latency_us) AS latency_us",
+        aggregates: if latencies {
+            "count(*) AS requests, quantile_state(latency_us) AS latency_us"
+        } else {
+            "count(*) AS requests, CAST(NULL AS BYTEA) AS latency_us"
+        },
         exact_cols: &exact,
         inner: &inner,
     }
     .sql(plan, region, filter)
 }
+
+/// The columns of a lag rollup after `ts`.
+const LAG_COLS: &str = "src, dst, lag_over_ms, samples, lag_ms, max_lag_ms, applied_ops, \
+                        max_backlog_ops, CAST(last_ts AS BIGINT) AS last_ts, backlog_ops, \
+                        backlog_bytes, drain_ops_per_s, eta_ms";
 
 /// The `replication_lag` applied in a region (its `dst`) over a plan as a
 /// FROM source with the columns of `replication_lag_5m`: `ts` (µs), `src`,
@@ -341,9 +385,10 @@ pub fn lag(plan: &Plan, region: &str, filter: &str, lag_bounds_ms: &[u64]) -> St
     );
     Shape {
         raw_table: "replication_lag",
-        rolled_cols: "src, dst, lag_over_ms, samples, lag_ms, max_lag_ms, applied_ops, \
-                      max_backlog_ops, CAST(last_ts AS BIGINT) AS last_ts, backlog_ops, \
-                      backlog_bytes, drain_ops_per_s, eta_ms",
+        rolled: &[
+            ("replication_lag_1h", LAG_COLS),
+            ("replication_lag_5m", LAG_COLS),
+        ],
         keys: "src, dst, lag_over_ms",
         aggregates: "count(*) AS samples, quantile_state(lag_ms) AS lag_ms, \
                      max(lag_ms) AS max_lag_ms, sum(applied_ops) AS applied_ops, \

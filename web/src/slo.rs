@@ -126,7 +126,7 @@ fn measure(slo: &SloConfig, config: &Config) -> Measure {
     let bounds = Bounds::of(config);
     let banded = |bounds: &[u64]| bounds.contains(&threshold);
     let requests = |bad: String| Measure::Rolled {
-        source: rollup::requests,
+        source: rollup::request_counts,
         bounds: bounds.latency_ms.clone(),
         count: "requests",
         bad,

@@ -243,7 +243,7 @@ pub async fn overview(
             &per_region_from(
                 &regions,
                 &format!("{b} AS t, sum(requests)"),
-                |r| rollup::requests(&series, r, "TRUE", &[]),
+                |r| rollup::request_counts(&series, r, "TRUE", &[]),
                 "t",
             ),
         )

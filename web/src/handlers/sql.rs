@@ -89,8 +89,8 @@ const EXAMPLES: [(&str, &str); 6] = [
         "SELECT date, hour, count(*) AS requests, count(*) FILTER (WHERE status >= 500) AS errors\nFROM requests\nWHERE region = 'us-east' AND date >= current_date() - INTERVAL '30 days'\nGROUP BY date, hour ORDER BY date, hour",
     ),
     (
-        "p99 latency by class, 30 days (from the 5-minute rollups: fast)",
-        "SELECT class, sum(requests) AS requests, approx_quantile(latency_us, 0.99) / 1000 AS p99_ms\nFROM requests_5m\nWHERE ts > now() - INTERVAL '30 days'\nGROUP BY class ORDER BY p99_ms DESC",
+        "p99 latency by class, 30 days (from the hourly latency rollup: fast)",
+        "SELECT class, sum(requests) AS requests, approx_quantile(latency_us, 0.99) / 1000 AS p99_ms\nFROM latency_1h\nWHERE ts > now() - INTERVAL '30 days'\nGROUP BY class ORDER BY p99_ms DESC",
     ),
     (
         "divergent keys",
