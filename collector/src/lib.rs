@@ -445,25 +445,16 @@ impl RowSink for Collector {
                 files::write_file(&dir, &batch, rows[start].ts_us(), &self.inner.files)?;
             self.count_written(T::TABLE, (end - start) as u64, size);
             // Its rollups: the 5-minute rows, and those summed from them.
-            let mut rolled: Vec<(&str, arrow::record_batch::RecordBatch)> = Vec::new();
-            for rollup in rollup::rollups_of(T::TABLE) {
-                let made = match rollup::finer_of(rollup) {
-                    None => rollup::roll_up(
-                        T::TABLE,
-                        std::slice::from_ref(&batch),
-                        &self.inner.opts.bounds,
-                    )?,
-                    Some(finer) => match rolled.iter().find(|(r, _)| *r == finer) {
-                        Some((_, rows)) => rollup::merge(rollup, std::slice::from_ref(rows))?,
-                        None => None,
-                    },
-                };
-                let Some(rows_rolled) = made else { continue };
+            let rolled = rollup::roll_up_all(
+                T::TABLE,
+                std::slice::from_ref(&batch),
+                &self.inner.opts.bounds,
+            )?;
+            for (rollup, rows_rolled) in rolled {
                 let dir = self.date_dir(rollup, &date);
                 let (_, size) =
                     files::write_file(&dir, &rows_rolled, rows[start].ts_us(), &self.inner.files)?;
                 self.count_written(rollup, rows_rolled.num_rows() as u64, size);
-                rolled.push((rollup, rows_rolled));
             }
             start = end;
         }

@@ -360,6 +360,24 @@ fn requests_shaped(
     .sql(plan, region, filter)
 }
 
+/// A region's `conflicts` over a plan as a FROM source with the columns
+/// of `conflicts_5m`: `ts` (µs), `class`, `policy`, `outcome`, `conflicts`
+/// (a count) and `resolution_ms` (a histogram; null for raw rows one by
+/// one). `filter` is a condition on `class`, `policy` or `outcome`.
+pub fn conflicts(plan: &Plan, region: &str, filter: &str) -> String {
+    const COLS: &str = "class, policy, outcome, conflicts, resolution_ms";
+    Shape {
+        raw_table: "conflicts",
+        rolled: &[("conflicts_1h", COLS), ("conflicts_5m", COLS)],
+        keys: "class, policy, outcome",
+        aggregates: "count(*) AS conflicts, quantile_state(resolution_ms) AS resolution_ms",
+        exact_cols: "class, policy, outcome, CAST(1 AS BIGINT) AS conflicts, \
+                     CAST(NULL AS BYTEA) AS resolution_ms",
+        inner: "class, policy, outcome, resolution_ms",
+    }
+    .sql(plan, region, filter)
+}
+
 /// The columns of a lag rollup after `ts`.
 const LAG_COLS: &str = "src, dst, lag_over_ms, samples, lag_ms, max_lag_ms, applied_ops, \
                         max_backlog_ops, CAST(last_ts AS BIGINT) AS last_ts, backlog_ops, \

@@ -10,7 +10,7 @@ use parallax_collector::rollup::Bounds;
 use parallax_collector::{Collector, CollectorOptions};
 use parallax_core::clock::ManualClock;
 use parallax_core::config::CollectorConfig;
-use parallax_core::telemetry::{Event, ReplicationEvent, RequestEvent};
+use parallax_core::telemetry::{ConflictEvent, Event, ReplicationEvent, RequestEvent};
 use parallax_web::filters::time_scan;
 use parallax_web::rollup::{self, Plan};
 use parallax_web::{SqlEngine, SqlLimits};
@@ -100,6 +100,18 @@ fn write(dir: &Path, seed: u64, rows: usize, flushes: usize, compact: bool) {
                 ..ReplicationEvent::default()
             }));
         }
+        if i % 4 == 0 {
+            let queued = rng.below(3) == 0;
+            c.ingest(Event::Conflict(ConflictEvent {
+                ts_us: ts + 7,
+                region: "eu-west".into(),
+                class: classes[rng.below(2) as usize].into(),
+                key: format!("k{}", rng.below(50)),
+                policy: "manual".into(),
+                outcome: if queued { "queued" } else { "resolved" }.into(),
+                resolution_ms: if queued { 0 } else { rng.below(600_000) },
+            }));
+        }
         if (i + 1) % (rows / flushes).max(1) == 0 {
             c.flush().unwrap();
         }
@@ -168,6 +180,27 @@ async fn check(e: &SqlEngine, from: i64, to: i64, cuts: &[i64], step_s: i64) {
     )
     .await;
     assert_eq!(norm(rolled), norm(direct), "requests totals, {what}");
+
+    // Conflicts: counts by class and outcome, resolution percentiles.
+    let src = rollup::conflicts(&totals, "eu-west", "TRUE");
+    let rolled = all(
+        e,
+        &format!(
+            "SELECT class, outcome, sum(conflicts), approx_quantile(resolution_ms, 0.5), \
+             approx_quantile(resolution_ms, 0.99) FROM {src} GROUP BY 1, 2 ORDER BY 1, 2"
+        ),
+    )
+    .await;
+    let direct = all(
+        e,
+        &format!(
+            "SELECT class, outcome, count(*), approx_quantile(resolution_ms, 0.5), \
+             approx_quantile(resolution_ms, 0.99) FROM {} GROUP BY 1, 2 ORDER BY 1, 2",
+            raw("conflicts", from, to)
+        ),
+    )
+    .await;
+    assert_eq!(rolled, direct, "conflicts, {what}");
 
     // An SLO's windows: counts from each cut to the end.
     let windows = Plan::windows(from, to, cuts);

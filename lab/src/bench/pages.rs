@@ -69,7 +69,9 @@ pub(super) async fn time_pages(
                     "replication" => parallax_web::dash::replication(e, &f, regions)
                         .await
                         .map(drop),
-                    "conflicts" => parallax_web::dash::conflicts(e, &f).await.map(drop),
+                    "conflicts" => parallax_web::dash::conflicts(e, &f, regions)
+                        .await
+                        .map(drop),
                     _ => parallax_web::dash::latency(e, &f, regions).await.map(drop),
                 }
                 .with_context(|| format!("the {page} page over {range}"))

@@ -14,7 +14,7 @@ use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMicro
 use arrow::record_batch::RecordBatch;
 use clap::Args;
 use parallax_collector::files::{FileOptions, date_dir, partition_dir, write_file};
-use parallax_collector::rollup::{merge, roll_up, rollups_of};
+use parallax_collector::rollup::{merge, roll_up_all};
 use parallax_collector::tables::{date_hour, schema_of};
 use parallax_core::config::CollectorConfig;
 use parallax_web::{SqlEngine, SqlLimits};
@@ -219,16 +219,10 @@ fn generate(root: &Path, rows: u64, days: u64) -> Result<()> {
                         for (table, b) in tables {
                             let at = |t: &str| partition_dir(root, t, region, &date, hour);
                             write_file(&at(table), &b, hour_us as u64, &opts)?;
-                            // The rollups, into their date's partition (merged
-                            // below): the 5-minute one, the hourly one from it.
-                            let mut rolled = roll_up(table, &[b], &bounds)?;
-                            for (i, r) in rollups_of(table).iter().enumerate() {
-                                if i > 0 {
-                                    rolled = merge(r, rolled.as_slice())?;
-                                }
-                                let Some(rows) = &rolled else { break };
+                            // The rollups, into their date's partition (merged below).
+                            for (r, rows) in roll_up_all(table, &[b], &bounds)? {
                                 let dir = date_dir(root, r, region, &date);
-                                write_file(&dir, rows, hour_us as u64, &opts)?;
+                                write_file(&dir, &rows, hour_us as u64, &opts)?;
                             }
                         }
                     }
@@ -461,7 +455,7 @@ pub(super) async fn run(a: QueryArgs) -> Result<ExitCode> {
     let root = dir.join("tables");
     // The layout version in the name: files of an earlier layout are rewritten.
     let marker = dir.join(format!(
-        "generated-{}-rows-{}-days-layout-5",
+        "generated-{}-rows-{}-days-layout-6",
         a.rows, a.days
     ));
     if marker.exists() {

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::common::{f64_of, i64_of, rows, series_of, str_of};
+use super::common::{f64_of, i64_of, per_region_from, rows, series_of, shown, str_of};
 use crate::charts::Series;
 use crate::filters::Filters;
+use crate::rollup::{self, Plan};
 use crate::sql::{SqlEngine, SqlError};
 
 /// Conflicts of one class in one region.
@@ -50,18 +51,31 @@ pub struct Conflicts {
     pub resolution: Vec<Resolution>,
 }
 
-/// The conflicts page's figures.
-pub async fn conflicts(e: &SqlEngine, f: &Filters) -> Result<Conflicts, SqlError> {
-    let w = f.source("conflicts", Some("region"), Some("class"));
+/// The conflicts page's figures over `regions` (those the filters show):
+/// from the conflicts rollups for whole hours and buckets, the raw rows at
+/// the ends ([`crate::rollup`]).
+pub async fn conflicts(
+    e: &SqlEngine,
+    f: &Filters,
+    regions: &[String],
+) -> Result<Conflicts, SqlError> {
+    let shown = shown(regions, f);
+    let filter = f.where_sql(None, Some("class"));
     let minutes = ((f.to_us - f.from_us) as f64 / 60e6).max(1.0 / 60.0);
+    let totals = Plan::totals(f.from_us, f.to_us);
     let mut counts: BTreeMap<(String, String), ConflictCount> = BTreeMap::new();
     for r in rows(
         e,
-        &format!("SELECT class, region, outcome, count(*) FROM {w} GROUP BY 1, 2, 3"),
+        &per_region_from(
+            &shown,
+            "class, outcome, sum(conflicts)",
+            |r| rollup::conflicts(&totals, r, &filter),
+            "class, outcome",
+        ),
     )
     .await?
     {
-        let (class, region) = (str_of(&r[0]), str_of(&r[1]));
+        let (region, class) = (str_of(&r[0]), str_of(&r[1]));
         let c = counts
             .entry((class.clone(), region.clone()))
             .or_insert_with(|| ConflictCount {
@@ -77,33 +91,50 @@ pub async fn conflicts(e: &SqlEngine, f: &Filters) -> Result<Conflicts, SqlError
         c.per_min = c.total as f64 / minutes;
     }
     let b = f.bucket_sql();
-    let rate_series = series_of(
-        rows(
-            e,
-            &format!("SELECT class, {b} AS t, count(*) FROM {w} GROUP BY 1, 2"),
-        )
-        .await?
-        .into_iter()
-        .map(|r| (str_of(&r[0]), i64_of(&r[1]), i64_of(&r[2]) as f64)),
-    );
-    let resolution = rows(
+    let series = Plan::series(f.from_us, f.to_us, f.step_s);
+    let mut per_class: BTreeMap<(String, i64), f64> = BTreeMap::new();
+    for r in rows(
         e,
-        &format!(
-            "SELECT class, count(*), approx_quantile(resolution_ms, 0.5), \
-             approx_quantile(resolution_ms, 0.95), approx_quantile(resolution_ms, 0.99) \
-             FROM {w} AND outcome <> 'queued' GROUP BY class ORDER BY class"
+        &per_region_from(
+            &shown,
+            &format!("class, {b} AS t, sum(conflicts)"),
+            |r| rollup::conflicts(&series, r, &filter),
+            "class, t",
         ),
     )
     .await?
-    .into_iter()
-    .map(|r| Resolution {
-        class: str_of(&r[0]),
-        count: i64_of(&r[1]),
-        p50_ms: f64_of(&r[2]).unwrap_or(0.0),
-        p95_ms: f64_of(&r[3]).unwrap_or(0.0),
-        p99_ms: f64_of(&r[4]).unwrap_or(0.0),
-    })
-    .collect();
+    {
+        *per_class.entry((str_of(&r[1]), i64_of(&r[2]))).or_default() += i64_of(&r[3]) as f64;
+    }
+    let rate_series = series_of(per_class.into_iter().map(|((c, t), n)| (c, t, n)));
+    // Percentiles over every shown region at once: their histograms merge.
+    let all: Vec<String> = shown
+        .iter()
+        .map(|r| format!("SELECT * FROM {}", rollup::conflicts(&totals, r, &filter)))
+        .collect();
+    let resolution = if all.is_empty() {
+        Vec::new()
+    } else {
+        rows(
+            e,
+            &format!(
+                "SELECT class, sum(conflicts), approx_quantile(resolution_ms, 0.5), \
+                 approx_quantile(resolution_ms, 0.95), approx_quantile(resolution_ms, 0.99) \
+                 FROM ({}) AS shown WHERE outcome <> 'queued' GROUP BY class ORDER BY class",
+                all.join(" UNION ALL ")
+            ),
+        )
+        .await?
+        .into_iter()
+        .map(|r| Resolution {
+            class: str_of(&r[0]),
+            count: i64_of(&r[1]),
+            p50_ms: f64_of(&r[2]).unwrap_or(0.0),
+            p95_ms: f64_of(&r[3]).unwrap_or(0.0),
+            p99_ms: f64_of(&r[4]).unwrap_or(0.0),
+        })
+        .collect()
+    };
     Ok(Conflicts {
         counts: counts.into_values().collect(),
         rate_series,

@@ -148,8 +148,8 @@ pub async fn overview(
             )
         })
         .collect();
-    // Requests and lag from the 5-minute rollups for whole buckets, the
-    // raw rows at the ends.
+    // Requests, lag and conflicts from the rollups for whole hours and
+    // buckets, the raw rows at the ends.
     let totals = Plan::totals(f.from_us, f.to_us);
     for r in rows(
         e,
@@ -210,9 +210,11 @@ pub async fn overview(
     }
     for r in rows(
         e,
-        &format!(
-            "SELECT region, count(*) FROM {} GROUP BY region",
-            w("conflicts")
+        &per_region_from(
+            &regions,
+            "sum(conflicts)",
+            |r| rollup::conflicts(&totals, r, "TRUE"),
+            "",
         ),
     )
     .await?

@@ -118,7 +118,7 @@ async fn load(app: &App, kind: Kind, f: &Filters) -> Result<Loaded, SqlError> {
             (json!(d), pages::replication(&d, f, &marks), None)
         }
         Kind::Conflicts => {
-            let d = dash::conflicts(e, f).await?;
+            let d = dash::conflicts(e, f, &regions).await?;
             let queue = app.regions().queue(f).await;
             let data = json!({ "figures": d, "queue": queue });
             (data, pages::conflicts(&d, f, &marks), Some(queue))
