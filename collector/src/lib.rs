@@ -7,7 +7,7 @@
 //! Hive-partitioned ZSTD Parquet files every `flush_interval_ms`, whenever a
 //! table buffers `flush_rows` rows, and on shutdown. A file is written under
 //! a hidden temporary name and renamed when complete. Each flush also
-//! writes the 5-minute and hourly rollups of the rows it wrote ([`rollup`]). Once an
+//! writes the rollups of the rows it wrote ([`rollup`]). Once an
 //! hour has closed, its files are compacted into one with an atomic
 //! directory swap and its rollups rebuilt from them; partitions past
 //! `retention_days` (rollups: `rollup_retention_days`) are deleted.
@@ -19,7 +19,7 @@
 //! - [`tables`]: every table declared once: its schema, its batches, its rows.
 //! - [`files`]: writing, compaction and retention.
 //! - `maintain`: the maintenance pass (compaction, rollup rewrites, retention).
-//! - [`rollup`]: the 5-minute and hourly rollups of `requests` and `replication_lag`.
+//! - [`rollup`]: the 5-minute and hourly rollups of `requests`, `replication_lag` and `conflicts`.
 //! - [`metrics`]: the Prometheus metrics.
 
 pub mod files;

@@ -1,6 +1,6 @@
-//! 5-minute and hourly rollups of the two tables that grow with traffic:
-//! `requests` (one row per request) and `replication_lag` (one row per
-//! pair and heartbeat). A rollup row counts the raw rows of one bucket
+//! 5-minute and hourly rollups of the tables that grow with traffic:
+//! `requests` (one row per request), `replication_lag` (one row per pair
+//! and heartbeat) and `conflicts` (one row per conflict). A rollup row counts the raw rows of one bucket
 //! that share their keys, with their values as a histogram
 //! ([`parallax_core::histogram`]), so a week- or month-long page reads a few
 //! thousand rollup rows instead of hundreds of millions of raw ones.

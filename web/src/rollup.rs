@@ -1,4 +1,4 @@
-//! Reading `requests` and `replication_lag` over a range from their
+//! Reading `requests`, `replication_lag` and `conflicts` over a range from their
 //! rollups ([`parallax_collector::rollup`]): the hourly ones for the whole
 //! hours in it, the 5-minute ones for the whole buckets left at its ends,
 //! and the raw rows only for the partial buckets past those (and around any
