@@ -182,9 +182,11 @@ impl RegionTarget {
             ),
         };
         let (client_token, admin_token) = self.tokens(config.as_ref())?;
-        Ok(RegionClient::new(&region, &url)
-            .with_tokens(&client_token, &admin_token)
-            .with_timeout(TIMEOUT))
+        Ok(
+            RegionClient::over(&region, &url, http_client(config.as_ref())?)
+                .with_tokens(&client_token, &admin_token)
+                .with_timeout(TIMEOUT),
+        )
     }
 }
 
@@ -213,10 +215,21 @@ impl RegionTarget {
         let (client_token, admin_token) = self.tokens(config.as_ref())?;
         Ok(Some(
             RoutedClient::new(self.router.clone(), self.location.clone())
+                .with_http(http_client(config.as_ref())?)
                 .with_tokens(&client_token, &admin_token)
                 .with_timeout(ROUTED_TIMEOUT),
         ))
     }
+}
+
+/// The HTTP client of the CLI: trusting the config's `[tls] ca` besides
+/// the system's roots (without a config, `SSL_CERT_FILE` adds one).
+fn http_client(config: Option<&Config>) -> Result<reqwest::Client> {
+    let base = match config {
+        Some(c) => c.tls.client_builder(),
+        None => reqwest::Client::builder(),
+    };
+    base.build().context("cannot build an HTTP client")
 }
 
 /// How long a routed request waits for one region before the next.

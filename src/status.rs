@@ -139,7 +139,7 @@ pub(crate) async fn run(a: StatusArgs) -> Result<ExitCode> {
     let pairs = pairs(&config, &stats);
     let now_us = SystemClock.now_us() as i64;
     let read = match &a.web {
-        Some(url) => from_web(url).await,
+        Some(url) => from_web(&config, url).await,
         None => from_tables(&config, &a.data_dir, now_us).await,
     };
     let (audits, slos, tables_error) = match read {
@@ -170,7 +170,12 @@ pub(crate) async fn run(a: StatusArgs) -> Result<ExitCode> {
 /// Asks one region whether it is ready, then for its stats.
 async fn ask(config: &Config, region: String) -> (RegionStatus, Option<NodeStats>) {
     let url = config.region_url(&region).unwrap_or_default();
-    let client = RegionClient::new(&region, &url)
+    let http = config
+        .tls
+        .client_builder()
+        .build()
+        .expect("HTTP client builds");
+    let client = RegionClient::over(&region, &url, http)
         .with_tokens(&config.cluster.client_token, &config.cluster.admin_token)
         .with_timeout(ASK_TIMEOUT);
     let mut status = RegionStatus {
@@ -307,9 +312,10 @@ async fn from_tables(
 
 /// The audits of the last 7 days and every SLO, from the web app at `url`
 /// (its JSON twins of the Divergence and SLOs pages).
-async fn from_web(url: &str) -> Result<(Vec<AuditStatus>, Vec<SloRow>), String> {
+async fn from_web(config: &Config, url: &str) -> Result<(Vec<AuditStatus>, Vec<SloRow>), String> {
     let url = url.trim_end_matches('/');
-    let http = reqwest::Client::builder()
+    let http = (config.tls)
+        .client_builder()
         .timeout(WEB_TIMEOUT)
         .build()
         .map_err(|e| e.to_string())?;

@@ -3,7 +3,9 @@
 //! region" walks through: the new config everywhere, the new region
 //! started, the others restarted one at a time, while a client keeps
 //! writing. Regions run in this process (`parallax_lab::process`), each
-//! on its own loopback port with its own store.
+//! with its own store: on loopback ports, and again each on a host of its
+//! own (a network namespace with its own address, `parallax_lab::hosts`),
+//! where everything between regions crosses a real network.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use parallax_core::config::Config;
 use parallax_core::{ReadOptions, RegionClient, WriteOptions};
-use parallax_lab::process::{RunningRegion, Setup, start_region};
+use parallax_lab::hosts::{self, Hosts};
+use parallax_lab::process::{RunningRegion, Setup};
 use serde_json::json;
 
 const TOKEN: &str = "member-client";
@@ -43,16 +46,24 @@ fn config(regions: &[(&str, u16)]) -> Arc<Config> {
     Arc::new(Config::from_toml(&text, "membership.toml").unwrap())
 }
 
-async fn start(config: &Arc<Config>, region: &str, data: &Path) -> RunningRegion {
-    start_region(Setup {
-        config: Arc::clone(config),
-        region,
-        data_dir: &data.join(region),
-        simulate_wan: false,
-        allow_fault_injection: false,
-        clock_skew_ms: 0,
-        links: None,
-    })
+async fn start(
+    hosts: Option<&Hosts>,
+    config: &Arc<Config>,
+    region: &str,
+    data: &Path,
+) -> RunningRegion {
+    hosts::start_region(
+        hosts,
+        Setup {
+            config: Arc::clone(config),
+            region,
+            data_dir: &data.join(region),
+            simulate_wan: false,
+            allow_fault_injection: false,
+            clock_skew_ms: 0,
+            links: None,
+        },
+    )
     .await
     .unwrap()
 }
@@ -107,17 +118,52 @@ async fn holds_all(config: &Config, region: &str, count: u32) {
     }
 }
 
+const NAMES: [&str; 4] = ["us-east", "us-west", "eu-west", "ap-south"];
+
+/// The config of all four regions, on loopback ports.
+fn all_four() -> Arc<Config> {
+    let ports: BTreeMap<&str, u16> = NAMES.iter().map(|n| (*n, free_port())).collect();
+    config(&NAMES.map(|r| (r, ports[r])))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_region_joins_and_fills_from_its_peers_then_one_leaves() {
+    join_then_leave(None, &all_four()).await;
+}
+
+/// The same with every region a host of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_region_joins_across_hosts_then_one_leaves() {
+    if let Err(e) = parallax_lab::netns::Net::available() {
+        assert!(
+            std::env::var_os("PARALLAX_REQUIRE_TOOLS").is_none(),
+            "PARALLAX_REQUIRE_TOOLS is set: {e}"
+        );
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let (hosts, four) = Hosts::create(&all_four()).unwrap();
+    assert!(
+        four.regions.values().all(|r| !r.listen.ip().is_loopback()),
+        "the regions are not on hosts of their own"
+    );
+    join_then_leave(Some(&hosts), &Arc::new(four)).await;
+}
+
+/// Three of `four`'s regions, then all four, then three again without
+/// eu-west, with writes throughout; each region on its host of `hosts`.
+async fn join_then_leave(hosts: Option<&Hosts>, four: &Arc<Config>) {
     let dir = tempfile::tempdir().unwrap();
-    let names = ["us-east", "us-west", "eu-west", "ap-south"];
-    let ports: BTreeMap<&str, u16> = names.iter().map(|n| (*n, free_port())).collect();
-    let with =
-        |regions: &[&str]| config(&regions.iter().map(|r| (*r, ports[r])).collect::<Vec<_>>());
+    let names = NAMES;
+    let with = |regions: &[&str]| {
+        let mut c = (**four).clone();
+        c.regions.retain(|r, _| regions.contains(&r.as_str()));
+        Arc::new(c)
+    };
     let three = with(&names[..3]);
     let mut running = BTreeMap::new();
     for r in &names[..3] {
-        running.insert(*r, start(&three, r, dir.path()).await);
+        running.insert(*r, start(hosts, &three, r, dir.path()).await);
     }
     write(&three, "us-east", 0..100).await;
     write(&three, "eu-west", 100..200).await;
@@ -125,7 +171,10 @@ async fn a_fourth_region_joins_and_fills_from_its_peers_then_one_leaves() {
     // Add ap-south: the four-region config everywhere, ap-south started,
     // the others restarted one at a time while us-east keeps taking writes.
     let four = with(&names);
-    running.insert("ap-south", start(&four, "ap-south", dir.path()).await);
+    running.insert(
+        "ap-south",
+        start(hosts, &four, "ap-south", dir.path()).await,
+    );
     let mut next = 200;
     for r in &names[..3] {
         running.remove(r).unwrap().stop().await;
@@ -136,7 +185,7 @@ async fn a_fourth_region_joins_and_fills_from_its_peers_then_one_leaves() {
         };
         write(&four, writer, next..next + 20).await;
         next += 20;
-        running.insert(*r, start(&four, r, dir.path()).await);
+        running.insert(*r, start(hosts, &four, r, dir.path()).await);
     }
     write(&four, "ap-south", next..next + 20).await;
     next += 20;
@@ -156,7 +205,7 @@ async fn a_fourth_region_joins_and_fills_from_its_peers_then_one_leaves() {
         let writer = if r == "us-east" { "us-west" } else { "us-east" };
         write(&three_again, writer, next..next + 20).await;
         next += 20;
-        running.insert(r, start(&three_again, r, dir.path()).await);
+        running.insert(r, start(hosts, &three_again, r, dir.path()).await);
     }
     for r in rest {
         holds_all(&three_again, r, next).await;

@@ -64,6 +64,7 @@ fn fill(data: &Path) {
             bounds: parallax_collector::rollup::Bounds::default(),
             clock: Arc::new(ManualClock::new(now_us / 1_000)),
             links: None,
+            tls: Default::default(),
         },
         None,
     )

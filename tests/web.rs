@@ -31,6 +31,7 @@ fn fill(data: &Path) {
             bounds: parallax_collector::rollup::Bounds::default(),
             clock: Arc::new(ManualClock::new(T0 / 1_000)),
             links: None,
+            tls: Default::default(),
         },
         None,
     )

@@ -78,6 +78,8 @@ pub struct CollectorOptions {
     /// Links cut by a drill in this process (`demo --chaos`): a probe over
     /// one gets no answer.
     pub links: Option<Arc<parallax_core::links::Links>>,
+    /// The trust its probes use (`[tls]`: the cluster's CA).
+    pub tls: parallax_core::config::TlsConfig,
 }
 
 /// What the collector has written, by table.
@@ -340,7 +342,8 @@ impl Collector {
 
     async fn probe_loop(self, mut w: Worker) {
         let cfg = &self.inner.opts.config;
-        let client = reqwest::Client::builder()
+        let client = (self.inner.opts.tls)
+            .client_builder()
             .timeout(Duration::from_millis(cfg.probe_timeout_ms))
             .build()
             .expect("HTTP client builds");

@@ -28,6 +28,7 @@ fn collector(root: &std::path::Path, now_us: u64) -> Collector {
             bounds: crate::rollup::Bounds::default(),
             clock,
             links: None,
+            tls: Default::default(),
         },
         None,
     )
@@ -366,6 +367,7 @@ async fn probes_show_which_regions_answer_from_here() {
             bounds: crate::rollup::Bounds::default(),
             clock: Arc::new(parallax_core::clock::SystemClock),
             links: None,
+            tls: Default::default(),
         },
         rx,
         None,

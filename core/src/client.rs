@@ -218,8 +218,13 @@ impl RegionClient {
     /// the cluster's tokens; `None` when the config does not declare it.
     pub fn from_config(config: &Config, region: &str) -> Option<RegionClient> {
         let url = config.region_url(region)?;
+        let http = config
+            .tls
+            .client_builder()
+            .build()
+            .expect("HTTP client builds");
         Some(
-            RegionClient::new(region, &url)
+            RegionClient::over(region, &url, http)
                 .with_tokens(&config.cluster.client_token, &config.cluster.admin_token),
         )
     }

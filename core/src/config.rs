@@ -17,11 +17,13 @@ mod class;
 mod cost;
 mod load;
 mod router;
+mod tls;
 
 pub use class::{ClassConfig, FieldRule, ForeignWrites, OpKind, Ownership, Policy, Rollout};
 pub use cost::CostConfig;
 pub use load::{estimate_latency_ms, great_circle_km};
 pub use router::{RouterConfig, RouterSite, Subnet};
+pub use tls::{PeerAuth, ServerPems, TlsConfig};
 
 /// Names of system classes start with this; user classes may not.
 pub const SYSTEM_CLASS_PREFIX: char = '_';
@@ -89,6 +91,10 @@ pub struct Config {
     /// `[cost]`: prices for the Cost page.
     #[serde(default)]
     pub cost: CostConfig,
+    /// `[tls]`: HTTPS for the servers, the trust of their clients, and
+    /// mutual TLS between regions.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 /// `[collector]`: where telemetry goes.

@@ -74,6 +74,13 @@ impl RoutedClient {
         }
     }
 
+    /// Asks the routers and regions through `http` (say, one trusting the
+    /// cluster's CA: [`crate::config::TlsConfig::client_builder`]).
+    pub fn with_http(mut self, http: reqwest::Client) -> RoutedClient {
+        self.http = http;
+        self
+    }
+
     /// Sets the tokens sent to regions.
     pub fn with_tokens(mut self, client_token: &str, admin_token: &str) -> RoutedClient {
         self.client_token = client_token.to_owned();

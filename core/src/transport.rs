@@ -58,6 +58,17 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// The client of region-to-region calls: `base` with time limits, a pool
+/// deep enough for pipelined batches, and no Nagle delay.
+fn peer_client(base: reqwest::ClientBuilder, timeout: Duration) -> reqwest::Client {
+    base.timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(3)))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .build()
+        .expect("HTTP client builds")
+}
+
 /// Region-to-region calls over HTTP.
 #[derive(Debug, Clone)]
 pub struct HttpTransport {
@@ -79,13 +90,7 @@ impl HttpTransport {
         secret: impl Into<String>,
         timeout: Duration,
     ) -> HttpTransport {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()
-            .expect("HTTP client builds");
+        let client = peer_client(reqwest::Client::builder(), timeout);
         HttpTransport {
             from: from.into(),
             urls,
@@ -100,6 +105,14 @@ impl HttpTransport {
             links: None,
             traffic: Arc::default(),
         }
+    }
+
+    /// Calls the peers through a client built from `base` (say, one that
+    /// trusts the cluster's CA and presents a client certificate: see
+    /// [`crate::config::TlsConfig`]), with this transport's time limits.
+    pub fn with_client(mut self, base: reqwest::ClientBuilder) -> HttpTransport {
+        self.client = peer_client(base, self.timeout);
+        self
     }
 
     /// Sends the peer secret in force in `secrets` (swapped when the

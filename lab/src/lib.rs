@@ -7,6 +7,7 @@
 //!
 //! - [`process`]: a region (node, HTTP API, collector) and the web app,
 //!   started inside this process;
+//! - [`tls`]: their listeners, plain or TLS, and mutual TLS between regions;
 //! - [`load`]: a write load over every conflict policy;
 //! - [`drill`]: drills played on a running cluster;
 //! - [`caches`]: the demo's application caches, kept by the change feed;
@@ -27,3 +28,4 @@ pub mod hosts;
 pub mod load;
 pub mod netns;
 pub mod process;
+pub mod tls;

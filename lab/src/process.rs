@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use parallax_collector::{Collector, CollectorOptions};
 use parallax_core::clock::{Clock, SkewedClock, SystemClock};
-use parallax_core::config::Config;
+use parallax_core::config::{Config, PeerAuth};
 use parallax_core::links::Links;
 use parallax_core::secrets::{SecretCell, Secrets};
 use parallax_core::transport::HttpTransport;
@@ -23,6 +23,8 @@ use parallax_web::alerts::Alerter;
 use parallax_web::{App, SqlEngine};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use crate::tls::{Conn, Incoming};
 
 /// A region node serving HTTP, with its collector.
 pub struct RunningRegion {
@@ -85,23 +87,27 @@ pub struct Setup<'a> {
     pub links: Option<Arc<Links>>,
 }
 
+/// Serves `app` on `listener`, over TLS when `tls` is some; requests see
+/// their connection as `ConnectInfo<`[`Conn`]`>`.
 fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     app: axum::Router,
-) -> (oneshot::Sender<()>, JoinHandle<()>) {
+) -> Result<(oneshot::Sender<()>, JoinHandle<()>)> {
+    let incoming = Incoming::new(listener, tls)?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let shutdown = async {
             let _ = stop_rx.await;
         };
-        if let Err(e) = axum::serve(listener, app)
+        if let Err(e) = axum::serve(incoming, app.into_make_service_with_connect_info::<Conn>())
             .with_graceful_shutdown(shutdown)
             .await
         {
             tracing::error!(error = %e, "HTTP server failed.");
         }
     });
-    (stop_tx, server)
+    Ok((stop_tx, server))
 }
 
 async fn bind(addr: SocketAddr, field: &str) -> Result<tokio::net::TcpListener> {
@@ -157,6 +163,13 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
     if let Some(links) = &links {
         transport = transport.with_links(Arc::clone(links));
     }
+    let tls = crate::tls::server_config(&config.tls)?;
+    let identity = config.tls.peer_identity().map_err(anyhow::Error::msg)?;
+    let base = config.tls.client_builder();
+    transport = transport.with_client(match identity {
+        Some(id) => base.identity(id),
+        None => base,
+    });
     let listener = bind(region_cfg.listen, &format!("regions.{region}.listen")).await?;
     let addr = listener.local_addr()?;
     let skewed = Arc::new(SkewedClock::new(Arc::new(SystemClock), clock_skew_ms));
@@ -185,24 +198,28 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
             bounds: parallax_collector::rollup::Bounds::of(&config),
             clock,
             links,
+            tls: config.tls.clone(),
         },
         events_rx,
         Some(Arc::new(node.clone())),
     )
     .with_context(|| format!("cannot start the collector of region {region}"))?;
     let mut app = parallax_replicator::api::router(node.clone());
+    if config.tls.peer_auth == PeerAuth::Mtls {
+        app = app.layer(axum::middleware::from_fn(crate::tls::require_peer_cert));
+    }
     let mut stops = Vec::new();
     let mut servers = Vec::new();
     match config.collector.metrics_listen {
         Some(metrics_addr) => {
             let l = bind(metrics_addr, "collector.metrics_listen").await?;
-            let (stop, server) = serve(l, collector.router());
+            let (stop, server) = serve(l, tls.clone(), collector.router())?;
             stops.push(stop);
             servers.push(server);
         }
         None => app = app.merge(collector.router()),
     }
-    let (stop, server) = serve(listener, app);
+    let (stop, server) = serve(listener, tls, app)?;
     stops.push(stop);
     servers.push(server);
     Ok(RunningRegion {
@@ -290,6 +307,7 @@ pub async fn start_web(
     data_dir: &Path,
     listen: SocketAddr,
 ) -> Result<RunningWeb> {
+    let tls = crate::tls::server_config(&config.tls)?;
     let engine = SqlEngine::open(data_dir, parallax_web::sql_limits(&config))
         .await
         .with_context(|| format!("cannot open the tables under {}", data_dir.display()))?;
@@ -298,28 +316,17 @@ pub async fn start_web(
     })?;
     let addr = listener.local_addr()?;
     // Alert links point at where the app really listens unless told otherwise.
+    let scheme = config.tls.scheme();
     config
         .web
         .external_url
-        .get_or_insert_with(|| format!("http://{addr}"));
+        .get_or_insert_with(|| format!("{scheme}://{addr}"));
     let app = App::new(engine, config, Arc::new(SystemClock));
     app.start_alerts();
     let workers = app.workers().clone();
     let alerter = app.alerter().clone();
     let secrets = app.secrets().clone();
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    let router = parallax_web::router(app);
-    let server = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stop_rx.await;
-        };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "web server failed");
-        }
-    });
+    let (stop, server) = serve(listener, tls, parallax_web::router(app))?;
     Ok(RunningWeb {
         addr,
         secrets,
@@ -373,6 +380,7 @@ pub async fn start_router(
              Fix: add one to the config, or pass --listen"
         );
     };
+    let tls = crate::tls::server_config(&config.tls)?;
     let router = Router::start(RouterOptions {
         config: Arc::clone(&config),
         location: location.to_owned(),
@@ -402,7 +410,13 @@ pub async fn start_router(
         }
         _ => None,
     };
-    let (stop, server) = serve(listener, parallax_router::api::app(router.clone()));
+    let (stop, server) = match serve(listener, tls, parallax_router::api::app(router.clone())) {
+        Ok(s) => s,
+        Err(e) => {
+            router.shutdown().await;
+            return Err(e);
+        }
+    };
     Ok(RunningRouter {
         addr,
         dns_addr: dns.as_ref().map(|d| d.addr),

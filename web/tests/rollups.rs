@@ -47,6 +47,7 @@ fn collector(dir: &Path, now_us: i64) -> Collector {
             },
             clock: std::sync::Arc::new(ManualClock::new((now_us / 1_000) as u64)),
             links: None,
+            tls: Default::default(),
         },
         None,
     )

@@ -38,6 +38,10 @@ impl Config {
         })?;
         let mut config = config;
         config.validate(origin)?;
+        config
+            .tls
+            .validate()
+            .map_err(|(field, msg)| Error::Config(format!("{origin}: `{field}` {msg}")))?;
         for system in [OWNERSHIP_CLASS, ROLLOUT_CLASS] {
             config
                 .classes
@@ -356,7 +360,7 @@ impl Config {
         let r = self.regions.get(region)?;
         Some(match &r.advertise {
             Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("http://{}", r.listen),
+            None => format!("{}://{}", self.tls.scheme(), r.listen),
         })
     }
 

@@ -144,6 +144,7 @@ pub(super) async fn run(a: IngestArgs) -> Result<ExitCode> {
                 bounds: parallax_collector::rollup::Bounds::default(),
                 clock: Arc::new(SystemClock),
                 links: None,
+                tls: Default::default(),
             },
             None,
         )?;

@@ -23,6 +23,7 @@ pub(crate) fn collector(dir: &Path, region: &str, now_us: u64) -> Collector {
             bounds: parallax_collector::rollup::Bounds::default(),
             clock: Arc::new(ManualClock::new(now_us / 1_000)),
             links: None,
+            tls: Default::default(),
         },
         None,
     )
