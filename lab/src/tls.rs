@@ -91,7 +91,9 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
              certificate was issued for"
         )
     })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first: gRPC (the web app's Flight SQL) needs it; browsers and
+    // the HTTP/1.1 clients get HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
 }
 

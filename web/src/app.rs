@@ -151,4 +151,15 @@ impl App {
             .iter()
             .any(|t| parallax_core::api::constant_time_eq(t.as_bytes(), token.as_bytes()))
     }
+
+    /// Whether `token` is a client or admin token in force, compared in
+    /// constant time.
+    pub(crate) fn token_ok(&self, token: &str) -> bool {
+        let secrets = self.inner.secrets.get();
+        secrets
+            .client
+            .iter()
+            .chain(&secrets.admin)
+            .any(|t| parallax_core::api::constant_time_eq(t.as_bytes(), token.as_bytes()))
+    }
 }

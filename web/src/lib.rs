@@ -23,6 +23,7 @@ pub mod charts;
 pub mod dash;
 mod error;
 pub mod filters;
+pub mod flight;
 mod handlers;
 pub mod metrics;
 pub mod notify;

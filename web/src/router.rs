@@ -36,6 +36,10 @@ pub fn router_with_limits(app: App, limits: RequestLimits) -> Router {
         .route("/static/app.js", get(app_js))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route_service(
+            &format!("{}/{{*call}}", crate::flight::FLIGHT_PATH),
+            crate::flight::service(app.clone()),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -403,6 +403,15 @@ impl SqlEngine {
         let counted = self.metrics.begin(Asker::App);
         let answer = self.app_query(sql).await;
         counted.ended(outcome(&answer));
+        if let Ok(r) = &answer {
+            // What a page's time goes to (`PARALLAX_LOG=parallax_web::sql=debug`).
+            tracing::debug!(
+                elapsed_ms = r.elapsed.as_millis() as u64,
+                rows = r.num_rows(),
+                sql,
+                "app query"
+            );
+        }
         answer
     }
 
@@ -431,6 +440,43 @@ impl SqlEngine {
         let answer = self.run_user_query(sql).await;
         counted.ended(outcome(&answer));
         answer
+    }
+
+    /// Every table and view a query can read, with its kind (`TABLE` or
+    /// `VIEW`) and columns, by name: what Flight SQL's `GetTables` lists.
+    pub async fn tables(
+        &self,
+    ) -> Vec<(String, &'static str, datafusion::arrow::datatypes::Schema)> {
+        let Some(schema) = self.ctx.catalog(CATALOG).and_then(|c| c.schema(SCHEMA)) else {
+            return Vec::new();
+        };
+        let mut names = schema.table_names();
+        names.sort();
+        let mut tables = Vec::new();
+        for name in names {
+            let Ok(Some(table)) = schema.table(&name).await else {
+                continue;
+            };
+            let kind = match table.table_type() {
+                datafusion::datasource::TableType::View => "VIEW",
+                _ => "TABLE",
+            };
+            tables.push((name, kind, table.schema().as_ref().clone()));
+        }
+        tables
+    }
+
+    /// The columns a user query would answer, from planning it alone
+    /// (Flight SQL's `GetFlightInfo`): the same checks as
+    /// [`SqlEngine::user_query`], within its time limit, nothing run.
+    pub async fn user_schema(&self, sql: &str) -> Result<SchemaRef, SqlError> {
+        check_text(sql, &self.limits)?;
+        let planned = self.ctx.sql_with_options(sql, read_only());
+        let df = tokio::time::timeout(self.limits.timeout, planned)
+            .await
+            .map_err(|_| SqlError::Timeout(self.limits.timeout.as_secs()))?
+            .map_err(|e| classify(e, &self.limits))?;
+        Ok(Arc::new(df.schema().as_arrow().clone()))
     }
 
     async fn run_user_query(&self, sql: &str) -> Result<QueryResult, SqlError> {
@@ -497,6 +543,20 @@ type Rows = (SchemaRef, Vec<RecordBatch>, bool);
 
 /// Plans and runs `sql`, every operator checking `stop`; `memory` replaces
 /// the engine's memory pool for this query.
+/// The catalog and schema the tables are registered in (DataFusion's
+/// defaults).
+pub const CATALOG: &str = "datafusion";
+/// See [`CATALOG`].
+pub const SCHEMA: &str = "public";
+
+/// SQL that reads: no DDL, no DML, no `SET` and the like.
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
 async fn run(
     ctx: &SessionContext,
     sql: &str,
@@ -504,12 +564,8 @@ async fn run(
     stop: &Arc<Stop>,
     memory: Option<Arc<RuntimeEnv>>,
 ) -> Result<Rows, SqlError> {
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
     let fail = |e| classify(e, limits);
-    let df = ctx.sql_with_options(sql, options).await.map_err(fail)?;
+    let df = ctx.sql_with_options(sql, read_only()).await.map_err(fail)?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let plan = df.create_physical_plan().await.map_err(fail)?;
     let plan = stop::guard(plan, stop).map_err(fail)?;
