@@ -6,15 +6,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use common::missing_tool;
-use parallax_collector::{Collector, CollectorOptions};
-use parallax_core::clock::ManualClock;
-use parallax_core::config::{CollectorConfig, Config};
+use parallax_core::config::Config;
 use parallax_core::telemetry::{Event, RequestEvent};
 use parallax_lab::process::start_web;
 use rcgen::{
@@ -67,21 +63,7 @@ except Exception as e:
 /// Requests in two regions over an hour, every fifth a 503.
 fn fill(data: &Path) {
     for region in ["us-east", "eu-west"] {
-        let c = Collector::new(
-            CollectorOptions {
-                root: data.join("tables"),
-                region: region.into(),
-                config: CollectorConfig::default(),
-                probe_urls: BTreeMap::new(),
-                secrets: parallax_core::secrets::SecretCell::tokens(&[]),
-                bounds: parallax_collector::rollup::Bounds::default(),
-                clock: Arc::new(ManualClock::new(T0 / 1_000)),
-                links: None,
-                tls: Default::default(),
-            },
-            None,
-        )
-        .unwrap();
+        let c = common::collector(data, region, T0);
         for n in 0..120u64 {
             c.ingest(Event::Request(RequestEvent {
                 ts_us: T0 + n * 30_000_000,

@@ -11,16 +11,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::Web;
-use parallax_collector::{Collector, CollectorOptions};
-use parallax_core::clock::{Clock, ManualClock, SystemClock};
-use parallax_core::config::CollectorConfig;
+use parallax_core::clock::{Clock, SystemClock};
 use parallax_core::telemetry::{Event, ReplicationEvent, RequestEvent};
 use parallax_web::filters::parse_time;
 use serde_json::{Value, json};
@@ -54,21 +51,7 @@ const RUNAWAYS: [&str; 4] = [
 /// minutes, written by the collector, so the pages' default hour reads them.
 fn fill(data: &Path) {
     let now_us = SystemClock.now_us();
-    let c = Collector::new(
-        CollectorOptions {
-            root: data.join("tables"),
-            region: "us-east".into(),
-            config: CollectorConfig::default(),
-            probe_urls: BTreeMap::new(),
-            secrets: parallax_core::secrets::SecretCell::tokens(&[]),
-            bounds: parallax_collector::rollup::Bounds::default(),
-            clock: Arc::new(ManualClock::new(now_us / 1_000)),
-            links: None,
-            tls: Default::default(),
-        },
-        None,
-    )
-    .unwrap();
+    let c = common::collector(data, "us-east", now_us);
     let span_us = 600_000_000;
     for n in 0..ROWS {
         let ts_us = now_us - span_us + n * (span_us / ROWS);

@@ -3,16 +3,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Web, run};
-use parallax_collector::{Collector, CollectorOptions};
-use parallax_core::clock::{Clock, ManualClock};
-use parallax_core::config::CollectorConfig;
+use parallax_core::clock::Clock;
 use parallax_core::telemetry::{Event, RequestEvent};
 use serde_json::{Value, json};
 
@@ -21,21 +18,7 @@ const T0: u64 = 1_795_838_400_000_000;
 
 /// 50 requests in us-east from T0, one a second, every fifth a 503.
 fn fill(data: &Path) {
-    let c = Collector::new(
-        CollectorOptions {
-            root: data.join("tables"),
-            region: "us-east".into(),
-            config: CollectorConfig::default(),
-            probe_urls: BTreeMap::new(),
-            secrets: parallax_core::secrets::SecretCell::tokens(&[]),
-            bounds: parallax_collector::rollup::Bounds::default(),
-            clock: Arc::new(ManualClock::new(T0 / 1_000)),
-            links: None,
-            tls: Default::default(),
-        },
-        None,
-    )
-    .unwrap();
+    let c = common::collector(data, "us-east", T0);
     for n in 0..50u64 {
         c.ingest(Event::Request(RequestEvent {
             ts_us: T0 + n * 1_000_000,

@@ -733,3 +733,24 @@ pub(crate) fn net_or_skip(tag: &str, hosts: &[&str]) -> Option<Net> {
     }
     Some(Net::create(tag, hosts).unwrap())
 }
+
+/// A collector for `region` writing under `<data>/tables`, its clock at
+/// `now_us` (events carry their own timestamps): what fills a data
+/// directory for the tests of `parallax sql` and `parallax web`.
+pub(crate) fn collector(data: &Path, region: &str, now_us: u64) -> parallax_collector::Collector {
+    parallax_collector::Collector::new(
+        parallax_collector::CollectorOptions {
+            root: data.join("tables"),
+            region: region.into(),
+            config: parallax_core::config::CollectorConfig::default(),
+            probe_urls: BTreeMap::new(),
+            secrets: parallax_core::secrets::SecretCell::tokens(&[]),
+            bounds: parallax_collector::rollup::Bounds::default(),
+            clock: Arc::new(parallax_core::clock::ManualClock::new(now_us / 1_000)),
+            links: None,
+            tls: Default::default(),
+        },
+        None,
+    )
+    .unwrap()
+}

@@ -144,22 +144,20 @@ impl App {
     /// Whether `token` is an admin token in force (the current one or one
     /// `cluster.accept_admin_tokens` lists), compared in constant time.
     pub(crate) fn admin_ok(&self, token: &str) -> bool {
-        self.inner
-            .secrets
-            .get()
-            .admin
-            .iter()
-            .any(|t| parallax_core::api::constant_time_eq(t.as_bytes(), token.as_bytes()))
+        any_is(&self.inner.secrets.get().admin, token)
     }
 
     /// Whether `token` is a client or admin token in force, compared in
     /// constant time.
     pub(crate) fn token_ok(&self, token: &str) -> bool {
         let secrets = self.inner.secrets.get();
-        secrets
-            .client
-            .iter()
-            .chain(&secrets.admin)
-            .any(|t| parallax_core::api::constant_time_eq(t.as_bytes(), token.as_bytes()))
+        any_is(&secrets.client, token) || any_is(&secrets.admin, token)
     }
+}
+
+/// Whether `token` is one of `tokens`, compared in constant time.
+fn any_is(tokens: &[Arc<str>], token: &str) -> bool {
+    tokens
+        .iter()
+        .any(|t| parallax_core::api::constant_time_eq(t.as_bytes(), token.as_bytes()))
 }
