@@ -14,6 +14,10 @@ pub(crate) struct SqlArgs {
     /// The data directory whose `tables/` to query (where regions run with --data-dir).
     #[arg(long, env = "PARALLAX_DATA_DIR", default_value_os_t = crate::default_data_dir())]
     pub(crate) data_dir: PathBuf,
+    /// The cluster's config: its `collector.tables` (a folder or an
+    /// `s3://` bucket) is queried instead of `<data-dir>/tables`.
+    #[arg(long, env = "PARALLAX_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
     /// Output: an aligned table, JSON (`{"columns", "rows"}`) or CSV.
     #[arg(long, default_value = "table")]
     pub(crate) format: String,
@@ -38,14 +42,16 @@ pub(crate) async fn run(a: SqlArgs) -> Result<ExitCode> {
     if !matches!(a.format.as_str(), "table" | "json" | "csv") {
         bail!("--format `{}` is not one of table, json, csv", a.format);
     }
-    let engine = SqlEngine::open(
-        &a.data_dir,
-        SqlLimits {
-            max_rows: a.max_rows,
-            ..SqlLimits::default()
-        },
-    )
-    .await?;
+    let collector = match &a.config {
+        Some(path) => parallax_core::config::Config::load(path)?.collector,
+        None => Default::default(),
+    };
+    let (root, bucket) = parallax_collector::bucket::locate(&collector, &a.data_dir)?;
+    let limits = SqlLimits {
+        max_rows: a.max_rows,
+        ..SqlLimits::default()
+    };
+    let engine = SqlEngine::open_at(&root, bucket.as_deref(), limits).await?;
     let result = match engine.user_query(&a.sql).await {
         Ok(r) => r,
         Err(e) => {

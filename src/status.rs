@@ -270,14 +270,15 @@ async fn from_tables(
     data_dir: &std::path::Path,
     now_us: i64,
 ) -> Result<(Vec<AuditStatus>, Vec<SloRow>), String> {
-    let tables = data_dir.join("tables");
-    if !tables.is_dir() {
+    let (root, bucket) = parallax_collector::bucket::locate(&config.collector, data_dir)
+        .map_err(|e| e.to_string())?;
+    if bucket.is_none() && !root.is_dir() {
         return Err(format!(
             "no tables under {}. Fix: pass --data-dir with the directory the regions' collectors write (the web app's), or --web with the web app's URL",
             data_dir.display()
         ));
     }
-    let engine = SqlEngine::open(data_dir, SqlLimits::default())
+    let engine = SqlEngine::open_at(&root, bucket.as_deref(), SqlLimits::default())
         .await
         .map_err(|e| e.to_string())?;
     let since = now_us - AUDIT_LOOKBACK_US;

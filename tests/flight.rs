@@ -117,15 +117,7 @@ async fn ask_as(mode: &str, uri: String, token: &str, sql: &str, ca: Option<&Pat
 
 /// What `POST /api/v1/sql` answers `sql` with.
 async fn over_http(http: &reqwest::Client, base: &str, sql: &str) -> Value {
-    let answer: Value = http
-        .post(format!("{base}/api/v1/sql"))
-        .json(&json!({ "sql": sql }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = common::sql_answer(http, base, sql).await;
     json!({ "columns": answer["columns"], "rows": answer["rows"] })
 }
 

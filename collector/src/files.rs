@@ -82,6 +82,37 @@ fn properties(opts: &FileOptions, schema: &Schema) -> WriterProperties {
     .build()
 }
 
+/// A new file's name: its first row's time, this process and a sequence
+/// number (unique, and in time order when listed).
+pub fn file_name(first_ts_us: u64) -> String {
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{first_ts_us}-{}-{seq}.parquet", std::process::id())
+}
+
+/// A batch as the bytes of a Parquet file, in the layout every table is written in.
+pub fn encode(
+    batch: &RecordBatch,
+    opts: &FileOptions,
+) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let mut writer = ArrowWriter::try_new(
+        Vec::new(),
+        batch.schema(),
+        Some(properties(opts, &batch.schema())),
+    )?;
+    writer.write(batch)?;
+    writer.into_inner()
+}
+
+/// The first `ts` (µs) of a batch sorted by it (0 when empty).
+pub fn first_ts(batch: &RecordBatch) -> u64 {
+    arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMicrosecondType>(
+        batch.column(0),
+    )
+    .values()
+    .first()
+    .map_or(0, |t| *t as u64)
+}
+
 /// Writes a batch (already sorted by `ts`) as a new file in `dir`: to a
 /// hidden temporary name first, synced, then renamed. Returns its path and size.
 pub fn write_file(
@@ -91,8 +122,7 @@ pub fn write_file(
     opts: &FileOptions,
 ) -> Result<(PathBuf, u64), Error> {
     fs::create_dir_all(dir).map_err(|e| io(dir, "create", e))?;
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{first_ts_us}-{}-{seq}.parquet", std::process::id());
+    let name = file_name(first_ts_us);
     let tmp = dir.join(format!(".{name}.tmp"));
     let file = File::create(&tmp).map_err(|e| io(&tmp, "create", e))?;
     let mut writer = ArrowWriter::try_new(
@@ -229,22 +259,28 @@ pub fn compact_partition(
     if files.len() < 2 {
         return Ok(None);
     }
-    let batches = read_files(&files)?;
+    let Some(sorted) = compacted(&read_files(&files)?).map_err(|e| io(dir, "compact", e))? else {
+        return Ok(None);
+    };
+    let rows = sorted.num_rows() as u64;
+    swap_in(root, dir, &sorted, opts)?;
+    Ok(Some(rows))
+}
+
+/// A partition's batches as one, sorted by `ts`; none when there are no
+/// rows or the files are of two releases (a column added in between: each
+/// stays readable on its own, so they are left uncompacted).
+pub fn compacted(batches: &[RecordBatch]) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
     let Some(first) = batches.first() else {
         return Ok(None);
     };
     let schema = first.schema();
     if batches.iter().any(|b| b.schema() != schema) {
-        // Files of two releases (a column added in between) in one hour:
-        // each stays readable on its own, so leave them uncompacted.
         return Ok(None);
     }
-    let all = concat_batches(&schema, &batches).map_err(|e| io(dir, "concatenate", e))?;
-    let order = sort_to_indices(all.column(0), None, None).map_err(|e| io(dir, "sort", e))?;
-    let sorted = take_record_batch(&all, &order).map_err(|e| io(dir, "sort", e))?;
-    let rows = sorted.num_rows() as u64;
-    swap_in(root, dir, &sorted, opts)?;
-    Ok(Some(rows))
+    let all = concat_batches(&schema, batches)?;
+    let order = sort_to_indices(all.column(0), None, None)?;
+    Ok(Some(take_record_batch(&all, &order)?))
 }
 
 /// Makes `batch` (sorted by `ts`, its first column) the only file of the
@@ -258,20 +294,12 @@ pub fn swap_in(
     batch: &RecordBatch,
     opts: &FileOptions,
 ) -> Result<(), Error> {
-    let first_ts =
-        arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMicrosecondType>(
-            batch.column(0),
-        )
-        .values()
-        .first()
-        .copied()
-        .unwrap_or(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let stage = staging_dir(root).join(format!("{}-{seq}", std::process::id()));
     if stage.exists() {
         fs::remove_dir_all(&stage).map_err(|e| io(&stage, "remove", e))?;
     }
-    write_file(&stage, batch, first_ts as u64, opts)?;
+    write_file(&stage, batch, first_ts(batch), opts)?;
     if !dir.exists() {
         if let Some(parent) = dir.parent() {
             fs::create_dir_all(parent).map_err(|e| io(parent, "create", e))?;

@@ -16,20 +16,25 @@
 //! `flush_interval_ms` of telemetry (10 s by default) — and never leaves a
 //! corrupt or half-visible file; entity data is not affected.
 //!
+//! The tables live in a folder or in a bucket of an S3-compatible store
+//! ([`bucket`]: single-PUT files, compaction published by a marker).
+//!
 //! - [`tables`]: every table declared once: its schema, its batches, its rows.
 //! - [`files`]: writing, compaction and retention.
 //! - `maintain`: the maintenance pass (compaction, rollup rewrites, retention).
 //! - [`rollup`]: the 5-minute and hourly rollups of `requests`, `replication_lag` and `conflicts`.
 //! - [`metrics`]: the Prometheus metrics.
 
+pub mod bucket;
 pub mod files;
 mod maintain;
 pub mod metrics;
 pub mod rollup;
+mod storage;
 pub mod tables;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,8 +66,11 @@ pub enum Error {
 /// Everything a collector needs.
 #[derive(Clone, Debug)]
 pub struct CollectorOptions {
-    /// `<data-dir>/tables`.
+    /// `<data-dir>/tables`, or `collector.tables`: a folder, or with
+    /// `bucket` the key prefix inside it.
     pub root: PathBuf,
+    /// The bucket the tables are in (`collector.tables = "s3://..."`).
+    pub bucket: Option<Arc<bucket::Bucket>>,
     /// The region collecting.
     pub region: String,
     /// Flushing, compaction, retention, probes.
@@ -132,10 +140,12 @@ impl Collector {
         opts: CollectorOptions,
         node: Option<Arc<dyn NodeView>>,
     ) -> Result<Collector, Error> {
-        files::recover(&opts.root)?;
-        let renamed = files::migrate_padded_hours(&opts.root)?;
-        if renamed > 0 {
-            tracing::info!(renamed, root = %opts.root.display(), "renamed zero-padded hour partitions");
+        if opts.bucket.is_none() {
+            files::recover(&opts.root)?;
+            let renamed = files::migrate_padded_hours(&opts.root)?;
+            if renamed > 0 {
+                tracing::info!(renamed, root = %opts.root.display(), "renamed zero-padded hour partitions");
+            }
         }
         let workers = Workers::new(Arc::clone(&opts.clock));
         Ok(Collector {
@@ -401,11 +411,6 @@ impl Collector {
     }
 }
 
-fn remove(dir: &Path) -> Result<(), Error> {
-    std::fs::remove_dir_all(dir)
-        .map_err(|e| Error::Io(format!("cannot remove {}: {e}", dir.display())))
-}
-
 impl Collector {
     fn count_written(&self, table: &str, rows: u64, bytes: u64) {
         self.inner.metrics.wrote(table, rows);
@@ -444,8 +449,7 @@ impl RowSink for Collector {
                 hour,
             );
             let batch = T::batch(&rows[start..end]);
-            let (_, size) =
-                files::write_file(&dir, &batch, rows[start].ts_us(), &self.inner.files)?;
+            let (_, size) = self.write_file(&dir, &batch, rows[start].ts_us())?;
             self.count_written(T::TABLE, (end - start) as u64, size);
             // Its rollups: the 5-minute rows, and those summed from them.
             let rolled = rollup::roll_up_all(
@@ -455,8 +459,7 @@ impl RowSink for Collector {
             )?;
             for (rollup, rows_rolled) in rolled {
                 let dir = self.date_dir(rollup, &date);
-                let (_, size) =
-                    files::write_file(&dir, &rows_rolled, rows[start].ts_us(), &self.inner.files)?;
+                let (_, size) = self.write_file(&dir, &rows_rolled, rows[start].ts_us())?;
                 self.count_written(rollup, rows_rolled.num_rows() as u64, size);
             }
             start = end;

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::tables::date_hour;
-use crate::{Collector, Error, files, remove, rollup, tables};
+use crate::{Collector, Error, rollup, tables};
 
 /// Whether the hour (`date`, `hour` as in their partitions' names) has closed.
 type IsClosed<'a> = &'a dyn Fn(&str, &str) -> bool;
@@ -33,28 +33,31 @@ impl Collector {
         // The hours compacted now, by rollup and date: their rollup rows
         // are rebuilt from the compacted files.
         let mut rebuild: BTreeMap<(&str, String), BTreeSet<u32>> = BTreeMap::new();
+        // Once after start: every closed raw hour without rollup rows gets them.
+        let backfill = !self
+            .inner
+            .backfilled
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        // In a bucket every listing is a request: after the first pass, only
+        // yesterday's and today's hours are looked at for compaction.
+        let recent = date_hour(now.saturating_sub(86_400_000_000)).0;
+        let look_back = backfill || self.inner.opts.bucket.is_none();
         for table in tables::TABLES {
-            for (date, date_dir) in files::partitions(&self.region_dir(table), "date") {
+            for (date, date_dir) in self.partitions(&self.region_dir(table), "date")? {
                 if date < raw_kept {
-                    remove(&date_dir)?;
+                    self.remove(&date_dir)?;
                     deleted += 1;
                     continue;
                 }
-                if !cfg.compact {
+                if !cfg.compact || (!look_back && date < recent) {
                     continue;
                 }
-                for (hour, hour_dir) in files::partitions(&date_dir, "hour") {
+                for (hour, hour_dir) in self.partitions(&date_dir, "hour")? {
                     if !closed(&date, &hour) {
                         continue;
                     }
                     let _disk = self.inner.disk.lock().expect("disk lock");
-                    if files::compact_partition(
-                        &self.inner.opts.root,
-                        &hour_dir,
-                        &self.inner.files,
-                    )?
-                    .is_none()
-                    {
+                    if self.compact_partition(&hour_dir)?.is_none() {
                         continue;
                     }
                     self.inner.metrics.wrote(table, 0);
@@ -65,24 +68,20 @@ impl Collector {
                 }
             }
         }
-        // Once after start: every closed raw hour without rollup rows gets them.
-        let backfill = !self
-            .inner
-            .backfilled
-            .swap(true, std::sync::atomic::Ordering::Relaxed);
         // The dates of each 5-minute rollup rewritten now: their hourly
         // rollup is summed from them again.
         let mut rewritten: BTreeSet<(&str, String)> = BTreeSet::new();
         for r in rollup::ROLLUPS {
             let raw = rollup::raw_of(r).expect("a rollup's raw table");
             let finer = rollup::finer_of(r);
-            let mut dates: BTreeSet<String> = files::partitions(&self.region_dir(r), "date")
+            let mut dates: BTreeSet<String> = self
+                .partitions(&self.region_dir(r), "date")?
                 .into_iter()
                 .map(|d| d.0)
                 .collect();
             if backfill {
                 dates.extend(
-                    files::partitions(&self.region_dir(finer.unwrap_or(raw)), "date")
+                    self.partitions(&self.region_dir(finer.unwrap_or(raw)), "date")?
                         .into_iter()
                         .map(|d| d.0),
                 );
@@ -90,20 +89,22 @@ impl Collector {
             for date in dates {
                 let dir = self.date_dir(r, &date);
                 if date < rollups_kept {
-                    if dir.exists() {
-                        remove(&dir)?;
+                    if self.exists(&dir)? {
+                        self.remove(&dir)?;
                         deleted += 1;
                     }
                     continue;
                 }
-                if !cfg.compact {
+                let rebuilt = rebuild.contains_key(&(r, date.clone()))
+                    || finer.is_some_and(|f| rewritten.contains(&(f, date.clone())));
+                if !cfg.compact || (!look_back && date < recent && !rebuilt) {
                     continue;
                 }
                 let did = match finer {
                     Some(finer) => {
                         // A date written before hourly rollups existed has none yet.
                         let resum = rewritten.contains(&(finer, date.clone()))
-                            || (backfill && !dir.exists());
+                            || (backfill && !self.exists(&dir)?);
                         self.rewrite_coarser(r, finer, &date, resum)?
                     }
                     None => {
@@ -111,7 +112,7 @@ impl Collector {
                         // Only dates that still have raw rows can lack rollup rows.
                         let raw_date = self.date_dir(raw, &date);
                         let covered: Option<IsClosed<'_>> =
-                            (backfill && raw_date.exists()).then_some(&closed);
+                            (backfill && self.exists(&raw_date)?).then_some(&closed);
                         self.rewrite_rollup(r, raw, &date, hours, covered)?
                     }
                 };
@@ -141,19 +142,19 @@ impl Collector {
     ) -> Result<bool, Error> {
         let _disk = self.inner.disk.lock().expect("disk lock");
         let dir = self.date_dir(rollup, date);
-        let current = files::parquet_files(&dir);
+        let current = self.parquet_files(&dir)?;
         if backfill.is_none() && rebuild.is_empty() && current.len() <= 1 {
             return Ok(false);
         }
-        let rows = files::read_files(&current)?;
+        let rows = self.read_files(&current)?;
         let raw_dir = self.date_dir(raw, date);
         if let Some(closed) = backfill {
             let covered = rollup::hours_of(&rows);
-            for (hour, hour_dir) in files::partitions(&raw_dir, "hour") {
+            for (hour, hour_dir) in self.partitions(&raw_dir, "hour")? {
                 if let Ok(h) = hour.parse::<u32>()
                     && closed(date, &hour)
                     && !covered.contains(&h)
-                    && !files::parquet_files(&hour_dir).is_empty()
+                    && !self.parquet_files(&hour_dir)?.is_empty()
                 {
                     rebuild.insert(h);
                 }
@@ -165,7 +166,7 @@ impl Collector {
         let mut parts = rollup::without_hours(&rows, &rebuild)?;
         for h in &rebuild {
             let raw_rows =
-                files::read_files(&files::parquet_files(&raw_dir.join(format!("hour={h}"))))?;
+                self.read_files(&self.parquet_files(&raw_dir.join(format!("hour={h}")))?)?;
             if let Some(b) = rollup::roll_up(raw, &raw_rows, &self.inner.opts.bounds)? {
                 parts.push(b);
             }
@@ -189,15 +190,15 @@ impl Collector {
         let _disk = self.inner.disk.lock().expect("disk lock");
         let dir = self.date_dir(rollup, date);
         let sources = if resum {
-            files::parquet_files(&self.date_dir(finer, date))
+            self.parquet_files(&self.date_dir(finer, date))?
         } else {
-            let current = files::parquet_files(&dir);
+            let current = self.parquet_files(&dir)?;
             if current.len() <= 1 {
                 return Ok(false);
             }
             current
         };
-        self.publish(rollup, &dir, &files::read_files(&sources)?)
+        self.publish(rollup, &dir, &self.read_files(&sources)?)
     }
 
     /// Makes `parts`, merged, the one file of a rollup's date `dir` (none:
@@ -209,8 +210,8 @@ impl Collector {
         parts: &[arrow::record_batch::RecordBatch],
     ) -> Result<bool, Error> {
         match rollup::merge(rollup, parts)? {
-            Some(merged) => files::swap_in(&self.inner.opts.root, dir, &merged, &self.inner.files)?,
-            None if dir.exists() => remove(dir)?,
+            Some(merged) => self.swap_in(dir, &merged)?,
+            None if self.exists(dir)? => self.remove(dir)?,
             None => return Ok(false),
         }
         self.inner.metrics.wrote(rollup, 0);

@@ -18,6 +18,7 @@ fn collector(root: &std::path::Path, now_us: u64) -> Collector {
     Collector::new(
         CollectorOptions {
             root: root.to_owned(),
+            bucket: None,
             region: "us-east".into(),
             config: CollectorConfig {
                 row_group_rows: 1_000,
@@ -356,6 +357,7 @@ async fn probes_show_which_regions_answer_from_here() {
     let c = Collector::start(
         CollectorOptions {
             root: dir.path().to_owned(),
+            bucket: None,
             region: "us-east".into(),
             config: CollectorConfig {
                 probe_interval_ms: 50,

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 pub use crate::web_config::{
@@ -17,12 +18,14 @@ mod class;
 mod cost;
 mod load;
 mod router;
+mod s3;
 mod tls;
 
 pub use class::{ClassConfig, FieldRule, ForeignWrites, OpKind, Ownership, Policy, Rollout};
 pub use cost::CostConfig;
 pub use load::{estimate_latency_ms, great_circle_km};
 pub use router::{RouterConfig, RouterSite, Subnet};
+pub use s3::{S3Config, TablesAt};
 pub use tls::{PeerAuth, ServerPems, TlsConfig};
 
 /// Names of system classes start with this; user classes may not.
@@ -136,6 +139,22 @@ pub struct CollectorConfig {
     /// `traffic` table) this often (ms).
     #[serde(default = "default_traffic_interval_ms")]
     pub traffic_interval_ms: u64,
+    /// Where the tables are written and read: a folder, or
+    /// `s3://<bucket>/<prefix>` in an S3-compatible store (`[collector.s3]`).
+    /// Left out: `<data-dir>/tables`.
+    #[serde(default)]
+    pub tables: Option<String>,
+    /// `[collector.s3]`: how to reach the bucket `tables` names.
+    #[serde(default)]
+    pub s3: S3Config,
+}
+
+impl CollectorConfig {
+    /// Where the tables are: `tables`, or `<data_dir>/tables`.
+    pub fn tables_at(&self, data_dir: &std::path::Path) -> Result<TablesAt> {
+        TablesAt::parse(self.tables.as_deref(), data_dir)
+            .map_err(|e| Error::Config(format!("`collector.tables` {e}")))
+    }
 }
 
 impl Default for CollectorConfig {
@@ -152,6 +171,8 @@ impl Default for CollectorConfig {
             metrics_listen: None,
             event_queue: default_event_queue(),
             traffic_interval_ms: default_traffic_interval_ms(),
+            tables: None,
+            s3: S3Config::default(),
         }
     }
 }

@@ -188,9 +188,11 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
     let node = Node::start(opts)
         .await
         .with_context(|| format!("cannot start region {region}"))?;
+    let (root, bucket) = parallax_collector::bucket::locate(&config.collector, data_dir)?;
     let collector = Collector::start(
         CollectorOptions {
-            root: data_dir.join("tables"),
+            root,
+            bucket,
             region: region.to_owned(),
             config: config.collector.clone(),
             probe_urls: urls,
@@ -308,9 +310,13 @@ pub async fn start_web(
     listen: SocketAddr,
 ) -> Result<RunningWeb> {
     let tls = crate::tls::server_config(&config.tls)?;
-    let engine = SqlEngine::open(data_dir, parallax_web::sql_limits(&config))
+    let (root, bucket) = parallax_collector::bucket::locate(&config.collector, data_dir)?;
+    let engine = SqlEngine::open_at(&root, bucket.as_deref(), parallax_web::sql_limits(&config))
         .await
-        .with_context(|| format!("cannot open the tables under {}", data_dir.display()))?;
+        .with_context(|| match &bucket {
+            Some(b) => format!("cannot open the tables in {}", b.url()),
+            None => format!("cannot open the tables under {}", root.display()),
+        })?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
         format!("cannot listen on {listen}. Fix: stop what uses it or pass --listen with a free address")
     })?;

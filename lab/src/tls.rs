@@ -38,6 +38,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the HTTP server to take them.
 const READY_QUEUE: usize = 128;
 
+/// Makes aws-lc-rs the process's rustls provider. Two are linked (ring
+/// comes with object_store's HTTP client), and a library that asks rustls
+/// for the process default would otherwise find none and panic.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// The TLS settings of the servers, built from `[tls]`; `None` when the
 /// config names no certificate.
 pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>> {

@@ -741,6 +741,7 @@ pub(crate) fn collector(data: &Path, region: &str, now_us: u64) -> parallax_coll
     parallax_collector::Collector::new(
         parallax_collector::CollectorOptions {
             root: data.join("tables"),
+            bucket: None,
             region: region.into(),
             config: parallax_core::config::CollectorConfig::default(),
             probe_urls: BTreeMap::new(),
@@ -753,4 +754,16 @@ pub(crate) fn collector(data: &Path, region: &str, now_us: u64) -> parallax_coll
         None,
     )
     .unwrap()
+}
+
+/// What the web app at `base` answers `POST /api/v1/sql` with for `sql`.
+pub(crate) async fn sql_answer(http: &reqwest::Client, base: &str, sql: &str) -> serde_json::Value {
+    http.post(format!("{base}/api/v1/sql"))
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }

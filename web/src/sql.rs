@@ -321,7 +321,19 @@ fn classify(e: DataFusionError, limits: &SqlLimits) -> SqlError {
 impl SqlEngine {
     /// An engine over `<data_dir>/tables`.
     pub async fn open(data_dir: &Path, limits: SqlLimits) -> Result<SqlEngine, SqlError> {
-        let root = data_dir.join("tables");
+        SqlEngine::open_at(&data_dir.join("tables"), None, limits).await
+    }
+
+    /// An engine over the tables under `root`: a folder, or with `bucket`
+    /// the key prefix in it (read through
+    /// [`Bucket::reader`](parallax_collector::bucket::Bucket::reader), so a
+    /// compaction's replaced files are never read twice).
+    pub async fn open_at(
+        root: &Path,
+        bucket: Option<&parallax_collector::bucket::Bucket>,
+        limits: SqlLimits,
+    ) -> Result<SqlEngine, SqlError> {
+        let root = root.to_owned();
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(limits.memory_bytes, 1.0)
             // DataFusion keeps directory listings forever by default; the
@@ -338,6 +350,11 @@ impl SqlEngine {
             .with_target_partitions(2)
             .set_bool("datafusion.execution.parquet.pushdown_filters", true)
             .set_bool("datafusion.execution.parquet.reorder_filters", true);
+        if let Some(b) = bucket {
+            let url = datafusion::execution::object_store::ObjectStoreUrl::parse(b.store_url())
+                .map_err(|e| SqlError::Failed(format!("cannot use {}: {e}", b.url())))?;
+            runtime.register_object_store(url.as_ref(), b.reader());
+        }
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udaf(crate::quantile::udaf());
         ctx.register_udaf(crate::quantile::state_udaf());
@@ -347,8 +364,15 @@ impl SqlEngine {
             .chain(rollups)
         {
             let dir = root.join(table);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| SqlError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+            let url = match bucket {
+                Some(b) => format!("{}/{}/", b.store_url(), dir.display()),
+                None => {
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        SqlError::Failed(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                    format!("{}/", dir.display())
+                }
+            };
             // Rollups are partitioned by region and date only.
             let mut partitions = vec![
                 ("region".to_owned(), DataType::Utf8),
@@ -366,7 +390,6 @@ impl SqlEngine {
                     .or_else(|| parallax_collector::rollup::schema_of(table))
                     .expect("a known table"),
             );
-            let url = format!("{}/", dir.display());
             let name = if table == "divergence" {
                 DIVERGENCE_FILES
             } else {

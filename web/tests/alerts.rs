@@ -455,7 +455,12 @@ async fn https_webhooks_verify_the_receiver_against_the_notifier_ca_file() {
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let ca = dir.path().join("receiver-ca.pem");
     std::fs::write(&ca, cert.cert.pem()).unwrap();
-    let server = rustls::ServerConfig::builder()
+    // The provider named: two are linked (aws-lc-rs, and ring through
+    // object_store's HTTP client), so there is no process default.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_no_client_auth()
         .with_single_cert(
             vec![cert.cert.der().clone()],

@@ -37,6 +37,7 @@ fn collector(dir: &Path, now_us: i64) -> Collector {
     Collector::new(
         CollectorOptions {
             root: dir.join("tables"),
+            bucket: None,
             region: "eu-west".into(),
             config: CollectorConfig::default(),
             probe_urls: Default::default(),

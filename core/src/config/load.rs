@@ -289,6 +289,26 @@ impl Config {
                 "flush_interval_ms, flush_rows, row_group_rows, probe_interval_ms and traffic_interval_ms must be at least 1. Fix: use the defaults".into(),
             );
         }
+        if let Err(e) = TablesAt::parse(c.tables.as_deref(), std::path::Path::new("")) {
+            return fail("collector.tables", e);
+        }
+        if let Some(endpoint) = &c.s3.endpoint
+            && !(endpoint.starts_with("https://")
+                || (c.s3.allow_http && endpoint.starts_with("http://")))
+        {
+            return fail(
+                "collector.s3.endpoint",
+                format!(
+                    "is `{endpoint}`. Fix: an https:// URL, or set collector.s3.allow_http = true for a plain http:// store (MinIO on a private network)"
+                ),
+            );
+        }
+        if c.s3.access_key_id.is_some() != c.s3.secret_access_key.is_some() {
+            return fail(
+                "collector.s3.access_key_id",
+                "and collector.s3.secret_access_key come together. Fix: set both, or neither (then the AWS environment variables or the instance's role are used)".into(),
+            );
+        }
         if c.retention_days == 0 {
             return fail(
                 "collector.retention_days",

@@ -134,6 +134,7 @@ pub(super) async fn run(a: IngestArgs) -> Result<ExitCode> {
         let collector = Collector::new(
             CollectorOptions {
                 root: root.clone(),
+                bucket: None,
                 region: "us-east".into(),
                 config: CollectorConfig {
                     flush_rows: usize::MAX,

@@ -16,6 +16,7 @@ pub(crate) fn collector(dir: &Path, region: &str, now_us: u64) -> Collector {
     Collector::new(
         CollectorOptions {
             root: dir.join("tables"),
+            bucket: None,
             region: region.into(),
             config: CollectorConfig::default(),
             probe_urls: BTreeMap::new(),
