@@ -59,7 +59,13 @@ pub(crate) async fn run(args: RegionArgs) -> Result<ExitCode> {
     })
     .await?;
     tracing::info!(region = %args.on_disk.region, addr = %running.addr, data_dir = %args.on_disk.data_dir.display(), "Serving.");
-    reload::until_stopped(&args.on_disk.config, &config, &running.secrets).await;
+    reload::until_stopped(
+        &args.on_disk.config,
+        &config,
+        &running.secrets,
+        &running.certs,
+    )
+    .await;
     tracing::info!(region = %args.on_disk.region, "Shutting down.");
     running.stop().await;
     Ok(ExitCode::SUCCESS)

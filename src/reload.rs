@@ -1,16 +1,24 @@
-//! Reloading a running process's secrets from its config file on SIGHUP
-//! (`parallax region`, `router` and `web`), for rotation without a restart.
+//! Reloading a running process's secrets and certificates from its config
+//! file on SIGHUP (`parallax region`, `router` and `web`), for rotation and
+//! renewal without a restart.
 
 use std::path::Path;
 
 use anyhow::Result;
 use parallax_core::config::Config;
 use parallax_core::secrets::{SecretCell, Secrets};
+use parallax_lab::tls::Certs;
 
 /// Waits for SIGTERM or ctrl-c, reloading the secrets of the config at
-/// `path` into `secrets` at every SIGHUP meanwhile; `running` is the config
-/// as the process loaded it at start.
-pub(crate) async fn until_stopped(path: &Path, running: &Config, secrets: &SecretCell) {
+/// `path` into `secrets`, and the certificate files its `[tls]` names into
+/// `certs`, at every SIGHUP meanwhile; `running` is the config as the
+/// process loaded it at start.
+pub(crate) async fn until_stopped(
+    path: &Path,
+    running: &Config,
+    secrets: &SecretCell,
+    certs: &Certs,
+) {
     let stop = parallax_lab::process::shutdown_signal();
     tokio::pin!(stop);
     let mut hangups = match hangups() {
@@ -23,7 +31,11 @@ pub(crate) async fn until_stopped(path: &Path, running: &Config, secrets: &Secre
     loop {
         tokio::select! {
             () = &mut stop => return,
-            _ = hangups.recv() => self::secrets(path, running, secrets),
+            _ = hangups.recv() => {
+                if let Some(new) = self::secrets(path, running, secrets) {
+                    self::certs(&new, certs);
+                }
+            }
         }
     }
 }
@@ -39,12 +51,12 @@ fn hangups() -> Result<tokio::signal::unix::Signal> {
 /// peer secret, current and `accept_*`). Only the secrets: any other change
 /// is named and waits for a restart. A file that does not load changes
 /// nothing and says why.
-fn secrets(path: &Path, running: &Config, secrets: &SecretCell) {
+fn secrets(path: &Path, running: &Config, secrets: &SecretCell) -> Option<Config> {
     let new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "SIGHUP: the config does not load; the secrets in force stay.");
-            return;
+            tracing::error!(error = %e, "SIGHUP: the config does not load; the secrets and certificates in force stay.");
+            return None;
         }
     };
     let changed = changed_sections(&without_secrets(running), &without_secrets(&new));
@@ -62,6 +74,20 @@ fn secrets(path: &Path, running: &Config, secrets: &SecretCell) {
         "SIGHUP: secrets reloaded."
     );
     secrets.set(s);
+    Some(new)
+}
+
+/// Re-reads the certificate, key and CA files `[tls]` names (renewed in
+/// place, as cert-manager or certbot do) and serves new connections with
+/// them. Files that do not load change nothing and say why.
+fn certs(new: &Config, certs: &Certs) {
+    match certs.reload(&new.tls) {
+        Ok(true) => tracing::info!("SIGHUP: certificates reloaded; new connections use them."),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: the certificates do not load; those in force stay.")
+        }
+    }
 }
 
 /// A config with its secrets blanked, to tell other changes apart.

@@ -53,7 +53,8 @@ pub(crate) async fn run(a: RouterArgs) -> Result<ExitCode> {
             running.addr
         ),
     }
-    crate::reload::until_stopped(&a.config, &config, running.router.secrets()).await;
+    crate::reload::until_stopped(&a.config, &config, running.router.secrets(), &running.certs)
+        .await;
     running.stop().await;
     Ok(ExitCode::SUCCESS)
 }

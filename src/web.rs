@@ -33,7 +33,7 @@ pub(crate) async fn run(a: WebArgs) -> Result<ExitCode> {
         web.addr,
         a.data_dir.display()
     );
-    crate::reload::until_stopped(&a.config, &config, &web.secrets).await;
+    crate::reload::until_stopped(&a.config, &config, &web.secrets, &web.certs).await;
     web.stop().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,9 @@
 //! and nobody else gets in: not a plain HTTP client, not a client that does
 //! not trust the CA, not a region-to-region call without a client
 //! certificate (even with the right peer secret), not a client certificate
-//! of another CA.
+//! of another CA. Certificates renewed in place (even under a new CA)
+//! are taken at SIGHUP, by the servers and by the regions' calls to their
+//! peers, without a restart.
 
 mod common;
 
@@ -78,6 +80,7 @@ fn config(dir: &Path, ports: &[u16; 3], router_port: u16) -> Arc<Config> {
             "[regions.{name}]\nlisten = \"127.0.0.1:{port}\"\nlocation = {{ lat = 0.0, lon = 0.0 }}\n\n"
         ));
     }
+    std::fs::write(dir.join("tls.toml"), &text).unwrap();
     Arc::new(Config::from_toml(&text, "tls.toml").unwrap())
 }
 
@@ -310,4 +313,127 @@ async fn a_tls_config_that_cannot_work_names_the_field_and_the_fix() {
         e.contains("`tls.cert` and `tls.key` do not go together"),
         "{e}"
     );
+}
+
+/// A `parallax region` process, killed when dropped.
+struct RegionProcess(std::process::Child);
+
+impl RegionProcess {
+    fn start(dir: &Path, region: &str) -> RegionProcess {
+        let child = std::process::Command::new(common::binary())
+            .args(["region", "--config"])
+            .arg(dir.join("tls.toml"))
+            .args(["--region", region, "--data-dir"])
+            .arg(dir.join("data"))
+            .env("PARALLAX_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        RegionProcess(child)
+    }
+
+    fn hangup(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+}
+
+impl Drop for RegionProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The certificate (DER) a new connection to `port` is served, trusting `ca`.
+async fn served(port: u16, ca: &str) -> Option<Vec<u8>> {
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+        .tls_info(true)
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .ok()?;
+    let info = r.extensions().get::<reqwest::tls::TlsInfo>()?;
+    info.peer_certificate().map(<[u8]>::to_vec)
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// Writes `settings/k` at `region` with `consistency` (`quorum`: taken
+/// only once a peer has the region's batch, shipped by the region itself).
+async fn put(config: &Config, region: &str, value: Value, consistency: &str) {
+    let c = RegionClient::from_config(config, region)
+        .unwrap()
+        .with_timeout(Duration::from_secs(5));
+    let options = WriteOptions {
+        consistency: Some(consistency.to_owned()),
+        ..WriteOptions::default()
+    };
+    let what = format!("a {consistency} write at {region} is taken");
+    eventually(&what, Duration::from_secs(20), || async {
+        c.put("settings", "k", &value, &options).await.ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renewed_in_place_are_taken_at_sighup_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ports = [free_port(), free_port(), free_port()];
+    let config = config(d, &ports, free_port());
+    let ca1 = std::fs::read_to_string(d.join("ca.pem")).unwrap();
+    let east = RegionProcess::start(d, "us-east");
+    let mut eu = RegionProcess::start(d, "eu-west");
+    put(&config, "us-east", json!(1), "async").await;
+    until_read(&config, "eu-west", &json!(1)).await;
+    let first = served(ports[0], &ca1).await.expect("us-east serves HTTPS");
+
+    // Renewed under a second CA, trusted beside the first for the changeover.
+    let (ca2, cert2, key2) = issue("parallax test CA 2");
+    std::fs::write(d.join("ca.pem"), format!("{ca1}{ca2}")).unwrap();
+    std::fs::write(d.join("node.pem"), &cert2).unwrap();
+    std::fs::write(d.join("node.key"), &key2).unwrap();
+    east.hangup();
+    eu.hangup();
+    for (i, region) in [(0, "us-east"), (1, "eu-west")] {
+        let what = format!("{region} serves the renewed certificate");
+        eventually(&what, Duration::from_secs(10), || async {
+            (served(ports[i], &ca2).await == Some(der(&cert2))).then_some(())
+        })
+        .await;
+    }
+    assert_ne!(first, der(&cert2));
+
+    // The first CA retired. eu-west restarts trusting only the second, so
+    // us-east's calls reach it only with the renewed client certificate
+    // and trust (its connections of before are gone with the restart):
+    // a quorum write at us-east waits for eu-west to take its batch.
+    std::fs::write(d.join("ca.pem"), &ca2).unwrap();
+    east.hangup();
+    drop(eu);
+    eu = RegionProcess::start(d, "eu-west");
+    let renewed = Config::load(&d.join("tls.toml")).unwrap();
+    put(&renewed, "us-east", json!(2), "quorum").await;
+    until_read(&renewed, "eu-west", &json!(2)).await;
+
+    // Files that do not load change nothing: the renewed certificate stays.
+    std::fs::write(d.join("node.pem"), "not a certificate").unwrap();
+    east.hangup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(served(ports[0], &ca2).await, Some(der(&cert2)));
+    drop(eu);
 }

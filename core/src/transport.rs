@@ -69,13 +69,42 @@ fn peer_client(base: reqwest::ClientBuilder, timeout: Duration) -> reqwest::Clie
         .expect("HTTP client builds")
 }
 
+/// The HTTP client a transport calls its peers with, replaced while it
+/// runs when the region reloads its certificates (a renewed client
+/// certificate for mutual TLS). Calls already made finish on the old one.
+#[derive(Debug, Clone)]
+pub struct PeerClient {
+    cell: Arc<std::sync::RwLock<reqwest::Client>>,
+    timeout: Duration,
+}
+
+impl PeerClient {
+    fn new(base: reqwest::ClientBuilder, timeout: Duration) -> PeerClient {
+        PeerClient {
+            cell: Arc::new(std::sync::RwLock::new(peer_client(base, timeout))),
+            timeout,
+        }
+    }
+
+    /// Calls from now on go through a client built from `base`, with the
+    /// transport's time limits.
+    pub fn rebuild(&self, base: reqwest::ClientBuilder) {
+        let client = peer_client(base, self.timeout);
+        *self.cell.write().unwrap_or_else(|e| e.into_inner()) = client;
+    }
+
+    fn get(&self) -> reqwest::Client {
+        self.cell.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Region-to-region calls over HTTP.
 #[derive(Debug, Clone)]
 pub struct HttpTransport {
     from: String,
     urls: BTreeMap<String, String>,
     secrets: SecretCell,
-    client: reqwest::Client,
+    client: PeerClient,
     delays: BTreeMap<String, Duration>,
     timeout: Duration,
     links: Option<Arc<Links>>,
@@ -90,7 +119,7 @@ impl HttpTransport {
         secret: impl Into<String>,
         timeout: Duration,
     ) -> HttpTransport {
-        let client = peer_client(reqwest::Client::builder(), timeout);
+        let client = PeerClient::new(reqwest::Client::builder(), timeout);
         HttpTransport {
             from: from.into(),
             urls,
@@ -111,8 +140,13 @@ impl HttpTransport {
     /// trusts the cluster's CA and presents a client certificate: see
     /// [`crate::config::TlsConfig`]), with this transport's time limits.
     pub fn with_client(mut self, base: reqwest::ClientBuilder) -> HttpTransport {
-        self.client = peer_client(base, self.timeout);
+        self.client = PeerClient::new(base, self.timeout);
         self
+    }
+
+    /// Its client, to replace while it runs ([`PeerClient::rebuild`]).
+    pub fn peer_client(&self) -> PeerClient {
+        self.client.clone()
     }
 
     /// Sends the peer secret in force in `secrets` (swapped when the
@@ -143,7 +177,7 @@ impl Transport for HttpTransport {
         req: PeerRequest,
     ) -> BoxFuture<'static, Result<PeerReply, TransportError>> {
         let url = self.urls.get(to).map(|u| format!("{u}{PEER_PATH}"));
-        let client = self.client.clone();
+        let client = self.client.get();
         let secret = self.secrets.get().peer_secret().to_owned();
         let from = self.from.clone();
         let delay = self.delays.get(to).copied().unwrap_or_default();

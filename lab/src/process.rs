@@ -24,7 +24,7 @@ use parallax_web::{App, SqlEngine};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::tls::{Conn, Incoming};
+use crate::tls::{Certs, Conn, Incoming};
 
 /// A region node serving HTTP, with its collector.
 pub struct RunningRegion {
@@ -39,6 +39,8 @@ pub struct RunningRegion {
     pub addr: SocketAddr,
     /// The secrets its API accepts and sends, swapped by a reload.
     pub secrets: SecretCell,
+    /// Its certificates, re-read by a reload.
+    pub certs: Certs,
     stops: Vec<oneshot::Sender<()>>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -87,14 +89,14 @@ pub struct Setup<'a> {
     pub links: Option<Arc<Links>>,
 }
 
-/// Serves `app` on `listener`, over TLS when `tls` is some; requests see
+/// Serves `app` on `listener`, over TLS when `certs` has a certificate; requests see
 /// their connection as `ConnectInfo<`[`Conn`]`>`.
 fn serve(
     listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    certs: &Certs,
     app: axum::Router,
 ) -> Result<(oneshot::Sender<()>, JoinHandle<()>)> {
-    let incoming = Incoming::new(listener, tls)?;
+    let incoming = Incoming::new(listener, certs)?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let shutdown = async {
@@ -163,13 +165,13 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
     if let Some(links) = &links {
         transport = transport.with_links(Arc::clone(links));
     }
-    let tls = crate::tls::server_config(&config.tls)?;
     let identity = config.tls.peer_identity().map_err(anyhow::Error::msg)?;
     let base = config.tls.client_builder();
     transport = transport.with_client(match identity {
         Some(id) => base.identity(id),
         None => base,
     });
+    let certs = Certs::of(&config.tls)?.with_peers(transport.peer_client());
     let listener = bind(region_cfg.listen, &format!("regions.{region}.listen")).await?;
     let addr = listener.local_addr()?;
     let skewed = Arc::new(SkewedClock::new(Arc::new(SystemClock), clock_skew_ms));
@@ -215,19 +217,20 @@ pub async fn start_region(s: Setup<'_>) -> Result<RunningRegion> {
     match config.collector.metrics_listen {
         Some(metrics_addr) => {
             let l = bind(metrics_addr, "collector.metrics_listen").await?;
-            let (stop, server) = serve(l, tls.clone(), collector.router())?;
+            let (stop, server) = serve(l, &certs, collector.router())?;
             stops.push(stop);
             servers.push(server);
         }
         None => app = app.merge(collector.router()),
     }
-    let (stop, server) = serve(listener, tls, app)?;
+    let (stop, server) = serve(listener, &certs, app)?;
     stops.push(stop);
     servers.push(server);
     Ok(RunningRegion {
         node,
         collector,
         secrets,
+        certs,
         clock: skewed,
         addr,
         stops,
@@ -264,6 +267,8 @@ pub struct RunningWeb {
     /// The secrets its forms take and it sends the regions, swapped by a
     /// reload.
     pub secrets: SecretCell,
+    /// Its certificate, re-read by a reload.
+    pub certs: Certs,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
     workers: Workers,
@@ -309,7 +314,7 @@ pub async fn start_web(
     data_dir: &Path,
     listen: SocketAddr,
 ) -> Result<RunningWeb> {
-    let tls = crate::tls::server_config(&config.tls)?;
+    let certs = Certs::of(&config.tls)?;
     let (root, bucket) = parallax_collector::bucket::locate(&config.collector, data_dir)?;
     let engine = SqlEngine::open_at(&root, bucket.as_deref(), parallax_web::sql_limits(&config))
         .await
@@ -332,10 +337,11 @@ pub async fn start_web(
     let workers = app.workers().clone();
     let alerter = app.alerter().clone();
     let secrets = app.secrets().clone();
-    let (stop, server) = serve(listener, tls, parallax_web::router(app))?;
+    let (stop, server) = serve(listener, &certs, parallax_web::router(app))?;
     Ok(RunningWeb {
         addr,
         secrets,
+        certs,
         stop,
         server,
         workers,
@@ -352,6 +358,8 @@ pub struct RunningRouter {
     pub dns_addr: Option<SocketAddr>,
     /// The router.
     pub router: Router,
+    /// Its certificate, re-read by a reload.
+    pub certs: Certs,
     dns: Option<DnsServer>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
@@ -386,7 +394,7 @@ pub async fn start_router(
              Fix: add one to the config, or pass --listen"
         );
     };
-    let tls = crate::tls::server_config(&config.tls)?;
+    let certs = Certs::of(&config.tls)?;
     let router = Router::start(RouterOptions {
         config: Arc::clone(&config),
         location: location.to_owned(),
@@ -416,7 +424,7 @@ pub async fn start_router(
         }
         _ => None,
     };
-    let (stop, server) = match serve(listener, tls, parallax_router::api::app(router.clone())) {
+    let (stop, server) = match serve(listener, &certs, parallax_router::api::app(router.clone())) {
         Ok(s) => s,
         Err(e) => {
             router.shutdown().await;
@@ -427,6 +435,7 @@ pub async fn start_router(
         addr,
         dns_addr: dns.as_ref().map(|d| d.addr),
         router,
+        certs,
         dns,
         stop,
         server,

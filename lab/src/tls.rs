@@ -7,6 +7,11 @@
 //! given, checked against `tls.ca` during the handshake) but not required:
 //! clients reach the API with tokens alone, while [`require_peer_cert`]
 //! refuses region-to-region calls over a connection that presented none.
+//!
+//! Certificates are read at start and again at every SIGHUP ([`Certs`]):
+//! new connections get the renewed certificate (and a region's calls to
+//! its peers present its renewed client certificate); open connections
+//! keep theirs.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
@@ -45,9 +50,78 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// A server's TLS settings, replaced while it serves when the
+/// certificates are reloaded.
+#[derive(Clone, Debug)]
+pub struct ServerTls(Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>);
+
+impl ServerTls {
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn set(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+}
+
+/// What a reload re-reads of `[tls]`: the certificate and key the
+/// process's servers present, and the client certificate a region
+/// presents to its peers.
+#[derive(Clone, Debug, Default)]
+pub struct Certs {
+    server: Option<ServerTls>,
+    peers: Option<parallax_core::transport::PeerClient>,
+}
+
+impl Certs {
+    /// The servers' settings from `[tls]` (none: plain HTTP, nothing to reload).
+    pub fn of(tls: &TlsConfig) -> Result<Certs> {
+        Ok(Certs {
+            server: server_config(tls)?.map(|c| ServerTls(Arc::new(std::sync::RwLock::new(c)))),
+            peers: None,
+        })
+    }
+
+    /// Also rebuilds `peers` (a region's client to its peers) at a reload.
+    pub fn with_peers(mut self, peers: parallax_core::transport::PeerClient) -> Certs {
+        self.peers = Some(peers);
+        self
+    }
+
+    fn server(&self) -> Option<ServerTls> {
+        self.server.clone()
+    }
+
+    /// Reads the files `tls` names again and puts them in force for new
+    /// connections. Returns whether there was anything to reload; on an
+    /// error (a file missing, a key not the certificate's) nothing changes.
+    pub fn reload(&self, tls: &TlsConfig) -> Result<bool> {
+        let Some(server) = &self.server else {
+            return Ok(false);
+        };
+        let Some(config) = server_config(tls)? else {
+            bail!("`tls.cert` is no longer set. Fix: restart the process to serve plain HTTP")
+        };
+        let identity = match &self.peers {
+            Some(_) => tls.peer_identity().map_err(anyhow::Error::msg)?,
+            None => None,
+        };
+        server.set(config);
+        if let Some(peers) = &self.peers {
+            let base = tls.client_builder();
+            peers.rebuild(match identity {
+                Some(id) => base.identity(id),
+                None => base,
+            });
+        }
+        Ok(true)
+    }
+}
+
 /// The TLS settings of the servers, built from `[tls]`; `None` when the
 /// config names no certificate.
-pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>> {
+fn server_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>> {
     let pems = tls
         .server_pems()
         .map_err(|(field, msg)| anyhow!("`{field}` {msg}"))?;
@@ -138,14 +212,13 @@ impl Drop for AbortOnDrop {
 }
 
 impl Incoming {
-    /// Serves `listener` with TLS when `tls` is some.
-    pub fn new(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Incoming> {
-        let Some(tls) = tls else {
+    /// Serves `listener` with TLS when `certs` has a certificate.
+    pub fn new(listener: TcpListener, certs: &Certs) -> Result<Incoming> {
+        let Some(tls) = certs.server() else {
             return Ok(Incoming::Plain(listener));
         };
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let acceptor = TlsAcceptor::from(tls);
         let task = tokio::spawn(async move {
             loop {
                 let (tcp, remote) = match listener.accept().await {
@@ -158,7 +231,7 @@ impl Incoming {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
+                let acceptor = TlsAcceptor::from(tls.current());
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
