@@ -258,7 +258,18 @@ async fn evaluate_some(
     wanted: &[String],
     only: Option<&str>,
 ) -> Result<Slos, SqlError> {
-    let mut out = Vec::new();
+    // What each SLO counts, then all of it asked at once (see the overview).
+    struct Ask<'a> {
+        name: &'a String,
+        slo: &'a SloConfig,
+        regions: Vec<String>,
+        measure: Measure,
+        windows: Vec<(String, i64)>,
+        start: i64,
+        burns_from: i64,
+        cuts: Vec<i64>,
+    }
+    let mut asks = Vec::new();
     for (name, slo) in config
         .slos
         .iter()
@@ -276,7 +287,6 @@ async fn evaluate_some(
         if regions.is_empty() {
             continue;
         }
-        let measure = measure(slo, config);
         let scale = f64::from(slo.window_days) / 30.0;
         let long_s = i64::from(slo.window_days) * 86_400;
         let windows: Vec<(String, i64)> = WINDOWS
@@ -288,22 +298,40 @@ async fn evaluate_some(
         // The integrity SLO counts audits of every class, bad when a
         // critical one diverged; its region is the one that recorded it.
         let start = now_us - long_s * 1_000_000;
-        let totals = measure.count(engine, &regions, start, now_us, &[]).await?;
         // The burn windows count by `ts`, over the longest of them only.
         let longest = windows.iter().map(|w| w.1).max().unwrap_or(0);
         let cuts: Vec<i64> = windows
             .iter()
             .map(|(_, secs)| now_us - secs * 1_000_000)
             .collect();
-        let burns = measure
-            .count(
-                engine,
-                &regions,
-                (now_us - longest * 1_000_000).max(start),
-                now_us,
-                &cuts,
-            )
-            .await?;
+        asks.push(Ask {
+            name,
+            slo,
+            regions,
+            measure: measure(slo, config),
+            windows,
+            start,
+            burns_from: (now_us - longest * 1_000_000).max(start),
+            cuts,
+        });
+    }
+    let counted = futures::future::try_join_all(asks.iter().map(|a| async move {
+        futures::try_join!(
+            a.measure.count(engine, &a.regions, a.start, now_us, &[]),
+            a.measure
+                .count(engine, &a.regions, a.burns_from, now_us, &a.cuts),
+        )
+    }))
+    .await?;
+    let mut out = Vec::new();
+    for (ask, (totals, burns)) in asks.into_iter().zip(counted) {
+        let Ask {
+            name,
+            slo,
+            regions,
+            windows,
+            ..
+        } = ask;
         let allowed = 1.0 - slo.objective / 100.0;
         for region in regions {
             let total_at = |i: usize| totals.get(&region).map_or(0, |r| int(&r[i]));

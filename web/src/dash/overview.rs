@@ -149,20 +149,61 @@ pub async fn overview(
         })
         .collect();
     // Requests, lag and conflicts from the rollups for whole hours and
-    // buckets, the raw rows at the ends.
+    // buckets, the raw rows at the ends. The page's queries are asked at
+    // once: each waits on listing and opening files as much as on the
+    // CPU, so together they take little longer than the slowest alone.
     let totals = Plan::totals(f.from_us, f.to_us);
-    for r in rows(
-        e,
-        &per_region_from(
-            &regions,
-            "sum(requests), sum(requests) FILTER (WHERE status >= 500), \
-             approx_quantile(latency_us, 0.99)",
-            |r| rollup::requests(&totals, r, "TRUE", &[]),
-            "",
-        ),
-    )
-    .await?
-    {
+    let requests_sql = per_region_from(
+        &regions,
+        "sum(requests), sum(requests) FILTER (WHERE status >= 500), \
+         approx_quantile(latency_us, 0.99)",
+        |r| rollup::requests(&totals, r, "TRUE", &[]),
+        "",
+    );
+    // Lag is recorded where it is applied: the region partition is `dst`.
+    let lag_sql = per_region_from(
+        &regions,
+        "src, approx_quantile(lag_ms, 0.99), max(max_lag_ms)",
+        |r| rollup::lag(&totals, r, "TRUE", &[]),
+        "src",
+    );
+    let wp = f.source("probes", Some("target"), None);
+    let probes_sql = format!(
+        "SELECT target, count(*), count(*) FILTER (WHERE ok), \
+         max(CASE WHEN ok THEN ts END) >= max(ts) - INTERVAL '30 seconds' \
+         FROM {wp} GROUP BY target"
+    );
+    let conflicts_sql = per_region_from(
+        &regions,
+        "sum(conflicts)",
+        |r| rollup::conflicts(&totals, r, "TRUE"),
+        "",
+    );
+    let b = f.bucket_sql();
+    let step = f.step_s as f64;
+    let series = Plan::series(f.from_us, f.to_us, f.step_s);
+    let throughput_sql = per_region_from(
+        &regions,
+        &format!("{b} AS t, sum(requests)"),
+        |r| rollup::request_counts(&series, r, "TRUE", &[]),
+        "t",
+    );
+    // A failover a router ran writes a row per step, all with its id.
+    let failovers_sql = format!(
+        "SELECT count(DISTINCT failover_id) + sum(CASE WHEN failover_id IS NULL THEN 1 ELSE 0 END) FROM {}",
+        w("failovers")
+    );
+    let (requests, lag, probes, conflicts, throughput, divergent_now, failovers, reach) = futures::try_join!(
+        rows(e, &requests_sql),
+        rows(e, &lag_sql),
+        rows(e, &probes_sql),
+        rows(e, &conflicts_sql),
+        rows(e, &throughput_sql),
+        latest_divergent(e, f),
+        rows(e, &failovers_sql),
+        reachability(e, f, &regions),
+    )?;
+    for r in requests {
         if let Some(h) = health.get_mut(&str_of(&r[0])) {
             h.requests = i64_of(&r[1]);
             h.error_pct = pct(i64_of(&r[2]), h.requests);
@@ -170,18 +211,7 @@ pub async fn overview(
         }
     }
     let mut cells = BTreeMap::new();
-    for r in rows(
-        e,
-        // Lag is recorded where it is applied: the region partition is `dst`.
-        &per_region_from(
-            &regions,
-            "src, approx_quantile(lag_ms, 0.99), max(max_lag_ms)",
-            |r| rollup::lag(&totals, r, "TRUE", &[]),
-            "src",
-        ),
-    )
-    .await?
-    {
+    for r in lag {
         let (dst, src) = (str_of(&r[0]), str_of(&r[1]));
         if let Some(p99) = f64_of(&r[2]) {
             cells.insert((src.clone(), dst.clone()), p99);
@@ -190,17 +220,7 @@ pub async fn overview(
             h.max_lag_in_ms = Some(h.max_lag_in_ms.map_or(max, |m| m.max(max)));
         }
     }
-    let wp = f.source("probes", Some("target"), None);
-    for r in rows(
-        e,
-        &format!(
-            "SELECT target, count(*), count(*) FILTER (WHERE ok), \
-             max(CASE WHEN ok THEN ts END) >= max(ts) - INTERVAL '30 seconds' \
-             FROM {wp} GROUP BY target"
-        ),
-    )
-    .await?
-    {
+    for r in probes {
         if let Some(h) = health.get_mut(&str_of(&r[0])) {
             h.probes_ok_pct = Some(pct(i64_of(&r[2]), i64_of(&r[1])));
             if r[3] != Value::Bool(true) {
@@ -208,17 +228,7 @@ pub async fn overview(
             }
         }
     }
-    for r in rows(
-        e,
-        &per_region_from(
-            &regions,
-            "sum(conflicts)",
-            |r| rollup::conflicts(&totals, r, "TRUE"),
-            "",
-        ),
-    )
-    .await?
-    {
+    for r in conflicts {
         if let Some(h) = health.get_mut(&str_of(&r[0])) {
             h.conflicts = i64_of(&r[1]);
         }
@@ -236,42 +246,19 @@ pub async fn overview(
             || h.probes_ok_pct.is_some_and(|p| p < 99.0);
         h.status = if degraded { "degraded" } else { "healthy" }.into();
     }
-    let b = f.bucket_sql();
-    let step = f.step_s as f64;
-    let series = Plan::series(f.from_us, f.to_us, f.step_s);
     let throughput = series_of(
-        rows(
-            e,
-            &per_region_from(
-                &regions,
-                &format!("{b} AS t, sum(requests)"),
-                |r| rollup::request_counts(&series, r, "TRUE", &[]),
-                "t",
-            ),
-        )
-        .await?
-        .into_iter()
-        .map(|r| (str_of(&r[0]), i64_of(&r[1]), i64_of(&r[2]) as f64 / step)),
+        throughput
+            .into_iter()
+            .map(|r| (str_of(&r[0]), i64_of(&r[1]), i64_of(&r[2]) as f64 / step)),
     );
-    let divergent_now = latest_divergent(e, f).await?;
-    // A failover a router ran writes a row per step, all with its id.
-    let failovers = rows(
-        e,
-        &format!(
-            "SELECT count(DISTINCT failover_id) + sum(CASE WHEN failover_id IS NULL THEN 1 ELSE 0 END) FROM {}",
-            w("failovers")
-        ),
-    )
-        .await?
-        .first()
-        .map_or(0, |r| i64_of(&r[0]));
+    let failovers = failovers.first().map_or(0, |r| i64_of(&r[0]));
     Ok(Overview {
         regions: health.into_values().collect(),
         lag: matrix(&regions, &cells),
         throughput,
         divergent_now,
         failovers,
-        reachability: reachability(e, f, &regions).await?,
+        reachability: reach,
     })
 }
 

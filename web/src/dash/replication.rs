@@ -92,24 +92,34 @@ pub async fn replication(
     let regions = shown(regions, f);
     // From the 5-minute rollups for whole buckets, the raw rows at the ends.
     let totals = Plan::totals(f.from_us, f.to_us);
+    // Lag is recorded where it is applied: the region partition is `dst`.
+    let pairs_sql = per_region_from(
+        &regions,
+        "src, sum(samples), approx_quantile(lag_ms, 0.5), \
+         approx_quantile(lag_ms, 0.99), max(max_lag_ms), \
+         last_value(backlog_ops ORDER BY last_ts), last_value(backlog_bytes ORDER BY last_ts), \
+         sum(applied_ops), last_value(drain_ops_per_s ORDER BY last_ts), \
+         last_value(eta_ms ORDER BY last_ts)",
+        |r| rollup::lag(&totals, r, "TRUE", &[]),
+        "src",
+    );
+    let b = f.bucket_sql();
+    let series = Plan::series(f.from_us, f.to_us, f.step_s);
+    let series_sql = per_region_from(
+        &regions,
+        &format!("src, {b} AS t, approx_quantile(lag_ms, 0.99), max(max_backlog_ops)"),
+        |r| rollup::lag(&series, r, "TRUE", &[]),
+        "src, t",
+    );
+    // All at once (see the overview).
+    let (pair_rows, series_rows, (caches, staleness_series)) = futures::try_join!(
+        rows(e, &pairs_sql),
+        rows(e, &series_sql),
+        caches(e, f, &regions)
+    )?;
     let mut cells = BTreeMap::new();
     let mut pairs = Vec::new();
-    for r in rows(
-        e,
-        // Lag is recorded where it is applied: the region partition is `dst`.
-        &per_region_from(
-            &regions,
-            "src, sum(samples), approx_quantile(lag_ms, 0.5), \
-             approx_quantile(lag_ms, 0.99), max(max_lag_ms), \
-             last_value(backlog_ops ORDER BY last_ts), last_value(backlog_bytes ORDER BY last_ts), \
-             sum(applied_ops), last_value(drain_ops_per_s ORDER BY last_ts), \
-             last_value(eta_ms ORDER BY last_ts)",
-            |r| rollup::lag(&totals, r, "TRUE", &[]),
-            "src",
-        ),
-    )
-    .await?
-    {
+    for r in pair_rows {
         let p = PairStats {
             dst: str_of(&r[0]),
             src: str_of(&r[1]),
@@ -127,21 +137,9 @@ pub async fn replication(
         pairs.push(p);
     }
     pairs.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
-    let b = f.bucket_sql();
-    let series = Plan::series(f.from_us, f.to_us, f.step_s);
     let mut lag = Vec::new();
     let mut backlog = Vec::new();
-    for r in rows(
-        e,
-        &per_region_from(
-            &regions,
-            &format!("src, {b} AS t, approx_quantile(lag_ms, 0.99), max(max_backlog_ops)"),
-            |r| rollup::lag(&series, r, "TRUE", &[]),
-            "src, t",
-        ),
-    )
-    .await?
-    {
+    for r in series_rows {
         let (label, t) = (
             format!("{} → {}", str_of(&r[1]), str_of(&r[0])),
             i64_of(&r[2]),
@@ -149,7 +147,6 @@ pub async fn replication(
         lag.push((label.clone(), t, f64_of(&r[3]).unwrap_or(0.0)));
         backlog.push((label, t, i64_of(&r[4]) as f64));
     }
-    let (caches, staleness_series) = caches(e, f, &regions).await?;
     Ok(Replication {
         lag: matrix(&regions, &cells),
         pairs,
@@ -168,48 +165,44 @@ async fn caches(
     regions: &[String],
 ) -> Result<(Vec<CacheStats>, Vec<Series>), SqlError> {
     let w = f.source("cache_reads", Some("region"), None);
-    let caches = rows(
-        e,
-        &per_region(
-            regions,
-            "client, location, sum(reads), sum(hits), sum(bypassed), sum(settled),              sum(stale_hits), max(staleness_p99_ms), max(staleness_max_ms),              last_value(feed_lag_ms ORDER BY ts)",
-            &w,
-            "client, location",
-        ),
-    )
-    .await?
-    .into_iter()
-    .map(|r| CacheStats {
-        region: str_of(&r[0]),
-        client: str_of(&r[1]),
-        location: str_of(&r[2]),
-        reads: i64_of(&r[3]),
-        hits: i64_of(&r[4]),
-        bypassed: i64_of(&r[5]),
-        settled: i64_of(&r[6]),
-        stale_hits: i64_of(&r[7]),
-        staleness_p99_ms: f64_of(&r[8]),
-        staleness_max_ms: f64_of(&r[9]),
-        feed_lag_ms: r[10].as_i64(),
-    })
-    .collect::<Vec<_>>();
+    let b = f.bucket_sql();
+    let per_client = per_region(
+        regions,
+        "client, location, sum(reads), sum(hits), sum(bypassed), sum(settled), \
+         sum(stale_hits), max(staleness_p99_ms), max(staleness_max_ms), \
+         last_value(feed_lag_ms ORDER BY ts)",
+        &w,
+        "client, location",
+    );
+    let staleness = per_region(
+        regions,
+        &format!("{b} AS t, max(staleness_p99_ms)"),
+        &w,
+        "t",
+    );
+    let (caches, over_time) = futures::try_join!(rows(e, &per_client), rows(e, &staleness))?;
+    let caches = caches
+        .into_iter()
+        .map(|r| CacheStats {
+            region: str_of(&r[0]),
+            client: str_of(&r[1]),
+            location: str_of(&r[2]),
+            reads: i64_of(&r[3]),
+            hits: i64_of(&r[4]),
+            bypassed: i64_of(&r[5]),
+            settled: i64_of(&r[6]),
+            stale_hits: i64_of(&r[7]),
+            staleness_p99_ms: f64_of(&r[8]),
+            staleness_max_ms: f64_of(&r[9]),
+            feed_lag_ms: r[10].as_i64(),
+        })
+        .collect::<Vec<_>>();
     let mut caches = caches;
     caches.sort_by(|a, b| {
         (&a.region, &a.client, &a.location).cmp(&(&b.region, &b.client, &b.location))
     });
-    let b = f.bucket_sql();
     let mut points = Vec::new();
-    for r in rows(
-        e,
-        &per_region(
-            regions,
-            &format!("{b} AS t, max(staleness_p99_ms)"),
-            &w,
-            "t",
-        ),
-    )
-    .await?
-    {
+    for r in over_time {
         points.push((str_of(&r[0]), i64_of(&r[1]), f64_of(&r[2]).unwrap_or(0.0)));
     }
     Ok((caches, series_of(points)))
