@@ -160,6 +160,19 @@ fn bench_query_gets_the_same_rows_from_parallax_and_duckdb() {
     assert!(again.contains("Reusing"), "{again}");
 }
 
+/// `parallax bench ingest` on a few events: every event becomes one raw
+/// row (the rollups written beside them are not counted as events), and
+/// it reports both formats.
+#[test]
+fn bench_ingest_writes_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(&["bench", "ingest", "--events", "20000"], dir.path());
+    assert_eq!(code, 0, "exit {code}: {out}{err}");
+    for line in ["parquet", "json lines", "Parquet is"] {
+        assert!(out.contains(line), "{line} missing: {out}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_check_metrics() {
     let c = Cluster::new();
